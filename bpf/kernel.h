@@ -1,0 +1,65 @@
+/* kernel.h - the few kernel types netdevq reads, declared for CO-RE.
+ *
+ * Only the members used are listed; preserve_access_index makes every access a relocation that
+ * libbpf resolves against the running kernel's BTF at load time, so member order and offsets
+ * here do not matter and anonymous unions/struct groups in the real sk_buff are matched by name.
+ * Keeping this small (instead of a generated vmlinux.h) lets the object build on a machine
+ * without BTF and keeps the build reproducible.
+ */
+#ifndef NETDEVQ_KERNEL_H
+#define NETDEVQ_KERNEL_H
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct ns_common {
+	unsigned int inum;
+};
+
+struct net {
+	struct ns_common ns;
+};
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct net_device {
+	char name[16];
+	int ifindex;
+	unsigned short type;
+	possible_net_t nd_net;
+};
+
+struct sk_buff {
+	struct net_device *dev;
+	unsigned int len;
+	unsigned int data_len;
+	__u16 mac_len;
+	__u16 hdr_len;
+	__u16 queue_mapping;
+	__u32 priority;
+	__u32 hash;
+	__u32 mark;
+	__be16 protocol;
+	__u16 transport_header;
+	__u16 network_header;
+	__u16 mac_header;
+	unsigned int tail; /* sk_buff_data_t: an offset from head on 64-bit kernels */
+	unsigned int end;
+	unsigned char *head;
+	unsigned char *data;
+};
+
+struct skb_shared_info {
+	unsigned short gso_size;
+	unsigned short gso_segs;
+};
+
+struct task_struct {
+	int pid;
+	int tgid;
+};
+
+#pragma clang attribute pop
+
+#endif /* NETDEVQ_KERNEL_H */

@@ -1,0 +1,517 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
+/* netdevq.bpf.c - the kernel side of netdevq: read, filter, count, emit.
+ *
+ * Two entry points share one inline handler:
+ *   raw_tp/net_dev_queue  the raw tracepoint hands over the bare sk_buff pointer; nothing about
+ *                         it is verified, so every byte is fetched with bpf_probe_read_kernel.
+ *                         The sk_buff is copied once into per-CPU scratch and its members are
+ *                         then read from that copy at CO-RE-relocated offsets.
+ *   tp_btf/net_dev_queue  the verifier knows the argument is a struct sk_buff (kernel BTF), so
+ *                         members are loaded directly.
+ * Both fill a struct netdevq_event (netdevq.h) in per-CPU scratch, apply the kernel filter set
+ * in .rodata (cfg) and hand the event to the ring buffer and/or fold it into the aggregation map.
+ */
+#include <stdbool.h>
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "kernel.h"
+#include "netdevq.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define ARPHRD_ETHER 1
+#define ARPHRD_LOOPBACK 772
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IPPROTO_SCTP 132
+#define PARSE_BYTES 128 /* L2 (<= 64) + IPv4 with options (<= 60) + ports; IPv6 fixed header fits */
+#define SKB_COPY_MAX 512
+#define EVENT_HEAD_SIZE __builtin_offsetof(struct netdevq_event, snap)
+
+/* Set by the loader between open and load; frozen afterwards, so the verifier treats every
+ * member as a constant and prunes the checks left at zero. */
+const volatile struct netdevq_config cfg = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22); /* the loader sets the size */
+} events SEC(".maps");
+
+struct counters {
+	__u64 c[NDQ_CNT_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct counters);
+} counters SEC(".maps");
+
+struct scratch {
+	struct netdevq_event ev;
+	struct netdevq_agg_key key;
+	struct netdevq_agg_value zero; /* never written: the initial value of a new aggregation key */
+	__u8 skb[SKB_COPY_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096); /* the loader sets size and value size */
+	__type(key, struct netdevq_agg_key);
+	__type(value, struct netdevq_agg_value);
+} aggs SEC(".maps");
+
+/* tgids of the process tree followed with -c (cfg.follow_pid); fed by handle_fork. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} tracked SEC(".maps");
+
+static __always_inline int in_u32_set(const volatile struct netdevq_u32_set *s, __u32 v)
+{
+#pragma unroll
+	for (int i = 0; i < NDQ_SET_MAX; i++)
+		if (i < s->n && s->v[i] == v)
+			return 1;
+	return 0;
+}
+
+static __always_inline int name_eq(const volatile char *want, const char *have)
+{
+	/* both are NUL-padded 16-byte names */
+	const volatile __u64 *w = (const volatile __u64 *)want;
+	const __u64 *h = (const __u64 *)have;
+	return w[0] == h[0] && w[1] == h[1];
+}
+
+static __always_inline int in_name_set(const volatile char (*set)[16], __u32 n, const char *have)
+{
+#pragma unroll
+	for (int i = 0; i < NDQ_SET_MAX; i++)
+		if (i < n && name_eq(set[i], have))
+			return 1;
+	return 0;
+}
+
+static __always_inline int prefix_match(const volatile struct netdevq_prefix *p, __u16 l3,
+					const __u8 *addr)
+{
+	if (p->family != l3)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		int bits = p->bits - i * 8;
+		if (bits <= 0)
+			break;
+		__u8 mask = bits >= 8 ? 0xff : (__u8)(0xff00 >> bits);
+		if ((addr[i] & mask) != p->addr[i])
+			return 0;
+	}
+	return 1;
+}
+
+static __always_inline int in_prefix_set(const volatile struct netdevq_prefix_set *s, __u16 l3,
+					 const __u8 *addr)
+{
+#pragma unroll
+	for (int i = 0; i < NDQ_PREFIX_MAX; i++)
+		if (i < s->n && prefix_match(&s->p[i], l3, addr))
+			return 1;
+	return 0;
+}
+
+static __always_inline __u64 field_num(const struct netdevq_event *ev, __u32 f)
+{
+	switch (f) {
+	case NDQ_F_CPU: return ev->cpu;
+	case NDQ_F_PID: return ev->pid;
+	case NDQ_F_TID: return ev->tid;
+	case NDQ_F_CGROUP: return ev->cgroup;
+	case NDQ_F_IFINDEX: return ev->ifindex;
+	case NDQ_F_NETNS: return ev->netns;
+	case NDQ_F_LEN: return ev->len;
+	case NDQ_F_DATA_LEN: return ev->data_len;
+	case NDQ_F_MAC_LEN: return ev->mac_len;
+	case NDQ_F_HDR_LEN: return ev->hdr_len;
+	case NDQ_F_QUEUE: return ev->queue;
+	case NDQ_F_PRIORITY: return ev->priority;
+	case NDQ_F_MARK: return ev->mark;
+	case NDQ_F_HASH: return ev->hash;
+	case NDQ_F_GSO_SIZE: return ev->gso_size;
+	case NDQ_F_GSO_SEGS: return ev->gso_segs;
+	case NDQ_F_ETHERTYPE: return ev->ethertype;
+	case NDQ_F_PROTO: return ev->proto;
+	case NDQ_F_SPORT: return ev->sport;
+	case NDQ_F_DPORT: return ev->dport;
+	case NDQ_F_TCP_FLAGS: return ev->tcp_flags;
+	case NDQ_F_TTL: return ev->ttl;
+	case NDQ_F_TOS: return ev->tos;
+	default: return 0;
+	}
+}
+
+static __always_inline void put_addr(__u8 *slot, const struct netdevq_event *ev, const __u8 *a)
+{
+	if (ev->l3 == 4) { /* IPv4-mapped IPv6, so the key alone tells the family */
+		slot[10] = 0xff;
+		slot[11] = 0xff;
+		__builtin_memcpy(slot + 12, a, 4);
+	} else if (ev->l3 == 6) {
+		__builtin_memcpy(slot, a, 16);
+	}
+}
+
+static __always_inline void put_key(__u8 *slot, const struct netdevq_event *ev, __u32 f)
+{
+	switch (f) {
+	case NDQ_F_COMM: __builtin_memcpy(slot, ev->comm, 16); break;
+	case NDQ_F_DEV: __builtin_memcpy(slot, ev->dev, 16); break;
+	case NDQ_F_SADDR: put_addr(slot, ev, ev->saddr); break;
+	case NDQ_F_DADDR: put_addr(slot, ev, ev->daddr); break;
+	default: *(__u64 *)slot = field_num(ev, f); break;
+	}
+}
+
+static __always_inline __u32 log2_slot(__u64 v)
+{
+	__u32 r = 0, shift;
+
+	if (!v)
+		return 0;
+	shift = (v > 0xFFFFFFFFULL) << 5; v >>= shift; r |= shift;
+	shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
+	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	r |= (v >> 1);
+	return r + 1; /* slot i holds [2^(i-1), 2^i) */
+}
+
+static __always_inline __u32 linear_slot(__u64 v)
+{
+	__s64 sv = (__s64)v;
+
+	if (sv < cfg.lhist_min)
+		return 0;
+	if (sv >= cfg.lhist_max)
+		return (__u32)((__u64)(cfg.lhist_max - cfg.lhist_min) / (__u64)cfg.lhist_step) + 1;
+	return (__u32)((__u64)(sv - cfg.lhist_min) / (__u64)cfg.lhist_step) + 1;
+}
+
+static __always_inline void aggregate(struct scratch *s, struct counters *cnt)
+{
+	struct netdevq_event *ev = &s->ev;
+	struct netdevq_agg_value *v;
+	__u64 val = 0;
+
+	__builtin_memset(&s->key, 0, sizeof(s->key));
+#pragma unroll
+	for (int i = 0; i < NDQ_AGG_KEYS_MAX; i++)
+		if (i < cfg.agg_nkeys)
+			put_key(s->key.k + i * NDQ_AGG_KEY_SLOT, ev, cfg.agg_key[i]);
+	if (cfg.agg_value)
+		val = field_num(ev, cfg.agg_value);
+
+	v = bpf_map_lookup_elem(&aggs, &s->key);
+	if (!v) {
+		bpf_map_update_elem(&aggs, &s->key, &s->zero, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&aggs, &s->key);
+		if (!v) {
+			cnt->c[NDQ_CNT_AGG_OVERFLOW]++;
+			return;
+		}
+	}
+	if (v->count == 0 || val < v->min)
+		v->min = val;
+	if (val > v->max)
+		v->max = val;
+	v->count++;
+	v->sum += val;
+	if (cfg.agg_hist) {
+		__u32 slot = cfg.agg_hist == NDQ_HIST_LOG2 ? log2_slot(val) : linear_slot(val);
+		if (slot >= NDQ_AGG_SLOTS)
+			slot = NDQ_AGG_SLOTS - 1;
+		v->slot[slot]++;
+	}
+	cnt->c[NDQ_CNT_AGGREGATED]++;
+}
+
+/* Parse Ethernet/IPv4/IPv6/L4 from the header bytes already in ev->snap. */
+static __always_inline void parse_headers(struct netdevq_event *ev, __u32 l2, __u32 avail)
+{
+	__u32 l4 = 0;
+	__u8 *ip;
+
+	if (l2 >= 14 && (ev->dev_type == ARPHRD_ETHER || ev->dev_type == ARPHRD_LOOPBACK)) {
+		__builtin_memcpy(ev->dmac, ev->snap, 6);
+		__builtin_memcpy(ev->smac, ev->snap + 6, 6);
+		ev->flags |= NDQ_EV_MAC;
+	}
+	if (l2 > 64)
+		return;
+	barrier_var(l2); /* keep the mask: the compiler proves it redundant, the verifier needs it */
+	ip = ev->snap + (l2 & 63);
+	if (ev->ethertype == ETH_P_IP && avail >= l2 + 20 && (ip[0] >> 4) == 4) {
+		__u32 ihl = (ip[0] & 0xf) * 4;
+		if (ihl < 20)
+			return;
+		ev->l3 = 4;
+		ev->tos = ip[1];
+		ev->ttl = ip[8];
+		ev->proto = ip[9];
+		__builtin_memcpy(ev->saddr, ip + 12, 4);
+		__builtin_memcpy(ev->daddr, ip + 16, 4);
+		if (((ip[6] << 8) | ip[7]) & 0x1fff) {
+			ev->flags |= NDQ_EV_FRAG;
+			return;
+		}
+		l4 = l2 + ihl;
+	} else if (ev->ethertype == ETH_P_IPV6 && avail >= l2 + 40 && (ip[0] >> 4) == 6) {
+		ev->l3 = 6;
+		ev->tos = (__u8)(((ip[0] & 0xf) << 4) | (ip[1] >> 4));
+		ev->proto = ip[6];
+		ev->ttl = ip[7];
+		__builtin_memcpy(ev->saddr, ip + 8, 16);
+		__builtin_memcpy(ev->daddr, ip + 24, 16);
+		l4 = l2 + 40; /* extension headers are not walked: proto names the first one */
+	} else {
+		return;
+	}
+	if (ev->proto != IPPROTO_TCP && ev->proto != IPPROTO_UDP && ev->proto != IPPROTO_SCTP)
+		return;
+	if (l4 > PARSE_BYTES || avail < l4 + 4)
+		return;
+	barrier_var(l4);
+	__u8 *th = ev->snap + (l4 & (PARSE_BYTES - 1));
+	ev->sport = (th[0] << 8) | th[1];
+	ev->dport = (th[2] << 8) | th[3];
+	ev->flags |= NDQ_EV_L4;
+	if (ev->proto == IPPROTO_TCP && avail >= l4 + 14) {
+		ev->tcp_flags = th[13];
+		ev->flags |= NDQ_EV_TCP;
+	}
+}
+
+static __always_inline int l3l4_filter(const struct netdevq_event *ev)
+{
+	if (cfg.proto.n && (!ev->l3 || !in_u32_set(&cfg.proto, ev->proto)))
+		return 0;
+	if (cfg.saddr.n && !in_prefix_set(&cfg.saddr, ev->l3, ev->saddr))
+		return 0;
+	if (cfg.daddr.n && !in_prefix_set(&cfg.daddr, ev->l3, ev->daddr))
+		return 0;
+	if (cfg.host.n && !in_prefix_set(&cfg.host, ev->l3, ev->saddr) &&
+	    !in_prefix_set(&cfg.host, ev->l3, ev->daddr))
+		return 0;
+	if (cfg.sport.n && (!(ev->flags & NDQ_EV_L4) || !in_u32_set(&cfg.sport, ev->sport)))
+		return 0;
+	if (cfg.dport.n && (!(ev->flags & NDQ_EV_L4) || !in_u32_set(&cfg.dport, ev->dport)))
+		return 0;
+	if (cfg.port.n && (!(ev->flags & NDQ_EV_L4) ||
+			   (!in_u32_set(&cfg.port, ev->sport) && !in_u32_set(&cfg.port, ev->dport))))
+		return 0;
+	return 1;
+}
+
+/* Read a member of the sk_buff: directly (tp_btf) or from the raw-mode copy at its CO-RE offset. */
+#define SKB(f) (btf ? skb->f : *(typeof(skb->f) *)(s->skb + bpf_core_field_offset(struct sk_buff, f)))
+
+static __always_inline int handle(struct sk_buff *skb, const bool btf)
+{
+	__u32 zero = 0;
+	struct counters *cnt = bpf_map_lookup_elem(&counters, &zero);
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct netdevq_event *ev;
+	struct net_device *dev;
+	__u64 id;
+
+	if (!cnt || !s)
+		return 0;
+	cnt->c[NDQ_CNT_SEEN]++;
+	ev = &s->ev;
+
+	id = bpf_get_current_pid_tgid();
+	ev->pid = id >> 32;
+	ev->tid = (__u32)id;
+	if (cfg.follow_pid && !bpf_map_lookup_elem(&tracked, &ev->pid))
+		goto filtered;
+	if (cfg.pid.n && !in_u32_set(&cfg.pid, ev->pid))
+		goto filtered;
+	if (cfg.tid.n && !in_u32_set(&cfg.tid, ev->tid))
+		goto filtered;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	if (cfg.n_comm && !in_name_set(cfg.comm, cfg.n_comm, ev->comm))
+		goto filtered;
+
+	if (!btf) {
+		__u32 size = bpf_core_type_size(struct sk_buff);
+		if (size > SKB_COPY_MAX)
+			size = SKB_COPY_MAX;
+		if (bpf_probe_read_kernel(s->skb, size, skb))
+			return 0;
+	}
+	ev->len = SKB(len);
+	if (cfg.len_set && (ev->len < cfg.len_min || ev->len > cfg.len_max))
+		goto filtered;
+	ev->mark = SKB(mark);
+	if (cfg.mark.n && !in_u32_set(&cfg.mark, ev->mark))
+		goto filtered;
+	ev->queue = SKB(queue_mapping);
+	if (cfg.queue.n && !in_u32_set(&cfg.queue, ev->queue))
+		goto filtered;
+	ev->priority = SKB(priority);
+	if (cfg.priority.n && !in_u32_set(&cfg.priority, ev->priority))
+		goto filtered;
+
+	dev = SKB(dev);
+	if (btf) {
+		ev->ifindex = dev->ifindex;
+		ev->dev_type = dev->type;
+	} else {
+		ev->ifindex = BPF_CORE_READ(dev, ifindex);
+		ev->dev_type = BPF_CORE_READ(dev, type);
+	}
+	if (cfg.ifindex.n && !in_u32_set(&cfg.ifindex, ev->ifindex))
+		goto filtered;
+	bpf_core_read(ev->dev, sizeof(ev->dev), &dev->name);
+	if (cfg.n_dev && !in_name_set(cfg.dev, cfg.n_dev, ev->dev))
+		goto filtered;
+	if (cfg.need & NDQ_NEED_NETNS) {
+		ev->netns = btf ? dev->nd_net.net->ns.inum : BPF_CORE_READ(dev, nd_net.net, ns.inum);
+		if (cfg.netns.n && !in_u32_set(&cfg.netns, ev->netns))
+			goto filtered;
+	} else {
+		ev->netns = 0;
+	}
+
+	ev->data_len = SKB(data_len);
+	ev->mac_len = SKB(mac_len);
+	ev->hdr_len = SKB(hdr_len);
+	ev->hash = SKB(hash);
+	ev->ethertype = bpf_ntohs(SKB(protocol));
+	if (cfg.ethertype.n && !in_u32_set(&cfg.ethertype, ev->ethertype))
+		goto filtered;
+	ev->flags = 0;
+	ev->l3 = 0;
+	ev->snap_len = 0;
+	ev->l2_len = 0;
+
+	/* Header bytes start at the link header (reset by __dev_queue_xmit before the tracepoint),
+	 * or at the network header when the device has none. */
+	unsigned char *head = SKB(head);
+	unsigned char *data = SKB(data);
+	__u16 mac = SKB(mac_header), net = SKB(network_header);
+	__u32 start = mac != (__u16)~0U ? mac : net;
+	__u32 linear_end = (__u32)(data - head) + ev->len - ev->data_len;
+	__u32 avail = linear_end > start ? linear_end - start : 0;
+	__u32 want = cfg.snaplen;
+
+	if ((cfg.need & NDQ_NEED_HEADERS) && want < PARSE_BYTES)
+		want = PARSE_BYTES;
+	if (want > NDQ_SNAP_MAX)
+		want = NDQ_SNAP_MAX;
+	if (want && bpf_probe_read_kernel(ev->snap, want, head + start) == 0) {
+		ev->snap_len = avail < cfg.snaplen ? avail : cfg.snaplen;
+		ev->l2_len = net >= start ? net - start : 0;
+		if (cfg.need & NDQ_NEED_HEADERS) {
+			parse_headers(ev, ev->l2_len, avail < want ? avail : want);
+			if (!l3l4_filter(ev))
+				goto filtered;
+		}
+	}
+
+	if (cfg.need & NDQ_NEED_CGROUP) {
+		ev->cgroup = bpf_get_current_cgroup_id();
+		if (cfg.n_cgroup) {
+			int hit = 0;
+#pragma unroll
+			for (int i = 0; i < NDQ_SET_MAX; i++)
+				if (i < cfg.n_cgroup && cfg.cgroup[i] == ev->cgroup)
+					hit = 1;
+			if (!hit)
+				goto filtered;
+		}
+	} else {
+		ev->cgroup = 0;
+	}
+	if (cfg.need & NDQ_NEED_GSO) {
+		struct skb_shared_info *sh = (void *)(head + SKB(end));
+		ev->gso_size = BPF_CORE_READ(sh, gso_size);
+		ev->gso_segs = BPF_CORE_READ(sh, gso_segs);
+	} else {
+		ev->gso_size = 0;
+		ev->gso_segs = 0;
+	}
+	ev->skb = (__u64)skb;
+	ev->cpu = bpf_get_smp_processor_id();
+	ev->ts = bpf_ktime_get_ns();
+
+	if (cfg.agg_on)
+		aggregate(s, cnt);
+	if (cfg.emit) {
+		__u64 size = EVENT_HEAD_SIZE + cfg.snaplen;
+		__u64 flags = 0;
+
+		if (size > sizeof(*ev))
+			size = sizeof(*ev);
+		if (cfg.wakeup_bytes) {
+			/* Wake the consumer only when pending data crosses the threshold; below it the
+			 * consumer picks events up on its poll timeout. */
+			__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+			flags = pending < cfg.wakeup_bytes && pending + size + 8 >= cfg.wakeup_bytes ?
+					BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+		}
+		if (bpf_ringbuf_output(&events, ev, size, flags))
+			cnt->c[NDQ_CNT_LOST]++;
+		else
+			cnt->c[NDQ_CNT_EMITTED]++;
+	}
+	return 0;
+
+filtered:
+	cnt->c[NDQ_CNT_KFILTERED]++;
+	return 0;
+}
+
+SEC("raw_tp/net_dev_queue")
+int netdevq_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	return handle((struct sk_buff *)ctx->args[0], false);
+}
+
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(netdevq_btf, struct sk_buff *skb)
+{
+	return handle(skb, true);
+}
+
+/* Follows the -c process tree: a child of a tracked process is tracked. */
+SEC("raw_tp/sched_process_fork")
+int netdevq_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *parent = (struct task_struct *)ctx->args[0];
+	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	__u8 one = 1;
+
+	if (ptgid != ctgid && bpf_map_lookup_elem(&tracked, &ptgid))
+		bpf_map_update_elem(&tracked, &ctgid, &one, BPF_ANY);
+	return 0;
+}

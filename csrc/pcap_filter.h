@@ -1,0 +1,17 @@
+/* pcap_filter.h - tcpdump expressions compiled by libpcap, run on captured header bytes.
+ * Kept apart from the libbpf code: libpcap's and libbpf's `struct bpf_program` collide. */
+#ifndef NETDEVQ_PCAP_FILTER_H
+#define NETDEVQ_PCAP_FILTER_H
+
+#include <stddef.h>
+
+struct ndq_pcap;
+
+/* One program per link type (Ethernet and raw IP); NULL and a message in err on failure. */
+struct ndq_pcap *ndq_pcap_compile(const char *expr, int snaplen, char *err, size_t errlen);
+/* 1 when the packet matches; pkt starts at the link header (ethernet) or the IP header. */
+int ndq_pcap_match(const struct ndq_pcap *p, int ethernet, const unsigned char *pkt,
+		   unsigned int caplen, unsigned int len);
+void ndq_pcap_free(struct ndq_pcap *p);
+
+#endif
