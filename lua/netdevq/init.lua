@@ -1,0 +1,412 @@
+-- netdevq: trace net_dev_queue (every packet a device is asked to transmit) from LuaJIT.
+--
+--   local netdevq = require("netdevq")
+--   local t = assert(netdevq.open{ filter = 'proto == "udp"', mode = "raw" })
+--   t:on_event(function(ev) print(ev.comm, ev.pid, ev.dev, ev.len) end)
+--   t:run{ duration = 5 }
+--   print(t:stats().matched)
+--   t:close()
+--
+-- open() loads and attaches the BPF object; the kernel part of the filter is written into the
+-- object's .rodata before load, the rest runs here on each delivered event. Events reach
+-- callbacks as one reused view (fields.view): read what you need inside the callback, or keep
+-- ev:totable().
+local ffi = require("ffi")
+local bit = require("bit")
+local core = require("netdevq.core")
+local abi = require("netdevq.abi")
+local fields = require("netdevq.fields")
+local filter = require("netdevq.filter")
+local aggregate = require("netdevq.aggregate")
+
+local ffi_new = ffi.new
+local ffi_cast = ffi.cast
+local ffi_string = ffi.string
+local bor = bit.bor
+local band = bit.band
+local type = type
+local error = error
+local setmetatable = setmetatable
+local tostring = tostring
+local math_max = math.max
+local math_min = math.min
+local monotonic_ns = core.monotonic_ns
+
+local event_ptr_t = abi.event_ptr_t
+local agg_key_ptr_t = ffi.typeof("const struct netdevq_agg_key *")
+local agg_value_ptr_t = ffi.typeof("const struct netdevq_agg_value *")
+local NEED = abi.NEED
+local F = abi.F
+
+local DEFAULT_WAKEUP_BYTES = 256 * 1024
+local PARSE_SNAPLEN = 128 -- what the kernel reads anyway to parse headers
+local PCAP_SNAPLEN = 256
+
+local _M = {
+    _VERSION = core._VERSION,
+    core = core,
+    fields = fields,
+    filter = filter,
+    aggregate = aggregate,
+}
+
+-- Aggregation objects a script feeds itself, printed like bpftrace (see netdevq.aggregate).
+_M.count = aggregate.count
+_M.sum = aggregate.sum
+_M.avg = aggregate.avg
+_M.min = aggregate.min
+_M.max = aggregate.max
+_M.stats = aggregate.stats
+_M.hist = aggregate.hist
+_M.lhist = aggregate.lhist
+
+local Tracer = {}
+Tracer.__index = Tracer
+
+-- Which aggregations the kernel computes: every key and the value must be kernel fields.
+local KERNEL_AGG_KINDS = {
+    count = true, sum = true, avg = true, min = true, max = true, stats = true, hist = true,
+    lhist = true,
+}
+
+function _M.kernel_aggregatable(spec)
+    if not KERNEL_AGG_KINDS[spec.kind] then
+        return false
+    end
+    local keys = spec.keys or {}
+    if #keys > abi.AGG_KEYS_MAX then
+        return false
+    end
+    for _, k in ipairs(keys) do
+        if not F[k] then
+            return false
+        end
+    end
+    if spec.kind ~= "count" then
+        local f = F[spec.value]
+        if not f or fields.by_name[spec.value].type ~= "integer" then
+            return false
+        end
+    end
+    if spec.kind == "lhist" and (spec.max - spec.min) / spec.step > abi.AGG_SLOTS - 2 then
+        return false
+    end
+    return true
+end
+
+local function set_agg_config(cfg, spec)
+    cfg.agg_on = 1
+    local keys = spec.keys or {}
+    cfg.agg_nkeys = #keys
+    for i, k in ipairs(keys) do
+        cfg.agg_key[i - 1] = F[k]
+    end
+    cfg.agg_value = spec.kind == "count" and 0 or F[spec.value]
+    if spec.kind == "hist" then
+        cfg.agg_hist = abi.HIST.LOG2
+    elseif spec.kind == "lhist" then
+        cfg.agg_hist = abi.HIST.LINEAR
+        cfg.lhist_min, cfg.lhist_max, cfg.lhist_step = spec.min, spec.max, spec.step
+    end
+end
+
+-- true when the kernel checks all of expr (nil or empty: nothing to check)
+function _M.kernel_filter_complete(expr)
+    if expr == nil or expr == "" then
+        return true
+    end
+    local tree = filter.parse(expr)
+    if not tree then
+        return false
+    end
+    return filter.pushdown(tree, ffi_new(abi.config_t)) == nil
+end
+
+local function fail(msg)
+    return nil, "netdevq: " .. msg
+end
+
+-- opts:
+--   mode        "raw" (default) | "btf"
+--   filter      field expression (contract grammar); its kernel part is pushed into the object
+--   pcap        tcpdump/pcap-filter expression, run on captured header bytes before Lua
+--   where       function(ev) -> boolean, run after filter
+--   fields      names the caller will read (decides what the kernel parses); default all
+--   snaplen     header bytes each event carries (0..256; pcapng output and pcap filters need them)
+--   aggregate   { kind=, keys=, value=, min=, max=, step= } computed in the kernel (see
+--               kernel_aggregatable); events are then not streamed unless emit = true
+--   emit        stream events to Lua (default: true unless aggregate is set)
+--   follow_pid  trace only this process and its descendants
+--   ringbuf_size, batch, wakeup_bytes, agg_max_keys, verbose, object, btf_path, attach (true)
+-- Returns a tracer, or nil and a one-line message (multi-line for filter errors with a caret).
+function _M.open(opts)
+    opts = opts or {}
+    if type(opts) ~= "table" then
+        error("netdevq.open: expected an options table", 2)
+    end
+    local mode = opts.mode or "raw"
+    if mode ~= "raw" and mode ~= "btf" then
+        error("netdevq.open: mode must be 'raw' or 'btf', not '" .. tostring(mode) .. "'", 2)
+    end
+    if opts.where ~= nil and type(opts.where) ~= "function" then
+        error("netdevq.open: 'where' must be a function", 2)
+    end
+
+    local cfg = ffi_new(abi.config_t)
+    local need = 0
+    local remainder_match
+    if opts.filter and opts.filter ~= "" then
+        local tree, err, col = filter.parse(opts.filter)
+        if not tree then
+            return nil, err, col and filter.caret(opts.filter, col)
+        end
+        local remainder, kneed = filter.pushdown(tree, cfg)
+        need = bor(need, kneed or 0)
+        if remainder then
+            remainder_match = filter.compile(remainder)
+            need = bor(need, filter.needs and filter.needs(remainder) or NEED.ALL)
+        end
+    end
+    if opts.fields then
+        need = bor(need, fields.needs(opts.fields))
+    else
+        need = NEED.ALL
+    end
+
+    local snaplen = opts.snaplen or 0
+    if opts.pcap then
+        snaplen = math_max(snaplen, opts.snaplen or PCAP_SNAPLEN)
+    end
+    if snaplen < 0 or snaplen > abi.SNAP_MAX then
+        return fail("snaplen " .. tostring(snaplen) .. " is out of range (0.." .. abi.SNAP_MAX .. ")")
+    end
+    if remainder_match or opts.where then
+        -- the Lua side reads fields the caller did not name
+        need = NEED.ALL
+    end
+    cfg.snaplen = snaplen
+    cfg.need = need
+    local emit = opts.emit
+    if emit == nil then
+        emit = opts.aggregate == nil
+    end
+    cfg.emit = emit and 1 or 0
+    cfg.wakeup_bytes = opts.wakeup_bytes or DEFAULT_WAKEUP_BYTES
+    cfg.follow_pid = opts.follow_pid or 0
+    if opts.aggregate then
+        if not _M.kernel_aggregatable(opts.aggregate) then
+            error("netdevq.open: this aggregation cannot run in the kernel (keys and value must be "
+                .. "kernel integer fields); aggregate in Lua instead", 2)
+        end
+        if remainder_match or opts.where or opts.pcap then
+            error("netdevq.open: in-kernel aggregation needs a filter the kernel checks completely", 2)
+        end
+        set_agg_config(cfg, opts.aggregate)
+    end
+
+    local t, err = core.open{
+        mode = mode,
+        config = ffi_string(cfg, ffi.sizeof(cfg)),
+        object = opts.object,
+        object_bytes = opts.object_bytes,
+        btf_path = opts.btf_path,
+        pcap = opts.pcap,
+        pcap_snaplen = snaplen,
+        ringbuf_size = opts.ringbuf_size,
+        batch = opts.batch,
+        agg_max_keys = opts.agg_max_keys,
+        verbose = opts.verbose,
+    }
+    if not t then
+        return fail(err)
+    end
+    local self = setmetatable({
+        t = t,
+        mode = mode,
+        view = fields.view(),
+        match = remainder_match,
+        where = opts.where,
+        callbacks = {},
+        ncallbacks = 0,
+        agg_spec = opts.aggregate,
+        matched = 0,
+        lua_filtered = 0,
+        started_ns = monotonic_ns(),
+        attached = false,
+    }, Tracer)
+    if opts.attach ~= false then
+        local ok, aerr = self:attach()
+        if not ok then
+            self:close()
+            return nil, aerr
+        end
+    end
+    return self
+end
+
+function Tracer:attach()
+    local ok, err = self.t:attach()
+    if not ok then
+        return fail(err)
+    end
+    self.attached = true
+    self.started_ns = monotonic_ns()
+    return true
+end
+
+-- fn(ev) for every matching event; several callbacks run in registration order.
+function Tracer:on_event(fn)
+    if type(fn) ~= "function" then
+        error("on_event: expected a function", 2)
+    end
+    local n = self.ncallbacks + 1
+    self.callbacks[n] = fn
+    self.ncallbacks = n
+    return self
+end
+
+-- Deliver what is pending (waiting up to timeout_ms when nothing is). Returns the number of
+-- events delivered to callbacks, or nil, err.
+function Tracer:poll(timeout_ms)
+    local n, batch = self.t:poll(timeout_ms or 100)
+    if not n then
+        return nil, "netdevq: " .. tostring(batch)
+    end
+    if n == 0 then
+        return 0
+    end
+    local evs = ffi_cast(event_ptr_t, batch)
+    local view, match, where = self.view, self.match, self.where
+    local callbacks, ncb = self.callbacks, self.ncallbacks
+    local room = self.limit and self.limit - self.matched or n
+    local delivered, filtered = 0, 0
+    for i = 0, n - 1 do
+        if delivered >= room then
+            break -- max_events reached: the rest of the batch is not delivered
+        end
+        view:_set(evs + i)
+        if (match == nil or match(view)) and (where == nil or where(view)) then
+            delivered = delivered + 1
+            for c = 1, ncb do
+                callbacks[c](view)
+            end
+        else
+            filtered = filtered + 1
+        end
+    end
+    self.matched = self.matched + delivered
+    self.lua_filtered = self.lua_filtered + filtered
+    return delivered
+end
+
+-- Kernel counters and what happened here:
+--   seen (net_dev_queue hits), kfiltered (dropped by the kernel filter), emitted (to the ring
+--   buffer), lost (ring buffer full), pcap_dropped, lua_filtered, matched (delivered to
+--   callbacks), aggregated, agg_overflow; events = seen.
+function Tracer:stats()
+    local c, err = self.t:counters()
+    if not c then
+        return nil, "netdevq: " .. err
+    end
+    c.events = c.seen
+    if self.agg_spec and self.ncallbacks == 0 then
+        c.matched = c.aggregated
+    else
+        c.matched = self.matched
+    end
+    c.lua_filtered = self.lua_filtered
+    c.duration_s = (monotonic_ns() - self.started_ns) / 1e9
+    return c
+end
+
+-- Reads the in-kernel aggregation (opened with `aggregate`) into agg (a netdevq.aggregate
+-- object, created when nil); reset clears the kernel map as it is read.
+function Tracer:read_aggregate(agg, reset)
+    local spec = self.agg_spec
+    if not spec then
+        error("read_aggregate: this tracer was opened without 'aggregate'", 2)
+    end
+    local n, keys, vals = self.t:agg_read(reset)
+    if not n then
+        return nil, "netdevq: " .. tostring(keys)
+    end
+    keys = ffi_cast(agg_key_ptr_t, keys)
+    vals = ffi_cast(agg_value_ptr_t, vals)
+    local records = {}
+    for i = 0, n - 1 do
+        records[i + 1] = { key = keys + i, value = vals + i }
+    end
+    return aggregate.from_kernel(spec, records, agg)
+end
+
+-- Runs until duration (s), max_events, stop() returning true, an error, or SIGINT/SIGTERM
+-- (when catch_signals was called). on_tick(now_s) runs every `interval` seconds.
+-- Returns the stats table, or nil, err.
+function Tracer:run(opts)
+    opts = opts or {}
+    local deadline = opts.duration and (monotonic_ns() + opts.duration * 1e9)
+    local max_events = opts.max_events
+    if max_events then
+        self.limit = max_events
+    end
+    local interval_ns = opts.interval and opts.interval * 1e9
+    local next_tick = interval_ns and monotonic_ns() + interval_ns
+    local poll_ms = opts.poll_ms or 100
+    local stop = opts.stop
+    while true do
+        if core.interrupted() then
+            break
+        end
+        local now = monotonic_ns()
+        if deadline and now >= deadline then
+            break
+        end
+        local wait = poll_ms
+        if deadline then
+            wait = math_min(wait, math_max(1, (deadline - now) / 1e6))
+        end
+        if next_tick then
+            wait = math_min(wait, math_max(1, (next_tick - now) / 1e6))
+        end
+        local n, err = self:poll(wait)
+        if not n then
+            return nil, err
+        end
+        if max_events and self.matched >= max_events then
+            break
+        end
+        if stop and stop() then
+            break
+        end
+        if next_tick and monotonic_ns() >= next_tick then
+            next_tick = next_tick + interval_ns
+            if opts.on_tick then
+                opts.on_tick(self)
+            end
+        end
+    end
+    return self:stats()
+end
+
+-- true once run{max_events} (or t.limit) has been delivered
+function Tracer:limit_reached()
+    return self.limit ~= nil and self.matched >= self.limit
+end
+
+function Tracer:close()
+    if self.t then
+        self.t:close()
+        self.t = false
+    end
+end
+-- (no __gc here: LuaJIT tables have none; the core userdata closes itself when collected)
+
+function Tracer:__tostring()
+    return "netdevq tracer (" .. self.mode .. (self.t and "" or ", closed") .. ")"
+end
+
+-- Let SIGINT/SIGTERM end run() instead of killing the process.
+_M.catch_signals = core.catch_signals
+_M.interrupted = core.interrupted
+
+return _M

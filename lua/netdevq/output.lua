@@ -1,0 +1,339 @@
+-- netdevq.output: per-event writers (text lines, JSON lines) and the end-of-run summary.
+--
+-- A writer is made once with its column list; the getters are looked up then, so writing an
+-- event is a loop over an array into a reused buffer and one file write — no closure, no table.
+-- Write failures (EPIPE when the reader went away, ENOSPC, ...) come back as nil, err and stick:
+-- every later call returns the same error, so the run loop can stop at its next check.
+-- SIGPIPE must be ignored by the process for EPIPE to arrive here instead of killing it.
+local bit = require("bit")
+local cjson = require("cjson")
+local abi = require("netdevq.abi")
+local fields = require("netdevq.fields")
+
+local band = bit.band
+local format = string.format
+local concat = table.concat
+local encode_string = cjson.encode
+local type = type
+local tostring = tostring
+local error = error
+local setmetatable = setmetatable
+local ipairs = ipairs
+local io_stdout = io.stdout
+local io_stderr = io.stderr
+
+local EV_L4 = abi.EV.L4
+local by_name = fields.by_name
+local unknown_message = fields.unknown_message
+
+local get_time = by_name.time.get
+local get_comm = by_name.comm.get
+local get_pid = by_name.pid.get
+local get_dev = by_name.dev.get
+local get_len = by_name.len.get
+local get_proto = by_name.proto.get
+local get_saddr = by_name.saddr.get
+local get_daddr = by_name.daddr.get
+local get_sport = by_name.sport.get
+local get_dport = by_name.dport.get
+local get_ethertype = by_name.ethertype.get
+
+-- Doubles print exactly with %.14g (what tostring and table.concat use) below this; ts in ns
+-- passes it after ~28 hours of uptime.
+local EXACT_BELOW = 1e14
+
+
+local _M = { _VERSION = "0.1.0" }
+
+-- The fields the default text line reads (for fields.needs()).
+_M.DEFAULT_FIELDS = {
+    "time", "comm", "pid", "dev", "len", "proto", "saddr", "sport", "daddr", "dport", "ethertype",
+}
+
+
+local function check_opts(opts, who)
+    if opts == nil then
+        return {}
+    end
+    if type(opts) ~= "table" then
+        error(who .. ": expected an options table, got " .. type(opts), 3)
+    end
+    local list = opts.fields
+    if list ~= nil then
+        if type(list) ~= "table" or #list == 0 then
+            error(who .. ": fields must be a non-empty array of field names", 3)
+        end
+        for i = 1, #list do
+            if not by_name[list[i]] then
+                error(who .. ": " .. unknown_message(list[i]), 3)
+            end
+        end
+    end
+    return opts
+end
+
+local function event_pointer(ev)
+    if type(ev) == "table" then
+        ev = ev._p
+        if not ev then
+            error("event view has no event (used outside its callback?)", 3)
+        end
+    end
+    return ev
+end
+
+local function integer_text(v)
+    if v >= EXACT_BELOW or v <= -EXACT_BELOW then
+        return format("%d", v)
+    end
+    return v
+end
+
+
+-- Shared by both writers ----------------------------------------------------------------------
+
+local function write_line(self, fh, a, b)
+    if self.err then
+        return nil, self.err
+    end
+    local ok, err = fh:write(a, b)
+    if not ok then
+        self.err = tostring(err)
+        return nil, self.err
+    end
+    return true
+end
+
+local function flush(self)
+    if self.err then
+        return nil, self.err
+    end
+    local ok, err = self.file:flush()
+    if not ok then
+        self.err = tostring(err)
+        return nil, self.err
+    end
+    return true
+end
+
+local function summary_text(stats)
+    return format("netdevq: %d events, %d matched, %d lost",
+                  stats.events or 0, stats.matched or 0, stats.lost or 0)
+end
+_M.summary_text = summary_text
+
+local function text_lost(self, count)
+    return write_line(self, self.err_file,
+                      format("netdevq: %d events lost (ring buffer full; a larger --ringbuf-size "
+                             .. "or a kernel-side filter helps)", count), "\n")
+end
+
+local function text_summary(self, stats)
+    return write_line(self, self.err_file, summary_text(stats), "\n")
+end
+
+
+-- Text ------------------------------------------------------------------------------------------
+
+local Text = {}
+Text.__index = Text
+
+local function text_value(v)
+    if v == nil or v == "" then
+        return "-"
+    end
+    if type(v) == "number" then
+        return integer_text(v)
+    end
+    return v
+end
+
+-- time comm pid dev len proto saddr:sport > daddr:dport. IPv6 with a port is written [addr]:port
+-- (RFC 5952 section 6) so that the port cannot be read as the last group. Not IP: the ethertype
+-- in place of proto and no addresses.
+local function default_line(p, parts)
+    parts[1] = get_time(p)
+    parts[2] = text_value(get_comm(p))
+    parts[3] = get_pid(p)
+    parts[4] = text_value(get_dev(p))
+    parts[5] = get_len(p)
+    local l3 = p.l3
+    if l3 == 0 then
+        parts[6] = text_value(get_ethertype(p))
+        return 6
+    end
+    parts[6] = get_proto(p)
+    local saddr, daddr = get_saddr(p), get_daddr(p)
+    if band(p.flags, EV_L4) ~= 0 then
+        if l3 == 6 then
+            saddr = "[" .. saddr .. "]:" .. get_sport(p)
+            daddr = "[" .. daddr .. "]:" .. get_dport(p)
+        else
+            saddr = saddr .. ":" .. get_sport(p)
+            daddr = daddr .. ":" .. get_dport(p)
+        end
+    end
+    parts[7] = saddr
+    parts[8] = ">"
+    parts[9] = daddr
+    return 9
+end
+
+-- The line for one event, without the newline. ev: an event view or event pointer.
+function Text:format(ev)
+    local p = event_pointer(ev)
+    local parts = self.parts
+    local getters = self.getters
+    if not getters then
+        return concat(parts, " ", 1, default_line(p, parts))
+    end
+    local n = #getters
+    for i = 1, n do
+        parts[i] = text_value(getters[i](p))
+    end
+    return concat(parts, " ", 1, n)
+end
+
+function Text:event(ev)
+    if self.err then
+        return nil, self.err
+    end
+    return write_line(self, self.file, self:format(ev), "\n")
+end
+
+Text.flush = flush
+Text.lost = text_lost
+Text.summary = text_summary
+
+-- opts: fields (array of names; default: the default layout), file (io.stdout),
+-- err_file (io.stderr: lost-event notices and the summary).
+function _M.text(opts)
+    opts = check_opts(opts, "output.text")
+    local getters
+    if opts.fields then
+        getters = {}
+        for i, name in ipairs(opts.fields) do
+            getters[i] = by_name[name].get
+        end
+    end
+    return setmetatable({
+        file = opts.file or io_stdout,
+        err_file = opts.err_file or io_stderr,
+        getters = getters,
+        parts = {},
+        err = nil,
+    }, Text)
+end
+
+
+-- JSON lines ---------------------------------------------------------------------------------
+--
+-- The line is put together here rather than by cjson.encode: cjson prints numbers with at most
+-- 14 significant digits (ts in ns has 15-16), and a hand-built line keeps its keys in column
+-- order. cjson still escapes the strings that can hold arbitrary bytes (comm, dev); the other
+-- string fields are made by fields.lua from hex digits, dots, colons and names.
+-- Absent fields are omitted, with and without --fields (never null): a consumer tests for the key.
+
+local Json = {}
+Json.__index = Json
+
+local KIND_INTEGER, KIND_SAFE_STRING, KIND_ESCAPED_STRING = 1, 2, 3
+local NEEDS_ESCAPING = { comm = true, dev = true }
+
+function Json:format(ev)
+    local p = event_pointer(ev)
+    local parts = self.parts
+    local getters, kinds, keys = self.getters, self.kinds, self.keys
+    local n = 1                                    -- parts[1] is '{"type":"event"'
+    for i = 1, #getters do
+        local v = getters[i](p)
+        if v ~= nil then
+            local kind = kinds[i]
+            if kind == KIND_INTEGER then
+                parts[n + 1] = keys[i]
+                parts[n + 2] = integer_text(v)
+                n = n + 2
+            elseif kind == KIND_SAFE_STRING then
+                parts[n + 1] = keys[i]
+                parts[n + 2] = '"'
+                parts[n + 3] = v
+                parts[n + 4] = '"'
+                n = n + 4
+            else
+                parts[n + 1] = keys[i]
+                parts[n + 2] = encode_string(v)
+                n = n + 2
+            end
+        end
+    end
+    parts[n + 1] = "}"
+    return concat(parts, "", 1, n + 1)
+end
+
+function Json:event(ev)
+    if self.err then
+        return nil, self.err
+    end
+    return write_line(self, self.file, self:format(ev), "\n")
+end
+
+function Json:lost(count)
+    return write_line(self, self.file, format('{"type":"lost","count":%d}', count), "\n")
+end
+
+-- stats: { events=, matched=, lost=, duration_s= }. Writes the JSON summary line to file and the
+-- summary text to err_file (the contract wants both).
+function Json:summary(stats)
+    local ok, err = write_line(self, self.file,
+        format('{"type":"summary","events":%d,"matched":%d,"lost":%d,"duration_s":%.3f}',
+               stats.events or 0, stats.matched or 0, stats.lost or 0, stats.duration_s or 0),
+        "\n")
+    if not ok then
+        return nil, err
+    end
+    return write_line(self, self.err_file, summary_text(stats), "\n")
+end
+
+Json.flush = flush
+
+-- opts: fields (array of names; default: every catalogue field), file, err_file.
+function _M.json(opts)
+    opts = check_opts(opts, "output.json")
+    local list = opts.fields or fields.names
+    local getters, kinds, keys = {}, {}, {}
+    for i, name in ipairs(list) do
+        local field = by_name[name]
+        getters[i] = field.get
+        keys[i] = ',"' .. name .. '":'
+        if field.type == "integer" then
+            kinds[i] = KIND_INTEGER
+        elseif NEEDS_ESCAPING[name] then
+            kinds[i] = KIND_ESCAPED_STRING
+        else
+            kinds[i] = KIND_SAFE_STRING
+        end
+    end
+    return setmetatable({
+        file = opts.file or io_stdout,
+        err_file = opts.err_file or io_stderr,
+        getters = getters,
+        kinds = kinds,
+        keys = keys,
+        parts = { '{"type":"event"' },
+        err = nil,
+    }, Json)
+end
+
+
+-- format: "text" | "json"
+function _M.new(format_name, opts)
+    if format_name == "text" then
+        return _M.text(opts)
+    elseif format_name == "json" then
+        return _M.json(opts)
+    end
+    error("output.new: unknown format '" .. tostring(format_name) .. "' (text, json)", 2)
+end
+
+
+return _M
