@@ -177,8 +177,29 @@ static __always_inline void put_addr(__u8 *slot, const struct netdevq_event *ev,
 	}
 }
 
+/* Whether the event carries field f (the Lua getters return nil exactly when this is 0). */
+static __always_inline int field_present(const struct netdevq_event *ev, __u32 f)
+{
+	switch (f) {
+	case NDQ_F_SADDR: case NDQ_F_DADDR: case NDQ_F_PROTO: case NDQ_F_TTL: case NDQ_F_TOS:
+		return ev->l3 != 0;
+	case NDQ_F_SPORT: case NDQ_F_DPORT:
+		return ev->flags & NDQ_EV_L4;
+	case NDQ_F_TCP_FLAGS:
+		return ev->flags & NDQ_EV_TCP;
+	case NDQ_F_ETHERTYPE:
+		return ev->ethertype != 0;
+	default:
+		return 1;
+	}
+}
+
 static __always_inline void put_key(__u8 *slot, const struct netdevq_event *ev, __u32 f)
 {
+	if (!field_present(ev, f)) { /* absent: sixteen 0xff bytes, told apart from zero */
+		__builtin_memset(slot, 0xff, NDQ_AGG_KEY_SLOT);
+		return;
+	}
 	switch (f) {
 	case NDQ_F_COMM: __builtin_memcpy(slot, ev->comm, 16); break;
 	case NDQ_F_DEV: __builtin_memcpy(slot, ev->dev, 16); break;
@@ -220,6 +241,8 @@ static __always_inline void aggregate(struct scratch *s, struct counters *cnt)
 	struct netdevq_agg_value *v;
 	__u64 val = 0;
 
+	if (cfg.agg_value && !field_present(ev, cfg.agg_value))
+		return; /* nothing to fold: the Lua path skips such events too */
 	__builtin_memset(&s->key, 0, sizeof(s->key));
 #pragma unroll
 	for (int i = 0; i < NDQ_AGG_KEYS_MAX; i++)

@@ -777,4 +777,35 @@ function _M.from_kernel(spec, records, agg)
   return agg
 end
 
+-- An on_event callback that feeds agg from event views, keyed by the fields in keys (array,
+-- possibly empty) with the value of field `value` (nil for count). Mirrors the kernel path: an
+-- absent key field is ABSENT, an event without the value field is skipped. Allocates nothing
+-- per event once a key exists.
+function _M.feeder(agg, keys, value)
+  local nkeys = #keys
+  if nkeys == 0 then
+    if value == nil then
+      return function() agg:add(nil, 1) end
+    end
+    return function(ev)
+      local v = ev[value]
+      if v ~= nil then agg:add(nil, v) end
+    end
+  end
+  local key = {}
+  return function(ev)
+    local v = 1
+    if value ~= nil then
+      v = ev[value]
+      if v == nil then return end
+    end
+    for j = 1, nkeys do
+      local kv = ev[keys[j]]
+      if kv == nil then kv = ABSENT end
+      key[j] = kv
+    end
+    agg:add(nkeys == 1 and key[1] or key, v)
+  end
+end
+
 return _M

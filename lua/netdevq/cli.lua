@@ -358,7 +358,8 @@ function _M.main(argv)
             core.waitpid(child_pid, false)
         end
         -- bad filters are usage errors; everything else is a runtime failure
-        return (err:match("^filter") or err:match("netdevq: filter")) and EXIT_USAGE or EXIT_FAIL
+        return (err:match("^netdevq: filter") or err:match("^netdevq: pcap filter")) and EXIT_USAGE
+            or EXIT_FAIL
     end
 
     local aggs = {}
@@ -370,31 +371,7 @@ function _M.main(argv)
     local write_error
     if not kernel_spec then
         for i, spec in ipairs(specs) do
-            local agg, keys, value = aggs[i], spec.keys, spec.value
-            local nkeys = #keys
-            local key = {}
-            if nkeys == 0 then
-                t:on_event(function(ev) agg:add(nil, value and ev[value]) end)
-            elseif nkeys == 1 then
-                local k1 = keys[1]
-                t:on_event(function(ev)
-                    local kv = ev[k1]
-                    if kv ~= nil then
-                        agg:add(kv, value and ev[value])
-                    end
-                end)
-            else
-                t:on_event(function(ev)
-                    for j = 1, nkeys do
-                        local kv = ev[keys[j]]
-                        if kv == nil then
-                            return
-                        end
-                        key[j] = kv
-                    end
-                    agg:add(key, value and ev[value])
-                end)
-            end
+            t:on_event(aggregate.feeder(aggs[i], spec.keys, spec.value))
         end
     end
     if pcap_writer then

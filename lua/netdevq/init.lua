@@ -158,7 +158,7 @@ function _M.open(opts)
     if opts.filter and opts.filter ~= "" then
         local tree, err, col = filter.parse(opts.filter)
         if not tree then
-            return nil, err, col and filter.caret(opts.filter, col)
+            return nil, "netdevq: " .. err, col and filter.caret(opts.filter, col)
         end
         local remainder, kneed = filter.pushdown(tree, cfg)
         need = bor(need, kneed or 0)
@@ -211,7 +211,7 @@ function _M.open(opts)
         object_bytes = opts.object_bytes,
         btf_path = opts.btf_path,
         pcap = opts.pcap,
-        pcap_snaplen = snaplen,
+        pcap_snaplen = opts.pcap and snaplen or nil,
         ringbuf_size = opts.ringbuf_size,
         batch = opts.batch,
         agg_max_keys = opts.agg_max_keys,

@@ -17,7 +17,8 @@
 -- namespaces, so their names never meet the host's or another process's. Addresses:
 -- 198.18.0.1/24 <-> 198.18.0.2/24, 2001:db8::1/64 <-> 2001:db8::2/64 (nodad); fixed MACs
 -- 02:6e:64:71:00:01 / 02:6e:64:71:00:02; veth and lo up in both. To keep measured windows quiet:
--- no IPv6 link-local addresses (addr_gen_mode none: no DAD, no router solicitations) and permanent
+-- no IPv6 link-local addresses (addr_gen_mode none: no DAD), no router solicitations, MLD reports
+-- squeezed into the first milliseconds after link up (report interval 1 ms), and permanent
 -- neighbour entries for the peer (no ARP/ND on the wire; pass static_neigh = false to get the
 -- kernel's resolution, then :neigh_warmup() before measuring).
 --
@@ -209,6 +210,13 @@ _M.spawn = function(argv) return spawn(argv) end
 local Pair = {}
 Pair.__index = Pair
 
+local function in_netns(ns, argv)
+  if type(argv) ~= "table" or #argv == 0 then error("command must be a non-empty list of arguments", 3) end
+  local full = { "ip", "netns", "exec", ns }
+  for i = 1, #argv do full[#full + 1] = argv[i] end
+  return full
+end
+
 local pairs_made = 0
 local live_names = {}
 
@@ -232,19 +240,13 @@ end
 
 --- Runs argv inside namespace "a" or "b"; returns ok, output, exit code.
 function Pair:exec(which, argv)
-  local ns = self:ns(which)
-  local full = { "ip", "netns", "exec", ns }
-  for i = 1, #argv do full[#full + 1] = argv[i] end
-  return run(full)
+  return run(in_netns(self:ns(which), argv))
 end
 
 --- Starts argv inside namespace "a" or "b"; returns a process handle (:line(), :wait(),
 -- :kill(), .pid). destroy() ends whatever is still running.
 function Pair:spawn(which, argv)
-  local ns = self:ns(which)
-  local full = { "ip", "netns", "exec", ns }
-  for i = 1, #argv do full[#full + 1] = argv[i] end
-  local proc = spawn(full)
+  local proc = spawn(in_netns(self:ns(which), argv))
   proc.pair = self
   self.procs[proc] = true
   return proc
@@ -299,7 +301,9 @@ local function setup(self, static_neigh)
     -- before the veth exists, so that its ends inherit the defaults
     step({ "ip", "netns", "exec", ns, "sysctl", "-qw",
       "net.ipv6.conf.default.addr_gen_mode=1", "net.ipv6.conf.default.accept_ra=0",
-      "net.ipv6.conf.default.router_solicitations=0" })
+      "net.ipv6.conf.default.router_solicitations=0",
+      "net.ipv6.conf.default.mldv1_unsolicited_report_interval=1",
+      "net.ipv6.conf.default.mldv2_unsolicited_report_interval=1" })
   end
   step({ "ip", "-n", a, "link", "add", va, "address", MAC_A, "type", "veth",
     "peer", "name", vb, "address", MAC_B, "netns", b })
