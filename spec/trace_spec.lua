@@ -44,8 +44,10 @@ describe("netdevq tracing real traffic #root", function()
     local pair
 
     before_each(function()
-        netns.require_root()
-        pair = assert(netns.pair{ name = "ndqt" })
+        -- outside root each test goes pending (a failure in CI) through require_root below
+        if netns.is_root() then
+            pair = assert(netns.pair{ name = "ndqt" })
+        end
     end)
 
     after_each(function()
@@ -93,6 +95,7 @@ describe("netdevq tracing real traffic #root", function()
     end
 
     it("shows the TCP handshake as S, S. and . on the right devices", function()
+        netns.require_root()
         local t = tracer("raw")
         finally(function() t:close() end)
         local listener = pair:spawn("b", { netns.ndq_send(), "tcplisten", pair.ip4_b, "8080", "3000" })
@@ -125,6 +128,7 @@ describe("netdevq tracing real traffic #root", function()
     end)
 
     it("decodes UDP over IPv6 and ICMP echo with exact addresses and lengths", function()
+        netns.require_root()
         local t = tracer("btf")
         finally(function() t:close() end)
         local ok, out = pair:exec("a", { netns.ndq_send(), "udp6", pair.ip6_a, pair.ip6_b,
@@ -156,6 +160,7 @@ describe("netdevq tracing real traffic #root", function()
     end)
 
     it("filters in the kernel: only matching events cross the ring buffer", function()
+        netns.require_root()
         local t = tracer("raw", { filter = 'dev == "' .. pair.veth_a .. '" and dport == 9001' })
         finally(function() t:close() end)
         local ok, out = pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b,

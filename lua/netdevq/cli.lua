@@ -327,9 +327,29 @@ function _M.main(argv)
         end
     end
 
-    local need_fields = out_fields
-    if pcap_writer or not print_events then
-        need_fields = nil
+    -- the fields the kernel must read: what is printed and what Lua aggregations key on
+    local read_fields = {}
+    if print_events then
+        if out_fields then
+            read_fields = out_fields
+        elseif args.format == "text" then
+            read_fields = output.DEFAULT_FIELDS
+        else
+            read_fields = nil -- JSON without --fields: every field
+        end
+    end
+    if read_fields and not kernel_spec then
+        read_fields = { unpack(read_fields) }
+        for _, spec in ipairs(specs) do
+            for _, k in ipairs(spec.keys) do
+                read_fields[#read_fields + 1] = k
+            end
+            read_fields[#read_fields + 1] = spec.value
+        end
+    end
+    if pcap_writer then
+        read_fields = read_fields or {}
+        read_fields[#read_fields + 1] = "smac" -- the link type comes from the parsed headers
     end
     local snaplen = args.snaplen
     if pcap_writer and snaplen == nil then
@@ -339,7 +359,7 @@ function _M.main(argv)
         mode = args.mode,
         filter = filter_expr,
         pcap = pcap_expr,
-        fields = print_events and (out_fields or output.DEFAULT_FIELDS) or need_fields,
+        fields = read_fields,
         snaplen = snaplen,
         aggregate = kernel_spec,
         follow_pid = child_pid,
@@ -443,6 +463,9 @@ function _M.main(argv)
                 print_aggregations(true)
             end
             report_lost()
+            if pcap_writer then
+                pcap_writer:flush()
+            end
         end,
         stop = function()
             if write_error then

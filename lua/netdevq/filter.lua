@@ -869,6 +869,9 @@ end
 ---------------------------------------------------------------------------------------------
 
 local function value_text(node)
+    if node.literal then
+        return node.literal
+    end
     local v = node.value
     local ty = FIELDS[node.field].type
     if ty == "address" then
@@ -1384,7 +1387,12 @@ end
 local function relax(m, c)
     local kind = MEMBERS[m].kind
     if kind == "range" then
-        return { { c[1][1], c[#c][2] } }
+        local md = MEMBERS[m]
+        local lo, hi = c[1][1], c[#c][2]
+        if lo == md.lo and hi == md.hi then
+            return nil -- would let everything through
+        end
+        return { { lo, hi } }
     elseif kind == "prefixes" and #c > 0 then
         -- merge the two prefixes of one family with the longest common part, until they fit
         local list = c

@@ -202,6 +202,10 @@ function _M.open(opts)
             error("netdevq.open: in-kernel aggregation needs a filter the kernel checks completely", 2)
         end
         set_agg_config(cfg, opts.aggregate)
+        local used = { unpack(opts.aggregate.keys or {}) }
+        used[#used + 1] = opts.aggregate.value
+        need = bor(need, fields.needs(used))
+        cfg.need = need
     end
 
     local t, err = core.open{

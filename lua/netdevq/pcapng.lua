@@ -64,7 +64,7 @@ local _M = {
   LINKTYPE_RAW = 101,
 }
 
-local NDQ_EV_MAC = 1            -- bpf/netdevq.h
+local NDQ_EV_MAC, NDQ_SNAP_MAX = 1, 256   -- bpf/netdevq.h
 local BT_SHB, BT_IDB, BT_EPB = 0x0A0D0D0A, 1, 6
 local OPT_ENDOFOPT, OPT_COMMENT = 0, 1
 local SHB_USERAPPL = 4
@@ -448,6 +448,7 @@ function Writer:write_event(ev, unix_ns)
   local linktype = mac and 1 or 101
   local skip = 0
   local caplen, origlen = ev.snap_len, ev.len
+  if caplen > NDQ_SNAP_MAX then caplen = NDQ_SNAP_MAX end   -- never read past snap[]
   if not mac then
     skip = ev.l2_len
     if skip > caplen then skip = caplen end

@@ -25,6 +25,14 @@
 -- Fields: ns_a, ns_b, veth_a, veth_b, ifindex_a, ifindex_b, netns_a, netns_b (inode numbers, as
 -- the tracer's netns field), ip4_a, ip4_b, ip6_a, ip6_b, mac_a, mac_b, prefix4 (24), prefix6 (64).
 --
+-- Methods: :exec(ns, argv) -> ok, output, exit code (ns is "a" or "b"); :spawn(ns, argv) -> a
+-- process handle; :neigh_warmup() -> true | nil, err; :destroy() -> true | nil, err.
+-- Module: is_root(), require_root(), ndq_send() (tool path), pair(opts), run(argv) (like :exec
+-- on the host), spawn(argv), list(prefix) (namespace names from `ip netns list`).
+--
+-- Process handles from :spawn(): :line() (next output line, stdout and stderr merged), :wait()
+-- (ok, exit code, remaining lines), :kill([sig]), :stop() (TERM, then KILL after 2 s), .pid.
+--
 -- Commands are argument lists, each argument quoted for /bin/sh: no caller text is ever
 -- interpreted by a shell. Everything a pair creates is removed by :destroy() (idempotent),
 -- which also ends the processes :spawn() started and that are still running.
@@ -173,17 +181,34 @@ function Proc:wait()
   return self.code == 0, self.code, lines
 end
 
---- Sends a signal (default TERM) if the process is still ours and running.
-function Proc:kill(sig)
+-- True while the process runs and is still ours: our sh is its parent (the sh reaps it, so a
+-- recycled pid never passes this).
+local function alive(self)
   if self.code or not self.pid then return false end
-  -- a pid is ours while our sh is its parent (the sh reaps it, so no recycled pid passes this)
   local f = io.open("/proc/" .. self.pid .. "/stat")
   if not f then return false end
   local stat = f:read("*l") or ""
   f:close()
-  local ppid = tonumber(stat:match("^%d+ %b() %S+ (%d+)"))
-  if ppid ~= self.shpid then return false end
+  local state, ppid = stat:match("^%d+ %b() (%S+) (%d+)")
+  return tonumber(ppid) == self.shpid and state ~= "Z"
+end
+
+--- Sends a signal (default TERM) if the process is still ours and running.
+function Proc:kill(sig)
+  if not alive(self) then return false end
   return (run({ "kill", "-" .. (sig or "TERM"), tostring(self.pid) }))
+end
+
+--- TERM, up to 2 s to go, then KILL; returns like :wait().
+function Proc:stop()
+  if self:kill("TERM") then
+    for _ = 1, 20 do
+      if not alive(self) then break end
+      run({ "sleep", "0.1" })
+    end
+    self:kill("KILL")
+  end
+  return self:wait()
 end
 
 local function spawn(argv)
@@ -274,10 +299,7 @@ end
 function Pair:destroy()
   if self.destroyed then return true end
   self.destroyed = true
-  for proc in pairs(self.procs) do
-    proc:kill("TERM")
-    proc:wait()
-  end
+  for proc in pairs(self.procs) do proc:stop() end
   local errs = {}
   for _, ns in ipairs({ self.ns_a, self.ns_b }) do
     if self.created[ns] then

@@ -5,7 +5,9 @@
  *   ndq_send [OPTIONS] MODE ARGS...
  *
  * OPTIONS (before MODE)
- *   --delay-ms N     sleep N ms (0..60000) after printing the pid line, before sending
+ *   --wait-file PATH after printing the pid line, wait (up to 60 s, else exit 3) until PATH
+ *                    exists: lets a spec start a tracer for this pid, then release the traffic
+ *   --delay-ms N     sleep N ms (0..60000) after printing the pid line (and the wait), before sending
  *   --mark N         SO_MARK on the sending socket (skb->mark)
  *   --priority N     SO_PRIORITY on the sending socket (skb->priority, 0..6 unprivileged)
  *   --tos N          IP_TOS / IPV6_TCLASS (0..255)
@@ -59,6 +61,7 @@
 #define ICMP_PAYLOAD 56
 
 struct opts {
+	const char *wait_file;
 	int delay_ms;
 	long mark;      /* -1: not set */
 	long priority;
@@ -66,7 +69,7 @@ struct opts {
 	long ttl;
 };
 
-static struct opts g_opts = { 0, -1, -1, -1, -1 };
+static struct opts g_opts = { NULL, 0, -1, -1, -1, -1 };
 
 static void die(const char *fmt, ...)
 {
@@ -82,7 +85,7 @@ static void die(const char *fmt, ...)
 static void usage(const char *msg)
 {
 	fprintf(stderr, "ndq_send: %s\n"
-		"usage: ndq_send [--delay-ms N] [--mark N] [--priority N] [--tos N] [--ttl N] MODE ARGS...\n"
+		"usage: ndq_send [--wait-file PATH] [--delay-ms N] [--mark N] [--priority N] [--tos N] [--ttl N] MODE ARGS...\n"
 		"  udp4|udp6 SRC DST DPORT SPORT SIZE[,SIZE...] [COUNT]\n"
 		"  tcp4|tcp6 SRC DST DPORT SPORT\n"
 		"  tcplisten ADDR PORT [TIMEOUT_MS]\n"
@@ -168,6 +171,23 @@ static void say(const char *fmt, ...)
 	fflush(stdout);
 }
 
+/* --wait-file, then --delay-ms: called once a mode has its sockets ready, right before sending. */
+static void pause_before_sending(void)
+{
+	if (g_opts.wait_file) {
+		int i;
+		for (i = 0; i < 6000 && access(g_opts.wait_file, F_OK) != 0; i++)
+			sleep_ms(10);
+		if (i == 6000) {
+			say("timeout");
+			fprintf(stderr, "ndq_send: %s did not appear within 60 s\n", g_opts.wait_file);
+			exit(3);
+		}
+	}
+	if (g_opts.delay_ms)
+		sleep_ms(g_opts.delay_ms);
+}
+
 static int open_socket(int family, int type, int proto)
 {
 	int fd = socket(family, type | SOCK_CLOEXEC, proto);
@@ -244,8 +264,7 @@ static int mode_udp(int family, int argc, char **argv)
 
 	fd = open_socket(family, SOCK_DGRAM, IPPROTO_UDP);
 	bind_or_die(fd, &src, slen, argv[0]);
-	if (g_opts.delay_ms)
-		sleep_ms(g_opts.delay_ms);
+	pause_before_sending();
 	for (int i = 0; i < nsizes; i++) {
 		for (long c = 0; c < count; c++) {
 			ssize_t n = sendto(fd, payload, (size_t)sizes[i], 0, (struct sockaddr *)&dst, dlen);
@@ -273,8 +292,7 @@ static int mode_tcp(int family, int argc, char **argv)
 	dlen = parse_addr(argv[1], (int)dport, family, &dst);
 	fd = open_socket(family, SOCK_STREAM, IPPROTO_TCP);
 	bind_or_die(fd, &src, slen, argv[0]);
-	if (g_opts.delay_ms)
-		sleep_ms(g_opts.delay_ms);
+	pause_before_sending();
 	if (connect(fd, (struct sockaddr *)&dst, dlen))
 		die("connect %s port %ld: %s", argv[1], dport, strerror(errno));
 	close(fd);
@@ -375,8 +393,7 @@ static int mode_icmp(int family, int argc, char **argv)
 		ICMP6_FILTER_SETPASS(ICMP6_ECHO_REPLY, &f);
 		setsockopt(fd, IPPROTO_ICMPV6, ICMP6_FILTER, &f, sizeof(f));
 	}
-	if (g_opts.delay_ms)
-		sleep_ms(g_opts.delay_ms);
+	pause_before_sending();
 	for (long seq = 0; seq < count; seq++) {
 		memset(pkt, 0, sizeof(pkt));
 		pkt[0] = family == AF_INET ? ICMP_ECHO : ICMP6_ECHO_REQUEST;
@@ -445,8 +462,7 @@ static int mode_flood(int argc, char **argv)
 	dlen = parse_addr(argv[0], (int)port, 0, &dst);
 	fd = open_socket(dst.ss_family, SOCK_DGRAM, IPPROTO_UDP);
 	memset(payload, 'x', sizeof(payload));
-	if (g_opts.delay_ms)
-		sleep_ms(g_opts.delay_ms);
+	pause_before_sending();
 
 	start = now_s();
 	end = start + (double)seconds;
@@ -525,7 +541,9 @@ int main(int argc, char **argv)
 		const char *o = argv[i];
 		if (i + 1 >= argc)
 			usage("option needs a value");
-		if (!strcmp(o, "--delay-ms"))
+		if (!strcmp(o, "--wait-file"))
+			g_opts.wait_file = argv[i + 1];
+		else if (!strcmp(o, "--delay-ms"))
 			g_opts.delay_ms = (int)parse_num(argv[i + 1], 0, 60000, "--delay-ms");
 		else if (!strcmp(o, "--mark"))
 			g_opts.mark = parse_num(argv[i + 1], 0, 0x7fffffff, "--mark");
