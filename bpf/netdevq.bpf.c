@@ -412,7 +412,10 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 	}
 	if (cfg.ifindex.n && !in_u32_set(&cfg.ifindex, ev->ifindex))
 		goto filtered;
-	bpf_core_read(ev->dev, sizeof(ev->dev), &dev->name);
+	/* a renamed device may keep stale bytes after the NUL: compare and key on a clean name */
+	*(__u64 *)&ev->dev[0] = 0;
+	*(__u64 *)&ev->dev[8] = 0;
+	bpf_core_read_str(ev->dev, sizeof(ev->dev), &dev->name);
 	if (cfg.n_dev && !in_name_set(cfg.dev, cfg.n_dev, ev->dev))
 		goto filtered;
 	if (cfg.need & NDQ_NEED_NETNS) {
@@ -452,12 +455,12 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 	if (want && bpf_probe_read_kernel(ev->snap, want, head + start) == 0) {
 		ev->snap_len = avail < cfg.snaplen ? avail : cfg.snaplen;
 		ev->l2_len = net >= start ? net - start : 0;
-		if (cfg.need & NDQ_NEED_HEADERS) {
+		if (cfg.need & NDQ_NEED_HEADERS)
 			parse_headers(ev, ev->l2_len, avail < want ? avail : want);
-			if (!l3l4_filter(ev))
-				goto filtered;
-		}
 	}
+	/* also when the read failed: then nothing parsed, and L3/L4 conditions must fail */
+	if ((cfg.need & NDQ_NEED_HEADERS) && !l3l4_filter(ev))
+		goto filtered;
 
 	if (cfg.need & NDQ_NEED_CGROUP) {
 		ev->cgroup = bpf_get_current_cgroup_id();

@@ -1,11 +1,13 @@
 -- netdevq.filter: the --filter language (contract.md, "Filter grammar").
 --
---   filter.parse(expr)          -> tree | nil, message, column
---   filter.caret(expr, column)  -> "expr\n     ^"
---   filter.compile(tree)        -> match(ev): true/false, ev.field gives the decoded value
---   filter.pushdown(tree, cfg)  -> remainder tree | nil, need bits, list of pushed members
---   filter.kernel_model(cfg, ev)-> what the BPF filter of bpf/netdevq.bpf.c decides for ev
---   filter.format(tree)         -> the tree as filter text
+--   filter.parse(expr)            -> tree | nil, message, column (one line: "filter: ...")
+--   filter.caret(expr, column)    -> "expr\n     ^"
+--   filter.compile(tree)          -> match(ev) -> boolean (ev.field: decoded values), source
+--   filter.pushdown(tree, cfg)    -> remainder tree | nil, NEED bits, names of members filled
+--   filter.kernel_model(cfg, ev)  -> boolean: what the kernel filter decides for ev
+--   filter.kernel_summary(cfg)    -> one line: what the kernel part checks (for -v)
+--   filter.format(tree)           -> filter text for a tree (a remainder too)
+--   filter.needs(tree)            -> NDQ_NEED_* bits its fields need
 --
 -- Grammar (lowest precedence first; keywords are lower case):
 --
@@ -57,7 +59,7 @@ _M.SET_MAX, _M.PREFIX_MAX, _M.NAME_LEN = SET_MAX, PREFIX_MAX, NAME_LEN
 -- NDQ_NEED_* bits.
 local NEED_HEADERS, NEED_NETNS, NEED_GSO, NEED_CGROUP = 1, 2, 4, 8
 
-local U8, U16, U32, U64 = 255, 65535, 4294967295, 18446744073709551615
+local U8, U16, U32 = 255, 65535, 4294967295
 
 
 ---------------------------------------------------------------------------------------------
@@ -137,7 +139,8 @@ local MEMBERS = {
     pid = { kind = "set", lo = 0, hi = U32, always = true },
     tid = { kind = "set", lo = 0, hi = U32, always = true },
     comm = { kind = "names", always = true },
-    cgroup = { kind = "set", lo = 0, hi = U64, always = true },
+    -- ids are u64: only == comparisons, and only ids a Lua number holds exactly
+    cgroup = { kind = "set", lo = 0, hi = 2 ^ 53 - 1, always = true, only_eq = true },
     dev = { kind = "names", always = true },
     ifindex = { kind = "set", lo = 0, hi = U32, always = true },
     netns = { kind = "set", lo = 0, hi = U32, always = true },
@@ -173,17 +176,16 @@ local PROTO_NAMES = {
     icmpv6 = 58, ["ipv6-nonxt"] = 59, ["ipv6-opts"] = 60, eigrp = 88, ospf = 89, pim = 103,
     ipcomp = 108, vrrp = 112, l2tp = 115, sctp = 132, udplite = 136, ["mpls-in-ip"] = 137,
     ethernet = 143,
-    -- aliases accepted in filters only
-    icmp6 = 58, ["ipv6-icmp"] = 58,
 }
+-- other words accepted in filters (never printed, never suggested)
+local PROTO_ALIASES = { icmp6 = 58, ["ipv6-icmp"] = 58 }
 local ETHERTYPE_NAMES = {
     ipv4 = 0x0800, arp = 0x0806, rarp = 0x8035, ipv6 = 0x86dd, vlan = 0x8100, qinq = 0x88a8,
     mpls = 0x8847, ["mpls-mc"] = 0x8848, ["pppoe-disc"] = 0x8863, pppoe = 0x8864,
     eapol = 0x888e, lldp = 0x88cc, macsec = 0x88e5, ptp = 0x88f7, fcoe = 0x8906, ipx = 0x8137,
     tipc = 0x88ca, batman = 0x4305,
-    -- aliases accepted in filters only
-    ip = 0x0800, ip6 = 0x86dd, ["802.1q"] = 0x8100, ["802.1ad"] = 0x88a8,
 }
+local ETHERTYPE_ALIASES = { ip = 0x0800, ip6 = 0x86dd, ["802.1q"] = 0x8100, ["802.1ad"] = 0x88a8 }
 _M.PROTOCOLS, _M.ETHERTYPES = PROTO_NAMES, ETHERTYPE_NAMES
 
 -- tcpdump's letters (print-tcp.c tcp_flag_values)
@@ -214,8 +216,10 @@ local PROTO_NUM = setmetatable({}, { __index = function(_, k)
     end
     return k ~= nil and tonumber(k, 10) or nil
 end })
-for name, n in pairs(PROTO_NAMES) do
-    PROTO_NUM[name] = n
+for _, names in ipairs({ PROTO_NAMES, PROTO_ALIASES }) do
+    for name, n in pairs(names) do
+        PROTO_NUM[name] = n
+    end
 end
 for n = 0, 255 do
     PROTO_NUM[tostring(n)] = n
@@ -232,8 +236,10 @@ local ETHER_NUM = setmetatable({}, { __index = function(t, k)
     t[k] = n
     return n
 end })
-for name, n in pairs(ETHERTYPE_NAMES) do
-    ETHER_NUM[name] = n
+for _, names in ipairs({ ETHERTYPE_NAMES, ETHERTYPE_ALIASES }) do
+    for name, n in pairs(names) do
+        ETHER_NUM[name] = n
+    end
 end
 
 local FLAGS_NUM = setmetatable({}, { __index = function(t, k)
@@ -676,7 +682,8 @@ local function typed_value(expr, ftok, optok, vtok)
             end
             return v
         end
-        local n = PROTO_NAMES[lower(v)] or (match(v, "^%d+$") and tonumber(v))
+        local n = PROTO_NAMES[lower(v)] or PROTO_ALIASES[lower(v)]
+                  or (match(v, "^%d+$") and tonumber(v))
         if not n or n > 255 then
             local near = nearest(lower(v), sorted_keys(PROTO_NAMES))
             fail(col, format("filter: unknown protocol %s at column %d (%s)", written, col,
@@ -693,7 +700,7 @@ local function typed_value(expr, ftok, optok, vtok)
             end
             return v
         end
-        local n = ETHERTYPE_NAMES[lower(v)] or ETHER_NUM[lower(v)]
+        local n = ETHER_NUM[lower(v)]
         if not n then
             local near = nearest(lower(v), sorted_keys(ETHERTYPE_NAMES))
             fail(col, format("filter: unknown ethertype %s at column %d (%s)", written, col,
@@ -868,20 +875,27 @@ end
 -- Formatting a tree back into filter text
 ---------------------------------------------------------------------------------------------
 
+local function num_text(v)
+    if v == floor(v) and math.abs(v) < 2 ^ 53 then
+        return format("%d", v)
+    end
+    return format("%.17g", v)
+end
+
+-- the literal as written; a made-up node (no literal) gets a canonical one
 local function value_text(node)
     if node.literal then
         return node.literal
     end
     local v = node.value
-    local ty = FIELDS[node.field].type
-    if ty == "address" then
+    if FIELDS[node.field].type == "address" then
         local full = v.family == 4 and 32 or 128
         local text = prefix_text(v)
         return format("%q", v.bits == full and match(text, "^(.*)/%d+$") or text)
     elseif type(v) == "string" then
         return (gsub(format("%q", v), "\\\n", "\\n"))
     end
-    return node.literal and match(node.literal, "^%w+$") and node.literal or tostring(v)
+    return num_text(v)
 end
 
 local function format_node(node, parent)
@@ -890,8 +904,10 @@ local function format_node(node, parent)
         return node.field .. " " .. node.op .. " " .. value_text(node)
     elseif ty == "not" then
         local inner = node[1]
-        local s = format_node(inner, "not")
-        return "not " .. s
+        if inner.type == "cmp" and inner.op == "==" then -- `a ~= v` is `not (a == v)`
+            return inner.field .. " ~= " .. value_text(inner)
+        end
+        return "not " .. format_node(inner, "not")
     end
     local parts = {}
     for i = 1, #node do
@@ -948,13 +964,6 @@ local HELPERS = {
     HI = huge, LO = -huge, str_lt = str_lt, str_le = str_le, str_gt = str_gt, str_ge = str_ge,
 }
 local HELPER_NAMES = sorted_keys(HELPERS)
-
-local function num_text(v)
-    if v == floor(v) and math.abs(v) < 2 ^ 53 then
-        return format("%d", v)
-    end
-    return format("%.17g", v)
-end
 
 local function compiler()
     local consts = {}
@@ -1082,7 +1091,7 @@ end
 local function iv_count(a)
     local n = 0
     for _, iv in ipairs(a) do
-        n = n + iv[2] - iv[1] + 1
+        n = n + (iv[2] - iv[1] + 1) -- not n + hi - lo: floats near 2^64 swallow n
     end
     return n
 end
@@ -1215,7 +1224,7 @@ local function leaf_constraint(node, negated)
         end
         return m, { v }
     end
-    if negated and not md.always then
+    if (negated and not md.always) or (md.only_eq and op ~= "==") then
         return nil
     end
     local lo, hi = md.lo, md.hi
@@ -1368,6 +1377,22 @@ end
 ---------------------------------------------------------------------------------------------
 -- Pushdown into struct netdevq_config
 ---------------------------------------------------------------------------------------------
+-- What the kernel must do with each member (kernel_model below is the same, in Lua). Every
+-- non-empty member must hold (a conjunction); an empty one (n == 0, len_set == 0) checks nothing.
+--   pid tid ifindex netns mark queue priority: the value is one of v[0..n)
+--   ethertype: skb->protocol (host order) is one of v[0..n); v never holds 0 (0 = absent)
+--   proto: the packet is IP (l3 != 0) and its protocol is one of v[0..n)
+--   sport, dport: the packet has an L4 header (NDQ_EV_L4) and the port is one of v[0..n)
+--   port: L4 header and (sport or dport is one of v[0..n))
+--   len_set: len_min <= len <= len_max (an empty range, min > max, passes nothing)
+--   cgroup[0..n_cgroup): the task's cgroup id is one of them
+--   comm[0..n_comm), dev[0..n_dev): the name equals one of them as a C string (both sides
+--     NUL-padded to 16 bytes; filled here with zeros after the name)
+--   saddr, daddr: the packet is IP and for some p[i]: p.family == l3 (4 or 6) and the first
+--     p.bits bits of the address equal p.addr (network order, bits past p.bits zero)
+--   host: saddr or daddr matches as above
+-- A packet whose headers were not read or parsed counts as not IP and without L4: it fails
+-- proto, saddr, daddr, host, sport, dport and port.
 
 -- can the kernel check exactly this constraint?
 local function representable(m, c)
