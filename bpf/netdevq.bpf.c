@@ -270,7 +270,9 @@ static __always_inline void aggregate(struct scratch *s, struct counters *cnt)
 		__u32 slot = cfg.agg_hist == NDQ_HIST_LOG2 ? log2_slot(val) : linear_slot(val);
 		if (slot >= NDQ_AGG_SLOTS)
 			slot = NDQ_AGG_SLOTS - 1;
-		v->slot[slot]++;
+		barrier_var(slot); /* the clamp above may become a move the verifier cannot follow */
+		if (slot < NDQ_AGG_SLOTS)
+			v->slot[slot]++;
 	}
 	cnt->c[NDQ_CNT_AGGREGATED]++;
 }

@@ -308,8 +308,10 @@ static int core_open(lua_State *L)
 	oopts.object_name = "netdevq";
 	if (object) {
 		if (access(object, R_OK) != 0) {
-			snprintf(msg, sizeof(msg), "cannot read BPF object %s (%s)", object,
-				 strerror(errno));
+			snprintf(msg, sizeof(msg),
+				 "cannot read BPF object %s (%s): give the path of a netdevq.bpf.o, or "
+				 "none for the embedded one",
+				 object, strerror(errno));
 			goto fail;
 		}
 		t->obj = bpf_object__open_file(object, &oopts);
@@ -320,12 +322,15 @@ static int core_open(lua_State *L)
 					      netdevq_bpf_object_end - netdevq_bpf_object, &oopts);
 	}
 	if (!t->obj) {
+		char why[128];
+
 		err = -errno;
 		t->obj = NULL;
+		libbpf_strerror(err, why, sizeof(why)); /* knows libbpf's own codes (4000+) too */
 		snprintf(msg, sizeof(msg),
 			 "BPF object %s is not a valid netdevq object (%s): rebuild with "
 			 "scripts/setup",
-			 object ? object : "(embedded)", strerror(-err));
+			 object ? object : "(embedded)", why);
 		goto fail;
 	}
 
@@ -385,15 +390,18 @@ static int core_open(lua_State *L)
 
 	err = bpf_object__load(t->obj);
 	if (err) {
+		char why[128];
+
+		libbpf_strerror(err, why, sizeof(why));
 		if (err == -EPERM)
 			snprintf(msg, sizeof(msg),
 				 "permission denied loading the BPF program (%s): run as root, or "
 				 "with CAP_BPF and CAP_PERFMON",
-				 strerror(-err));
+				 why);
 		else
 			snprintf(msg, sizeof(msg),
 				 "loading the BPF program failed (%s%s): run with -v for libbpf's log",
-				 strerror(-err), err == -EACCES ? ", the verifier rejected it" : "");
+				 why, err == -EACCES ? ", the verifier rejected it" : "");
 		goto fail;
 	}
 	t->counters_fd = bpf_map__fd(counters);
@@ -450,6 +458,18 @@ static int tracer_attach(lua_State *L)
 	}
 	lua_pushboolean(L, 1);
 	return 1;
+}
+
+/* t:detach(): destroys the links; maps stay readable (counters, ring buffer, aggregations) and
+ * attach() may run again. Idempotent. */
+static int tracer_detach(lua_State *L)
+{
+	struct tracer *t = check_tracer(L);
+
+	bpf_link__destroy(t->link);
+	bpf_link__destroy(t->fork_link);
+	t->link = t->fork_link = NULL;
+	return 0;
 }
 
 /* t:poll(timeout_ms) -> n, batch (lightuserdata: struct netdevq_event[n]) | nil, err
@@ -798,7 +818,8 @@ static void push_layout(lua_State *L)
 int luaopen_netdevq_core(lua_State *L)
 {
 	static const luaL_Reg tracer_methods[] = {
-		{ "attach", tracer_attach },	   { "poll", tracer_poll },
+		{ "attach", tracer_attach },	   { "detach", tracer_detach },
+		{ "poll", tracer_poll },
 		{ "counters", tracer_counters },   { "agg_read", tracer_agg_read },
 		{ "prog_stats", tracer_prog_stats }, { "close", tracer_close },
 		{ NULL, NULL },

@@ -619,7 +619,8 @@ function _M.lhist(min, max, step, opts)
 end
 
 --- aggregate.new(spec): spec = { kind = "count"|"sum"|"avg"|"min"|"max"|"stats"|"hist"|"lhist",
--- name =, keys =, value =, min =, max =, step = (lhist) }: the constructor the CLI and from_kernel use.
+-- name =, keys =, value =, min =, max =, step = (lhist) }: the constructor the CLI and
+-- from_kernel use.
 function _M.new(spec)
   if type(spec) ~= "table" or metatables[spec.kind or false] == nil then
     error("netdevq.aggregate: new(spec) needs spec.kind, one of " .. concat(KINDS, ", "), 2)
@@ -738,7 +739,9 @@ end
 -- (or one such record) per call and nil at the end. Per-CPU values must be merged first:
 -- count, sum and slots added, min/max taken over the CPUs whose count > 0. Returns agg.
 function _M.from_kernel(spec, records, agg)
-  if type(spec) ~= "table" then error("netdevq.aggregate: from_kernel(spec, records) needs a spec", 2) end
+  if type(spec) ~= "table" then
+    error("netdevq.aggregate: from_kernel(spec, records) needs a spec", 2)
+  end
   if agg == nil then
     if metatables[spec.kind or false] == nil then
       error("netdevq.aggregate: spec.kind must be one of " .. concat(KINDS, ", "), 2)

@@ -7,6 +7,8 @@ local fields = require("netdevq.fields")
 local output = require("netdevq.output")
 local aggregate = require("netdevq.aggregate")
 local words = require("netdevq.words")
+local bit = require("bit")
+local ffi = require("ffi")
 
 local core = netdevq.core
 local format = string.format
@@ -17,6 +19,14 @@ local io_stdout = io.stdout
 local _M = { _VERSION = netdevq._VERSION }
 
 local EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+local PCAP_SNAPLEN = 128 -- -w without -s: enough for Ethernet + IPv6 + TCP with options
+local RINGBUF_MIN, RINGBUF_MAX = 4096, 2 ^ 30 -- what netdevq.core accepts
+local STATUS_PERIOD = 5 -- seconds between status lines on a stderr that is not a terminal
+
+ffi.cdef [[ int ndq_cli_isatty(int fd) __asm__("isatty"); ]]
+local function isatty(fd)
+    return ffi.C.ndq_cli_isatty(fd) == 1
+end
 
 local EXAMPLES = [[
 Examples:
@@ -40,8 +50,8 @@ local function build_parser()
         :epilog(EXAMPLES)
         :add_help("-h --help")
         :help_max_width(100)
-    p:argument("expression", "tcpdump/pcap-filter expression, e.g. tcp port 443 and host 198.18.0.2")
-        :args("*")
+    p:argument("expression",
+        "tcpdump/pcap-filter expression, e.g. tcp port 443 and host 198.18.0.2"):args("*")
     p:option("-f --filter", "field filter, e.g. 'dev == \"eth0\" and dport == 443 and len > 1000'")
     p:option("-I --dev", "only this device (repeatable)"):count("*")
     p:option("-p --pid", "only this process id"):convert(tonumber)
@@ -77,14 +87,6 @@ end
 local function usage_error(msg)
     io_stderr:write("netdevq: ", msg, "\n")
     return EXIT_USAGE
-end
-
-local function split_list(text)
-    local list = {}
-    for item in text:gmatch("[^,%s]+") do
-        list[#list + 1] = item
-    end
-    return list
 end
 
 local function check_fields(text, what)
@@ -161,7 +163,8 @@ local function aggregation_specs(args)
                     return nil, "--lhist wants FIELD:MIN:MAX:STEP, e.g. len:0:1500:100 (got '"
                         .. v .. "')"
                 end
-                spec.value, spec.min, spec.max, spec.step = f, tonumber(lo), tonumber(hi), tonumber(step)
+                spec.value, spec.min = f, tonumber(lo)
+                spec.max, spec.step = tonumber(hi), tonumber(step)
                 if spec.step <= 0 or spec.max <= spec.min then
                     return nil, "--lhist: MAX must exceed MIN and STEP must be positive"
                 end
@@ -207,13 +210,16 @@ local function run_script(path, rest)
     netdevq.catch_signals()
     local ok, res = xpcall(function() return chunk(unpack(rest)) end, debug.traceback)
     if not ok then
+        -- the script's tracers are unreachable now: collecting them detaches them first
+        collectgarbage()
+        collectgarbage()
         io_stderr:write("netdevq: script failed: ", tostring(res), "\n")
         return EXIT_FAIL
     end
     return type(res) == "number" and res or EXIT_OK
 end
 
-local function positive(args, name, v, allow_zero)
+local function positive(_, name, v, allow_zero)
     if v == nil then
         return true
     end
@@ -222,6 +228,61 @@ local function positive(args, name, v, allow_zero)
             allow_zero and "non-negative" or "positive", tostring(v))
     end
     return true
+end
+
+-- Shows that a long run is alive: a status on stderr, unless events stream to a terminal (they
+-- show it themselves). On a terminal stderr one line is rewritten in place every tick (second,
+-- or --interval) and erased before anything else is printed; otherwise a plain line every
+-- --interval, or every STATUS_PERIOD seconds:
+--   netdevq: 12345 events/s, 100 matched, 0 lost
+-- Returns nil when there is no status to show, else an object with :tick(tracer) and :clear().
+local Status = {}
+Status.__index = Status
+
+local function status_reporter(args, print_events)
+    if print_events and isatty(1) then
+        return nil
+    end
+    local rewrite = isatty(2)
+    return setmetatable({
+        rewrite = rewrite,
+        every = (rewrite or args.interval) and 1 or STATUS_PERIOD, -- in ticks
+        ticks = 0,
+        shown = false,
+        last_events = 0,
+        last_ns = core.monotonic_ns(),
+    }, Status)
+end
+
+function Status:tick(t)
+    self.ticks = self.ticks + 1
+    if self.ticks % self.every ~= 0 then
+        return
+    end
+    local st = t:stats()
+    if not st then
+        return
+    end
+    local now = core.monotonic_ns()
+    local rate = (st.events - self.last_events) * 1e9 / math.max(now - self.last_ns, 1)
+    self.last_events, self.last_ns = st.events, now
+    local line = format("netdevq: %d events/s, %d matched, %d lost", math.floor(rate + 0.5),
+        st.matched, st.lost)
+    if self.rewrite then
+        io_stderr:write("\r\27[K", line)
+        self.shown = true
+    else
+        io_stderr:write(line, "\n")
+    end
+    io_stderr:flush()
+end
+
+function Status:clear()
+    if self.shown then
+        io_stderr:write("\r\27[K")
+        io_stderr:flush()
+        self.shown = false
+    end
 end
 
 -- Runs the CLI with argv (a Lua array); returns the exit status.
@@ -253,6 +314,19 @@ function _M.main(argv)
             return usage_error(err)
         end
     end
+    for _, name in ipairs({ "max_events", "pid", "snaplen", "ringbuf_size" }) do
+        local v = args[name]
+        if v and (v ~= math.floor(v) or v >= 2 ^ 53) then
+            return usage_error(format("--%s must be a whole number, not %s", (name:gsub("_", "-")),
+                tostring(v)))
+        end
+    end
+    local rb = args.ringbuf_size
+    if rb and (rb < RINGBUF_MIN or rb > RINGBUF_MAX or rb % 1 ~= 0
+        or bit.band(rb, rb - 1) ~= 0) then
+        return usage_error(format("--ringbuf-size must be a power of two from %d to %d, not %s",
+            RINGBUF_MIN, RINGBUF_MAX, tostring(rb)))
+    end
     if args.snaplen and args.snaplen > 256 then
         return usage_error("--snaplen must be at most 256 (header bytes)")
     end
@@ -282,7 +356,8 @@ function _M.main(argv)
     -- and nothing else that needs events: the kernel aggregates and no event crosses over
     local kernel_spec
     if #specs == 1 and not print_events and not args.write and not pcap_expr
-        and netdevq.kernel_aggregatable(specs[1]) and netdevq.kernel_filter_complete(filter_expr) then
+        and netdevq.kernel_aggregatable(specs[1])
+        and netdevq.kernel_filter_complete(filter_expr) then
         kernel_spec = specs[1]
     end
 
@@ -307,7 +382,8 @@ function _M.main(argv)
     local pcap_writer
     if args.write then
         local pcapng = require("netdevq.pcapng")
-        local w, err = pcapng.open(args.write, {})
+        -- the interface blocks carry the snap length, like tcpdump's file header
+        local w, err = pcapng.open(args.write, { snaplen = args.snaplen or PCAP_SNAPLEN })
         if not w then
             io_stderr:write("netdevq: ", err, "\n")
             return EXIT_FAIL
@@ -353,7 +429,7 @@ function _M.main(argv)
     end
     local snaplen = args.snaplen
     if pcap_writer and snaplen == nil then
-        snaplen = 128
+        snaplen = PCAP_SNAPLEN
     end
     local t, err, caret = netdevq.open{
         mode = args.mode,
@@ -454,11 +530,15 @@ function _M.main(argv)
     end
 
     local child_done = false
+    local status_line = status_reporter(args, print_events)
     local stats, rerr = t:run{
         duration = args.duration,
         max_events = args.max_events,
         interval = args.interval or 1,
         on_tick = function()
+            if status_line then
+                status_line:clear()
+            end
             if args.interval and #aggs > 0 then
                 print_aggregations(true)
             end
@@ -466,8 +546,18 @@ function _M.main(argv)
             if pcap_writer then
                 pcap_writer:flush()
             end
+            if status_line then
+                status_line:tick(t)
+            end
         end,
         stop = function()
+            -- a flush per batch: a closed pipe (| head -1) shows at once, not buffers later
+            if print_events and not write_error then
+                local okf, ferr = writer:flush()
+                if not okf then
+                    write_error = ferr
+                end
+            end
             if write_error then
                 return true
             end
@@ -481,17 +571,15 @@ function _M.main(argv)
             return false
         end,
     }
+    -- stop tracing first: the aggregations and the summary printed below then agree exactly
+    t:detach()
+    if status_line then
+        status_line:clear()
+    end
     local status = EXIT_OK
     if not stats then
         io_stderr:write(rerr, "\n")
         status = EXIT_FAIL
-    end
-    -- what the kernel handed over before we stopped still counts
-    if not write_error and stats then
-        local n = 1
-        while n and n > 0 and not write_error and not t:limit_reached() do
-            n = t:poll(0)
-        end
     end
     if child_pid and not child_done then
         core.waitpid(child_pid, false)
@@ -511,7 +599,9 @@ function _M.main(argv)
         pcap_writer:close()
     end
     local final = t:stats() or stats or { events = 0, matched = 0, lost = 0 }
-    writer:summary(final)
+    if not write_error then -- a closed pipe ends quietly, whichever writer noticed it
+        writer:summary(final)
+    end
     t:close()
     return status
 end

@@ -23,7 +23,6 @@ local ffi_new = ffi.new
 local ffi_cast = ffi.cast
 local ffi_string = ffi.string
 local bor = bit.bor
-local band = bit.band
 local type = type
 local error = error
 local setmetatable = setmetatable
@@ -39,7 +38,6 @@ local NEED = abi.NEED
 local F = abi.F
 
 local DEFAULT_WAKEUP_BYTES = 256 * 1024
-local PARSE_SNAPLEN = 128 -- what the kernel reads anyway to parse headers
 local PCAP_SNAPLEN = 256
 
 local _M = {
@@ -178,7 +176,8 @@ function _M.open(opts)
         snaplen = math_max(snaplen, opts.snaplen or PCAP_SNAPLEN)
     end
     if snaplen < 0 or snaplen > abi.SNAP_MAX then
-        return fail("snaplen " .. tostring(snaplen) .. " is out of range (0.." .. abi.SNAP_MAX .. ")")
+        return fail("snaplen " .. tostring(snaplen) .. " is out of range (0.." .. abi.SNAP_MAX
+            .. ")")
     end
     if remainder_match or opts.where then
         -- the Lua side reads fields the caller did not name
@@ -199,7 +198,8 @@ function _M.open(opts)
                 .. "kernel integer fields); aggregate in Lua instead", 2)
         end
         if remainder_match or opts.where or opts.pcap then
-            error("netdevq.open: in-kernel aggregation needs a filter the kernel checks completely", 2)
+            error("netdevq.open: in-kernel aggregation needs a filter the kernel checks "
+                .. "completely", 2)
         end
         set_agg_config(cfg, opts.aggregate)
         local used = { unpack(opts.aggregate.keys or {}) }
@@ -258,6 +258,16 @@ function Tracer:attach()
     return true
 end
 
+-- Stops tracing; counters, aggregations and events already in the ring buffer stay readable
+-- (poll drains them), so final figures add up. attach() may follow. Idempotent.
+function Tracer:detach()
+    if self.t and self.attached then
+        self.t:detach()
+        self.attached = false
+    end
+    return true
+end
+
 -- fn(ev) for every matching event; several callbacks run in registration order.
 function Tracer:on_event(fn)
     if type(fn) ~= "function" then
@@ -270,14 +280,14 @@ function Tracer:on_event(fn)
 end
 
 -- Deliver what is pending (waiting up to timeout_ms when nothing is). Returns the number of
--- events delivered to callbacks, or nil, err.
+-- events delivered to callbacks and the number taken from the kernel, or nil, err.
 function Tracer:poll(timeout_ms)
     local n, batch = self.t:poll(timeout_ms or 100)
     if not n then
         return nil, "netdevq: " .. tostring(batch)
     end
     if n == 0 then
-        return 0
+        return 0, 0
     end
     local evs = ffi_cast(event_ptr_t, batch)
     local view, match, where = self.view, self.match, self.where
@@ -300,7 +310,7 @@ function Tracer:poll(timeout_ms)
     end
     self.matched = self.matched + delivered
     self.lua_filtered = self.lua_filtered + filtered
-    return delivered
+    return delivered, n
 end
 
 -- Kernel counters and what happened here:
@@ -387,6 +397,16 @@ function Tracer:run(opts)
             if opts.on_tick then
                 opts.on_tick(self)
             end
+        end
+    end
+    -- what the kernel handed over before the stop still counts (a Ctrl-C cuts a poll short)
+    while not self:limit_reached() do
+        local delivered, taken = self:poll(0)
+        if not delivered then
+            return nil, taken
+        end
+        if taken == 0 then
+            break
         end
     end
     return self:stats()

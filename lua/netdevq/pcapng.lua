@@ -1,7 +1,8 @@
 --- netdevq.pcapng: a buffered pcapng writer in pure LuaJIT.
 --
 --     local pcapng = require("netdevq.pcapng")
---     local w = assert(pcapng.open("out.pcapng", { snaplen = 256 }))   -- or "-" (stdout), or an io file
+--     local w = assert(pcapng.open("out.pcapng", { snaplen = 256 }))   -- or "-" (stdout), or an
+--                                                                        -- io file
 --     w:write_event(ev)                       -- ev: const struct netdevq_event *
 --     w:write_packet{ dev = "lo", linktype = pcapng.LINKTYPE_ETHERNET, ts_ns = ns,
 --                     data = bytes, caplen = n, origlen = len, comment = "..." }
@@ -378,7 +379,9 @@ function Writer:write_packet(p)
   if self.snaplen > 0 and caplen > self.snaplen then caplen = self.snaplen end
   if origlen < caplen then origlen = caplen end
   local comment = p.comment
-  if comment ~= nil and type(comment) ~= "string" then error("pcapng: comment must be a string", 2) end
+  if comment ~= nil and type(comment) ~= "string" then
+    error("pcapng: comment must be a string", 2)
+  end
 
   local key = dev .. "\0" .. linktype .. "\0" .. (p.netns or "")
   local ifid = self.by_name[key]
@@ -523,7 +526,9 @@ function Writer:close()
     ok, err = drain(self)
     if ok and self.fh then
       local fok, ferr = self.fh:flush()
-      if not fok then ok, err = nil, "pcapng: flush of " .. self.name .. " failed: " .. tostring(ferr) end
+      if not fok then
+        ok, err = nil, "pcapng: flush of " .. self.name .. " failed: " .. tostring(ferr)
+      end
     end
   end
   if self.owns_fd then

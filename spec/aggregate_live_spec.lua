@@ -1,0 +1,335 @@
+-- Aggregations on real traffic: the in-kernel path (netdevq.open{aggregate=} + read_aggregate)
+-- and the Lua path (events + aggregate.feeder) give identical entries, text and JSON, with the
+-- exact values of the known traffic; and the CLI prints them exactly (text, JSON, intervals).
+--
+-- Known traffic, from namespace a over the pair's veth (a listener in b, so b sends no ICMP):
+--   UDP 198.18.0.1:40000 -> 198.18.0.2:9000 payloads 8, 100, 600, 1000, 1400
+--     (lens 50, 142, 642, 1042, 1442: 14 Ethernet + 20 IPv4 + 8 UDP + payload)
+--   UDP from port 40001 with --mark 42, payload 200 (len 242)
+--   one TCP connection to port 8080 (a listener in b)
+-- Filters name this pair's netns inode (veth names repeat in other namespaces) and a protocol:
+-- the pair's veth also carries the odd IPv6 MLD report of the kernel.
+local netns = require("support.netns")
+local cjson = require("cjson")
+
+local CLI = "scripts/netdevq.lua"
+local READY = "netdevq: tracing net_dev_queue (raw) ... Ctrl-C to stop"
+
+-- One of each kind, as the CLI names them.
+local SPECS = {
+  { kind = "count", keys = { "dev", "proto" }, name = "@count" },
+  { kind = "sum", keys = { "comm" }, value = "len", name = "@sum_len" },
+  { kind = "hist", keys = {}, value = "len", name = "@hist_len" },
+  { kind = "min", keys = {}, value = "len", name = "@min_len" },
+  { kind = "max", keys = {}, value = "len", name = "@max_len" },
+  { kind = "avg", keys = {}, value = "len", name = "@avg_len" },
+  { kind = "stats", keys = {}, value = "len", name = "@stats_len" },
+  { kind = "count", keys = { "mark", "sport" }, name = "@count_mark" },
+  { kind = "hist", keys = { "proto", "daddr" }, value = "len", name = "@hist_len_by" },
+}
+
+-- Apart, so that the others still run when the kernel cannot load it.
+local LHIST = { kind = "lhist", keys = {}, value = "len", min = 0, max = 1500, step = 100,
+  name = "@lhist_len" }
+
+local function hist_row(label, count, bar)
+  return string.format("%-16s%8d |%-52s|\n", label, count, string.rep("@", bar))
+end
+
+local function sleep(s)
+  netns.run({ "sleep", tostring(s) })
+end
+
+-- The "@..." lines of a CLI run (the -c command's own "pid N" / "done" lines are mixed in).
+local function at_lines(lines)
+  local out = {}
+  for _, l in ipairs(lines) do
+    if l:sub(1, 1) == "@" then out[#out + 1] = l end
+  end
+  return out
+end
+
+describe("aggregations on real traffic #root", function()
+  local pair
+  local cleanup = {}
+
+  teardown(function()
+    for _, f in ipairs(cleanup) do pcall(f) end
+    if pair then pair:destroy() end
+  end)
+
+  local function setup()
+    netns.require_root()
+    if not pair then pair = assert(netns.pair{ name = "ndqag" }) end
+    return pair
+  end
+
+  local function send(argv)
+    local full = { netns.ndq_send() }
+    for _, a in ipairs(argv) do full[#full + 1] = a end
+    local ok, out = pair:exec("a", full)
+    assert(ok, out)
+    return tonumber(out:match("pid (%d+)")), out
+  end
+
+  local function udp_traffic(with_mark)
+    local n = with_mark and 6 or 5
+    local rx = pair:spawn("b", { netns.ndq_send(), "udprecv", pair.ip4_b, "9000", tostring(n), "5000" })
+    repeat local l = rx:line() until l == nil or l == "ready"
+    send({ "udp4", pair.ip4_a, pair.ip4_b, "9000", "40000", "8,100,600,1000,1400" })
+    if with_mark then
+      send({ "--mark", "42", "udp4", pair.ip4_a, pair.ip4_b, "9000", "40001", "200" })
+    end
+    local ok, code, lines = rx:wait()
+    assert(ok, "udprecv exit " .. tostring(code) .. ": " .. table.concat(lines, "; "))
+  end
+
+  local function tcp_traffic()
+    local listener = pair:spawn("b", { netns.ndq_send(), "tcplisten", pair.ip4_b, "8080", "3000" })
+    repeat local l = listener:line() until l == nil or l == "listening"
+    send({ "tcp4", pair.ip4_a, pair.ip4_b, "8080", "41000" })
+    assert(listener:wait())
+  end
+
+  describe("kernel path and Lua path", function()
+    local netdevq
+
+    -- One Lua tracer feeding every spec's aggregation, one kernel tracer per spec, all on filter;
+    -- traffic() runs while all of them are attached. Returns kernel and Lua aggregations.
+    local function trace_both(filter, traffic, specs)
+      netdevq = require("netdevq")
+      local tracers = {}
+      local function close_all()
+        for _, t in ipairs(tracers) do t:close() end
+      end
+      cleanup[#cleanup + 1] = close_all
+      local lua_t = assert(netdevq.open{ filter = filter })
+      tracers[1] = lua_t
+      local kernel_t, lua_aggs = {}, {}
+      for i, spec in ipairs(specs) do
+        assert.is_true(netdevq.kernel_aggregatable(spec), spec.name)
+        kernel_t[i] = assert(netdevq.open{ filter = filter, aggregate = spec, ringbuf_size = 65536 })
+        tracers[#tracers + 1] = kernel_t[i]
+        lua_aggs[i] = netdevq.aggregate.new(spec)
+        lua_t:on_event(netdevq.aggregate.feeder(lua_aggs[i], spec.keys, spec.value))
+      end
+      traffic()
+      -- events below the wakeup threshold arrive on the poll timeout
+      for _ = 1, 5 do assert(lua_t:poll(100)) end
+      local st = lua_t:stats()
+      assert.equal(0, st.lost)
+      local kernel_aggs = {}
+      for i, t in ipairs(kernel_t) do
+        kernel_aggs[i] = assert(t:read_aggregate())
+        assert.equal(0, t:stats().agg_overflow)
+        -- every matched event was folded in, and no event crossed the ring buffer
+        assert.equal(st.matched, t:stats().matched, specs[i].name)
+        assert.equal(0, t:stats().emitted)
+      end
+      close_all()
+      return kernel_aggs, lua_aggs, st
+    end
+
+    local function assert_identical(kernel_aggs, lua_aggs, specs)
+      for i, spec in ipairs(specs) do
+        local k, l = kernel_aggs[i], lua_aggs[i]
+        assert.same(l:entries(), k:entries(), spec.name .. " entries")
+        assert.equal(l:text(), k:text(), spec.name .. " text")
+        assert.equal(l:json_line(), k:json_line(), spec.name .. " JSON")
+      end
+    end
+
+    it("give identical entries, text and JSON with the exact values of the UDP traffic", function()
+      setup()
+      local filter = ('netns == %d and dev == "%s" and proto == "udp"'):format(pair.netns_a, pair.veth_a)
+      local kernel_aggs, lua_aggs, st = trace_both(filter, function() udp_traffic(true) end, SPECS)
+      assert.equal(6, st.matched)
+      assert_identical(kernel_aggs, lua_aggs, SPECS)
+      local text = {}
+      for i, spec in ipairs(SPECS) do text[spec.name] = kernel_aggs[i]:text() end
+      local dev = pair.veth_a
+      -- lens 50, 142, 642, 1042, 1442 and 242
+      assert.same({
+        ["@count"] = "@count[" .. dev .. ", udp]: 6\n",
+        ["@sum_len"] = "@sum_len[ndq_send]: 3560\n",
+        ["@hist_len"] = "@hist_len: \n"
+          .. hist_row("[32, 64)", 1, 26) .. hist_row("[64, 128)", 0, 0)
+          .. hist_row("[128, 256)", 2, 52) .. hist_row("[256, 512)", 0, 0)
+          .. hist_row("[512, 1K)", 1, 26) .. hist_row("[1K, 2K)", 2, 52) .. "\n",
+        ["@min_len"] = "@min_len: 50\n",
+        ["@max_len"] = "@max_len: 1442\n",
+        ["@avg_len"] = "@avg_len: 593\n\n",
+        ["@stats_len"] = "@stats_len: count 6, average 593, total 3560\n\n",
+        ["@count_mark"] = "@count_mark[42, 40001]: 1\n@count_mark[0, 40000]: 5\n",
+        ["@hist_len_by"] = "@hist_len_by[udp, 198.18.0.2]: \n"
+          .. hist_row("[32, 64)", 1, 26) .. hist_row("[64, 128)", 0, 0)
+          .. hist_row("[128, 256)", 2, 52) .. hist_row("[256, 512)", 0, 0)
+          .. hist_row("[512, 1K)", 1, 26) .. hist_row("[1K, 2K)", 2, 52) .. "\n",
+      }, text)
+      assert.equal('{"type":"map","name":"@count","keys":["dev","proto"],"data":[{"key":["'
+        .. dev .. '","udp"],"value":6}]}', kernel_aggs[1]:json_line())
+    end)
+
+    it("give identical results on TCP, whose packets have no mark and other keys", function()
+      setup()
+      local filter = ('netns == %d and dev == "%s" and (proto == "udp" or proto == "tcp")')
+        :format(pair.netns_a, pair.veth_a)
+      local kernel_aggs, lua_aggs, st = trace_both(filter, function()
+        udp_traffic(true)
+        tcp_traffic()
+      end, SPECS)
+      assert_identical(kernel_aggs, lua_aggs, SPECS)
+      -- a sends SYN (74 bytes: 20 bytes of TCP options), the handshake's ACK, FIN and the ACK of
+      -- b's FIN (66 bytes each: timestamps)
+      local text = {}
+      for i, spec in ipairs(SPECS) do text[spec.name] = kernel_aggs[i]:text() end
+      assert.equal(10, st.matched)
+      assert.equal("@count[" .. pair.veth_a .. ", tcp]: 4\n@count[" .. pair.veth_a .. ", udp]: 6\n",
+        text["@count"])
+      assert.equal("@stats_len: count 10, average 383, total 3832\n\n", text["@stats_len"])
+      assert.equal("@count_mark[42, 40001]: 1\n@count_mark[0, 41000]: 4\n@count_mark[0, 40000]: 5\n",
+        text["@count_mark"])
+    end)
+
+    it("give identical linear histograms (lhist len:0:1500:100)", function()
+      setup()
+      local filter = ('netns == %d and dev == "%s" and proto == "udp"'):format(pair.netns_a, pair.veth_a)
+      local kernel_aggs, lua_aggs = trace_both(filter, function() udp_traffic(true) end, { LHIST })
+      assert_identical(kernel_aggs, lua_aggs, { LHIST })
+      -- lens 50, 142, 242, 642, 1042, 1442: one per hundred
+      assert.equal("@lhist_len: \n"
+          .. hist_row("[0, 100)", 1, 52) .. hist_row("[100, 200)", 1, 52)
+          .. hist_row("[200, 300)", 1, 52) .. hist_row("[300, 400)", 0, 0)
+          .. hist_row("[400, 500)", 0, 0) .. hist_row("[500, 600)", 0, 0)
+          .. hist_row("[600, 700)", 1, 52) .. hist_row("[700, 800)", 0, 0)
+          .. hist_row("[800, 900)", 0, 0) .. hist_row("[900, 1000)", 0, 0)
+          .. hist_row("[1000, 1100)", 1, 52) .. hist_row("[1100, 1200)", 0, 0)
+          .. hist_row("[1200, 1300)", 0, 0) .. hist_row("[1300, 1400)", 0, 0)
+          .. hist_row("[1400, 1500)", 1, 52) .. "\n", kernel_aggs[1]:text())
+    end)
+  end)
+
+  describe("the CLI", function()
+    local function cli(args)
+      local argv = { "luajit", CLI }
+      for _, a in ipairs(args) do argv[#argv + 1] = tostring(a) end
+      local p = netns.spawn(argv)
+      cleanup[#cleanup + 1] = function() p:stop() end
+      return p
+    end
+
+    -- -c: the sender, run in namespace a, is the only process traced
+    local function sender_cmd()
+      return table.concat({ "ip", "netns", "exec", pair.ns_a, netns.ndq_send(), "udp4", pair.ip4_a,
+        pair.ip4_b, "9000", "40000", "8,100,600,1000,1400" }, " ")
+    end
+
+    local function run_cli(args)
+      local p = cli(args)
+      local ok, code, lines = p:wait()
+      assert.is_true(ok, "exit " .. tostring(code) .. ":\n" .. table.concat(lines, "\n"))
+      return lines
+    end
+
+    local function summary_of(lines)
+      for _, l in ipairs(lines) do
+        local ev, m, lost = l:match("^netdevq: (%d+) events, (%d+) matched, (%d+) lost$")
+        if ev then return tonumber(m), tonumber(lost) end
+      end
+    end
+
+    it("--count dev,proto with -c prints exactly the sender's packets", function()
+      setup()
+      local lines = run_cli({ "--count", "dev,proto", "-f", ('dev == "%s"'):format(pair.veth_a),
+        "-c", sender_cmd() })
+      assert.equal(READY, lines[1])
+      assert.same({ "@count[" .. pair.veth_a .. ", udp]: 5" }, at_lines(lines))
+      assert.same({ 5, 0 }, { summary_of(lines) })
+    end)
+
+    local MAP_LINE = '{"type":"map","name":"@count","keys":["dev","proto"],"data":[{"key":["%s","udp"],"value":5}]}'
+    local HIST_LINE = '{"type":"hist","name":"@hist_len","keys":[],"data":[{"key":[],"buckets":['
+      .. '{"min":32,"max":64,"count":1},{"min":64,"max":128,"count":0},'
+      .. '{"min":128,"max":256,"count":1},{"min":256,"max":512,"count":0},'
+      .. '{"min":512,"max":1024,"count":1},{"min":1024,"max":2048,"count":2}]}]}'
+
+    -- The JSON lines of a run, decoded, by type (map and hist lines in order), and their text.
+    local function json_of(lines)
+      local by_type, raw = {}, {}
+      for _, l in ipairs(lines) do
+        if l:sub(1, 1) == "{" then
+          local obj = cjson.decode(l)
+          by_type[obj.type] = by_type[obj.type] or {}
+          table.insert(by_type[obj.type], obj)
+          if obj.type == "map" or obj.type == "hist" then raw[#raw + 1] = l end
+        end
+      end
+      return by_type, raw
+    end
+
+    it("-F json writes the exact map and hist lines, from the kernel and from Lua alike", function()
+      setup()
+      local dev_filter = ('dev == "%s"'):format(pair.veth_a)
+      local map_line = MAP_LINE:format(pair.veth_a)
+      -- one aggregation: the kernel computes it
+      local objs, raw = json_of(run_cli({ "--count", "dev,proto", "-F", "json", "-f", dev_filter,
+        "-c", sender_cmd() }))
+      assert.same({ map_line }, raw)
+      assert.same({ type = "map", name = "@count", keys = { "dev", "proto" },
+        data = { { key = { pair.veth_a, "udp" }, value = 5 } } }, objs.map[1])
+      assert.equal(5, objs.summary[1].matched)
+      assert.equal(0, objs.summary[1].lost)
+      objs, raw = json_of(run_cli({ "--hist", "len", "-F", "json", "-f", dev_filter,
+        "-c", sender_cmd() }))
+      assert.same({ HIST_LINE }, raw)
+      assert.same({ type = "hist", name = "@hist_len", keys = {}, data = { { key = {}, buckets = {
+        { min = 32, max = 64, count = 1 }, { min = 64, max = 128, count = 0 },
+        { min = 128, max = 256, count = 1 }, { min = 256, max = 512, count = 0 },
+        { min = 512, max = 1024, count = 1 }, { min = 1024, max = 2048, count = 2 } } } } },
+        objs.hist[1])
+      -- two aggregations: events come to Lua, same lines
+      objs, raw = json_of(run_cli({ "--count", "dev,proto", "--hist", "len", "-F", "json",
+        "-f", dev_filter, "-c", sender_cmd() }))
+      assert.same({ map_line, HIST_LINE }, raw)
+      assert.equal(5, objs.summary[1].matched)
+    end)
+
+    it("-i 1 prints and resets every interval, in the kernel and in Lua", function()
+      setup()
+      local core = require("netdevq.core")
+      local filter = ('netns == %d and dev == "%s" and (proto == "udp" or proto == "icmp")')
+        :format(pair.netns_a, pair.veth_a)
+      local kernel = cli({ "--count", "dev,proto", "-f", filter, "-i", 1, "-d", 2.5 })
+      local lua = cli({ "--count", "dev,proto", "--sum", "len", "-f", filter, "-i", 1, "-d", 2.5 })
+      assert.equal(READY, kernel:line())
+      local t0 = core.monotonic_ns()
+      assert.equal(READY, lua:line())
+      udp_traffic(false) -- first interval
+      local wait = 1.3 - (core.monotonic_ns() - t0) / 1e9
+      assert.is_true(wait > 0.1, "the first interval's traffic took too long")
+      sleep(wait)
+      local _, out = send({ "icmp4", pair.ip4_a, pair.ip4_b, "1" }) -- second interval
+      assert.truthy(out:find("replies 1\n", 1, true), out)
+      -- the kernel run's lines as they come: the first interval's before the run ends (2.5 s)
+      local got, first_at = {}, nil
+      for l in function() return kernel:line() end do
+        if l:sub(1, 1) == "@" then
+          got[#got + 1] = l
+          first_at = first_at or (core.monotonic_ns() - t0) / 1e9
+        elseif l:match("^netdevq: %d+ events, ") then
+          got[#got + 1] = "summary"
+        elseif not l:match("^netdevq: %d+ events/s, ") then -- (the status line every interval)
+          got[#got + 1] = l
+        end
+      end
+      assert.same({ "@count[" .. pair.veth_a .. ", udp]: 5", "@count[" .. pair.veth_a .. ", icmp]: 1",
+        "summary" }, got)
+      assert.is_true(first_at < 2, "first interval printed at " .. first_at .. " s")
+      local ok, _, lines = lua:wait()
+      assert.is_true(ok)
+      -- the echo request: 14 + 20 + 8 + 56 bytes
+      assert.same({ "@count[" .. pair.veth_a .. ", udp]: 5", "@sum_len: 3318",
+        "@count[" .. pair.veth_a .. ", icmp]: 1", "@sum_len: 98" }, at_lines(lines))
+    end)
+  end)
+end)
