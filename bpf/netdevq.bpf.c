@@ -32,6 +32,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define IPPROTO_SCTP 132
 #define PARSE_BYTES 128 /* L2 (<= 64) + IPv4 with options (<= 60) + ports; IPv6 fixed header fits */
 #define SKB_COPY_MAX 512
+#define DEV_SPAN_MAX 320
 #define EVENT_HEAD_SIZE __builtin_offsetof(struct netdevq_event, snap)
 
 /* Set by the loader between open and load; frozen afterwards, so the verifier treats every
@@ -58,7 +59,9 @@ struct scratch {
 	struct netdevq_event ev;
 	struct netdevq_agg_key key;
 	struct netdevq_agg_value zero; /* never written: the initial value of a new aggregation key */
+	__u64 pending;                 /* bytes emitted on this CPU since its last wakeup */
 	__u8 skb[SKB_COPY_MAX];
+	__u8 devspan[DEV_SPAN_MAX];
 };
 
 struct {
@@ -357,32 +360,132 @@ static __always_inline int l3l4_filter(const struct netdevq_event *ev)
 /* Read a member of the sk_buff: directly (tp_btf) or from the raw-mode copy at its CO-RE offset. */
 #define SKB(f) (btf ? skb->f : *(typeof(skb->f) *)(s->skb + bpf_core_field_offset(struct sk_buff, f)))
 
+#define OFF(t, f) ((__u32)bpf_core_field_offset(struct t, f))
+#define END(t, f) (OFF(t, f) + (__u32)bpf_core_field_size(struct t, f))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* The device's ifindex, type, name and namespace pointer. Raw mode fetches them with one
+ * bpf_probe_read_kernel of the span of net_device that holds them (offsets are CO-RE
+ * relocations, so the span is a constant the verifier sees; a kernel where the members lie
+ * too far apart gets one read per member instead). */
+static __always_inline struct net *read_dev(struct scratch *s, struct net_device *dev, const bool btf)
+{
+	struct netdevq_event *ev = &s->ev;
+	struct net *net;
+
+	if (btf) {
+		ev->ifindex = dev->ifindex;
+		ev->dev_type = dev->type;
+		net = dev->nd_net.net;
+		*(__u64 *)&ev->dev[0] = 0;
+		*(__u64 *)&ev->dev[8] = 0;
+		bpf_core_read_str(ev->dev, sizeof(ev->dev), &dev->name);
+		return net;
+	}
+	__u32 lo = MIN(MIN(OFF(net_device, ifindex), OFF(net_device, type)),
+		       MIN(OFF(net_device, name), OFF(net_device, nd_net)));
+	__u32 hi = MAX(MAX(END(net_device, ifindex), END(net_device, type)),
+		       MAX(END(net_device, name), END(net_device, nd_net)));
+	if (hi - lo <= DEV_SPAN_MAX) {
+		if (bpf_probe_read_kernel(s->devspan, hi - lo, (char *)dev + lo))
+			return NULL;
+		ev->ifindex = *(int *)(s->devspan + OFF(net_device, ifindex) - lo);
+		ev->dev_type = *(unsigned short *)(s->devspan + OFF(net_device, type) - lo);
+		net = *(struct net **)(s->devspan + OFF(net_device, nd_net) - lo);
+		__builtin_memcpy(ev->dev, s->devspan + OFF(net_device, name) - lo, 16);
+		/* a renamed device may keep stale bytes after the NUL: compare and key on a clean name */
+		bool end = false;
+#pragma unroll
+		for (int i = 0; i < 16; i++) {
+			end = end || ev->dev[i] == 0;
+			if (end)
+				ev->dev[i] = 0;
+		}
+		return net;
+	}
+	ev->ifindex = BPF_CORE_READ(dev, ifindex);
+	ev->dev_type = BPF_CORE_READ(dev, type);
+	*(__u64 *)&ev->dev[0] = 0;
+	*(__u64 *)&ev->dev[8] = 0;
+	bpf_core_read_str(ev->dev, sizeof(ev->dev), &dev->name);
+	return BPF_CORE_READ(dev, nd_net.net);
+}
+
+static __always_inline void read_task(struct netdevq_event *ev)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	ev->pid = id >> 32;
+	ev->tid = (__u32)id;
+}
+
+/* Header bytes start at the link header (reset by __dev_queue_xmit before the tracepoint), or at
+ * the network header when the device has none. One read serves parsing and the snap bytes. */
+static __always_inline void read_headers(struct scratch *s, struct sk_buff *skb, const bool btf)
+{
+	struct netdevq_event *ev = &s->ev;
+	unsigned char *head = SKB(head);
+	unsigned char *data = SKB(data);
+	__u16 mac = SKB(mac_header), net = SKB(network_header);
+	__u32 start = mac != (__u16)~0U ? mac : net;
+	__u32 linear_end = (__u32)(data - head) + ev->len - ev->data_len;
+	__u32 avail = linear_end > start ? linear_end - start : 0;
+	__u32 want = cfg.snaplen;
+	const bool parse = (cfg.need & NDQ_NEED_HEADERS) || cfg.proto.n || cfg.saddr.n ||
+			   cfg.daddr.n || cfg.host.n || cfg.sport.n || cfg.dport.n || cfg.port.n;
+
+	ev->flags = 0;
+	ev->l3 = 0;
+	ev->snap_len = 0;
+	ev->l2_len = 0;
+	if (parse && want < PARSE_BYTES)
+		want = PARSE_BYTES;
+	if (want > NDQ_SNAP_MAX)
+		want = NDQ_SNAP_MAX;
+	if (want && bpf_probe_read_kernel(ev->snap, want, head + start) == 0) {
+		ev->snap_len = avail < cfg.snaplen ? avail : cfg.snaplen;
+		ev->l2_len = net >= start ? net - start : 0;
+		if (parse)
+			parse_headers(ev, ev->l2_len, avail < want ? avail : want);
+	}
+}
+
 static __always_inline int handle(struct sk_buff *skb, const bool btf)
 {
+	/* Filters run first, each reading only what it checks; what the output needs and no filter
+	 * read comes after. cfg members are constants to the verifier: untaken branches vanish. */
+	const bool filter_task = cfg.follow_pid || cfg.pid.n || cfg.tid.n;
+	const bool filter_dev = cfg.ifindex.n || cfg.n_dev || cfg.netns.n;
+	const bool filter_l3l4 = cfg.proto.n || cfg.saddr.n || cfg.daddr.n || cfg.host.n ||
+				 cfg.sport.n || cfg.dport.n || cfg.port.n;
+	const bool need_dev = (cfg.need & (NDQ_NEED_DEV | NDQ_NEED_NETNS)) || cfg.agg_on;
 	__u32 zero = 0;
 	struct counters *cnt = bpf_map_lookup_elem(&counters, &zero);
 	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
 	struct netdevq_event *ev;
 	struct net_device *dev;
-	__u64 id;
+	struct net *net = NULL;
 
 	if (!cnt || !s)
 		return 0;
 	cnt->c[NDQ_CNT_SEEN]++;
 	ev = &s->ev;
 
-	id = bpf_get_current_pid_tgid();
-	ev->pid = id >> 32;
-	ev->tid = (__u32)id;
-	if (cfg.follow_pid && !bpf_map_lookup_elem(&tracked, &ev->pid))
-		goto filtered;
-	if (cfg.pid.n && !in_u32_set(&cfg.pid, ev->pid))
-		goto filtered;
-	if (cfg.tid.n && !in_u32_set(&cfg.tid, ev->tid))
-		goto filtered;
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	if (cfg.n_comm && !in_name_set(cfg.comm, cfg.n_comm, ev->comm))
-		goto filtered;
+	if (filter_task) {
+		read_task(ev);
+		if (cfg.follow_pid && !bpf_map_lookup_elem(&tracked, &ev->pid))
+			goto filtered;
+		if (cfg.pid.n && !in_u32_set(&cfg.pid, ev->pid))
+			goto filtered;
+		if (cfg.tid.n && !in_u32_set(&cfg.tid, ev->tid))
+			goto filtered;
+	}
+	if (cfg.n_comm) {
+		bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+		if (!in_name_set(cfg.comm, cfg.n_comm, ev->comm))
+			goto filtered;
+	}
 
 	if (!btf) {
 		__u32 size = bpf_core_type_size(struct sk_buff);
@@ -403,68 +506,34 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 	ev->priority = SKB(priority);
 	if (cfg.priority.n && !in_u32_set(&cfg.priority, ev->priority))
 		goto filtered;
-
-	dev = SKB(dev);
-	if (btf) {
-		ev->ifindex = dev->ifindex;
-		ev->dev_type = dev->type;
-	} else {
-		ev->ifindex = BPF_CORE_READ(dev, ifindex);
-		ev->dev_type = BPF_CORE_READ(dev, type);
-	}
-	if (cfg.ifindex.n && !in_u32_set(&cfg.ifindex, ev->ifindex))
-		goto filtered;
-	/* a renamed device may keep stale bytes after the NUL: compare and key on a clean name */
-	*(__u64 *)&ev->dev[0] = 0;
-	*(__u64 *)&ev->dev[8] = 0;
-	bpf_core_read_str(ev->dev, sizeof(ev->dev), &dev->name);
-	if (cfg.n_dev && !in_name_set(cfg.dev, cfg.n_dev, ev->dev))
-		goto filtered;
-	if (cfg.need & NDQ_NEED_NETNS) {
-		ev->netns = btf ? dev->nd_net.net->ns.inum : BPF_CORE_READ(dev, nd_net.net, ns.inum);
-		if (cfg.netns.n && !in_u32_set(&cfg.netns, ev->netns))
-			goto filtered;
-	} else {
-		ev->netns = 0;
-	}
-
-	ev->data_len = SKB(data_len);
-	ev->mac_len = SKB(mac_len);
-	ev->hdr_len = SKB(hdr_len);
-	ev->hash = SKB(hash);
 	ev->ethertype = bpf_ntohs(SKB(protocol));
 	if (cfg.ethertype.n && !in_u32_set(&cfg.ethertype, ev->ethertype))
 		goto filtered;
-	ev->flags = 0;
-	ev->l3 = 0;
-	ev->snap_len = 0;
-	ev->l2_len = 0;
+	ev->data_len = SKB(data_len);
 
-	/* Header bytes start at the link header (reset by __dev_queue_xmit before the tracepoint),
-	 * or at the network header when the device has none. */
-	unsigned char *head = SKB(head);
-	unsigned char *data = SKB(data);
-	__u16 mac = SKB(mac_header), net = SKB(network_header);
-	__u32 start = mac != (__u16)~0U ? mac : net;
-	__u32 linear_end = (__u32)(data - head) + ev->len - ev->data_len;
-	__u32 avail = linear_end > start ? linear_end - start : 0;
-	__u32 want = cfg.snaplen;
-
-	if ((cfg.need & NDQ_NEED_HEADERS) && want < PARSE_BYTES)
-		want = PARSE_BYTES;
-	if (want > NDQ_SNAP_MAX)
-		want = NDQ_SNAP_MAX;
-	if (want && bpf_probe_read_kernel(ev->snap, want, head + start) == 0) {
-		ev->snap_len = avail < cfg.snaplen ? avail : cfg.snaplen;
-		ev->l2_len = net >= start ? net - start : 0;
-		if (cfg.need & NDQ_NEED_HEADERS)
-			parse_headers(ev, ev->l2_len, avail < want ? avail : want);
+	dev = SKB(dev);
+	if (filter_dev || need_dev) {
+		net = read_dev(s, dev, btf);
+		if (cfg.ifindex.n && !in_u32_set(&cfg.ifindex, ev->ifindex))
+			goto filtered;
+		if (cfg.n_dev && !in_name_set(cfg.dev, cfg.n_dev, ev->dev))
+			goto filtered;
 	}
+	if (cfg.netns.n || (cfg.need & NDQ_NEED_NETNS)) {
+		if (btf)
+			ev->netns = net ? net->ns.inum : 0;
+		else
+			ev->netns = net ? BPF_CORE_READ(net, ns.inum) : 0;
+		if (cfg.netns.n && !in_u32_set(&cfg.netns, ev->netns))
+			goto filtered;
+	}
+
+	read_headers(s, skb, btf);
 	/* also when the read failed: then nothing parsed, and L3/L4 conditions must fail */
-	if ((cfg.need & NDQ_NEED_HEADERS) && !l3l4_filter(ev))
+	if (filter_l3l4 && !l3l4_filter(ev))
 		goto filtered;
 
-	if (cfg.need & NDQ_NEED_CGROUP) {
+	if (cfg.n_cgroup || (cfg.need & NDQ_NEED_CGROUP)) {
 		ev->cgroup = bpf_get_current_cgroup_id();
 		if (cfg.n_cgroup) {
 			int hit = 0;
@@ -475,20 +544,32 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 			if (!hit)
 				goto filtered;
 		}
-	} else {
-		ev->cgroup = 0;
 	}
+
+	/* matched: the rest of what the output asks for */
+	if (!filter_task && (cfg.need & NDQ_NEED_TASK))
+		read_task(ev);
+	if (!cfg.n_comm && (cfg.need & NDQ_NEED_TASK))
+		bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	if (cfg.need & NDQ_NEED_GSO) {
-		struct skb_shared_info *sh = (void *)(head + SKB(end));
-		ev->gso_size = BPF_CORE_READ(sh, gso_size);
-		ev->gso_segs = BPF_CORE_READ(sh, gso_segs);
-	} else {
-		ev->gso_size = 0;
-		ev->gso_segs = 0;
+		struct skb_shared_info *sh = (void *)(SKB(head) + SKB(end));
+		if (OFF(skb_shared_info, gso_segs) == OFF(skb_shared_info, gso_size) + 2) {
+			__u16 g[2] = {};
+			bpf_probe_read_kernel(g, sizeof(g), (char *)sh + OFF(skb_shared_info, gso_size));
+			ev->gso_size = g[0];
+			ev->gso_segs = g[1];
+		} else {
+			ev->gso_size = BPF_CORE_READ(sh, gso_size);
+			ev->gso_segs = BPF_CORE_READ(sh, gso_segs);
+		}
 	}
+	if (cfg.need & NDQ_NEED_TS)
+		ev->ts = bpf_ktime_get_ns();
+	ev->mac_len = SKB(mac_len);
+	ev->hdr_len = SKB(hdr_len);
+	ev->hash = SKB(hash);
 	ev->skb = (__u64)skb;
 	ev->cpu = bpf_get_smp_processor_id();
-	ev->ts = bpf_ktime_get_ns();
 
 	if (cfg.agg_on)
 		aggregate(s, cnt);
@@ -499,11 +580,15 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 		if (size > sizeof(*ev))
 			size = sizeof(*ev);
 		if (cfg.wakeup_bytes) {
-			/* Wake the consumer only when pending data crosses the threshold; below it the
-			 * consumer picks events up on its poll timeout. */
-			__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-			flags = pending < cfg.wakeup_bytes && pending + size + 8 >= cfg.wakeup_bytes ?
-					BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+			/* Wake the consumer once per wakeup_bytes emitted on this CPU; in between it picks
+			 * events up on its poll timeout. Cheaper than asking the ring how full it is. */
+			s->pending += size;
+			if (s->pending >= cfg.wakeup_bytes) {
+				s->pending = 0;
+				flags = BPF_RB_FORCE_WAKEUP;
+			} else {
+				flags = BPF_RB_NO_WAKEUP;
+			}
 		}
 		if (bpf_ringbuf_output(&events, ev, size, flags))
 			cnt->c[NDQ_CNT_LOST]++;

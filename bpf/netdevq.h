@@ -42,13 +42,18 @@ enum netdevq_field {
 	NDQ_F_MAX,
 };
 
-/* Which optional parts the kernel side reads (netdevq_config.need); the rest stays zero. */
+/* Which optional parts the kernel side reads for output (netdevq_config.need). What a kernel
+ * filter checks is read regardless. skb members (len, mark, ...), cpu and skb are always there;
+ * a part not asked for holds stale bytes, so readers only look at what they asked for. */
 enum {
 	NDQ_NEED_HEADERS = 1,   /* parse L2/L3/L4: ethertype .. tcp_flags, ttl, tos */
 	NDQ_NEED_NETNS = 2,
 	NDQ_NEED_GSO = 4,
 	NDQ_NEED_CGROUP = 8,
-	NDQ_NEED_ALL = 15,
+	NDQ_NEED_TASK = 16,     /* pid, tid, comm */
+	NDQ_NEED_DEV = 32,      /* dev, ifindex, dev_type */
+	NDQ_NEED_TS = 64,       /* ts (bpf_ktime_get_ns costs ~40 ns: only when shown) */
+	NDQ_NEED_ALL = 127,
 };
 
 /* Event flags (netdevq_event.flags). */

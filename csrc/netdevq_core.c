@@ -377,6 +377,8 @@ static int core_open(lua_State *L)
 	t->follow_pid = cfg.follow_pid;
 	bpf_map__set_max_entries(events, ringbuf_size);
 	if (cfg.agg_on) {
+		/* hash only the key slots in use: the BPF side builds a full, zero-padded key */
+		bpf_map__set_key_size(aggs, (cfg.agg_nkeys ? cfg.agg_nkeys : 1) * NDQ_AGG_KEY_SLOT);
 		bpf_map__set_max_entries(aggs, agg_keys);
 		t->agg_value_size = cfg.agg_hist ? sizeof(struct netdevq_agg_value)
 						 : offsetof(struct netdevq_agg_value, slot);
@@ -548,6 +550,8 @@ static int tracer_agg_read(lua_State *L)
 	if (!t->percpu_buf && !(t->percpu_buf = calloc((size_t)ncpu, stride)))
 		return push_fail(L, "out of memory");
 	/* collect keys first: deleting while walking would restart the walk */
+	/* the map's keys may be shorter than the struct: the rest stays zero */
+	memset(&next, 0, sizeof(next));
 	while (bpf_map_get_next_key(t->aggs_fd, prev, &next) == 0) {
 		if (n == t->agg_cap) {
 			size_t cap = t->agg_cap ? t->agg_cap * 2 : 256;
@@ -564,6 +568,7 @@ static int tracer_agg_read(lua_State *L)
 		t->agg_keys[n++] = next;
 		key = next;
 		prev = &key;
+		memset(&next, 0, sizeof(next));
 	}
 	size_t out = 0;
 	for (size_t i = 0; i < n; i++) {

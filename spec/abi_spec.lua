@@ -61,7 +61,8 @@ describe("netdevq.abi #unit", function()
                 n = n + 1
             end
             assert.are.equal(abi.F_MAX - 1, n)
-            assert.are.same({ HEADERS = 1, NETNS = 2, GSO = 4, CGROUP = 8, ALL = 15 }, abi.NEED)
+            assert.are.same({ HEADERS = 1, NETNS = 2, GSO = 4, CGROUP = 8, TASK = 16, DEV = 32,
+                              TS = 64, ALL = 127 }, abi.NEED)
             assert.are.same({ MAC = 1, L4 = 2, TCP = 4, FRAG = 8 }, abi.EV)
             assert.are.equal(3, abi.CNT.LOST)
             assert.are.same({ NONE = 0, LOG2 = 1, LINEAR = 2 }, abi.HIST)

@@ -141,6 +141,11 @@ describe("netdevq CLI #root", function()
 
     it("shows comm, pid, dev, mac_len and hdr_len as bpftrace reads them from the sk_buff", function()
         netns.require_root()
+        -- bpftrace's tracepoint probes need tracefs; mount it for this test when it is not
+        if not io.open("/sys/kernel/tracing/events/net/net_dev_queue/format") then
+            assert.is_true((netns.run({ "mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing" })))
+            finally(function() netns.run({ "umount", "/sys/kernel/tracing" }) end)
+        end
         local bt = netns.spawn({ "bpftrace", "-e", string.format(
             'tracepoint:net:net_dev_queue /str(args->name) == "%s"/ { $s = (struct sk_buff *)'
             .. 'args->skbaddr; printf("bt %%d %%d %%d\\n", args->len, $s->mac_len, $s->hdr_len); }',

@@ -103,13 +103,15 @@ describe("netdevq.fields #unit", function()
             assert.are.equal(27, fields.by_name.tos.id)
         end)
 
-        it("needs HEADERS for the parsed fields, NETNS, GSO, CGROUP for theirs, nothing else", function()
+        it("needs HEADERS for the parsed fields, TASK, DEV, TS, NETNS, GSO, CGROUP for theirs, nothing else", function()
             local H = abi.NEED.HEADERS
             local expect = {
                 ethertype = H, smac = H, dmac = H, saddr = H, daddr = H, proto = H, sport = H,
                 dport = H, tcp_flags = H, ttl = H, tos = H,
                 netns = abi.NEED.NETNS, gso_size = abi.NEED.GSO, gso_segs = abi.NEED.GSO,
-                cgroup = abi.NEED.CGROUP,
+                cgroup = abi.NEED.CGROUP, pid = abi.NEED.TASK, tid = abi.NEED.TASK,
+                comm = abi.NEED.TASK, dev = abi.NEED.DEV, ifindex = abi.NEED.DEV,
+                ts = abi.NEED.TS, time = abi.NEED.TS,
             }
             for _, field in ipairs(fields.catalogue) do
                 assert.are.equal(expect[field.name] or 0, field.need, field.name)
@@ -480,10 +482,11 @@ describe("netdevq.fields #unit", function()
 
     describe("needs", function()
         it("ORs the NEED bits of the named fields", function()
-            assert.are.equal(0, fields.needs{ "pid", "comm", "len", "time", "skb" })
+            assert.are.equal(0, fields.needs{ "len", "skb", "cpu", "mark" })
+            assert.are.equal(abi.NEED.TASK + abi.NEED.TS, fields.needs{ "pid", "comm", "time" })
             assert.are.equal(abi.NEED.HEADERS + abi.NEED.NETNS, fields.needs{ "saddr", "netns" })
-            assert.are.equal(abi.NEED.ALL,
-                             fields.needs{ "cgroup", "gso_segs", "tcp_flags", "netns", "dport" })
+            assert.are.equal(abi.NEED.ALL, fields.needs{ "cgroup", "gso_segs", "tcp_flags",
+                                                         "netns", "dport", "comm", "dev", "ts" })
             assert.are.equal(0, fields.needs{})
         end)
 

@@ -729,7 +729,7 @@ describe("netdevq.filter #unit", function()
             assert.are.same({ dev = { "eth0" }, proto = { 6 }, dport = { 443 },
                               len = { 1001, U32 } }, t)
             assert.is_nil(rest)
-            assert.are.equal(1, need)
+            assert.are.equal(1 + 32, need) -- headers, the device
             assert.are.same({ "len", "dev", "proto", "dport" }, pushed)
         end)
 
@@ -873,7 +873,8 @@ describe("netdevq.filter #unit", function()
                               netns = { 4026531840 }, cgroup = { 4711, 9001 },
                               ethertype = { 0x0800, 0x86dd } }, t)
             assert.are.equal('dev ~= "lo"', rest)
-            assert.are.equal(1 + 2 + 8, need)
+            assert.are.equal(1 + 2 + 8 + 16 + 32, need) -- + task (comm, pid, tid), device
+
         end)
 
         it("drops names the kernel can never see from a set", function()
@@ -902,7 +903,7 @@ describe("netdevq.filter #unit", function()
             assert.is_not_nil(rest)
             assert.are.equal(4 + 1, need)
             assert.are.equal(4 + 1, cfg.need)
-            assert.are.equal(0, filter.needs(parse_ok('len > 1 and dev == "lo"')))
+            assert.are.equal(32, filter.needs(parse_ok('len > 1 and dev == "lo"')))
             assert.are.equal(2, filter.needs(parse_ok('netns == 1')))
         end)
 

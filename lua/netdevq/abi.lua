@@ -151,6 +151,9 @@ _M.NEED = {
     NETNS = ffi_C.NDQ_NEED_NETNS,
     GSO = ffi_C.NDQ_NEED_GSO,
     CGROUP = ffi_C.NDQ_NEED_CGROUP,
+    TASK = ffi_C.NDQ_NEED_TASK,
+    DEV = ffi_C.NDQ_NEED_DEV,
+    TS = ffi_C.NDQ_NEED_TS,
     ALL = ffi_C.NDQ_NEED_ALL,
 }
 
@@ -181,7 +184,8 @@ _M.HIST = {
 }
 
 -- Sanity: the NEED bits really do cover NEED_ALL (a header edit that adds a bit must add it here).
-if bor(_M.NEED.HEADERS, _M.NEED.NETNS, _M.NEED.GSO, _M.NEED.CGROUP) ~= _M.NEED.ALL then
+if bor(_M.NEED.HEADERS, _M.NEED.NETNS, _M.NEED.GSO, _M.NEED.CGROUP, _M.NEED.TASK, _M.NEED.DEV,
+       _M.NEED.TS) ~= _M.NEED.ALL then
     error("netdevq.abi: NDQ_NEED_ALL has bits this module does not know; update abi.lua")
 end
 

@@ -517,8 +517,7 @@ function _M.main(argv)
         end
     end
 
-    io_stderr:write(format("netdevq: tracing net_dev_queue (%s) ... Ctrl-C to stop\n", args.mode))
-    io_stderr:flush()
+    -- the probe is attached; a --cmd that cannot run is one error line, not a start and an error
     if child_pid then
         local okr, rerr = core.release(gate_fd, status_fd)
         if not okr then
@@ -528,6 +527,8 @@ function _M.main(argv)
             return EXIT_FAIL
         end
     end
+    io_stderr:write(format("netdevq: tracing net_dev_queue (%s) ... Ctrl-C to stop\n", args.mode))
+    io_stderr:flush()
 
     local child_done = false
     local status_line = status_reporter(args, print_events)

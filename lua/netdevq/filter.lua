@@ -56,7 +56,7 @@ local _M = { _VERSION = "0.1.0" }
 local SET_MAX, PREFIX_MAX, NAME_LEN = 8, 4, 16
 _M.SET_MAX, _M.PREFIX_MAX, _M.NAME_LEN = SET_MAX, PREFIX_MAX, NAME_LEN
 
--- NDQ_NEED_* bits.
+-- NDQ_NEED_* bits (the per-field bits come from netdevq.fields below: one source).
 local NEED_HEADERS, NEED_NETNS, NEED_GSO, NEED_CGROUP = 1, 2, 4, 8
 
 local U8, U16, U32 = 255, 65535, 4294967295
@@ -111,6 +111,16 @@ local FIELDS = {
     host = { type = "address", member = "host", need = NEED_HEADERS,
              example = '"198.18.0.0/15"', either = { "saddr", "daddr" } },
 }
+
+-- What reading each field costs the kernel (NDQ_NEED_* bits): from the catalogue, one source.
+do
+    local catalogue = require("netdevq.fields").by_name
+    for name, f in pairs(FIELDS) do
+        if catalogue[name] then
+            f.need = catalogue[name].need
+        end
+    end
+end
 
 -- contract.md order, for suggestions and lists
 local FIELD_ORDER = {
