@@ -5,7 +5,6 @@ local argparse = require("argparse")
 local netdevq = require("netdevq")
 local fields = require("netdevq.fields")
 local output = require("netdevq.output")
-local aggregate = require("netdevq.aggregate")
 local words = require("netdevq.words")
 local bit = require("bit")
 local ffi = require("ffi")
@@ -190,6 +189,7 @@ local function aggregation_specs(args)
 end
 
 local function new_aggregator(spec)
+    local aggregate = require("netdevq.aggregate")
     local opts = { name = spec.name, keys = spec.keys }
     if spec.kind == "lhist" then
         return aggregate.lhist(spec.min, spec.max, spec.step, opts)
@@ -467,7 +467,7 @@ function _M.main(argv)
     local write_error
     if not kernel_spec then
         for i, spec in ipairs(specs) do
-            t:on_event(aggregate.feeder(aggs[i], spec.keys, spec.value))
+            t:on_event(require("netdevq.aggregate").feeder(aggs[i], spec.keys, spec.value))
         end
     end
     if pcap_writer then

@@ -16,8 +16,12 @@ local bit = require("bit")
 local core = require("netdevq.core")
 local abi = require("netdevq.abi")
 local fields = require("netdevq.fields")
-local filter = require("netdevq.filter")
-local aggregate = require("netdevq.aggregate")
+-- filter and aggregate load on first use: a plain run starts faster without them
+local lazy = setmetatable({}, { __index = function(t, name)
+    local m = require("netdevq." .. name)
+    rawset(t, name, m)
+    return m
+end })
 
 local ffi_new = ffi.new
 local ffi_cast = ffi.cast
@@ -44,19 +48,19 @@ local _M = {
     _VERSION = core._VERSION,
     core = core,
     fields = fields,
-    filter = filter,
-    aggregate = aggregate,
 }
 
--- Aggregation objects a script feeds itself, printed like bpftrace (see netdevq.aggregate).
-_M.count = aggregate.count
-_M.sum = aggregate.sum
-_M.avg = aggregate.avg
-_M.min = aggregate.min
-_M.max = aggregate.max
-_M.stats = aggregate.stats
-_M.hist = aggregate.hist
-_M.lhist = aggregate.lhist
+-- netdevq.filter and netdevq.aggregate, and the aggregation objects a script feeds itself,
+-- printed like bpftrace (netdevq.count() ... netdevq.lhist(min, max, step)): loaded on first use.
+local AGGREGATIONS = { count = true, sum = true, avg = true, min = true, max = true, stats = true,
+                       hist = true, lhist = true }
+setmetatable(_M, { __index = function(_, name)
+    if name == "filter" or name == "aggregate" then
+        return lazy[name]
+    elseif AGGREGATIONS[name] then
+        return lazy.aggregate[name]
+    end
+end })
 
 local Tracer = {}
 Tracer.__index = Tracer
@@ -113,6 +117,7 @@ function _M.kernel_filter_complete(expr)
     if expr == nil or expr == "" then
         return true
     end
+    local filter = lazy.filter
     local tree = filter.parse(expr)
     if not tree then
         return false
@@ -154,6 +159,7 @@ function _M.open(opts)
     local need = 0
     local remainder_match
     if opts.filter and opts.filter ~= "" then
+        local filter = lazy.filter
         local tree, err, col = filter.parse(opts.filter)
         if not tree then
             return nil, "netdevq: " .. err, col and filter.caret(opts.filter, col)
@@ -350,7 +356,7 @@ function Tracer:read_aggregate(agg, reset)
     for i = 0, n - 1 do
         records[i + 1] = { key = keys + i, value = vals + i }
     end
-    return aggregate.from_kernel(spec, records, agg)
+    return lazy.aggregate.from_kernel(spec, records, agg)
 end
 
 -- Runs until duration (s), max_events, stop() returning true, an error, or SIGINT/SIGTERM
