@@ -81,7 +81,7 @@ struct netdevq_event {
 	__u16 gso_segs;
 	__u16 ethertype;        /* host order, from skb->protocol */
 	__u32 priority, mark, hash;
-	__u16 dev_type;         /* ARPHRD_* of the device */
+	__u16 dev_type;         /* ARPHRD_* of the device (btf mode; 0 in raw mode) */
 	__u16 l3;               /* 0 none, 4 IPv4, 6 IPv6 */
 	__u8 saddr[16], daddr[16]; /* IPv4 in the first 4 bytes, network order */
 	__u16 sport, dport;     /* host order */

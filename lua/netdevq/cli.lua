@@ -423,9 +423,11 @@ function _M.main(argv)
             read_fields[#read_fields + 1] = spec.value
         end
     end
-    if pcap_writer then
-        read_fields = read_fields or {}
-        read_fields[#read_fields + 1] = "smac" -- the link type comes from the parsed headers
+    if pcap_writer and read_fields then
+        -- link type (from the parsed headers), interface (dev, netns), timestamp, comment
+        for _, f in ipairs({ "smac", "dev", "netns", "ts", "comm", "pid" }) do
+            read_fields[#read_fields + 1] = f
+        end
     end
     local snaplen = args.snaplen
     if pcap_writer and snaplen == nil then
