@@ -1,0 +1,272 @@
+-- pcap-filter expressions mean what they mean in tcpdump: for each expression, tshark captures on
+-- the veth in namespace a with `-f EXPR` (libpcap, compiled for the live interface and run by the
+-- kernel's socket filter) while netdevq runs with the same expression (`pcap =` through the Lua
+-- API, or the CLI's positional words), and both see the same traffic once. The packets namespace a
+-- transmits (tshark also sees what arrives: those are left out by source MAC) must form the same
+-- set: protocol, addresses, ports and length (tshark's frame.len is skb->len on Ethernet).
+local netns = require("support.netns")
+local clirun = require("support.clirun")
+local cjson = require("cjson")
+
+local PROTO_NUM = { icmp = 1, tcp = 6, udp = 17, icmpv6 = 58 }
+
+-- via = "cli": through `netdevq -F json -f 'netns == A' -I ndqaN EXPR`; otherwise netdevq.open{ pcap = }
+local EXPRESSIONS = {
+    { expr = "udp" },
+    { expr = "tcp port 8080" },
+    { expr = "icmp" },
+    { expr = "host 198.18.0.2 and udp" },
+    { expr = "ip6" },
+    { expr = "udp and greater 500" },
+    { expr = "tcp[tcpflags] & tcp-syn != 0" },
+    { expr = "not udp" },
+    { expr = "net 198.18.0.0/24 and dst port 7000" },
+    { expr = "ether src 02:6e:64:71:00:01" },
+    { expr = "icmp6 or (tcp and src port 8081)" },
+    { expr = "less 100 and not icmp6" },
+    { expr = "icmp[icmptype] == icmp-echoreply or (ip6 and ip6[7] == 64 and udp)" },
+    { expr = "ip[1] & 0xfc == 16 or ip6[0:2] & 0x0ff0 == 0x0200" },
+    { expr = "tcp[tcpflags] & (tcp-syn|tcp-ack) == (tcp-syn|tcp-ack)", via = "cli" },
+    { expr = "udp dst portrange 7000-7001 and ip", via = "cli" },
+}
+
+local TSHARK_FIELDS = { "frame.len", "eth.src", "ip.proto", "ipv6.nxt", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst",
+                        "udp.srcport", "udp.dstport", "tcp.srcport", "tcp.dstport" }
+
+-- one packet as a comparable line: protocol number, source, destination, length
+local function key(proto, saddr, sport, daddr, dport, len)
+    if proto ~= 6 and proto ~= 17 then
+        sport, dport = nil, nil -- tshark reads the ports of the datagram an ICMP error quotes
+    end
+    return ("%s %s:%s > %s:%s len %s"):format(tostring(proto), tostring(saddr), tostring(sport or "-"),
+        tostring(daddr), tostring(dport or "-"), tostring(len))
+end
+
+local function event_key(ev)
+    return key(PROTO_NUM[ev.proto] or tonumber(ev.proto), ev.saddr, ev.sport, ev.daddr, ev.dport, ev.len)
+end
+
+-- tshark's field lines -> keys of the packets sent from mac
+local function tshark_keys(text, mac)
+    local keys = {}
+    for line in text:gmatch("[^\n]+") do
+        local row, i = {}, 1
+        for value in (line .. "\t"):gmatch("([^\t]*)\t") do
+            row[TSHARK_FIELDS[i]] = value ~= "" and value or nil
+            i = i + 1
+        end
+        assert(i - 1 == #TSHARK_FIELDS, "tshark line with " .. (i - 1) .. " fields: " .. line)
+        if row["eth.src"] == mac then
+            local v6 = row["ipv6.src"] ~= nil
+            local proto = tonumber(v6 and row["ipv6.nxt"] or row["ip.proto"])
+            local sport = tonumber(row["tcp.srcport"] or row["udp.srcport"])
+            local dport = tonumber(row["tcp.dstport"] or row["udp.dstport"])
+            keys[#keys + 1] = key(proto, v6 and row["ipv6.src"] or row["ip.src"], sport,
+                v6 and row["ipv6.dst"] or row["ip.dst"], dport, tonumber(row["frame.len"]))
+        end
+    end
+    table.sort(keys)
+    return keys
+end
+
+-- lines in a but not in b (multisets of sorted lists)
+local function minus(a, b)
+    local count, out = {}, {}
+    for _, k in ipairs(b) do
+        count[k] = (count[k] or 0) + 1
+    end
+    for _, k in ipairs(a) do
+        if (count[k] or 0) > 0 then
+            count[k] = count[k] - 1
+        else
+            out[#out + 1] = "    " .. k
+        end
+    end
+    return out
+end
+
+local function monotonic_ms()
+    return require("netdevq.core").monotonic_ns() / 1e6
+end
+
+-- The traffic: what namespace a transmits covers UDP v4/v6 (several ports and sizes, one with
+-- TOS 16), TCP v4 as client and as server, TCP v6 with traffic class 32, ICMP echo requests and
+-- replies, ICMP v4/v6 port unreachable errors (which quote a UDP header).
+local function send_traffic(pair)
+    local tool = netns.ndq_send()
+    local listeners = {
+        pair:spawn("b", { tool, "tcplisten", pair.ip4_b, "8080", "3000" }),
+        pair:spawn("a", { tool, "tcplisten", pair.ip4_a, "8081", "3000" }),
+        pair:spawn("b", { tool, "tcplisten", pair.ip6_b, "8443", "3000" }),
+    }
+    for _, l in ipairs(listeners) do
+        repeat
+            local line = l:line()
+        until line == nil or line == "listening"
+    end
+    local steps = {
+        { "a", "udp4", pair.ip4_a, pair.ip4_b, "7000", "40000", "10,500,1200" },
+        { "a", "--tos", "16", "udp4", pair.ip4_a, pair.ip4_b, "7001", "40001", "100" },
+        { "a", "udp6", pair.ip6_a, pair.ip6_b, "7000", "40003", "20,600" },
+        { "b", "udp4", pair.ip4_b, pair.ip4_a, "9000", "9001", "200" },
+        { "b", "udp6", pair.ip6_b, pair.ip6_a, "9000", "9001", "100" },
+        { "a", "tcp4", pair.ip4_a, pair.ip4_b, "8080", "41000" },
+        { "b", "tcp4", pair.ip4_b, pair.ip4_a, "8081", "41001" },
+        { "a", "--tos", "32", "tcp6", pair.ip6_a, pair.ip6_b, "8443", "42000" },
+        { "a", "icmp4", pair.ip4_a, pair.ip4_b, "2" },
+        { "a", "icmp6", pair.ip6_a, pair.ip6_b, "1" },
+        { "b", "icmp4", pair.ip4_b, pair.ip4_a, "1" },
+    }
+    for _, s in ipairs(steps) do
+        local argv = { tool }
+        for i = 2, #s do
+            argv[#argv + 1] = s[i]
+        end
+        local ok, out = pair:exec(s[1], argv)
+        assert(ok, table.concat(argv, " ") .. ": " .. out)
+    end
+    for _, l in ipairs(listeners) do
+        local ok, code, lines = l:wait()
+        assert(ok, "tcplisten: exit " .. tostring(code) .. " " .. table.concat(lines, " | "))
+    end
+end
+
+describe("pcap-filter expressions against tshark on live traffic #root", function()
+    local pair
+
+    before_each(function()
+        if netns.is_root() then
+            pair = assert(netns.pair{ name = "ndqpc" })
+            for _, ns in ipairs({ "a", "b" }) do
+                assert(pair:exec(ns, { "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0" }))
+            end
+        end
+    end)
+
+    after_each(function()
+        if pair then
+            pair:destroy()
+            pair = nil
+        end
+    end)
+
+    it("selects the packets tshark captures with the same expression", function()
+        netns.require_root()
+        assert(netns.run({ "sh", "-c", "command -v tshark" }),
+            "tshark not found: install tshark (./scripts/setup does)")
+        local netdevq = require("netdevq")
+        local scope = ('dev == "%s" and netns == %d'):format(pair.veth_a, pair.netns_a)
+        local started = monotonic_ms()
+
+        -- every process and tracer, stopped also when an assertion fails
+        local captures, clis, tracers = {}, {}, {}
+        finally(function()
+            for _, list in ipairs({ captures, clis }) do
+                for _, bg in pairs(list) do
+                    bg:kill("KILL")
+                    bg:wait(5)
+                end
+            end
+            for _, t in pairs(tracers) do
+                t:close()
+            end
+        end)
+
+        for i, e in ipairs(EXPRESSIONS) do
+            local argv = { "ip", "netns", "exec", pair.ns_a, "tshark", "-i", pair.veth_a, "-f", e.expr, "-l", "-n",
+                           "-T", "fields", "-E", "separator=/t", "-E", "quote=n", "-E", "occurrence=f" }
+            for _, f in ipairs(TSHARK_FIELDS) do
+                argv[#argv + 1] = "-e"
+                argv[#argv + 1] = f
+            end
+            captures[i] = clirun.spawn(argv)
+            if e.via == "cli" then
+                local args = { "-F", "json", "-o", "proto,saddr,sport,daddr,dport,len", "-f",
+                               ("netns == %d"):format(pair.netns_a), "-I", pair.veth_a }
+                for w in e.expr:gmatch("%S+") do
+                    args[#args + 1] = w
+                end
+                clis[i] = clirun.spawn_cli(args)
+            else
+                local t, err = netdevq.open{ pcap = e.expr, filter = scope }
+                e.events, e.open_error = {}, err
+                if t then
+                    tracers[i] = t
+                    t:on_event(function(ev) e.events[#e.events + 1] = ev:totable() end)
+                end
+            end
+        end
+        -- tshark says "Capturing on" once its capture process has the interface open
+        for i, bg in pairs(captures) do
+            assert(bg:wait_err("Capturing on", 30), "tshark -f '" .. EXPRESSIONS[i].expr .. "' did not start: "
+                .. bg:err_text())
+        end
+        for i, bg in pairs(clis) do
+            assert(bg:wait_err("netdevq: tracing net_dev_queue", 30), "netdevq " .. EXPRESSIONS[i].expr
+                .. " did not start: " .. bg:err_text())
+        end
+        clirun.sleep(0.5)
+
+        send_traffic(pair)
+
+        -- everything is sent: let the tracers drain and the captures print
+        local deadline = monotonic_ms() + 500
+        while monotonic_ms() < deadline do
+            for _, t in pairs(tracers) do
+                assert(t:poll(10))
+            end
+        end
+        clirun.sleep(0.3)
+        local results = {}
+        for i, bg in pairs(captures) do
+            bg:kill("INT")
+            results[i] = { tshark = bg:wait(20) }
+        end
+        captures = {}
+        for i, bg in pairs(clis) do
+            bg:kill("INT")
+            results[i].cli = bg:wait(20)
+        end
+        clis = {}
+
+        local failures, compared = {}, 0
+        for i, e in ipairs(EXPRESSIONS) do
+            local r = results[i]
+            assert.are.equal(0, r.tshark.code, "tshark -f '" .. e.expr .. "': " .. r.tshark.err)
+            local want = tshark_keys(r.tshark.out, pair.mac_a)
+            local got = {}
+            if e.via == "cli" then
+                assert.are.equal(0, r.cli.code, "netdevq " .. e.expr .. ": " .. r.cli.err)
+                for line in r.cli.out:gmatch("[^\n]+") do
+                    local obj = cjson.decode(line)
+                    if obj.type == "event" then
+                        got[#got + 1] = event_key(obj)
+                    end
+                end
+            elseif e.open_error then
+                failures[#failures + 1] = e.expr .. " (api): " .. e.open_error
+            else
+                local st = assert(tracers[i]:stats())
+                assert.are.equal(0, st.lost)
+                -- what the kernel's filter let through (the pair's device) and libpcap refused
+                assert.are.equal(st.emitted, st.pcap_dropped + st.matched, e.expr)
+                assert.are.equal(#e.events, st.matched)
+                assert.are.equal(0, st.lua_filtered)
+                for _, ev in ipairs(e.events) do
+                    got[#got + 1] = event_key(ev)
+                end
+            end
+            table.sort(got)
+            local extra, lacking = minus(got, want), minus(want, got)
+            if not e.open_error and (#extra > 0 or #lacking > 0 or #want == 0) then
+                failures[#failures + 1] = ("%s (%s): netdevq %d packets, tshark %d\n  only netdevq:\n%s\n  only "
+                    .. "tshark:\n%s"):format(e.expr, e.via or "api", #got, #want, table.concat(extra, "\n"),
+                    table.concat(lacking, "\n"))
+            end
+            compared = compared + #want
+        end
+        print(("\npcap live: %d expressions, %d packets compared with tshark in %.1f s"):format(#EXPRESSIONS,
+            compared, (monotonic_ms() - started) / 1000))
+        assert(#failures == 0, table.concat(failures, "\n"))
+    end)
+end)
