@@ -185,7 +185,7 @@ if raw and raw.ratio then
     target(raw.ratio >= 0.85, format("stream raw: workload keeps %.0f%% of its untraced rate "
                                      .. "(>= 85%%)", 100 * raw.ratio))
 end
-for _, key in ipairs({ "raw_all", "raw_4", "btf_all", "btf_4" }) do
+for _, key in ipairs({ "raw_all", "raw_4", "raw_len", "btf_all", "btf_4" }) do
     local r = by_key[key]
     if r and type(r.lost) == "number" then
         target(r.lost == 0, format("%s: %s events lost at the flood rate, default ring buffer (0)",
