@@ -59,7 +59,7 @@ struct scratch {
 	struct netdevq_event ev;
 	struct netdevq_agg_key key;
 	struct netdevq_agg_value zero; /* never written: the initial value of a new aggregation key */
-	__u64 pending;                 /* bytes emitted on this CPU since its last wakeup */
+	__u64 pending;		       /* bytes emitted on this CPU since its last wakeup */
 	__u8 skb[SKB_COPY_MAX];
 	__u8 devspan[DEV_SPAN_MAX];
 };
@@ -184,16 +184,16 @@ static __always_inline void put_addr(__u8 *slot, const struct netdevq_event *ev,
 static __always_inline int field_present(const struct netdevq_event *ev, __u32 f)
 {
 	switch (f) {
-	case NDQ_F_SADDR: case NDQ_F_DADDR: case NDQ_F_PROTO: case NDQ_F_TTL: case NDQ_F_TOS:
-		return ev->l3 != 0;
-	case NDQ_F_SPORT: case NDQ_F_DPORT:
-		return ev->flags & NDQ_EV_L4;
-	case NDQ_F_TCP_FLAGS:
-		return ev->flags & NDQ_EV_TCP;
-	case NDQ_F_ETHERTYPE:
-		return ev->ethertype != 0;
-	default:
-		return 1;
+	case NDQ_F_SADDR:
+	case NDQ_F_DADDR:
+	case NDQ_F_PROTO:
+	case NDQ_F_TTL:
+	case NDQ_F_TOS: return ev->l3 != 0;
+	case NDQ_F_SPORT:
+	case NDQ_F_DPORT: return ev->flags & NDQ_EV_L4;
+	case NDQ_F_TCP_FLAGS: return ev->flags & NDQ_EV_TCP;
+	case NDQ_F_ETHERTYPE: return ev->ethertype != 0;
+	default: return 1;
 	}
 }
 
@@ -218,11 +218,21 @@ static __always_inline __u32 log2_slot(__u64 v)
 
 	if (!v)
 		return 0;
-	shift = (v > 0xFFFFFFFFULL) << 5; v >>= shift; r |= shift;
-	shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
-	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
-	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
-	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	shift = (v > 0xFFFFFFFFULL) << 5;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xFFFF) << 4;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xFF) << 3;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xF) << 2;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0x3) << 1;
+	v >>= shift;
+	r |= shift;
 	r |= (v >> 1);
 	return r + 1; /* slot i holds [2^(i-1), 2^i) */
 }
@@ -273,7 +283,8 @@ static __always_inline void aggregate(struct scratch *s, struct counters *cnt)
 		__u32 slot = cfg.agg_hist == NDQ_HIST_LOG2 ? log2_slot(val) : linear_slot(val);
 		if (slot >= NDQ_AGG_SLOTS)
 			slot = NDQ_AGG_SLOTS - 1;
-		barrier_var(slot); /* the clamp above may become a move the verifier cannot follow */
+		barrier_var(
+			slot); /* the clamp above may become a move the verifier cannot follow */
 		if (slot < NDQ_AGG_SLOTS)
 			v->slot[slot]++;
 	}
@@ -288,15 +299,16 @@ static __always_inline void parse_headers(struct netdevq_event *ev, __u32 l2, __
 
 	/* Ethernet (and loopback, which fakes one): a 14-byte link header. dev_type is known only
 	 * in btf mode; a 14-byte header of another kind is rare enough to be taken for Ethernet. */
-	if (l2 == 14 && (!ev->dev_type || ev->dev_type == ARPHRD_ETHER ||
-			 ev->dev_type == ARPHRD_LOOPBACK)) {
+	if (l2 == 14 &&
+	    (!ev->dev_type || ev->dev_type == ARPHRD_ETHER || ev->dev_type == ARPHRD_LOOPBACK)) {
 		__builtin_memcpy(ev->dmac, ev->snap, 6);
 		__builtin_memcpy(ev->smac, ev->snap + 6, 6);
 		ev->flags |= NDQ_EV_MAC;
 	}
 	if (l2 > 64)
 		return;
-	barrier_var(l2); /* keep the mask: the compiler proves it redundant, the verifier needs it */
+	barrier_var(
+		l2); /* keep the mask: the compiler proves it redundant, the verifier needs it */
 	ip = ev->snap + (l2 & 63);
 	if (ev->ethertype == ETH_P_IP && avail >= l2 + 20 && (ip[0] >> 4) == 4) {
 		__u32 ihl = (ip[0] & 0xf) * 4;
@@ -354,14 +366,15 @@ static __always_inline int l3l4_filter(const struct netdevq_event *ev)
 		return 0;
 	if (cfg.dport.n && (!(ev->flags & NDQ_EV_L4) || !in_u32_set(&cfg.dport, ev->dport)))
 		return 0;
-	if (cfg.port.n && (!(ev->flags & NDQ_EV_L4) ||
-			   (!in_u32_set(&cfg.port, ev->sport) && !in_u32_set(&cfg.port, ev->dport))))
+	if (cfg.port.n && (!(ev->flags & NDQ_EV_L4) || (!in_u32_set(&cfg.port, ev->sport) &&
+							!in_u32_set(&cfg.port, ev->dport))))
 		return 0;
 	return 1;
 }
 
 /* Read a member of the sk_buff: directly (tp_btf) or from the raw-mode copy at its CO-RE offset. */
-#define SKB(f) (btf ? skb->f : *(typeof(skb->f) *)(s->skb + bpf_core_field_offset(struct sk_buff, f)))
+#define SKB(f) \
+	(btf ? skb->f : *(typeof(skb->f) *)(s->skb + bpf_core_field_offset(struct sk_buff, f)))
 
 #define OFF(t, f) ((__u32)bpf_core_field_offset(struct t, f))
 #define END(t, f) (OFF(t, f) + (__u32)bpf_core_field_size(struct t, f))
@@ -372,7 +385,8 @@ static __always_inline int l3l4_filter(const struct netdevq_event *ev)
  * bpf_probe_read_kernel of the span of net_device that holds them (offsets are CO-RE
  * relocations, so the span is a constant the verifier sees; a kernel where the members lie
  * too far apart gets one read per member instead). */
-static __always_inline struct net *read_dev(struct scratch *s, struct net_device *dev, const bool btf)
+static __always_inline struct net *read_dev(struct scratch *s, struct net_device *dev,
+					    const bool btf)
 {
 	struct netdevq_event *ev = &s->ev;
 	struct net *net;
@@ -388,8 +402,10 @@ static __always_inline struct net *read_dev(struct scratch *s, struct net_device
 	}
 	/* type lies far from the others (536 vs 224..296 on 6.18): raw mode does not read it and
 	 * tells Ethernet from the link header's length (parse_headers) */
-	__u32 lo = MIN(OFF(net_device, ifindex), MIN(OFF(net_device, name), OFF(net_device, nd_net)));
-	__u32 hi = MAX(END(net_device, ifindex), MAX(END(net_device, name), END(net_device, nd_net)));
+	__u32 lo =
+		MIN(OFF(net_device, ifindex), MIN(OFF(net_device, name), OFF(net_device, nd_net)));
+	__u32 hi =
+		MAX(END(net_device, ifindex), MAX(END(net_device, name), END(net_device, nd_net)));
 	ev->dev_type = 0;
 	if (hi - lo <= DEV_SPAN_MAX) {
 		if (bpf_probe_read_kernel(s->devspan, hi - lo, (char *)dev + lo))
@@ -557,7 +573,8 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 		struct skb_shared_info *sh = (void *)(SKB(head) + SKB(end));
 		if (OFF(skb_shared_info, gso_segs) == OFF(skb_shared_info, gso_size) + 2) {
 			__u16 g[2] = {};
-			bpf_probe_read_kernel(g, sizeof(g), (char *)sh + OFF(skb_shared_info, gso_size));
+			bpf_probe_read_kernel(g, sizeof(g),
+					      (char *)sh + OFF(skb_shared_info, gso_size));
 			ev->gso_size = g[0];
 			ev->gso_segs = g[1];
 		} else {

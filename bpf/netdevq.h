@@ -11,21 +11,21 @@
 enum {
 	NDQ_COMM_LEN = 16,
 	NDQ_IFNAME_LEN = 16,
-	NDQ_SNAP_MAX = 256,     /* header bytes an event can carry (from the L2 header on) */
-	NDQ_SET_MAX = 8,        /* values in one kernel-filter set (an or-set: a == 1 or a == 2) */
-	NDQ_PREFIX_MAX = 4,     /* address prefixes in one kernel-filter prefix set */
-	NDQ_AGG_KEYS_MAX = 4,   /* fields in one in-kernel aggregation key */
-	NDQ_AGG_KEY_SLOT = 16,  /* bytes per key field in the packed key */
-	NDQ_AGG_SLOTS = 68,     /* histogram slots in an aggregation value */
+	NDQ_SNAP_MAX = 256,    /* header bytes an event can carry (from the L2 header on) */
+	NDQ_SET_MAX = 8,       /* values in one kernel-filter set (an or-set: a == 1 or a == 2) */
+	NDQ_PREFIX_MAX = 4,    /* address prefixes in one kernel-filter prefix set */
+	NDQ_AGG_KEYS_MAX = 4,  /* fields in one in-kernel aggregation key */
+	NDQ_AGG_KEY_SLOT = 16, /* bytes per key field in the packed key */
+	NDQ_AGG_SLOTS = 68,    /* histogram slots in an aggregation value */
 };
 
 /* Per-CPU counters (array map "counters"), summed by the loader. */
 enum netdevq_counter {
-	NDQ_CNT_SEEN = 0,       /* every net_dev_queue hit */
-	NDQ_CNT_KFILTERED = 1,  /* dropped by the kernel filter */
-	NDQ_CNT_EMITTED = 2,    /* handed to the ring buffer */
-	NDQ_CNT_LOST = 3,       /* ring buffer full: not handed over */
-	NDQ_CNT_AGGREGATED = 4, /* folded into the in-kernel aggregation */
+	NDQ_CNT_SEEN = 0,	  /* every net_dev_queue hit */
+	NDQ_CNT_KFILTERED = 1,	  /* dropped by the kernel filter */
+	NDQ_CNT_EMITTED = 2,	  /* handed to the ring buffer */
+	NDQ_CNT_LOST = 3,	  /* ring buffer full: not handed over */
+	NDQ_CNT_AGGREGATED = 4,	  /* folded into the in-kernel aggregation */
 	NDQ_CNT_AGG_OVERFLOW = 5, /* aggregation map full: key not added */
 	NDQ_CNT_MAX = 6,
 };
@@ -33,12 +33,33 @@ enum netdevq_counter {
 /* Field ids: aggregation keys/values and filters name fields by these numbers. */
 enum netdevq_field {
 	NDQ_F_NONE = 0,
-	NDQ_F_CPU, NDQ_F_PID, NDQ_F_TID, NDQ_F_COMM, NDQ_F_CGROUP,
-	NDQ_F_DEV, NDQ_F_IFINDEX, NDQ_F_NETNS,
-	NDQ_F_LEN, NDQ_F_DATA_LEN, NDQ_F_MAC_LEN, NDQ_F_HDR_LEN, NDQ_F_QUEUE,
-	NDQ_F_PRIORITY, NDQ_F_MARK, NDQ_F_HASH, NDQ_F_GSO_SIZE, NDQ_F_GSO_SEGS,
-	NDQ_F_ETHERTYPE, NDQ_F_SADDR, NDQ_F_DADDR, NDQ_F_PROTO, NDQ_F_SPORT, NDQ_F_DPORT,
-	NDQ_F_TCP_FLAGS, NDQ_F_TTL, NDQ_F_TOS,
+	NDQ_F_CPU,
+	NDQ_F_PID,
+	NDQ_F_TID,
+	NDQ_F_COMM,
+	NDQ_F_CGROUP,
+	NDQ_F_DEV,
+	NDQ_F_IFINDEX,
+	NDQ_F_NETNS,
+	NDQ_F_LEN,
+	NDQ_F_DATA_LEN,
+	NDQ_F_MAC_LEN,
+	NDQ_F_HDR_LEN,
+	NDQ_F_QUEUE,
+	NDQ_F_PRIORITY,
+	NDQ_F_MARK,
+	NDQ_F_HASH,
+	NDQ_F_GSO_SIZE,
+	NDQ_F_GSO_SEGS,
+	NDQ_F_ETHERTYPE,
+	NDQ_F_SADDR,
+	NDQ_F_DADDR,
+	NDQ_F_PROTO,
+	NDQ_F_SPORT,
+	NDQ_F_DPORT,
+	NDQ_F_TCP_FLAGS,
+	NDQ_F_TTL,
+	NDQ_F_TOS,
 	NDQ_F_MAX,
 };
 
@@ -46,87 +67,87 @@ enum netdevq_field {
  * filter checks is read regardless. skb members (len, mark, ...), cpu and skb are always there;
  * a part not asked for holds stale bytes, so readers only look at what they asked for. */
 enum {
-	NDQ_NEED_HEADERS = 1,   /* parse L2/L3/L4: ethertype .. tcp_flags, ttl, tos */
+	NDQ_NEED_HEADERS = 1, /* parse L2/L3/L4: ethertype .. tcp_flags, ttl, tos */
 	NDQ_NEED_NETNS = 2,
 	NDQ_NEED_GSO = 4,
 	NDQ_NEED_CGROUP = 8,
-	NDQ_NEED_TASK = 16,     /* pid, tid, comm */
-	NDQ_NEED_DEV = 32,      /* dev, ifindex, dev_type */
-	NDQ_NEED_TS = 64,       /* ts (bpf_ktime_get_ns costs ~40 ns: only when shown) */
+	NDQ_NEED_TASK = 16, /* pid, tid, comm */
+	NDQ_NEED_DEV = 32,  /* dev, ifindex, dev_type */
+	NDQ_NEED_TS = 64,   /* ts (bpf_ktime_get_ns costs ~40 ns: only when shown) */
 	NDQ_NEED_ALL = 127,
 };
 
 /* Event flags (netdevq_event.flags). */
 enum {
-	NDQ_EV_MAC = 1,         /* smac/dmac valid: the device has an Ethernet header */
-	NDQ_EV_L4 = 2,          /* sport/dport valid (TCP, UDP, SCTP) */
-	NDQ_EV_TCP = 4,         /* tcp_flags valid */
-	NDQ_EV_FRAG = 8,        /* non-first IPv4 fragment: no L4 header */
+	NDQ_EV_MAC = 1,	 /* smac/dmac valid: the device has an Ethernet header */
+	NDQ_EV_L4 = 2,	 /* sport/dport valid (TCP, UDP, SCTP) */
+	NDQ_EV_TCP = 4,	 /* tcp_flags valid */
+	NDQ_EV_FRAG = 8, /* non-first IPv4 fragment: no L4 header */
 };
 
 /* Histogram kinds (netdevq_config.agg_hist). */
 enum { NDQ_HIST_NONE = 0, NDQ_HIST_LOG2 = 1, NDQ_HIST_LINEAR = 2 };
 
 struct netdevq_event {
-	__u64 ts;               /* bpf_ktime_get_ns() */
-	__u64 skb;              /* skb address */
+	__u64 ts;  /* bpf_ktime_get_ns() */
+	__u64 skb; /* skb address */
 	__u64 cgroup;
 	__u32 pid, tid;
 	__u32 cpu;
 	__u32 ifindex;
-	__u32 netns;            /* inode number of the device's network namespace */
+	__u32 netns; /* inode number of the device's network namespace */
 	__u32 len, data_len;
 	__u16 mac_len, hdr_len;
 	__u16 queue, gso_size;
 	__u16 gso_segs;
-	__u16 ethertype;        /* host order, from skb->protocol */
+	__u16 ethertype; /* host order, from skb->protocol */
 	__u32 priority, mark, hash;
-	__u16 dev_type;         /* ARPHRD_* of the device (btf mode; 0 in raw mode) */
-	__u16 l3;               /* 0 none, 4 IPv4, 6 IPv6 */
+	__u16 dev_type;		   /* ARPHRD_* of the device (btf mode; 0 in raw mode) */
+	__u16 l3;		   /* 0 none, 4 IPv4, 6 IPv6 */
 	__u8 saddr[16], daddr[16]; /* IPv4 in the first 4 bytes, network order */
-	__u16 sport, dport;     /* host order */
-	__u8 proto;             /* IP protocol number (IPv6: next header of the fixed header) */
-	__u8 tcp_flags;         /* TCP header byte 13 (CWR ECE URG ACK PSH RST SYN FIN) */
+	__u16 sport, dport;	   /* host order */
+	__u8 proto;		   /* IP protocol number (IPv6: next header of the fixed header) */
+	__u8 tcp_flags;		   /* TCP header byte 13 (CWR ECE URG ACK PSH RST SYN FIN) */
 	__u8 ttl, tos;
 	__u8 smac[6], dmac[6];
-	__u16 flags;            /* NDQ_EV_* */
-	__u16 snap_len;         /* bytes valid in snap */
-	__u16 l2_len;           /* bytes of link header in snap before the network header */
+	__u16 flags;	/* NDQ_EV_* */
+	__u16 snap_len; /* bytes valid in snap */
+	__u16 l2_len;	/* bytes of link header in snap before the network header */
 	__u16 pad0;
 	char comm[16];
 	char dev[16];
-	__u8 snap[256];         /* NDQ_SNAP_MAX bytes from the start of the link header */
+	__u8 snap[256]; /* NDQ_SNAP_MAX bytes from the start of the link header */
 };
 
 struct netdevq_u32_set {
-	__u32 n;                /* 0: no constraint */
+	__u32 n; /* 0: no constraint */
 	__u32 v[8];
 };
 
 struct netdevq_prefix {
-	__u8 family;            /* 4 or 6 */
+	__u8 family; /* 4 or 6 */
 	__u8 bits;
 	__u8 pad[2];
-	__u8 addr[16];          /* network order, bits beyond the prefix zero */
+	__u8 addr[16]; /* network order, bits beyond the prefix zero */
 };
 
 struct netdevq_prefix_set {
-	__u32 n;                /* 0: no constraint */
+	__u32 n; /* 0: no constraint */
 	struct netdevq_prefix p[4];
 };
 
 /* Written into .rodata between open and load: the verifier drops every check left at its zero. */
 struct netdevq_config {
-	__u32 snaplen;          /* bytes of snap to hand over (0..NDQ_SNAP_MAX) */
-	__u32 need;             /* NDQ_NEED_* */
-	__u32 wakeup_bytes;     /* wake the consumer once this much data is pending (0: every event) */
-	__u32 emit;             /* 1: events go to the ring buffer */
-	__u32 follow_pid;       /* != 0: only this process tree (tracked map, fed by fork events) */
+	__u32 snaplen;	    /* bytes of snap to hand over (0..NDQ_SNAP_MAX) */
+	__u32 need;	    /* NDQ_NEED_* */
+	__u32 wakeup_bytes; /* wake the consumer once this much data is pending (0: every event) */
+	__u32 emit;	    /* 1: events go to the ring buffer */
+	__u32 follow_pid;   /* != 0: only this process tree (tracked map, fed by fork events) */
 	__u32 pad0;
 	/* kernel filter: every non-empty part must hold (a conjunction) */
 	struct netdevq_u32_set ifindex, pid, tid, netns, proto, ethertype, mark, queue, priority;
 	struct netdevq_u32_set sport, dport, port; /* port: sport or dport */
-	__u32 len_set;          /* 1: len_min <= len <= len_max */
+	__u32 len_set;				   /* 1: len_min <= len <= len_max */
 	__u32 len_min, len_max;
 	__u32 n_cgroup;
 	__u64 cgroup[8];
@@ -137,21 +158,21 @@ struct netdevq_config {
 	/* in-kernel aggregation (agg_on = 1) */
 	__u32 agg_on;
 	__u32 agg_nkeys;
-	__u32 agg_key[4];       /* NDQ_F_* */
-	__u32 agg_value;        /* NDQ_F_* or NDQ_F_NONE (count only) */
-	__u32 agg_hist;         /* NDQ_HIST_* */
+	__u32 agg_key[4]; /* NDQ_F_* */
+	__u32 agg_value;  /* NDQ_F_* or NDQ_F_NONE (count only) */
+	__u32 agg_hist;	  /* NDQ_HIST_* */
 	__s64 lhist_min, lhist_max, lhist_step;
 };
 
 /* In-kernel aggregation map: per-CPU hash, key -> value. A key field takes one 16-byte slot:
  * numbers as __u64 (host order) in its first 8 bytes, strings and addresses as their bytes. */
 struct netdevq_agg_key {
-	__u8 k[64];             /* NDQ_AGG_KEYS_MAX * NDQ_AGG_KEY_SLOT */
+	__u8 k[64]; /* NDQ_AGG_KEYS_MAX * NDQ_AGG_KEY_SLOT */
 };
 
 struct netdevq_agg_value {
 	__u64 count, sum, min, max;
-	__u64 slot[68];         /* NDQ_AGG_SLOTS: log2 slot i = [2^(i-1), 2^i), slot 0 = 0;
+	__u64 slot[68]; /* NDQ_AGG_SLOTS: log2 slot i = [2^(i-1), 2^i), slot 0 = 0;
 	                           linear: 0 = below min, 1..n = buckets, n+1 = at or above max */
 };
 

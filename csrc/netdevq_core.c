@@ -40,8 +40,9 @@
 #define KERNEL_BTF "/sys/kernel/btf/vmlinux"
 
 /* The BPF object and the ABI header, embedded by bpf_blobs.S (see CMakeLists.txt). */
-extern const unsigned char netdevq_bpf_object[], netdevq_bpf_object_end[];
-extern const char netdevq_abi_header[], netdevq_abi_header_end[];
+extern const unsigned char netdevq_bpf_object[];
+extern const char netdevq_abi_header[];
+extern const unsigned long long netdevq_bpf_object_size, netdevq_abi_header_size;
 
 /* LuaJIT speaks the Lua 5.1 API: this is all of the compat layer we need. */
 static void set_funcs(lua_State *L, const luaL_Reg *l)
@@ -130,7 +131,8 @@ static struct tracer *check_tracer(lua_State *L)
 static bool pcap_match(struct tracer *t, const struct netdevq_event *ev)
 {
 	bool ethernet = ev->flags & NDQ_EV_MAC;
-	__u32 off = ethernet ? 0 : ev->l2_len; /* other link headers: hand over from the IP header */
+	__u32 off = ethernet ? 0 :
+			       ev->l2_len; /* other link headers: hand over from the IP header */
 
 	if (off > ev->snap_len)
 		return false;
@@ -148,7 +150,8 @@ static int on_sample(void *ctx, void *data, size_t size)
 	memcpy(dst, data, size);
 	if (size < sizeof(*dst))
 		dst->snap_len = dst->snap_len <= size - offsetof(struct netdevq_event, snap) ?
-					dst->snap_len : 0;
+					dst->snap_len :
+					0;
 	if (t->pcap && !pcap_match(t, dst)) {
 		t->pcap_dropped++;
 		return 0;
@@ -236,7 +239,7 @@ static const char *opt_str(lua_State *L, int idx, const char *key, size_t *len)
 static int core_open(lua_State *L)
 {
 	LIBBPF_OPTS(bpf_object_open_opts, oopts);
-	struct netdevq_config cfg = {0};
+	struct netdevq_config cfg = { 0 };
 	struct tracer *t = NULL;
 	struct tracer_ud *ud;
 	struct bpf_map *rodata, *events, *aggs, *tracked, *counters;
@@ -251,7 +254,8 @@ static int core_open(lua_State *L)
 	if (!mode)
 		mode = "raw";
 	if (strcmp(mode, "raw") != 0 && strcmp(mode, "btf") != 0)
-		return luaL_error(L, "netdevq.core.open: mode must be 'raw' or 'btf', not '%s'", mode);
+		return luaL_error(L, "netdevq.core.open: mode must be 'raw' or 'btf', not '%s'",
+				  mode);
 	object = opt_str(L, 1, "object", NULL);
 	object_bytes = opt_str(L, 1, "object_bytes", &object_len);
 	config = opt_str(L, 1, "config", &config_len);
@@ -269,8 +273,9 @@ static int core_open(lua_State *L)
 		return push_fail(L, "ring buffer size %d is not a power of two: pick e.g. %d",
 				 ringbuf_size, 1 << (31 - __builtin_clz((unsigned)ringbuf_size)));
 	if (config && config_len != sizeof(cfg))
-		return luaL_error(L, "netdevq.core.open: config is %d bytes, struct netdevq_config is %d",
-				  (int)config_len, (int)sizeof(cfg));
+		return luaL_error(
+			L, "netdevq.core.open: config is %d bytes, struct netdevq_config is %d",
+			(int)config_len, (int)sizeof(cfg));
 	if (config)
 		memcpy(&cfg, config, sizeof(cfg));
 
@@ -290,16 +295,18 @@ static int core_open(lua_State *L)
 
 	if (btf_path) {
 		if (access(btf_path, R_OK) != 0) {
-			snprintf(msg, sizeof(msg),
-				 "kernel BTF not found at %s (%s): netdevq needs a kernel built with "
-				 "CONFIG_DEBUG_INFO_BTF=y",
-				 btf_path, strerror(errno));
+			snprintf(
+				msg, sizeof(msg),
+				"kernel BTF not found at %s (%s): netdevq needs a kernel built with "
+				"CONFIG_DEBUG_INFO_BTF=y",
+				btf_path, strerror(errno));
 			goto fail;
 		}
 		oopts.btf_custom_path = btf_path;
 	} else if (access(KERNEL_BTF, R_OK) != 0) {
 		snprintf(msg, sizeof(msg),
-			 "kernel BTF not found at " KERNEL_BTF " (%s): netdevq needs a kernel built "
+			 "kernel BTF not found at " KERNEL_BTF
+			 " (%s): netdevq needs a kernel built "
 			 "with CONFIG_DEBUG_INFO_BTF=y",
 			 strerror(errno));
 		goto fail;
@@ -308,18 +315,18 @@ static int core_open(lua_State *L)
 	oopts.object_name = "netdevq";
 	if (object) {
 		if (access(object, R_OK) != 0) {
-			snprintf(msg, sizeof(msg),
-				 "cannot read BPF object %s (%s): give the path of a netdevq.bpf.o, or "
-				 "none for the embedded one",
-				 object, strerror(errno));
+			snprintf(
+				msg, sizeof(msg),
+				"cannot read BPF object %s (%s): give the path of a netdevq.bpf.o, or "
+				"none for the embedded one",
+				object, strerror(errno));
 			goto fail;
 		}
 		t->obj = bpf_object__open_file(object, &oopts);
 	} else if (object_bytes) {
 		t->obj = bpf_object__open_mem(object_bytes, object_len, &oopts);
 	} else {
-		t->obj = bpf_object__open_mem(netdevq_bpf_object,
-					      netdevq_bpf_object_end - netdevq_bpf_object, &oopts);
+		t->obj = bpf_object__open_mem(netdevq_bpf_object, netdevq_bpf_object_size, &oopts);
 	}
 	if (!t->obj) {
 		char why[128];
@@ -330,7 +337,7 @@ static int core_open(lua_State *L)
 		snprintf(msg, sizeof(msg),
 			 "BPF object %s is not a valid netdevq object (%s): rebuild with "
 			 "scripts/setup",
-			 object ? object : "(embedded)", why);
+			 object ? object : object_bytes ? "(object_bytes)" : "(embedded)", why);
 		goto fail;
 	}
 
@@ -339,8 +346,8 @@ static int core_open(lua_State *L)
 	aggs = bpf_object__find_map_by_name(t->obj, "aggs");
 	tracked = bpf_object__find_map_by_name(t->obj, "tracked");
 	counters = bpf_object__find_map_by_name(t->obj, "counters");
-	t->prog = bpf_object__find_program_by_name(t->obj, strcmp(mode, "raw") == 0 ? "netdevq_raw"
-										   : "netdevq_btf");
+	t->prog = bpf_object__find_program_by_name(
+		t->obj, strcmp(mode, "raw") == 0 ? "netdevq_raw" : "netdevq_btf");
 	t->fork_prog = bpf_object__find_program_by_name(t->obj, "netdevq_fork");
 	if (!rodata || !events || !aggs || !tracked || !counters || !t->prog || !t->fork_prog ||
 	    rodata_config_offset(t->obj, &cfg_off) != 0 ||
@@ -349,7 +356,7 @@ static int core_open(lua_State *L)
 		snprintf(msg, sizeof(msg),
 			 "BPF object %s is not a netdevq object of this version (maps, programs or "
 			 "config missing): rebuild with scripts/setup",
-			 object ? object : "(embedded)");
+			 object ? object : object_bytes ? "(object_bytes)" : "(embedded)");
 		goto fail;
 	}
 	{
@@ -363,7 +370,8 @@ static int core_open(lua_State *L)
 		err = bpf_map__set_initial_value(rodata, init, rodata_size);
 		free(init);
 		if (err) {
-			snprintf(msg, sizeof(msg), "setting the kernel filter failed (%s)", strerror(-err));
+			snprintf(msg, sizeof(msg), "setting the kernel filter failed (%s)",
+				 strerror(-err));
 			goto fail;
 		}
 	}
@@ -380,8 +388,8 @@ static int core_open(lua_State *L)
 		/* hash only the key slots in use: the BPF side builds a full, zero-padded key */
 		bpf_map__set_key_size(aggs, (cfg.agg_nkeys ? cfg.agg_nkeys : 1) * NDQ_AGG_KEY_SLOT);
 		bpf_map__set_max_entries(aggs, agg_keys);
-		t->agg_value_size = cfg.agg_hist ? sizeof(struct netdevq_agg_value)
-						 : offsetof(struct netdevq_agg_value, slot);
+		t->agg_value_size = cfg.agg_hist ? sizeof(struct netdevq_agg_value) :
+						   offsetof(struct netdevq_agg_value, slot);
 	} else {
 		bpf_map__set_max_entries(aggs, 1);
 		t->agg_value_size = offsetof(struct netdevq_agg_value, slot);
@@ -401,9 +409,10 @@ static int core_open(lua_State *L)
 				 "with CAP_BPF and CAP_PERFMON",
 				 why);
 		else
-			snprintf(msg, sizeof(msg),
-				 "loading the BPF program failed (%s%s): run with -v for libbpf's log",
-				 why, err == -EACCES ? ", the verifier rejected it" : "");
+			snprintf(
+				msg, sizeof(msg),
+				"loading the BPF program failed (%s%s): run with -v for libbpf's log",
+				why, err == -EACCES ? ", the verifier rejected it" : "");
 		goto fail;
 	}
 	t->counters_fd = bpf_map__fd(counters);
@@ -437,12 +446,14 @@ static int tracer_attach(lua_State *L)
 	if (t->follow_pid) {
 		__u8 one = 1;
 		if (bpf_map_update_elem(t->tracked_fd, &t->follow_pid, &one, BPF_ANY))
-			return push_fail(L, "cannot track pid %u (%s)", t->follow_pid, strerror(errno));
+			return push_fail(L, "cannot track pid %u (%s)", t->follow_pid,
+					 strerror(errno));
 		t->fork_link = bpf_program__attach(t->fork_prog);
 		if (!t->fork_link) {
 			err = errno;
 			t->fork_link = NULL;
-			return push_fail(L, "attaching to sched_process_fork failed (%s)", strerror(err));
+			return push_fail(L, "attaching to sched_process_fork failed (%s)",
+					 strerror(err));
 		}
 	}
 	t->link = bpf_program__attach(t->prog);
@@ -450,12 +461,13 @@ static int tracer_attach(lua_State *L)
 		err = errno;
 		t->link = NULL;
 		if (err == ENOENT || err == EINVAL)
-			return push_fail(L,
-					 "attaching %s/net_dev_queue failed (%s): this kernel has no "
-					 "net_dev_queue tracepoint%s",
-					 strcmp(t->mode, "raw") == 0 ? "raw_tp" : "tp_btf", strerror(err),
-					 strcmp(t->mode, "btf") == 0 ? " usable by tp_btf (try --mode raw)"
-								     : "");
+			return push_fail(
+				L,
+				"attaching %s/net_dev_queue failed (%s): this kernel has no "
+				"net_dev_queue tracepoint%s",
+				strcmp(t->mode, "raw") == 0 ? "raw_tp" : "tp_btf", strerror(err),
+				strcmp(t->mode, "btf") == 0 ? " usable by tp_btf (try --mode raw)" :
+							      "");
 		return push_fail(L, "attaching net_dev_queue failed (%s)", strerror(err));
 	}
 	lua_pushboolean(L, 1);
@@ -502,11 +514,11 @@ static int tracer_poll(lua_State *L)
  *                   pcap_dropped=, received= } */
 static int tracer_counters(lua_State *L)
 {
-	static const char *names[NDQ_CNT_MAX] = { "seen", "kfiltered", "emitted", "lost",
-						  "aggregated", "agg_overflow" };
+	static const char *names[NDQ_CNT_MAX] = { "seen", "kfiltered",	"emitted",
+						  "lost", "aggregated", "agg_overflow" };
 	struct tracer *t = check_tracer(L);
 	int ncpu = libbpf_num_possible_cpus();
-	__u64 sum[NDQ_CNT_MAX] = {0};
+	__u64 sum[NDQ_CNT_MAX] = { 0 };
 	__u64 *vals;
 	__u32 key = 0;
 
@@ -576,9 +588,11 @@ static int tracer_agg_read(lua_State *L)
 		int rc;
 
 		if (reset) {
-			rc = bpf_map_lookup_and_delete_elem(t->aggs_fd, &t->agg_keys[i], t->percpu_buf);
+			rc = bpf_map_lookup_and_delete_elem(t->aggs_fd, &t->agg_keys[i],
+							    t->percpu_buf);
 			if (rc && errno != ENOENT) {
-				rc = bpf_map_lookup_elem(t->aggs_fd, &t->agg_keys[i], t->percpu_buf);
+				rc = bpf_map_lookup_elem(t->aggs_fd, &t->agg_keys[i],
+							 t->percpu_buf);
 				bpf_map_delete_elem(t->aggs_fd, &t->agg_keys[i]);
 			}
 		} else {
@@ -614,7 +628,7 @@ static int tracer_agg_read(lua_State *L)
 static int tracer_prog_stats(lua_State *L)
 {
 	struct tracer *t = check_tracer(L);
-	struct bpf_prog_info info = {0};
+	struct bpf_prog_info info = { 0 };
 	__u32 len = sizeof(info);
 
 	if (bpf_obj_get_info_by_fd(bpf_program__fd(t->prog), &info, &len))
@@ -656,7 +670,7 @@ static void on_signal(int sig)
 /* core.catch_signals(): SIGINT/SIGTERM set a flag (LuaJIT has no signals) and interrupt polls. */
 static int core_catch_signals(lua_State *L)
 {
-	struct sigaction sa = {0};
+	struct sigaction sa = { 0 };
 
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
@@ -787,8 +801,8 @@ static int core_monotonic_ns(lua_State *L)
 
 static void push_layout(lua_State *L)
 {
-#define OFF(m)                                                                                    \
-	lua_pushinteger(L, offsetof(struct netdevq_event, m));                                     \
+#define OFF(m)                                                 \
+	lua_pushinteger(L, offsetof(struct netdevq_event, m)); \
 	lua_setfield(L, -2, #m)
 	lua_createtable(L, 0, 6);
 	lua_pushinteger(L, sizeof(struct netdevq_event));
@@ -800,11 +814,42 @@ static void push_layout(lua_State *L)
 	lua_pushinteger(L, sizeof(struct netdevq_agg_value));
 	lua_setfield(L, -2, "agg_value_size");
 	lua_createtable(L, 0, 40);
-	OFF(ts); OFF(skb); OFF(cgroup); OFF(pid); OFF(tid); OFF(cpu); OFF(ifindex); OFF(netns);
-	OFF(len); OFF(data_len); OFF(mac_len); OFF(hdr_len); OFF(queue); OFF(gso_size);
-	OFF(gso_segs); OFF(ethertype); OFF(priority); OFF(mark); OFF(hash); OFF(dev_type); OFF(l3);
-	OFF(saddr); OFF(daddr); OFF(sport); OFF(dport); OFF(proto); OFF(tcp_flags); OFF(ttl);
-	OFF(tos); OFF(smac); OFF(dmac); OFF(flags); OFF(snap_len); OFF(l2_len); OFF(comm); OFF(dev);
+	OFF(ts);
+	OFF(skb);
+	OFF(cgroup);
+	OFF(pid);
+	OFF(tid);
+	OFF(cpu);
+	OFF(ifindex);
+	OFF(netns);
+	OFF(len);
+	OFF(data_len);
+	OFF(mac_len);
+	OFF(hdr_len);
+	OFF(queue);
+	OFF(gso_size);
+	OFF(gso_segs);
+	OFF(ethertype);
+	OFF(priority);
+	OFF(mark);
+	OFF(hash);
+	OFF(dev_type);
+	OFF(l3);
+	OFF(saddr);
+	OFF(daddr);
+	OFF(sport);
+	OFF(dport);
+	OFF(proto);
+	OFF(tcp_flags);
+	OFF(ttl);
+	OFF(tos);
+	OFF(smac);
+	OFF(dmac);
+	OFF(flags);
+	OFF(snap_len);
+	OFF(l2_len);
+	OFF(comm);
+	OFF(dev);
 	OFF(snap);
 	lua_setfield(L, -2, "offsets");
 	lua_createtable(L, 0, 4);
@@ -823,11 +868,10 @@ static void push_layout(lua_State *L)
 int luaopen_netdevq_core(lua_State *L)
 {
 	static const luaL_Reg tracer_methods[] = {
-		{ "attach", tracer_attach },	   { "detach", tracer_detach },
-		{ "poll", tracer_poll },
-		{ "counters", tracer_counters },   { "agg_read", tracer_agg_read },
-		{ "prog_stats", tracer_prog_stats }, { "close", tracer_close },
-		{ NULL, NULL },
+		{ "attach", tracer_attach },	 { "detach", tracer_detach },
+		{ "poll", tracer_poll },	 { "counters", tracer_counters },
+		{ "agg_read", tracer_agg_read }, { "prog_stats", tracer_prog_stats },
+		{ "close", tracer_close },	 { NULL, NULL },
 	};
 	static const luaL_Reg funcs[] = {
 		{ "open", core_open },
@@ -857,7 +901,7 @@ int luaopen_netdevq_core(lua_State *L)
 	set_funcs(L, funcs);
 	lua_pushstring(L, NETDEVQ_VERSION);
 	lua_setfield(L, -2, "_VERSION");
-	lua_pushlstring(L, netdevq_abi_header, (size_t)(netdevq_abi_header_end - netdevq_abi_header));
+	lua_pushlstring(L, netdevq_abi_header, (size_t)netdevq_abi_header_size);
 	lua_setfield(L, -2, "HEADER");
 	lua_pushinteger(L, libbpf_num_possible_cpus());
 	lua_setfield(L, -2, "ncpus");

@@ -1,8 +1,20 @@
 #!/usr/bin/env luajit
--- netdevq command line, run from a source tree: luajit scripts/netdevq.lua [options] [expression]
--- (an installed rock provides the same as `netdevq`). Finds lua/ and build/ beside this script.
+-- netdevq command line. From a source tree: luajit scripts/netdevq.lua [options] [expression],
+-- with the modules from lua/ and build/ beside this script. Installed (the rock's `netdevq`
+-- command, PREFIX/bin/netdevq): the modules from PREFIX/share/lua/5.1 and PREFIX/lib/lua/5.1,
+-- then wherever package.path and package.cpath point.
 local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
 local top = here .. "/.."
-package.path = top .. "/lua/?.lua;" .. top .. "/lua/?/init.lua;" .. package.path
-package.cpath = top .. "/build/?.so;" .. package.cpath
+local source_tree = io.open(top .. "/lua/netdevq/init.lua")
+if source_tree then
+    source_tree:close()
+    package.path = top .. "/lua/?.lua;" .. top .. "/lua/?/init.lua;" .. package.path
+    -- NETDEVQ_BUILD: another build tree's C module (the sanitizer suite runs the CLI from
+    -- build-asan)
+    package.cpath = (os.getenv("NETDEVQ_BUILD") or top .. "/build") .. "/?.so;" .. package.cpath
+else
+    package.path = top .. "/share/lua/5.1/?.lua;" .. top .. "/share/lua/5.1/?/init.lua;"
+        .. package.path
+    package.cpath = top .. "/lib/lua/5.1/?.so;" .. package.cpath
+end
 os.exit(require("netdevq.cli").main({ ... }))

@@ -400,11 +400,14 @@ end
 local H = NEED.HEADERS
 
 local catalogue = {
-    { "ts", "integer", "bpf_ktime_get_ns() at the tracepoint (CLOCK_MONOTONIC ns)", NEED.TS, get_ts },
+    { "ts", "integer", "bpf_ktime_get_ns() at the tracepoint (CLOCK_MONOTONIC ns)", NEED.TS,
+        get_ts },
     { "time", "string", "wall-clock (local) time of the event, HH:MM:SS.micro", NEED.TS, get_time },
     { "cpu", "integer", "CPU the event fired on", 0, get_cpu },
-    { "pid", "integer", "current task's tgid (in softirq: whoever was interrupted)", NEED.TASK, get_pid },
-    { "tid", "integer", "current task's tid (in softirq: whoever was interrupted)", NEED.TASK, get_tid },
+    { "pid", "integer", "current task's tgid (in softirq: whoever was interrupted)", NEED.TASK,
+        get_pid },
+    { "tid", "integer", "current task's tid (in softirq: whoever was interrupted)", NEED.TASK,
+        get_tid },
     { "comm", "string", "current task's comm", NEED.TASK, get_comm },
     { "cgroup", "integer", "current task's cgroup v2 id", NEED.CGROUP, get_cgroup },
     { "skb", "string", "skb address, hex", 0, get_skb },
