@@ -551,28 +551,7 @@ end
 ---------------------------------------------------------------------------------------------
 
 -- optimal string alignment distance (a swap of neighbours costs 1: "dprot" -> "dport")
-local function distance(a, b)
-    local la, lb = #a, #b
-    local d = {}
-    for i = 0, la do
-        d[i] = { [0] = i }
-    end
-    for j = 1, lb do
-        d[0][j] = j
-    end
-    for i = 1, la do
-        local ca = byte(a, i)
-        for j = 1, lb do
-            local cb = byte(b, j)
-            local v = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (ca == cb and 0 or 1))
-            if i > 1 and j > 1 and ca == byte(b, j - 1) and byte(a, i - 1) == cb then
-                v = min(v, d[i - 2][j - 2] + 1)
-            end
-            d[i][j] = v
-        end
-    end
-    return d[la][lb]
-end
+local distance = require("netdevq.fields").edit_distance
 
 -- up to 3 names near `word`: smallest distance, then closest length, then most letters in the
 -- same place, then the order of `names`
