@@ -234,6 +234,57 @@ static const char *opt_str(lua_State *L, int idx, const char *key, size_t *len)
 	return s;
 }
 
+/* libbpf 1.1 crashes on some malformed objects (bad BTF above all) while it opens or loads them
+ * (spec/fuzz/elf_fuzz.lua finds such objects). An object the user names, unlike the embedded one,
+ * is therefore opened and loaded once in a child process first: when that child dies, the object
+ * is refused with a clean error and this process never parses it. The child loads the program
+ * of `mode` only, like the real load; returns 0 (go on) or -1 with msg set. */
+static int trial_load(const char *path, const void *buf, size_t len, const char *mode,
+		      const struct bpf_object_open_opts *oopts, char *msg, size_t msglen)
+{
+	const char *prog_name = strcmp(mode, "raw") == 0 ? "netdevq_raw" : "netdevq_btf";
+	int st = 0;
+	pid_t pid, r;
+
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0) {
+		snprintf(msg, msglen, "fork failed (%s)", strerror(errno));
+		return -1;
+	}
+	if (pid == 0) {
+		struct bpf_object *obj;
+		struct bpf_program *p, *want;
+
+		verbose = 0;
+		obj = path ? bpf_object__open_file(path, oopts) :
+			     bpf_object__open_mem(buf, len, oopts);
+		if (!obj)
+			_exit(3);
+		want = bpf_object__find_program_by_name(obj, prog_name);
+		if (want)
+			bpf_object__for_each_program(p, obj)
+				bpf_program__set_autoload(p, p == want);
+		_exit(bpf_object__load(obj) ? 3 : 0);
+	}
+	do {
+		r = waitpid(pid, &st, 0);
+	} while (r < 0 && errno == EINTR);
+	if (r == pid && WIFEXITED(st) && (WEXITSTATUS(st) == 0 || WEXITSTATUS(st) == 3))
+		return 0;
+	if (r == pid && WIFSIGNALED(st))
+		snprintf(msg, msglen,
+			 "BPF object %s is malformed: libbpf crashed on it (signal %d in a trial "
+			 "load): rebuild with scripts/setup",
+			 path ? path : "(object_bytes)", WTERMSIG(st));
+	else
+		snprintf(msg, msglen,
+			 "BPF object %s is malformed: libbpf failed on it (status %d in a trial "
+			 "load): rebuild with scripts/setup",
+			 path ? path : "(object_bytes)", r == pid ? WEXITSTATUS(st) : -1);
+	return -1;
+}
+
 /* core.open{ mode=, object=, object_bytes=, config=, ringbuf_size=, batch=, agg_max_keys=,
  *            btf_path=, pcap=, pcap_snaplen=, verbose= } -> tracer | nil, err */
 static int core_open(lua_State *L)
@@ -322,8 +373,12 @@ static int core_open(lua_State *L)
 				object, strerror(errno));
 			goto fail;
 		}
+		if (trial_load(object, NULL, 0, mode, &oopts, msg, sizeof(msg)))
+			goto fail;
 		t->obj = bpf_object__open_file(object, &oopts);
 	} else if (object_bytes) {
+		if (trial_load(NULL, object_bytes, object_len, mode, &oopts, msg, sizeof(msg)))
+			goto fail;
 		t->obj = bpf_object__open_mem(object_bytes, object_len, &oopts);
 	} else {
 		t->obj = bpf_object__open_mem(netdevq_bpf_object, netdevq_bpf_object_size, &oopts);
@@ -337,7 +392,10 @@ static int core_open(lua_State *L)
 		snprintf(msg, sizeof(msg),
 			 "BPF object %s is not a valid netdevq object (%s): rebuild with "
 			 "scripts/setup",
-			 object ? object : object_bytes ? "(object_bytes)" : "(embedded)", why);
+			 object	      ? object :
+			 object_bytes ? "(object_bytes)" :
+					"(embedded)",
+			 why);
 		goto fail;
 	}
 
@@ -356,7 +414,9 @@ static int core_open(lua_State *L)
 		snprintf(msg, sizeof(msg),
 			 "BPF object %s is not a netdevq object of this version (maps, programs or "
 			 "config missing): rebuild with scripts/setup",
-			 object ? object : object_bytes ? "(object_bytes)" : "(embedded)");
+			 object	      ? object :
+			 object_bytes ? "(object_bytes)" :
+					"(embedded)");
 		goto fail;
 	}
 	{

@@ -4,6 +4,18 @@
 -- command, PREFIX/bin/netdevq): the modules from PREFIX/share/lua/5.1 and PREFIX/lib/lua/5.1,
 -- then wherever package.path and package.cpath point.
 local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
+-- No code from the current directory: LuaJIT's default paths begin with ./?.lua and ./?.so, so
+-- `cd /tmp && sudo netdevq` would run a /tmp/argparse.lua. Only absolute entries are kept.
+local function absolute_only(list)
+    local keep = {}
+    for entry in list:gmatch("[^;]+") do
+        if entry:sub(1, 1) == "/" then
+            keep[#keep + 1] = entry
+        end
+    end
+    return table.concat(keep, ";")
+end
+package.path, package.cpath = absolute_only(package.path), absolute_only(package.cpath)
 local top = here .. "/.."
 local source_tree = io.open(top .. "/lua/netdevq/init.lua")
 if source_tree then

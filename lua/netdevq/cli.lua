@@ -344,6 +344,10 @@ function _M.main(argv)
         return usage_error(aerr)
     end
     local pcap_expr = #args.expression > 0 and concat(args.expression, " ") or nil
+    if pcap_expr and args.snaplen == 0 then
+        return usage_error("--snaplen 0 leaves the pcap-filter expression no header bytes to "
+            .. "match: give at least 64, or leave --snaplen out")
+    end
     local filter_expr = combined_filter(args)
 
     -- per-event lines: by default, unless -q, or aggregations without -o (like bpftrace)

@@ -181,6 +181,9 @@ function _M.open(opts)
     if opts.pcap then
         snaplen = math_max(snaplen, opts.snaplen or PCAP_SNAPLEN)
     end
+    if opts.pcap and snaplen == 0 then
+        return fail("snaplen 0 leaves the pcap filter no header bytes to match: give at least 64")
+    end
     if snaplen < 0 or snaplen > abi.SNAP_MAX then
         return fail("snaplen " .. tostring(snaplen) .. " is out of range (0.." .. abi.SNAP_MAX
             .. ")")
