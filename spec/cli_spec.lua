@@ -147,14 +147,17 @@ describe("netdevq CLI #root", function()
             finally(function() netns.run({ "umount", "/sys/kernel/tracing" }) end)
         end
         local bt = netns.spawn({ "bpftrace", "-e", string.format(
-            'tracepoint:net:net_dev_queue /str(args->name) == "%s"/ { $s = (struct sk_buff *)'
+            'tracepoint:net:net_dev_queue /str(args->name) == "%s" && ((struct sk_buff *)'
+            .. 'args->skbaddr)->dev->nd_net.net->ns.inum == %d/ { $s = (struct sk_buff *)'
             .. 'args->skbaddr; printf("bt %%d %%d %%d\\n", args->len, $s->mac_len, $s->hdr_len); }',
-            pair.veth_a) })
+            pair.veth_a, pair.netns_a) })
         finally(function() bt:kill("INT") end)
         repeat
             local l = bt:line()
         until l == nil or l:match("^Attaching")
-        local proc = cli({ "-o", "comm,pid,dev,len,mac_len,hdr_len", "-I", pair.veth_a, "-d", "3" })
+        -- device names repeat across namespaces (other runs may have an ndqa1 too): scope both
+        local proc = cli({ "-o", "comm,pid,dev,len,mac_len,hdr_len", "-I", pair.veth_a,
+            "-f", "netns == " .. pair.netns_a, "-d", "3" })
         finally(function() proc:kill("INT") end)
         wait_ready(proc)
         local listener = pair:spawn("b", { netns.ndq_send(), "tcplisten", pair.ip4_b, "8081", "3000" })

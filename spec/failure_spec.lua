@@ -217,6 +217,20 @@ describe("netdevq CLI failure modes #root", function()
             .. "argument): run with -v for libbpf's log\n" }, r)
     end)
 
+    it("refuses an object libbpf would crash on (broken BTF), exit 1, without crashing", function()
+        -- libbpf 1.1 dereferences a struct member's type id without checking it while it
+        -- relocates: core.open tries a named object in a child process first
+        local good = read_file(bpf_object_path())
+        local path = tmp .. "/badbtf.bpf.o"
+        write_file(path, bpfobjs.btf_break_struct(good, "sk_buff"))
+        for _, mode in ipairs({ "raw", "btf" }) do
+            local r = cli({ "--object", path, "--mode", mode, "-d", "1" })
+            assert.same({ code = 1, out = "", err = "netdevq: BPF object " .. path .. " is malformed: "
+                .. "libbpf crashed on it (signal 11 in a trial load): rebuild with scripts/setup\n" },
+                r, mode)
+        end
+    end)
+
     it("prints the traceback of a Lua callback that raises, detaches and exits 1", function()
         local port = 20000 + bpfobjs.getpid() % 20000
         local script = tmp .. "/raises.lua"

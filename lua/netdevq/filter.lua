@@ -60,6 +60,7 @@ _M.SET_MAX, _M.PREFIX_MAX, _M.NAME_LEN = SET_MAX, PREFIX_MAX, NAME_LEN
 local NEED_HEADERS, NEED_NETNS, NEED_GSO, NEED_CGROUP = 1, 2, 4, 8
 
 local U8, U16, U32 = 255, 65535, 4294967295
+local MAX_NESTING = 64
 
 
 ---------------------------------------------------------------------------------------------
@@ -759,7 +760,29 @@ local function parser(expr, toks)
         }
     end
 
+    -- 'not' and '(' nest; the compiled matcher is Lua source with one level per nesting, and
+    -- LuaJIT's parser takes 200 levels: deeper filters are refused here, with the column
+    local depth = 0
+    local parse_unary_inner
+
     local function parse_unary()
+        local tok = peek()
+        local nests = tok.t == "not" or tok.t == "("
+        if nests then
+            depth = depth + 1
+            if depth > MAX_NESTING then
+                syntax(tok.col, format("nested deeper than %d levels of 'not' and '('",
+                                       MAX_NESTING))
+            end
+        end
+        local node = parse_unary_inner()
+        if nests then
+            depth = depth - 1
+        end
+        return node
+    end
+
+    parse_unary_inner = function()
         local tok = peek()
         if tok.t == "not" then
             take()

@@ -253,6 +253,36 @@ function _M.flip(data, offset, count)
     return data:sub(1, offset) .. mid .. data:sub(offset + count + 1)
 end
 
+local function le_u32(data, o) -- o: 0-based
+    local a, b, c, d = data:byte(o + 1, o + 4)
+    return a + b * 256 + c * 65536 + d * 16777216
+end
+
+--- data with the first member of BTF struct `name` pointing at type id 0x7fffffff (there is no
+-- such type): the kind of damage libbpf 1.1 crashes on while it relocates (CO-RE) a program
+-- that reads that struct. The kernel never sees it: core.open refuses the object after a trial
+-- load in a child process.
+function _M.btf_break_struct(data, name)
+    local base = _M.elf_section(data, ".BTF")
+    local hdr_len, type_off, type_len = le_u32(data, base + 4), le_u32(data, base + 8),
+        le_u32(data, base + 12)
+    local str_off = le_u32(data, base + 16)
+    local t, stop = base + hdr_len + type_off, base + hdr_len + type_off + type_len
+    local strings = base + hdr_len + str_off
+    local EXTRA = { [1] = 4, [3] = 12, [14] = 4, [17] = 4 }  -- INT, ARRAY, VAR, DECL_TAG
+    local PER_VLEN = { [4] = 12, [5] = 12, [6] = 8, [13] = 8, [15] = 12, [19] = 12 }
+    while t < stop do
+        local name_off, info = le_u32(data, t), le_u32(data, t + 4)
+        local kind, vlen = math.floor(info / 16777216) % 32, info % 65536
+        local tname = data:match("^[^%z]*", strings + name_off + 1)
+        if kind == 4 and vlen >= 1 and tname == name then
+            return data:sub(1, t + 16) .. "\255\255\255\127" .. data:sub(t + 21)
+        end
+        t = t + 12 + (EXTRA[kind] or 0) + (PER_VLEN[kind] or 0) * vlen
+    end
+    error("no struct " .. name .. " in the object's BTF")
+end
+
 _M.sh_quote = sh_quote
 
 return _M
