@@ -408,16 +408,25 @@ describe("netdevq -w: pcapng from real traffic #root", function()
             pipeline:stop()
         end)
         wait_ready(pipeline)
-        -- the tracer is the sh's luajit child (tshark the other one)
-        local children = read_all("/proc/" .. pipeline.pid .. "/task/" .. pipeline.pid
-            .. "/children")
-        for cpid in children:gmatch("%d+") do
-            local f = io.open("/proc/" .. cpid .. "/comm")
-            local comm = f and f:read("*l")
-            if f then f:close() end
-            if comm == "luajit" then tracer_pid = cpid end
+        -- the tracer is the luajit below the sh (tshark the other branch); wrappers (env, the
+        -- sanitizer suite's) may put a level in between: search the whole subtree
+        local function find_luajit(pid, depth)
+            local cf = io.open("/proc/" .. pid .. "/task/" .. pid .. "/children")
+            local children = cf and cf:read("*a") or ""
+            if cf then cf:close() end
+            for cpid in children:gmatch("%d+") do
+                local f = io.open("/proc/" .. cpid .. "/comm")
+                local comm = f and f:read("*l")
+                if f then f:close() end
+                if comm == "luajit" then return cpid end
+                if depth < 4 then
+                    local found = find_luajit(cpid, depth + 1)
+                    if found then return found end
+                end
+            end
         end
-        assert(tracer_pid, "no luajit child of the pipeline's sh")
+        tracer_pid = find_luajit(pipeline.pid, 1)
+        assert(tracer_pid, "no luajit below the pipeline's sh")
 
         local want = {}
         local a4, b4, a6, b6, veth = pair.ip4_a, pair.ip4_b, pair.ip6_a, pair.ip6_b, pair.veth_a
