@@ -59,7 +59,7 @@ describe("netdevq gives everything back #root", function()
         for i = 1, CYCLES do
             local v = (i - 1) % #variants + 1
             local t = assert(netdevq.open(variants[v]))
-            assert.equal(0, t:poll(0) * 0) -- a number, whatever arrived
+            assert.is_number(t:poll(0)) -- whatever arrived
             local held = bpfobjs.held(pid)
             merge(ids, held)
             per_variant[v] = per_variant[v] or { count(held.prog), count(held.link), count(held.map) }

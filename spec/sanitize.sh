@@ -2,7 +2,7 @@
 # spec/sanitize.sh - memory-error checks of the C module, run by ctest (see the end of
 # CMakeLists.txt):
 #
-#   spec/sanitize.sh asan SRC_DIR ASAN_BUILD_DIR
+#   spec/sanitize.sh asan SRC_DIR ASAN_BUILD_DIR [SPEC_FILE...]
 #       configures and builds ASAN_BUILD_DIR with -DNETDEVQ_SANITIZE=ON (the C module built with
 #       -fsanitize=address,undefined), then runs every spec file under busted with the ASan runtime
 #       preloaded into luajit (LuaJIT itself is not instrumented); the CLI runs the specs start use
@@ -46,11 +46,14 @@ asan)
   # deadlock under a preloaded ASan runtime; sh, ip, bpftool need none).
   loader=$(readelf -l "$(command -v luajit)" | sed -n 's/.*interpreter: \(.*\)]/\1/p')
   [ -x "$loader" ] || { echo "sanitize.sh: no dynamic loader found for luajit" >&2; exit 1; }
+  # (the loader runs through a symlink named luajit, so that the process is still called luajit:
+  # specs find the tracer by its comm)
   chmod 755 "$reports" # specs run the CLI as another user too (setpriv)
-  mkdir -p "$reports/bin"
-  printf '#!/bin/sh\nexec %s --preload %s %s "$@"\n' "$loader" "$runtime" "$(command -v luajit)" \
-    >"$reports/bin/luajit"
-  chmod 755 "$reports/bin" "$reports/bin/luajit"
+  mkdir -p "$reports/bin" "$reports/loader"
+  ln -s "$loader" "$reports/loader/luajit"
+  printf '#!/bin/sh\nexec %s --preload %s %s "$@"\n' "$reports/loader/luajit" "$runtime" \
+    "$(command -v luajit)" >"$reports/bin/luajit"
+  chmod 755 "$reports/bin" "$reports/loader" "$reports/bin/luajit"
   export PATH="$reports/bin:$PATH"
   mkdir -m 1777 "$reports/log"
   export ASAN_OPTIONS="detect_leaks=0:log_path=$reports/log/asan:log_exe_name=1"
@@ -58,7 +61,9 @@ asan)
   export NETDEVQ_BUILD="$build" NDQ_SEND="$build/ndq_send"
   failed=()
   start=$(date +%s)
-  for spec in spec/*_spec.lua; do
+  specs=("${@:4}") # spec files given after the build directory: only those (for debugging)
+  [ ${#specs[@]} -gt 0 ] || specs=(spec/*_spec.lua)
+  for spec in "${specs[@]}"; do
     t0=$(date +%s)
     if busted --lua=luajit --cpath="$build/?.so" -o utfTerminal "$spec" >"$reports/out" 2>&1; then
       echo "sanitize.sh: ok     $spec ($(( $(date +%s) - t0 )) s)"
@@ -76,7 +81,7 @@ asan)
     echo "sanitize.sh: sanitizer report $r:"
     cat "$r"
   done
-  echo "sanitize.sh: $(ls spec/*_spec.lua | wc -l) spec files with the sanitized module in" \
+  echo "sanitize.sh: ${#specs[@]} spec files with the sanitized module in" \
        "$(( $(date +%s) - start )) s; ${#failed[@]} failed; sanitizer reports: $found"
   [ ${#failed[@]} -eq 0 ] && [ $found -eq 0 ]
   ;;
