@@ -178,6 +178,8 @@ end
 local Bg = {}
 Bg.__index = Bg
 
+local started = {} -- background runs not waited for yet, for leftovers()
+
 local function sleep(s)
     os.execute("sleep " .. s)
 end
@@ -227,6 +229,8 @@ function _M.spawn(argv, opts)
         sleep(0.05)
     end
     assert(self.pid, "could not start " .. table.concat(argv, " "))
+    self.argv_text = table.concat(argv, " ")
+    started[self] = true
     return self
 end
 
@@ -292,6 +296,7 @@ function Bg:wait(timeout_s)
     local rc = tonumber(f:read("*l"))
     f:close()
     local r = { code = rc, out = self:out_text(), err = self:err_text() }
+    started[self] = nil
     if not self.removed then
         _M.rmtree(self.dir)
         self.removed = true
@@ -301,6 +306,34 @@ function Bg:wait(timeout_s)
     end
     self.result = r
     return r
+end
+
+--- Background runs still going that nobody waited for (their argv as text, sorted).
+function _M.leftovers()
+    local list = {}
+    for bg in pairs(started) do
+        if not bg:done() then
+            list[#list + 1] = bg.argv_text
+        end
+    end
+    table.sort(list)
+    return list
+end
+
+--- Ends (KILL) every background run not waited for, and removes its files.
+function _M.clean_up()
+    for bg in pairs(started) do
+        bg:kill("KILL")
+        bg:wait(10)
+    end
+end
+
+--- The whole content of a file (raises when it cannot be read).
+function _M.read_file(path)
+    local f = assert(io.open(path, "rb"))
+    local s = f:read("*a")
+    f:close()
+    return s
 end
 
 --- Lines of a text (without the newlines).
