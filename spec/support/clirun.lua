@@ -21,6 +21,15 @@ local function quote(s)
 end
 _M.quote = quote
 
+--- argv as one /bin/sh command line, every argument quoted (for a caller's own pipelines).
+function _M.shell_line(argv)
+    local out = {}
+    for i, a in ipairs(argv) do
+        out[i] = quote(a)
+    end
+    return table.concat(out, " ")
+end
+
 local function read_all(path)
     local f = io.open(path, "rb")
     if not f then
