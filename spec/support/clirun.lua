@@ -194,6 +194,7 @@ local function sleep(s)
 end
 _M.sleep = sleep
 
+--- True when path can be opened (a file or directory that exists).
 local function exists(path)
     local f = io.open(path)
     if f then
@@ -202,6 +203,7 @@ local function exists(path)
     end
     return false
 end
+_M.exists = exists
 
 --- Starts argv in the background (SIGINT/SIGQUIT at their defaults, unlike a plain `cmd &`),
 -- stdout and stderr to files. opts.env as for run(). Returns a handle: .pid, :err_text(),

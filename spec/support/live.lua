@@ -21,6 +21,7 @@
 -- support.clirun in this spec file is still there (and then removes it, so that a failing run
 -- still leaves the machine clean). Specs that make pairs themselves call live.no_leftovers().
 
+local luassert = require("luassert")
 local netns = require("support.netns")
 local clirun = require("support.clirun")
 
@@ -31,23 +32,23 @@ _M.READY = "netdevq: tracing net_dev_queue (raw) ... Ctrl-C to stop"
 
 -- The busted environment of the describe block that called the public function (level 3: the
 -- block, above that function and this one): hooks made with it behave as the block's own (its
--- pending() for require_root, its assert).
+-- pending() for require_root).
 local function block_env()
     local env = getfenv(3) -- not a tail call: that would drop this function's level
     return env
 end
 
-local function check_clean(env)
+local function check_clean()
     local left = netns.leftovers()
     left.background = clirun.leftovers()
     netns.clean_up()
     clirun.clean_up()
-    env.assert.same({ namespaces = {}, processes = {}, background = {} }, left,
+    luassert.same({ namespaces = {}, processes = {}, background = {} }, left,
         "the spec file left namespaces or processes behind")
 end
 
 local function register_check(env)
-    env.teardown(setfenv(function() check_clean(env) end, env))
+    env.teardown(check_clean)
 end
 
 --- Registers, in the calling describe block, the teardown check that nothing this file made
@@ -139,6 +140,16 @@ function _M.start_cli(args, opts)
     local bg = clirun.spawn_cli(args, opts)
     assert(bg:wait_err("netdevq: tracing net_dev_queue", 30), "netdevq did not start: " .. bg:err_text())
     return bg
+end
+
+--- Ctrl-C to a start_cli run once its events are surely in (the tracer drains on its poll
+-- timeout); asserts exit 0 and returns { code, out, err }.
+function _M.stop_cli(bg)
+    clirun.sleep(0.3)
+    bg:kill("INT")
+    local r = bg:wait(20)
+    luassert.are.equal(0, r.code, r.err)
+    return r
 end
 
 -- Traffic --------------------------------------------------------------------------------------
