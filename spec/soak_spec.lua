@@ -12,6 +12,7 @@
 -- nothing is lost and Lua receives every datagram sent.
 local netns = require("support.netns")
 local clirun = require("support.clirun")
+local live = require("support.live")
 
 local SOAK_EVENTS = 2000000   -- at least this many events cross the kernel filter
 local FLOOD_ROUND_S = 3
@@ -29,19 +30,11 @@ end
 
 describe("netdevq accounting under overload #root", function()
     local netdevq, core, pair
+    live.pair_each_test({ name = "ndqk" }, function(p) pair = p end)
 
     before_each(function()
-        netns.require_root()
         netdevq = require("netdevq")
         core = netdevq.core
-        pair = assert(netns.pair{ name = "ndqk" })
-    end)
-
-    after_each(function()
-        if pair then
-            pair:destroy()
-            pair = nil
-        end
     end)
 
     local function veth_filter()

@@ -174,6 +174,22 @@ function _M.send(pair, ns, argv)
     return tonumber(out:match("pid (%d+)")), out
 end
 
+--- Runs ndq_send steps in order, each { ns, arg... } (ns "a" or "b"); raises at the first that
+-- fails.
+function _M.send_steps(pair, steps)
+    for _, s in ipairs(steps) do
+        _M.send(pair, s[1], { unpack(s, 2) })
+    end
+end
+
+--- Waits for spawned ndq_send processes (listeners, receivers); raises unless each exited 0.
+function _M.wait_all(procs, what)
+    for _, p in ipairs(procs) do
+        local ok, code, lines = p:wait()
+        assert(ok, what .. ": exit " .. tostring(code) .. " " .. table.concat(lines, " | "))
+    end
+end
+
 --- An ndq_send udprecv in namespace ns for count datagrams (5 s at most), once it is ready.
 function _M.receiver(pair, ns, addr, port, count)
     local rx = pair:spawn(ns, { netns.ndq_send(), "udprecv", addr, tostring(port), tostring(count), "5000" })
