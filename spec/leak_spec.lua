@@ -9,6 +9,7 @@
 local bpfobjs = require("support.bpfobjs")
 local clirun = require("support.clirun")
 local netns = require("support.netns")
+local live = require("support.live")
 
 local CYCLES = 200
 
@@ -28,15 +29,11 @@ local function count(set)
     return n
 end
 
-local function read_file(path)
-    local f = assert(io.open(path, "rb"))
-    local s = f:read("*a")
-    f:close()
-    return s
-end
+local read_file = clirun.read_file
 
 describe("netdevq gives everything back #root", function()
     local netdevq
+    live.no_leftovers()
 
     before_each(function()
         netns.require_root()
@@ -145,12 +142,15 @@ describe("netdevq gives everything back #root", function()
     end)
 
     it("after the CLI is killed with SIGKILL: the kernel releases its objects", function()
-        local pair = assert(netns.pair{ name = "ndql" })
-        finally(function() pair:destroy() end)
+        local pair, run = assert(netns.pair{ name = "ndql" }), nil
+        -- busted keeps only the last finally of a test: one for everything this test made
+        finally(function()
+            if run then run:wait(10) end
+            pair:destroy()
+        end)
         local flood = pair:spawn("a", { netns.ndq_send(), "flood", pair.ip4_b, "9", "5", "18" })
-        local run = clirun.spawn_cli({ "-q", "--count", "dev", "--sum", "len",
+        run = clirun.spawn_cli({ "-q", "--count", "dev", "--sum", "len",
             "-f", "netns == " .. pair.netns_a })
-        finally(function() run:wait(10) end)
         assert.is_true(run:wait_err("Ctrl%-C to stop\n", 20), run:err_text())
         clirun.sleep(1)
         local held = bpfobjs.held(run.pid)

@@ -347,6 +347,16 @@ function _M.read_file(path)
     return s
 end
 
+--- Writes data to path (replacing it); mode (e.g. "755") is set with chmod when given.
+function _M.write_file(path, data, mode)
+    local f = assert(io.open(path, "wb"))
+    f:write(data)
+    f:close()
+    if mode then
+        os.execute("chmod " .. mode .. " " .. quote(path))
+    end
+end
+
 --- Lines of a text (without the newlines).
 function _M.lines(text)
     local list = {}

@@ -99,6 +99,23 @@ function _M.pair_each_test(opts, set)
     register_check(env)
 end
 
+--- A fresh clirun.tmpdir(mode) for every test of the calling describe block, handed to set(dir)
+-- (set(nil) after the test, when it is removed).
+function _M.tmpdir_each_test(set, mode)
+    local env = block_env()
+    local dir
+    env.before_each(function()
+        dir = clirun.tmpdir(mode)
+        set(dir)
+    end)
+    env.after_each(function()
+        local d = dir
+        dir = nil
+        set(nil)
+        if d then clirun.rmtree(d) end
+    end)
+end
+
 --- One pair for the calling describe block, made by the first test that calls the returned
 -- function (which returns it; pending outside root), removed at the block's teardown. opts as
 -- for pair_each_test.
