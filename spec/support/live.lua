@@ -76,8 +76,10 @@ local function make(opts, keep)
 end
 
 local function unmake(pair, dir)
-    if pair then pair:destroy() end
+    local ok, err = true, nil
+    if pair then ok, err = pair:destroy() end
     if dir then clirun.rmtree(dir) end
+    assert(ok, err)
 end
 
 --- A fresh pair for every test of the calling describe block: before_each makes it (the test is
