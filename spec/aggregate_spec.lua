@@ -7,14 +7,8 @@ local ffi = require("ffi")
 local bit = require("bit")
 local cjson = require("cjson")
 
--- The ABI: netdevq.abi when it is there, else the header text declared here.
-if not pcall(require, "netdevq.abi") and not pcall(ffi.typeof, "struct netdevq_agg_value") then
-  local f = assert(io.open("bpf/netdevq.h", "r"))
-  local text = f:read("*a"):gsub("\n%s*#[^\n]*", "\n"):gsub("^%s*#[^\n]*", "")
-  f:close()
-  ffi.cdef("typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32;"
-    .. " typedef uint64_t __u64; typedef int64_t __s64;" .. text)
-end
+-- The ABI (netdevq.abi reads bpf/netdevq.h when the C module is not built).
+require("netdevq.abi")
 
 local aggregate = require("netdevq.aggregate")
 local fields = require("netdevq.fields")

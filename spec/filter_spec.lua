@@ -8,17 +8,8 @@ local traffic = require("fixtures.traffic")
 local U32 = 4294967295
 
 
--- struct netdevq_config from netdevq.abi; the header itself when that module is not there
+-- struct netdevq_config from netdevq.abi (which reads bpf/netdevq.h when the C module is not built)
 local abi_ok, abi = pcall(require, "netdevq.abi")
-if not pcall(ffi.typeof, "struct netdevq_config") then
-    local f = assert(io.open("bpf/netdevq.h", "r"))
-    local text = f:read("*a"):gsub("\n%s*#[^\n]*", "\n")
-    f:close()
-    pcall(ffi.cdef, [[
-        typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32;
-        typedef uint64_t __u64; typedef int64_t __s64;
-    ]] .. text)
-end
 
 local function new_config()
     return ffi.new("struct netdevq_config")
