@@ -116,13 +116,7 @@ local function parse_tshark(text)
 end
 
 local function tshark_file(path)
-    local argv = tshark_argv(path)
-    local cmd = {}
-    for i, a in ipairs(argv) do cmd[i] = "'" .. a .. "'" end
-    local p = assert(io.popen(table.concat(cmd, " ") .. " 2>/dev/null"))
-    local text = p:read("*a")
-    p:close()
-    return parse_tshark(text)
+    return parse_tshark(clirun.read_cmd(clirun.shell_line(tshark_argv(path)) .. " 2>/dev/null"))
 end
 
 local function comment(comm, pid, mark, tid)

@@ -24,26 +24,8 @@ _M.MAP_NAMES = {
     ["netdevq.rodata"] = true,
 }
 
-local function sh_quote(s)
-    return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function read_cmd(cmd)
-    local p = assert(io.popen(cmd))
-    local out = p:read("*a")
-    p:close()
-    return out
-end
-
-local function read_file(path)
-    local f = io.open(path)
-    if not f then
-        return nil
-    end
-    local s = f:read("*a")
-    f:close()
-    return s
-end
+local clirun = require("support.clirun")
+local sh_quote, read_cmd, read_file = clirun.quote, clirun.read_cmd, clirun.try_read
 
 function _M.getpid()
     local s = assert(read_file("/proc/self/stat"))

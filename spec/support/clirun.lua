@@ -77,6 +77,18 @@ function _M.rmtree(dir)
     os.execute("rm -rf " .. quote(dir))
 end
 
+-- Appends NAME=value words for env (sorted by name) to an env(1) command line.
+local function add_env(parts, env)
+    local names = {}
+    for k in pairs(env or {}) do
+        names[#names + 1] = k
+    end
+    table.sort(names)
+    for _, k in ipairs(names) do
+        parts[#parts + 1] = quote(k .. "=" .. tostring(env[k]))
+    end
+end
+
 --- Runs argv; opts.env (table, added to the environment), opts.unset (list of names removed),
 -- opts.stdin (a path, default /dev/null), opts.timeout (seconds, default 60),
 -- opts.shell_tail (raw shell text appended after the command, e.g. "| head -1": the caller's
@@ -90,14 +102,7 @@ function _M.run(argv, opts)
         parts[#parts + 1] = "-u"
         parts[#parts + 1] = quote(name)
     end
-    local names = {}
-    for k in pairs(opts.env or {}) do
-        names[#names + 1] = k
-    end
-    table.sort(names)
-    for _, k in ipairs(names) do
-        parts[#parts + 1] = quote(k .. "=" .. tostring(opts.env[k]))
-    end
+    add_env(parts, opts.env)
     parts[#parts + 1] = "timeout"
     parts[#parts + 1] = "-s"
     parts[#parts + 1] = "KILL"
@@ -212,14 +217,7 @@ function _M.spawn(argv, opts)
     opts = opts or {}
     local dir = _M.tmpdir()
     local parts = { "env", "--default-signal=INT,QUIT" }
-    local names = {}
-    for k in pairs(opts.env or {}) do
-        names[#names + 1] = k
-    end
-    table.sort(names)
-    for _, k in ipairs(names) do
-        parts[#parts + 1] = quote(k .. "=" .. tostring(opts.env[k]))
-    end
+    add_env(parts, opts.env)
     for _, a in ipairs(argv) do
         parts[#parts + 1] = quote(a)
     end
@@ -345,6 +343,25 @@ function _M.read_file(path)
     local s = f:read("*a")
     f:close()
     return s
+end
+
+--- The whole content of a file, or nil when it cannot be opened.
+function _M.try_read(path)
+    local f = io.open(path, "rb")
+    if not f then
+        return nil
+    end
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+--- The standard output of a shell command line (the caller's own text: quote what it inserts).
+function _M.read_cmd(cmd)
+    local p = assert(io.popen(cmd))
+    local out = p:read("*a")
+    p:close()
+    return out
 end
 
 --- Writes data to path (replacing it); mode (e.g. "755") is set with chmod when given.
