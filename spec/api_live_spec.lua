@@ -9,8 +9,6 @@
 local netns = require("support.netns")
 local live = require("support.live")
 
-local monotonic_ms = live.monotonic_ms
-
 describe("netdevq.open with filter, pcap and where on live traffic #root", function()
     local pair
     live.pair_each_test({ name = "ndqapi" }, function(p) pair = p end)
@@ -78,12 +76,7 @@ describe("netdevq.open with filter, pcap and where on live traffic #root", funct
         for _, r in ipairs(rx) do
             assert(r:wait())
         end
-        local deadline = monotonic_ms() + 400
-        while monotonic_ms() < deadline do
-            for _, t in pairs(tracers) do
-                assert(t:poll(10))
-            end
-        end
+        live.poll_all(tracers, 400)
         local stats = {}
         for name, t in pairs(tracers) do
             t:detach()

@@ -13,13 +13,7 @@ local live = require("support.live")
 
 local CYCLES = 200
 
-local function merge(into, held)
-    for _, kind in ipairs({ "prog", "map", "link" }) do
-        for id in pairs(held[kind]) do
-            into[kind][id] = true
-        end
-    end
-end
+local merge = bpfobjs.merge
 
 local function count(set)
     local n = 0

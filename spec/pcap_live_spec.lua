@@ -161,12 +161,7 @@ describe("pcap-filter expressions against tshark on live traffic #root", functio
         send_traffic(pair)
 
         -- everything is sent: let the tracers drain and the captures print
-        local deadline = monotonic_ms() + 500
-        while monotonic_ms() < deadline do
-            for _, t in pairs(tracers) do
-                assert(t:poll(10))
-            end
-        end
+        live.poll_all(tracers, 500)
         clirun.sleep(0.3)
         local results = {}
         for i, bg in pairs(captures) do

@@ -27,6 +27,15 @@ _M.MAP_NAMES = {
 local clirun = require("support.clirun")
 local sh_quote, read_cmd, read_file = clirun.quote, clirun.read_cmd, clirun.try_read
 
+--- Adds the ids of held (as from held()) to the id sets of into ({ prog =, map =, link = }).
+function _M.merge(into, held)
+    for _, kind in ipairs({ "prog", "map", "link" }) do
+        for id in pairs(held[kind]) do
+            into[kind][id] = true
+        end
+    end
+end
+
 function _M.getpid()
     local s = assert(read_file("/proc/self/stat"))
     return tonumber(s:match("^(%d+)"))
@@ -135,12 +144,7 @@ local function held_anywhere(snap)
         seen_pid[dir] = true
     end
     for pid in pairs(seen_pid) do
-        local h = _M.held(pid)
-        for _, kind in ipairs({ "prog", "map", "link" }) do
-            for id in pairs(h[kind]) do
-                all[kind][id] = true
-            end
-        end
+        _M.merge(all, _M.held(pid))
     end
     for id in pairs(all.link) do
         local e = snap.link[id]

@@ -239,6 +239,17 @@ function _M.monotonic_ms()
     return require("netdevq.core").monotonic_ns() / 1e6
 end
 
+--- Polls every tracer of the table (10 ms each round) for ms milliseconds: what is under way
+-- arrives; raises when a poll fails.
+function _M.poll_all(tracers, ms)
+    local deadline = _M.monotonic_ms() + ms
+    while _M.monotonic_ms() < deadline do
+        for _, t in pairs(tracers) do
+            assert(t:poll(10))
+        end
+    end
+end
+
 --- Multiset difference of two lists: the elements of a (as key(e) text, indented for a
 -- message) that b does not hold as often; key defaults to tostring.
 function _M.missing(a, b, key)
