@@ -29,7 +29,7 @@
 -- process handle; :neigh_warmup() -> true | nil, err; :destroy() -> true | nil, err.
 -- Module: is_root(), require_root(), ndq_send() (tool path), pair(opts), run(argv) (like :exec
 -- on the host), spawn(argv), list(prefix) (namespace names from `ip netns list`), leftovers()
--- (what this module made that is still there), clean_up() (removes it).
+-- (what this module made that is still there), clean_up() (removes it), owner_pid(nsname).
 --
 -- Process handles from :spawn(): :line() (next output line, stdout and stderr merged), :wait()
 -- (ok, exit code, remaining lines), :kill([sig]), :stop() (TERM, then KILL after 2 s), .pid.
@@ -403,6 +403,13 @@ function _M.pair(opts)
     return nil, err
   end
   return self
+end
+
+--- The pid of the process that made namespace nsname, when the name has pair()'s form
+-- ("<name>-a-<pid>" or "<name>-b-<pid>-<n>"), else nil.
+function _M.owner_pid(nsname)
+  local pid = nsname:match("^[%w_]+%-[ab]%-(%d+)$") or nsname:match("^[%w_]+%-[ab]%-(%d+)%-%d+$")
+  return tonumber(pid)
 end
 
 --- Names from `ip netns list` that start with prefix (for checks that nothing was left behind).
