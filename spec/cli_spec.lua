@@ -27,13 +27,16 @@ local function keys_of(t)
     return ks
 end
 
+-- Every run is scoped to the pair's namespace too: device names like ndqa1 repeat in other
+-- specs' namespaces (other runs on the machine).
 describe("netdevq CLI #root", function()
     local pair
     live.pair_each_test({ name = "ndqc" }, function(p) pair = p end)
 
     it("prints JSON lines with every present field, then a summary equal to what was sent", function()
         netns.require_root()
-        local proc = cli({ "-F", "json", "-I", pair.veth_a, "-n", "3", "-d", "10" })
+        local proc = cli({ "-F", "json", "-I", pair.veth_a, "-f", "netns == " .. pair.netns_a, "-n", "3",
+            "-d", "10" })
         finally(function() proc:kill("INT") end)
         wait_ready(proc)
         local ok, out = pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b,
@@ -78,7 +81,8 @@ describe("netdevq CLI #root", function()
 
     it("restricts JSON keys to --fields", function()
         netns.require_root()
-        local proc = cli({ "-F", "json", "-o", "comm,len,dport", "-I", pair.veth_a, "-n", "2",
+        local proc = cli({ "-F", "json", "-o", "comm,len,dport", "-I", pair.veth_a, "-f", "netns == " .. pair.netns_a,
+            "-n", "2",
             "-d", "10" })
         finally(function() proc:kill("INT") end)
         wait_ready(proc)
@@ -94,7 +98,7 @@ describe("netdevq CLI #root", function()
 
     it("prints the text line layout of the contract", function()
         netns.require_root()
-        local proc = cli({ "-I", pair.veth_a, "-n", "1", "-d", "10" })
+        local proc = cli({ "-I", pair.veth_a, "-f", "netns == " .. pair.netns_a, "-n", "1", "-d", "10" })
         finally(function() proc:kill("INT") end)
         wait_ready(proc)
         local ok, out = pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, "7002",

@@ -245,6 +245,7 @@ describe("netdevq -w: pcapng from real traffic #root", function()
 
     it("writes every packet of veth and tun traffic with interfaces, lengths, comments and "
         .. "timestamps, while printing text", function()
+        netns.require_root()
         local file = dir .. "/out.pcapng"
         local tool = netns.ndq_send()
         local tracer = netns.spawn(cli_argv({ "-w", file, "-I", pair.veth_a, "-I", TUN,
@@ -352,6 +353,7 @@ describe("netdevq -w: pcapng from real traffic #root", function()
     end)
 
     it("streams pcapng to standard output with -w - and cuts packets at -s", function()
+        netns.require_root()
         local out_file, err_file = dir .. "/tshark.out", dir .. "/tshark.err"
         local tool = netns.ndq_send()
         local argv = cli_argv({ "-w", "-", "-s", "64", "-I", pair.veth_a,

@@ -64,6 +64,7 @@ describe("netdevq accounting under overload #root", function()
 
     it("counts every one of " .. SOAK_EVENTS .. "+ events with a 64 KiB ring and a slow consumer",
         function()
+            netns.require_root()
             local t = assert(netdevq.open{ filter = veth_filter(), ringbuf_size = 65536,
                 fields = { "len" } })
             finally(function() t:close() end)
@@ -93,6 +94,7 @@ describe("netdevq accounting under overload #root", function()
         end)
 
     it("loses nothing with a ring big enough: received == datagrams sent", function()
+        netns.require_root()
         local t = assert(netdevq.open{ filter = veth_filter(), ringbuf_size = 2 ^ 27,
             fields = { "len" } })
         finally(function() t:close() end)
@@ -110,6 +112,7 @@ describe("netdevq accounting under overload #root", function()
     end)
 
     it("has the CLI report exactly the events the kernel lost", function()
+        netns.require_root()
         local run = clirun.spawn_cli({ "--ringbuf-size", "65536", "-q", "-F", "json", "-i", "1",
             "-f", veth_filter() })
         finally(function() run:wait(10) end)

@@ -30,6 +30,7 @@ describe("netdevq status line #root", function()
 
     it("prints a plain status line every 5 s on a stderr that is not a terminal, outside the "
         .. "output", function()
+        netns.require_root()
         local out_file = dir .. "/events.txt"
         local proc = netns.spawn({ "sh", "-c", cli(out_file, { "-d", "7" }) })
         finally(function() proc:stop() end)
@@ -47,6 +48,7 @@ describe("netdevq status line #root", function()
     end)
 
     it("prints a status line every --interval, after the interval's aggregation", function()
+        netns.require_root()
         local out_file = dir .. "/counts.txt"
         local proc = netns.spawn({ "sh", "-c", cli(out_file, { "-q", "--count", "dport", "-i", "1",
             "-d", "2.5" }) })
@@ -80,6 +82,7 @@ describe("netdevq status line #root", function()
     end
 
     it("rewrites one line on a terminal stderr and erases it before the summary", function()
+        netns.require_root()
         local out_file = dir .. "/events.txt"
         local tty = on_terminal(cli(out_file, { "-d", "2.5" }))
         -- the ready line, the status drawn in place (no newline after it) every second, then
@@ -96,6 +99,7 @@ describe("netdevq status line #root", function()
     end)
 
     it("shows no status while events print on the terminal", function()
+        netns.require_root()
         local tty = on_terminal(shell_quote({ "luajit", "scripts/netdevq.lua", "-I", pair.veth_a,
             "-f", "netns == " .. pair.netns_a, "-d", "1.5" }))
         assert.is_nil(tty:find("events/s", 1, true), tty)

@@ -51,6 +51,7 @@ describe("netdevq tracing real traffic #root", function()
 
     for _, mode in ipairs({ "raw", "btf" }) do
         it("reports every UDP/IPv4 datagram with exact fields (" .. mode .. " mode)", function()
+            netns.require_root()
             local t = tracer(mode)
             finally(function() t:close() end)
             local sizes = { 1, 100, 1000, 1472 }
