@@ -82,8 +82,7 @@ describe("netdevq CLI #root", function()
     it("restricts JSON keys to --fields", function()
         netns.require_root()
         local proc = cli({ "-F", "json", "-o", "comm,len,dport", "-I", pair.veth_a, "-f", "netns == " .. pair.netns_a,
-            "-n", "2",
-            "-d", "10" })
+            "-n", "2", "-d", "10" })
         finally(function() proc:kill("INT") end)
         wait_ready(proc)
         assert.is_true((pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b,
