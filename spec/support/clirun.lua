@@ -177,14 +177,16 @@ end
 
 --- Runs the CLI with args (list) and run() opts; opts.fdcheck: through fdcheck_cli.lua, adding
 -- r.leaks (a list, empty when every fd came back) and r.held (BPF fds left open).
-function _M.cli(args, opts)
+-- runner(argv, opts) (run or spawn) on the CLI's argv; also returns the fdcheck directory
+local function via_cli(runner, args, opts)
     opts = opts or {}
     local dir = fdcheck_setup(opts)
-    local r = _M.run(_M.cli_argv(args, opts.top, opts.fdcheck), opts)
-    if dir then
-        fdcheck_read(r, dir)
-    end
-    return r
+    return runner(_M.cli_argv(args, opts.top, opts.fdcheck), opts), dir
+end
+
+function _M.cli(args, opts)
+    local r, dir = via_cli(_M.run, args, opts)
+    return dir and fdcheck_read(r, dir) or r
 end
 
 -- Background runs ------------------------------------------------------------------------------
@@ -243,10 +245,10 @@ function _M.spawn(argv, opts)
     return self
 end
 
+--- Starts the CLI in the background like spawn(); opts.fdcheck as for cli() (r.leaks and r.held
+-- in what :wait() returns).
 function _M.spawn_cli(args, opts)
-    opts = opts or {}
-    local dir = fdcheck_setup(opts)
-    local bg = _M.spawn(_M.cli_argv(args, opts.top, opts.fdcheck), opts)
+    local bg, dir = via_cli(_M.spawn, args, opts)
     bg.fdcheck_dir = dir
     return bg
 end
