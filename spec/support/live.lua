@@ -82,10 +82,10 @@ end
 
 --- A fresh pair for every test of the calling describe block: before_each makes it as root
 -- (each test starts with netns.require_root(): pending outside root, a failure in CI),
--- after_each removes it; set(pair, dir) receives it,
--- set(nil, nil) after. opts: name (netns.pair's), static_neigh, icmp_unlimited (no ICMP rate
--- limit in either namespace), tmpdir (a clirun.tmpdir() as dir, removed after), setup(pair, dir)
--- (more set-up; what it makes inside the namespaces goes with them).
+-- after_each removes it; set(pair, dir) receives it, set(nil, nil) after. opts: name
+-- (netns.pair's), static_neigh, icmp_unlimited (no ICMP rate limit in either namespace), tmpdir
+-- (a clirun.tmpdir() as dir, removed after), setup(pair, dir) (more set-up; what it makes inside
+-- the namespaces goes with them).
 function _M.pair_each_test(opts, set)
     local env = block_env()
     local cur_pair, cur_dir
