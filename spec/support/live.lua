@@ -24,6 +24,7 @@
 local luassert = require("luassert")
 local netns = require("support.netns")
 local clirun = require("support.clirun")
+local fdlist = require("support.fdlist")
 
 local _M = {}
 
@@ -257,19 +258,9 @@ end
 --- Multiset difference of two lists: the elements of a (as key(e) text, indented for a
 -- message) that b does not hold as often; key defaults to tostring.
 function _M.missing(a, b, key)
-    key = key or tostring
-    local count, out = {}, {}
-    for _, e in ipairs(b) do
-        local k = key(e)
-        count[k] = (count[k] or 0) + 1
-    end
-    for _, e in ipairs(a) do
-        local k = key(e)
-        if (count[k] or 0) > 0 then
-            count[k] = count[k] - 1
-        else
-            out[#out + 1] = "    " .. k
-        end
+    local out = fdlist.minus(a, b, key)
+    for i, k in ipairs(out) do
+        out[i] = "    " .. k
     end
     return out
 end
