@@ -255,6 +255,7 @@ function methods.hist.add(self, key, v)
   v = check_value(v)
   local e = lookup(self, key)
   e.count = e.count + 1
+  e.sum = e.sum + v -- exported as the Prometheus histogram _sum
   local slots = e.slots
   local s = log2_slot(v)
   slots[s] = slots[s] + 1
@@ -264,6 +265,7 @@ function methods.lhist.add(self, key, v)
   v = check_value(v)
   local e = lookup(self, key)
   e.count = e.count + 1
+  e.sum = e.sum + v -- exported as the Prometheus histogram _sum
   local slots = e.slots
   local s = linear_slot(v, self.lmin, self.lmax, self.step)
   slots[s] = slots[s] + 1
@@ -303,8 +305,9 @@ end
 --- Entries sorted like bpftrace prints them: by value ascending (count, sum, min, max: the value;
 -- avg, stats: the average; hist, lhist: the total count), equal values by key parts.
 -- Each entry: { key = {parts...}, text = "[lo, udp]" (as printed after the name), value = the
--- printed value (hist, lhist: total), count = events, sum (sum, avg, stats), average (avg, stats),
--- total and slots = {[i] = count} (hist: -1..67, lhist: 0..n+1) }.
+-- printed value (hist, lhist: total), count = events, sum (sum, avg, stats; hist, lhist: the
+-- sum of the values), average (avg, stats), total and slots = {[i] = count} (hist: -1..67,
+-- lhist: 0..n+1) }.
 -- Entries belong to the aggregation: read them, don't change them.
 function common.entries(self)
   local list, n = {}, 0
@@ -723,6 +726,7 @@ local function merge_record(self, fields, nfields, parts, key, v)
     local m = tonumber(v.max)
     if e.value == nil or m > e.value then e.value = m end
   else
+    e.sum = e.sum + tonumber(v.sum) -- the kernel sums histogram values too
     local slots = e.slots
     local top = AGG_SLOTS - 1
     if kind == "lhist" then top = self.nbuckets + 1 end
