@@ -77,6 +77,8 @@ local function build_parser()
         :choices({ "raw", "btf" })
     p:option("--ringbuf-size", "ring buffer size in bytes (power of two)"):convert(tonumber)
     p:option("--object", "load this BPF object instead of the embedded one")
+    p:option("--prometheus", "serve the aggregations and counters on http://[ADDR:]PORT/metrics "
+        .. "(ADDR default 127.0.0.1)")
     p:flag("-q --quiet", "no per-event output")
     p:flag("-v --verbose", "libbpf and loader diagnostics on stderr")
     p:flag("--version", "print the version and exit")
@@ -395,6 +397,21 @@ function _M.main(argv)
         pcap_writer = w
     end
 
+    local exporter
+    if args.prometheus then
+        local host, port = netdevq.prometheus.parse_listen(args.prometheus)
+        if not host then
+            return usage_error("--prometheus: " .. port)
+        end
+        local perr
+        exporter, perr = netdevq.prometheus{ listen = args.prometheus }
+        if not exporter then
+            io_stderr:write(perr, "\n")
+            return EXIT_FAIL
+        end
+        io_stderr:write("netdevq: serving metrics on ", exporter:url(), "\n")
+    end
+
     core.ignore_sigpipe()
     netdevq.catch_signals()
 
@@ -467,6 +484,12 @@ function _M.main(argv)
     local aggs = {}
     for i, spec in ipairs(specs) do
         aggs[i] = new_aggregator(spec)
+        if exporter then
+            exporter:add(aggs[i], { value = spec.value, kernel = kernel_spec and t or nil })
+        end
+    end
+    if exporter then
+        exporter:add_tracer(t) -- t:run() refreshes it every second
     end
 
     -- per-event work: the Lua aggregations, the pcapng writer, the text/JSON line
@@ -507,7 +530,9 @@ function _M.main(argv)
             else
                 agg:print(io_stdout)
             end
-            if reset and not kernel_spec then
+            if reset and exporter then
+                exporter:fold(agg) -- the exported totals stay cumulative (docs/prometheus.md)
+            elseif reset and not kernel_spec then
                 agg:clear()
             end
         end

@@ -401,6 +401,13 @@ function Exporter:refresh()
     return self
 end
 
+--- The metrics URL, e.g. http://127.0.0.1:9464/metrics.
+function Exporter:url()
+    local host = self.host
+    if host:find(":", 1, true) then host = "[" .. host .. "]" end
+    return format("http://%s:%d%s", host, self.port, self.path)
+end
+
 --- Number of GET /metrics answered so far.
 function Exporter:scrapes()
     return self.server and self.server:scrapes() or 0
@@ -449,7 +456,8 @@ function _M.new(opts)
     local server, err = http.serve{ host = host, port = port, path = opts.path }
     if not server then return nil, "netdevq: prometheus: " .. err end
     local self = setmetatable({
-        server = server, host = host, port = server:port(), period = period,
+        server = server, host = host, port = server:port(), path = opts.path or "/metrics",
+        period = period,
         metrics = {}, by_name = {}, by_agg = setmetatable({}, { __mode = "k" }),
         version = require("netdevq")._VERSION,
     }, Exporter)
