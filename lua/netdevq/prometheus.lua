@@ -110,14 +110,14 @@ function _M.metric_name(agg, opts)
     opts = opts or {}
     local base = sanitize(opts.name or (agg.name:gsub("^@", "")))
     if base:sub(1, #PREFIX) ~= PREFIX then base = PREFIX .. base end
+    local counter = agg.kind == "count" or agg.kind == "sum"
+    if counter and base:sub(-6) == "_total" then base = base:sub(1, -7) end
     local unit = opts.unit
     if unit == nil and BYTE_FIELDS[opts.value or agg.field or false] then unit = "bytes" end
     if unit and unit ~= "" and base:sub(-#unit - 1) ~= "_" .. unit then
         base = base .. "_" .. unit
     end
-    if (agg.kind == "count" or agg.kind == "sum") and base:sub(-6) ~= "_total" then
-        base = base .. "_total"
-    end
+    if counter then base = base .. "_total" end
     return base
 end
 
@@ -427,7 +427,9 @@ function _M.parse_listen(s)
     if type(s) == "number" then s = tostring(s) end
     if type(s) ~= "string" then return nil, "listen must be '[ADDR:]PORT'" end
     local host, port = s:match("^%[([%x:.]+)%]:(%d+)$")
-    if not host then host, port = s:match("^([%d.]*):?(%d+)$") end
+    if not host then host, port = s:match("^([%d.]*):(%d+)$") end
+    if not host then host, port = "", s:match("^(%d+)$") end
+    if not port then host = nil end
     if not host then
         return nil, "'" .. s .. "' is not [ADDR:]PORT (e.g. 9464, 127.0.0.1:9464, [::1]:9464)"
     end
