@@ -254,7 +254,7 @@ describe("netdevq.prometheus over HTTP", function()
     local base = e:url():gsub("/metrics$", "")
     assert.equal("404", curl(base .. "/", "-o /dev/null -w '%{http_code}'"))
     assert.equal("405", curl(e:url(), "-X POST -o /dev/null -w '%{http_code}'"))
-    assert.equal(4, e:scrapes()) -- a HEAD-less GET above, neither 404 nor 405 counted
+    assert.equal(4, e:scrapes()) -- the header GET counts; the 404 and the 405 do not
   end)
 
   it("listens on IPv6 loopback too, and reports an address in use", function()
@@ -295,5 +295,32 @@ describe("netdevq.prometheus over HTTP", function()
       .. "/m && promtool check metrics < " .. dir .. "/m" })
     assert.equal("", r.out .. r.err)
     assert.equal(0, r.code)
+  end)
+end)
+
+describe("--prometheus on the command line", function()
+  it("refuses a malformed address as a usage error (exit 2), before tracing", function()
+    local r = clirun.cli({ "--prometheus", "nowhere", "-d", "1" })
+    assert.equal(2, r.code)
+    assert.equal("netdevq: --prometheus: 'nowhere' is not [ADDR:]PORT (e.g. 9464, 127.0.0.1:9464, "
+      .. "[::1]:9464)\n", r.err)
+    r = clirun.cli({ "--prometheus", "99999" })
+    assert.equal(2, r.code)
+    assert.equal("netdevq: --prometheus: port 99999 is out of range (0-65535)\n", r.err)
+  end)
+
+  it("fails with one line (exit 1) when the address is taken", function()
+    local e = exporter()
+    local r = clirun.cli({ "--prometheus", "127.0.0.1:" .. e.port, "-d", "1" })
+    assert.equal(1, r.code)
+    assert.equal("netdevq: prometheus: cannot listen on 127.0.0.1 port " .. e.port
+      .. ": Address already in use\n", r.err)
+    assert.equal("", r.out)
+  end)
+
+  it("is in --help", function()
+    local r = clirun.cli({ "--help" })
+    assert.equal(0, r.code)
+    assert.matches("\n   --prometheus [ADDR:]PORT\n", r.out, 1, true)
   end)
 end)

@@ -78,7 +78,7 @@ local function build_parser()
     p:option("--ringbuf-size", "ring buffer size in bytes (power of two)"):convert(tonumber)
     p:option("--object", "load this BPF object instead of the embedded one")
     p:option("--prometheus", "serve the aggregations and counters on http://[ADDR:]PORT/metrics "
-        .. "(ADDR default 127.0.0.1)")
+        .. "(ADDR default 127.0.0.1)"):argname("[ADDR:]PORT")
     p:flag("-q --quiet", "no per-event output")
     p:flag("-v --verbose", "libbpf and loader diagnostics on stderr")
     p:flag("--version", "print the version and exit")
