@@ -240,3 +240,20 @@ describe("--prometheus under 1,000 scrapes #root", function()
     assert.equal(20000, printed)
   end)
 end)
+
+describe("--prometheus gives everything back #root", function()
+  it("closes the server and the tracer: no fd or BPF object left when main() returns", function()
+    netns.require_root()
+    for _, args in ipairs({
+      { "--prometheus", "127.0.0.1:0", "--count", "dev", "-d", "1" },             -- kernel path
+      { "--prometheus", "127.0.0.1:0", "--count", "dev", "--hist", "len", "-i", "1", "-d", "2", "-q" },
+      { "--prometheus", "127.0.0.1:0", "-f", "len >", "-d", "1" },                -- filter error
+    }) do
+      local r = clirun.cli(args, { fdcheck = true, timeout = 30 })
+      local what = table.concat(args, " ")
+      assert.same({}, r.leaks, what)
+      assert.equal(0, r.held, what)
+      assert.matches("^netdevq: serving metrics on http://127%.0%.0%.1:%d+/metrics\n", r.err, what)
+    end
+  end)
+end)

@@ -476,6 +476,9 @@ function _M.main(argv)
             core.release(gate_fd, status_fd) -- closing the gate lets the child exit unexecuted
             core.waitpid(child_pid, false)
         end
+        if exporter then
+            exporter:close()
+        end
         -- bad filters are usage errors; everything else is a runtime failure
         return (err:match("^netdevq: filter") or err:match("^netdevq: pcap filter")) and EXIT_USAGE
             or EXIT_FAIL
@@ -553,6 +556,9 @@ function _M.main(argv)
         local okr, rerr = core.release(gate_fd, status_fd)
         if not okr then
             t:close()
+            if exporter then
+                exporter:close()
+            end
             core.waitpid(child_pid, false)
             io_stderr:write("netdevq: --cmd: cannot run '", cmd_argv[1], "': ", rerr, "\n")
             return EXIT_FAIL
@@ -635,6 +641,9 @@ function _M.main(argv)
         writer:summary(final)
     end
     t:close()
+    if exporter then
+        exporter:close()
+    end
     return status
 end
 
