@@ -143,6 +143,24 @@ describe("netdevq.prometheus exposition", function()
     assert.matches("# TYPE netdevq_hist_len_bytes histogram\n", text, 1, true)
   end)
 
+  it("renders every bucket of many keys once the loops are JIT-compiled", function()
+    local h = netdevq.hist{ name = "@h", keys = { "dev" } }
+    for i = 1, 500 do
+      for _, v in ipairs({ 60, 120, 180 }) do h:add("d" .. i, v) end
+    end
+    local e = exporter{ aggregations = { h } }
+    for _ = 1, 3 do
+      local text = body(e)
+      for i = 1, 500 do
+        for _, b in ipairs({ { "31", 0 }, { "63", 1 }, { "127", 2 }, { "255", 3 }, { "+Inf", 3 } }) do
+          local line = ('netdevq_h_bucket{dev="d%d",le="%s"} %d\n'):format(i, b[1], b[2])
+          assert(text:find(line, 1, true), line)
+        end
+      end
+      assert.equal(500 * 10, select(2, text:gsub("_bucket{", "")))
+    end
+  end)
+
   it("renders lhist buckets from below-min to the last used one, then +Inf", function()
     local l = netdevq.lhist(100, 1600, 500, { name = "@lhist_len", value = "len" })
     for _, v in ipairs({ 0, 99, 100, 599, 600, 1599, 1600, 9000 }) do l:add(nil, v) end

@@ -47,6 +47,7 @@ local DEFAULT_PERIOD = 1
 local BYTE_FIELDS = { len = true, data_len = true, mac_len = true, hdr_len = true,
                       gso_size = true }
 local NEG = -1 -- the Lua-only log2 slot of negative values (netdevq.aggregate)
+local AGG_SLOTS = require("netdevq.aggregate").AGG_SLOTS -- slots of a histogram entry
 
 -- The tracer's counters (Tracer:stats() names) as metrics: name, stats field, help.
 local TRACER_COUNTERS = {
@@ -136,14 +137,13 @@ local function label_names(agg)
     return names
 end
 
-local function labels_text(names, parts, extra)
+-- 'dev="lo",proto="udp"' (no braces) for a key's parts
+local function label_pairs(names, parts)
     local t = {}
     for i = 1, #parts do
         t[i] = (names[i] or ("key" .. i)) .. '="' .. escape_label(part_text(parts[i])) .. '"'
     end
-    if extra then t[#t + 1] = extra end
-    if #t == 0 then return "" end
-    return "{" .. concat(t, ",") .. "}"
+    return concat(t, ",")
 end
 
 
@@ -155,14 +155,27 @@ local function record_id(parts)
     return concat(t, "\0")
 end
 
-local function merge_entry(recs, kind, e)
+-- A histogram's slot indices: hist -1 (negative values) .. 67, lhist 0 .. n + 1. Loops over
+-- slots are numeric: LuaJIT 2.1.0-beta3 (Debian 12) miscompiled a pairs() loop over them here.
+local function slot_range(agg)
+    if agg.kind == "hist" then return NEG, AGG_SLOTS - 1 end
+    return 0, agg.nbuckets + 1
+end
+
+local function merge_entry(recs, agg, e)
+    local kind = agg.kind
     local id = record_id(e.key)
     local r = recs[id]
     if r == nil then
         local key = {}
         for i = 1, #e.key do key[i] = e.key[i] end
         r = { key = key, id = id, count = 0, sum = 0 }
-        if e.slots then r.slots = {} end
+        if e.slots then
+            local lo, hi = slot_range(agg)
+            local slots = {}
+            for i = lo, hi do slots[i] = 0 end
+            r.slots = slots
+        end
         recs[id] = r
     end
     r.count = r.count + e.count
@@ -173,20 +186,19 @@ local function merge_entry(recs, kind, e)
         if e.value ~= nil and (r.value == nil or e.value > r.value) then r.value = e.value end
     end
     if e.slots then
-        local slots = r.slots
-        for i, c in pairs(e.slots) do
-            if c ~= 0 then slots[i] = (slots[i] or 0) + c end
-        end
+        local slots, from = r.slots, e.slots
+        local lo, hi = slot_range(agg)
+        for i = lo, hi do slots[i] = slots[i] + (from[i] or 0) end
     end
 end
 
 -- The metric's records now: its folded totals plus what the aggregation holds, sorted by key.
 local function current_records(m)
     local recs = {}
-    local kind = m.agg.kind
-    for _, r in pairs(m.base) do merge_entry(recs, kind, r) end
+    local agg = m.agg
+    for _, r in pairs(m.base) do merge_entry(recs, agg, r) end
     local list = m.agg:entries()
-    for i = 1, #list do merge_entry(recs, kind, list[i]) end
+    for i = 1, #list do merge_entry(recs, agg, list[i]) end
     local out = {}
     for _, r in pairs(recs) do out[#out + 1] = r end
     sort(out, function(a, b) return a.id < b.id end)
@@ -209,28 +221,32 @@ end
 _M.bucket_le = bucket_le
 
 -- Bucket lines from the lowest slot (le = 0, or -1 / min - 1) up to the highest non-empty one,
--- cumulative, then +Inf.
-local function histogram_lines(buf, n, name, agg, names, r)
+-- cumulative, then +Inf. lp: the record's label pairs.
+local function histogram_lines(buf, n, name, agg, lp, r)
     local slots = r.slots
+    local lo, hi = slot_range(agg)
     local first = 0
-    if agg.kind == "hist" and (slots[NEG] or 0) > 0 then first = NEG end
+    if slots[NEG] and slots[NEG] > 0 then first = NEG end
     local last = first
-    for i in pairs(slots) do
-        if slots[i] > 0 and i > last then last = i end
+    for i = hi, lo, -1 do
+        if slots[i] > 0 then
+            last = i
+            break
+        end
     end
+    if last < first then last = first end
+    local prefix = name .. "_bucket{" .. (lp ~= "" and lp .. "," or "") .. 'le="'
     local cum = 0
     for i = first, last do
         local le = bucket_le(agg, i)
         if le == huge then break end
         cum = cum + (slots[i] or 0)
         n = n + 1
-        buf[n] = name .. "_bucket" .. labels_text(names, r.key, 'le="' .. num(le) .. '"') .. " "
-            .. num(cum) .. "\n"
+        buf[n] = prefix .. num(le) .. '"} ' .. num(cum) .. "\n"
     end
     n = n + 1
-    buf[n] = name .. "_bucket" .. labels_text(names, r.key, 'le="+Inf"') .. " " .. num(r.count)
-        .. "\n"
-    local lt = labels_text(names, r.key)
+    buf[n] = prefix .. '+Inf"} ' .. num(r.count) .. "\n"
+    local lt = lp ~= "" and "{" .. lp .. "}" or ""
     buf[n + 1] = name .. "_sum" .. lt .. " " .. num(r.sum) .. "\n"
     buf[n + 2] = name .. "_count" .. lt .. " " .. num(r.count) .. "\n"
     return n + 2
@@ -256,11 +272,17 @@ local function family_lines(buf, n, m)
     buf[n + 1] = "# HELP " .. name .. " " .. escape_help(m.help) .. "\n"
     buf[n + 2] = "# TYPE " .. name .. " " .. PROM_TYPE[kind] .. "\n"
     n = n + 2
+    local labels = m.labels -- label pairs by record id: keys keep their text
     for _, r in ipairs(current_records(m)) do
+        local lp = labels[r.id]
+        if lp == nil then
+            lp = label_pairs(names, r.key)
+            labels[r.id] = lp
+        end
+        local lt = lp ~= "" and "{" .. lp .. "}" or ""
         if kind == "hist" or kind == "lhist" then
-            n = histogram_lines(buf, n, name, agg, names, r)
+            n = histogram_lines(buf, n, name, agg, lp, r)
         elseif kind == "stats" then
-            local lt = labels_text(names, r.key)
             buf[n + 1] = name .. "_sum" .. lt .. " " .. num(r.sum) .. "\n"
             buf[n + 2] = name .. "_count" .. lt .. " " .. num(r.count) .. "\n"
             n = n + 2
@@ -268,7 +290,7 @@ local function family_lines(buf, n, m)
             local v = sample_value(kind, r)
             if v ~= nil then
                 n = n + 1
-                buf[n] = name .. labels_text(names, r.key) .. " " .. num(v) .. "\n"
+                buf[n] = name .. lt .. " " .. num(v) .. "\n"
             end
         end
     end
@@ -305,7 +327,7 @@ function Exporter:add(agg, opts)
         error("netdevq.prometheus: metric name " .. name .. " is already used; give the "
             .. "aggregation another name", 2)
     end
-    local m = { agg = agg, name = name, names = label_names(agg), base = {},
+    local m = { agg = agg, name = name, names = label_names(agg), base = {}, labels = {},
                 help = opts.help or default_help(agg, opts), kernel = opts.kernel }
     self.metrics[#self.metrics + 1] = m
     self.by_name[name] = m
@@ -332,7 +354,7 @@ end
 function Exporter:fold(agg)
     local m = self.by_agg[agg]
     if m then
-        for _, e in ipairs(agg:entries()) do merge_entry(m.base, agg.kind, e) end
+        for _, e in ipairs(agg:entries()) do merge_entry(m.base, agg, e) end
     end
     agg:clear()
 end
