@@ -228,6 +228,17 @@ describe("--prometheus under 1,000 scrapes #root", function()
       :format(pair.veth_a)))
     assert.equal(0, metric_value(final, "netdevq_lost_total"))
     assert.equal(20000, metric_value(final, "netdevq_matched_total"))
+    -- the program's own run count and time, exported while kernel.bpf_stats_enabled is 1 (the
+    -- kernel counts runs only while the sysctl is on, which other tools may toggle: > 0, not = )
+    local f = io.open("/proc/sys/kernel/bpf_stats_enabled")
+    local enabled = f and f:read("*l") == "1"
+    if f then f:close() end
+    if enabled then
+      assert.is_true(metric_value(final, "netdevq_bpf_run_count_total") > 0)
+      assert.is_true(metric_value(final, "netdevq_bpf_run_seconds_total") > 0)
+    else
+      assert.is_nil(final:find("netdevq_bpf_run", 1, true))
+    end
     bg:kill("INT")
     local r = bg:wait(30)
     bg = nil

@@ -219,6 +219,39 @@ describe("netdevq.prometheus exposition", function()
     assert.equal("@count[eth0]: 1\n@count[lo]: 1\n", c:text())
   end)
 
+  it("exports the tracer's counters, and the program's run time when bpf_stats is on", function()
+    local dir = clirun.tmpdir()
+    local saved = prometheus.BPF_STATS_ENABLED
+    finally(function()
+      prometheus.BPF_STATS_ENABLED = saved
+      clirun.rmtree(dir)
+    end)
+    local st = { events = 10, kfiltered = 2, emitted = 8, lost = 1, pcap_dropped = 0,
+                 lua_filtered = 3, matched = 4, aggregated = 0, agg_overflow = 0 }
+    local fake = { t = { prog_stats = function() return { run_time_ns = 1500000000, run_cnt = 7 } end } }
+    function fake.stats() return st end
+    local e = exporter{ tracer = fake }
+    assert.equal(e, fake.exporter) -- what t:run() refreshes
+    prometheus.BPF_STATS_ENABLED = dir .. "/enabled"
+    local f = assert(io.open(dir .. "/enabled", "w"))
+    f:write("0\n")
+    f:close()
+    assert.same({ "netdevq_events_total 10", "netdevq_kernel_filtered_total 2",
+      "netdevq_emitted_total 8", "netdevq_lost_total 1", "netdevq_pcap_dropped_total 0",
+      "netdevq_lua_filtered_total 3", "netdevq_matched_total 4", "netdevq_aggregated_total 0",
+      "netdevq_aggregation_overflow_total 0" }, samples(body(e)))
+    f = assert(io.open(dir .. "/enabled", "w"))
+    f:write("1\n")
+    f:close()
+    local s = samples(body(e))
+    assert.same({ "netdevq_bpf_run_seconds_total 1.5", "netdevq_bpf_run_count_total 7" },
+      { s[10], s[11] })
+    -- a closed tracer: the last figures stay
+    fake.t = false
+    st = nil
+    assert.equal(11, #samples(body(e)))
+  end)
+
   it("labels keys past the key names key<N>, renames a histogram's le key", function()
     local c = netdevq.count{ name = "@c", keys = { "dev" } }
     c:add({ "lo", 7 })

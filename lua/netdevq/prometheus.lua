@@ -70,13 +70,16 @@ _M.TRACER_COUNTERS = TRACER_COUNTERS
 
 -- Text of the exposition format.
 
---- A number as the exposition format writes it: integers exactly, others with 17 digits,
+--- A number as the exposition format writes it: integers exactly, others with 15 digits (17
+-- when 15 do not give the same double back),
 -- +Inf/-Inf/NaN by name.
 local function num(v)
     if v ~= v then return "NaN" end
     if v == huge then return "+Inf" end
     if v == -huge then return "-Inf" end
     if v == floor(v) and v > -2 ^ 63 and v < 2 ^ 63 then return format("%.0f", v) end
+    local s = format("%.15g", v)
+    if tonumber(s) == v then return s end
     return format("%.17g", v)
 end
 _M.number = num
@@ -359,8 +362,9 @@ function Exporter:fold(agg)
     agg:clear()
 end
 
+_M.BPF_STATS_ENABLED = "/proc/sys/kernel/bpf_stats_enabled"
 local function bpf_stats_enabled()
-    local f = io.open("/proc/sys/kernel/bpf_stats_enabled")
+    local f = io.open(_M.BPF_STATS_ENABLED)
     if not f then return false end
     local v = f:read("*l")
     f:close()
@@ -380,8 +384,9 @@ function Exporter:tracer_lines(buf, n)
     local t = self.tracer
     if t and t.t then
         self.last_stats = t:stats() or self.last_stats
+        self.last_prog = nil
         if bpf_stats_enabled() and t.t.prog_stats then
-            self.last_prog = t.t:prog_stats() or self.last_prog
+            self.last_prog = t.t:prog_stats()
         end
     end
     local st = self.last_stats
