@@ -243,6 +243,7 @@ function methods.hist.add(self, key, v)
   local e = lookup(self, key)
   if e == nil then return end
   e.count = e.count + 1
+  e.sum = e.sum + v -- exported as the Prometheus histogram _sum
   local slots = e.slots
   local s = log2_slot(v)
   slots[s] = slots[s] + 1
@@ -253,6 +254,7 @@ function methods.lhist.add(self, key, v)
   local e = lookup(self, key)
   if e == nil then return end
   e.count = e.count + 1
+  e.sum = e.sum + v -- exported as the Prometheus histogram _sum
   local slots = e.slots
   local s = linear_slot(v, self.lmin, self.lmax, self.step)
   slots[s] = slots[s] + 1
@@ -297,8 +299,9 @@ end
 --- Entries sorted like bpftrace prints them: by value ascending (count, sum, min, max: the value;
 -- avg, stats: the average; hist, lhist: the total count), equal values by key parts.
 -- Each entry: { key = {parts...}, text = "[lo, udp]" (as printed after the name), value = the
--- printed value (hist, lhist: total), count = events, sum (sum, avg, stats), average (avg, stats),
--- total and slots = {[i] = count} (hist: -1..67, lhist: 0..n+1) }.
+-- printed value (hist, lhist: total), count = events, sum (sum, avg, stats; hist, lhist: the
+-- sum of the values), average (avg, stats), total and slots = {[i] = count} (hist: -1..67,
+-- lhist: 0..n+1) }.
 -- Entries belong to the aggregation: read them, don't change them.
 function common.entries(self)
   local list, n = {}, 0

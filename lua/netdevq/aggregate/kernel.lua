@@ -169,6 +169,7 @@ local function merge_record(self, fields, nfields, parts, key, v)
         local m = tonumber(v.max)
         if e.value == nil or m > e.value then e.value = m end
     else
+        e.sum = e.sum + tonumber(v.sum) -- the kernel sums histogram values too
         local slots = e.slots
         local top = AGG_SLOTS - 1
         if kind == "lhist" then top = self.nbuckets + 1 end
