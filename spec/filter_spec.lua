@@ -8,7 +8,6 @@ local traffic = require("fixtures.traffic")
 local U32 = 4294967295
 
 
-local abi = require("netdevq.abi")
 local ndq_names = require("netdevq.names")
 local catalogue = require("netdevq.catalogue")
 local model = require("support.kernel_model")
