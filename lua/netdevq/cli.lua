@@ -653,6 +653,9 @@ function _M.finish(t, s, r)
     local final = t:stats() or r.stats or { events = 0, matched = 0, lost = 0 }
     if not failed.err then -- a closed pipe ends quietly, whichever writer noticed it
         local ok, err = r.writer:summary(final)
+        if ok then
+            ok, err = r.writer:flush()
+        end
         if not ok then failed.err = err end
     end
     if failed.err and not closed_pipe then
