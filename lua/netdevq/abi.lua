@@ -141,6 +141,14 @@ _M.F = {
     tcp_flags = ffi_C.NDQ_F_TCP_FLAGS,
     ttl = ffi_C.NDQ_F_TTL,
     tos = ffi_C.NDQ_F_TOS,
+    -- decoding: ICMP, VLAN, fragments, IPv6 extension headers
+    icmp_type = ffi_C.NDQ_F_ICMP_TYPE,
+    icmp_code = ffi_C.NDQ_F_ICMP_CODE,
+    vlan_id = ffi_C.NDQ_F_VLAN_ID,
+    vlan_pcp = ffi_C.NDQ_F_VLAN_PCP,
+    vlan_proto = ffi_C.NDQ_F_VLAN_PROTO,
+    frag_off = ffi_C.NDQ_F_FRAG_OFF,
+    ip6_ext = ffi_C.NDQ_F_IP6_EXT,
 }
 _M.F_NONE = ffi_C.NDQ_F_NONE
 _M.F_MAX = ffi_C.NDQ_F_MAX
@@ -163,6 +171,10 @@ _M.EV = {
     L4 = ffi_C.NDQ_EV_L4,
     TCP = ffi_C.NDQ_EV_TCP,
     FRAG = ffi_C.NDQ_EV_FRAG,
+    ICMP = ffi_C.NDQ_EV_ICMP,
+    VLAN = ffi_C.NDQ_EV_VLAN,
+    VLAN_HW = ffi_C.NDQ_EV_VLAN_HW,
+    IPFRAG = ffi_C.NDQ_EV_IPFRAG,
 }
 
 -- Per-CPU counter indexes (array map "counters").
