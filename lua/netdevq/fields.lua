@@ -43,6 +43,10 @@ local NEED = abi.NEED
 local EV_MAC = abi.EV.MAC
 local EV_L4 = abi.EV.L4
 local EV_TCP = abi.EV.TCP
+local EV_ICMP = abi.EV.ICMP
+local EV_VLAN = abi.EV.VLAN
+local EV_IPFRAG = abi.EV.IPFRAG
+local rshift = bit.rshift
 local COMM_LEN = abi.COMM_LEN
 local IFNAME_LEN = abi.IFNAME_LEN
 
@@ -392,6 +396,41 @@ local function get_tos(p)
     return p.tos
 end
 
+local function get_icmp_type(p)
+    if band(p.flags, EV_ICMP) == 0 then return nil end
+    return p.icmp_type
+end
+
+local function get_icmp_code(p)
+    if band(p.flags, EV_ICMP) == 0 then return nil end
+    return p.icmp_code
+end
+
+local function get_vlan_id(p)
+    if band(p.flags, EV_VLAN) == 0 then return nil end
+    return band(p.vlan_tci, 0xfff)
+end
+
+local function get_vlan_pcp(p)
+    if band(p.flags, EV_VLAN) == 0 then return nil end
+    return rshift(p.vlan_tci, 13)
+end
+
+local function get_vlan_proto(p)
+    if band(p.flags, EV_VLAN) == 0 then return nil end
+    return p.vlan_proto
+end
+
+local function get_frag_off(p)
+    if band(p.flags, EV_IPFRAG) == 0 then return nil end
+    return p.frag_off
+end
+
+local function get_ip6_ext(p)
+    if p.l3 ~= 6 then return nil end
+    return p.ip6_ext
+end
+
 
 ---------------------------------------------------------------------------------------------
 -- The catalogue, in contract.md order
@@ -443,6 +482,19 @@ local catalogue = {
       get_tcp_flags },
     { "ttl", "integer", "IPv4 TTL / IPv6 hop limit", H, get_ttl },
     { "tos", "integer", "IPv4 TOS / IPv6 traffic class", H, get_tos },
+    { "icmp_type", "integer", "ICMP / ICMPv6 type (names in text: echo request, ...)", H,
+      get_icmp_type },
+    { "icmp_code", "integer", "ICMP / ICMPv6 code (names in text: port unreachable, ...)", H,
+      get_icmp_code },
+    { "vlan_id", "integer", "VLAN id of the outermost 802.1Q/802.1ad tag (offloaded or in the "
+      .. "frame)", H, get_vlan_id },
+    { "vlan_pcp", "integer", "priority code point (0..7) of that tag", H, get_vlan_pcp },
+    { "vlan_proto", "integer", "TPID of that tag: 33024 (0x8100, 802.1Q), 34984 (0x88a8, "
+      .. "802.1ad)", H, get_vlan_proto },
+    { "frag_off", "integer", "IP fragment offset in bytes; absent when not a fragment (0: "
+      .. "the first)", H, get_frag_off },
+    { "ip6_ext", "integer", "IPv6 extension headers before the upper layer; absent when not "
+      .. "IPv6", H, get_ip6_ext },
 }
 
 local by_name = {}

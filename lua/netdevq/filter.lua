@@ -106,6 +106,13 @@ local FIELDS = {
     tcp_flags = { type = "flags", need = NEED_HEADERS, example = '"S."' },
     ttl = { type = "integer", need = NEED_HEADERS, example = "64" },
     tos = { type = "integer", need = NEED_HEADERS, example = "0" },
+    icmp_type = { type = "integer", need = NEED_HEADERS, example = "8" },
+    icmp_code = { type = "integer", need = NEED_HEADERS, example = "3" },
+    vlan_id = { type = "integer", need = NEED_HEADERS, example = "100" },
+    vlan_pcp = { type = "integer", need = NEED_HEADERS, example = "3" },
+    vlan_proto = { type = "integer", need = NEED_HEADERS, example = "0x8100" },
+    frag_off = { type = "integer", need = NEED_HEADERS, example = "0" },
+    ip6_ext = { type = "integer", need = NEED_HEADERS, example = "1" },
     -- pseudo-fields: either side
     port = { type = "integer", member = "port", need = NEED_HEADERS, example = "53",
              either = { "sport", "dport" } },
@@ -128,7 +135,8 @@ local FIELD_ORDER = {
     "ts", "time", "cpu", "pid", "tid", "comm", "cgroup", "skb", "dev", "ifindex", "netns",
     "len", "data_len", "mac_len", "hdr_len", "queue", "priority", "mark", "hash", "gso_size",
     "gso_segs", "ethertype", "smac", "dmac", "saddr", "daddr", "proto", "sport", "dport",
-    "tcp_flags", "ttl", "tos", "port", "host",
+    "tcp_flags", "ttl", "tos", "icmp_type", "icmp_code", "vlan_id", "vlan_pcp", "vlan_proto",
+    "frag_off", "ip6_ext", "port", "host",
 }
 
 -- name -> type, for callers (the CLI's --list-fields, specs)
