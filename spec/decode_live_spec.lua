@@ -1,0 +1,272 @@
+-- Decoding on real traffic, tshark and tcpdump as the oracles: IPv6 extension headers (MLD's
+-- hop-by-hop, destination options, routing headers, AH, fragments), ICMP/ICMPv6 type and code
+-- (echo, unreachable, neighbour discovery), and VLAN tags, offloaded (a tc program calls
+-- bpf_skb_vlan_push, as a VLAN device with tx offload would) and in the frame (802.1Q, QinQ),
+-- in both tracing modes. Every packet the tracer saw on the test's veths is compared with what
+-- tcpdump captured there (-Q out): fields, pcapng frames and `vlan and udp port N` selection.
+local cjson = require("cjson.safe")
+local netns = require("support.netns")
+local oracle = require("support.decode_oracle")
+local clirun = require("support.clirun")
+
+local MODES = { "raw", "btf" }
+local COMPARED = { "frame_len", "smac", "dmac", "saddr", "daddr", "proto", "sport", "dport",
+    "icmp_type", "icmp_code", "vlan_id", "vlan_pcp", "vlan_proto", "frag_off", "ip6_ext" }
+
+local function tool(name)
+    return clirun.build_dir() .. "/" .. name
+end
+
+-- Frame building (hex text) --------------------------------------------------------------------
+
+local function hex(bytes)
+    local out = {}
+    for i, b in ipairs(bytes) do out[i] = ("%02x"):format(b) end
+    return table.concat(out)
+end
+
+local function u16(n) return ("%04x"):format(n) end
+
+local function mac_hex(mac) return (mac:gsub(":", "")) end
+
+local function v6_hex(addr)
+    local head, tail = addr:match("^(.-)::(.*)$")
+    local groups = {}
+    local function add(part, list)
+        for g in part:gmatch("[^:]+") do list[#list + 1] = ("%04x"):format(tonumber(g, 16)) end
+    end
+    if head then
+        local h, t = {}, {}
+        add(head, h)
+        add(tail, t)
+        for _, g in ipairs(h) do groups[#groups + 1] = g end
+        for _ = 1, 8 - #h - #t do groups[#groups + 1] = "0000" end
+        for _, g in ipairs(t) do groups[#groups + 1] = g end
+    else
+        add(addr, groups)
+    end
+    return table.concat(groups)
+end
+
+local function v4_hex(addr)
+    local a, b, c, d = addr:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+    return hex({ tonumber(a), tonumber(b), tonumber(c), tonumber(d) })
+end
+
+local function eth(pair, etype_and_tags)
+    return mac_hex(pair.mac_b) .. mac_hex(pair.mac_a) .. etype_and_tags
+end
+
+local function ipv6(pair, nh, payload_hex)
+    return "6000000" .. "0" .. u16(#payload_hex / 2) .. ("%02x"):format(nh) .. "40"
+        .. v6_hex(pair.ip6_a) .. v6_hex(pair.ip6_b) .. payload_hex
+end
+
+local function ipv4(pair, proto, payload_hex)
+    local h = "4500" .. u16(20 + #payload_hex / 2) .. "1234" .. "0000" .. "40"
+        .. ("%02x"):format(proto) .. "0000" .. v4_hex(pair.ip4_a) .. v4_hex(pair.ip4_b)
+    local sum = 0
+    for i = 1, #h, 4 do sum = sum + tonumber(h:sub(i, i + 3), 16) end
+    while sum > 0xffff do sum = bit.band(sum, 0xffff) + bit.rshift(sum, 16) end
+    return h:sub(1, 20) .. u16(bit.bxor(sum, 0xffff)) .. h:sub(25) .. payload_hex
+end
+
+local function udp(sport, dport, payload_len)
+    return u16(sport) .. u16(dport) .. u16(8 + payload_len) .. "0000" .. ("78"):rep(payload_len)
+end
+
+local function tcp_syn(sport, dport)
+    return u16(sport) .. u16(dport) .. "00000001" .. "00000000" .. "5002" .. "ffff" .. "00000000"
+end
+
+-- Processes --------------------------------------------------------------------------------------
+
+local function cli_argv(mode, pcapng, filter, expr)
+    local argv = { "luajit", "scripts/netdevq.lua", "-d", "60", "--mode", mode, "-F", "json",
+        "-s", "256", "-f", filter }
+    if pcapng then
+        argv[#argv + 1] = "-w"
+        argv[#argv + 1] = pcapng
+    end
+    if expr then argv[#argv + 1] = expr end
+    return argv
+end
+
+local function start_tracer(mode, pcapng, filter, expr)
+    local p = netns.spawn(cli_argv(mode, pcapng, filter, expr))
+    local ready = "^netdevq: tracing net_dev_queue %(" .. mode .. "%)"
+    local seen = {}
+    while true do
+        local l = p:line()
+        assert(l, "the tracer ended before its ready line:\n" .. table.concat(seen, "\n"))
+        if l:match(ready) then return p end
+        seen[#seen + 1] = l
+    end
+end
+
+local function stop_tracer(p)
+    netns.run({ "sleep", "0.3" })   -- the ring's last events reach the consumer
+    p:kill("INT")
+    local _, _, lines = p:wait()
+    local events = {}
+    for _, l in ipairs(lines) do
+        if l:sub(1, 1) == "{" then
+            local ev = assert(cjson.decode(l))
+            if ev.type == "event" then events[#events + 1] = ev end
+        end
+    end
+    return events
+end
+
+local function start_capture(pair, side, path)
+    local p = pair:spawn(side, { "tcpdump", "-i", side == "a" and pair.veth_a or pair.veth_b,
+        "-Q", "out", "--immediate-mode", "-nn", "-s", "0", "-Z", "root", "-w", path })
+    local l = p:line()
+    assert(l and l:match("^tcpdump: listening on"), "tcpdump did not start: " .. tostring(l))
+    return p
+end
+
+local function stop_capture(p)
+    p:kill("INT")
+    p:wait()
+end
+
+-- Comparison -------------------------------------------------------------------------------------
+
+local function project(ev, hw_tag)
+    local out = { frame_len = ev.len + (hw_tag and 4 or 0) }
+    for _, f in ipairs(COMPARED) do
+        if f ~= "frame_len" then out[f] = ev[f] end
+    end
+    return out
+end
+
+local function on_side(events, pair, side)
+    local dev = side == "a" and pair.veth_a or pair.veth_b
+    local ns = side == "a" and pair.netns_a or pair.netns_b
+    local out = {}
+    for _, ev in ipairs(events) do
+        if ev.dev == dev and ev.netns == ns then out[#out + 1] = ev end
+    end
+    return out
+end
+
+-- Every event equals tshark's decoding of the frame tcpdump captured at the same place.
+local function assert_same_packets(ours, capture, hw_tag, what)
+    local theirs = oracle.tshark_events(capture)
+    assert.equal(#theirs, #ours, what .. ": packets")
+    for i = 1, #theirs do
+        assert.same(theirs[i], project(ours[i], hw_tag), what .. ": packet " .. i)
+    end
+    return theirs
+end
+
+local function count(list, pred)
+    local n = 0
+    for _, x in ipairs(list) do
+        if pred(x) then n = n + 1 end
+    end
+    return n
+end
+
+local function rmtree(dir)
+    if dir then clirun.rmtree(dir) end
+end
+
+describe("decoding real traffic #root", function()
+    local pair, dir
+
+    before_each(function()
+        netns.require_root()
+        pair = assert(netns.pair{ name = "ndqd" })
+        dir = clirun.tmpdir()
+    end)
+
+    after_each(function()
+        if pair then pair:destroy() end
+        rmtree(dir)
+        pair, dir = nil, nil
+    end)
+
+    for _, mode in ipairs(MODES) do
+        it("IPv6 extension headers, fragments, MLD, ND and ICMP equal tshark's decoding (" .. mode
+            .. ")", function()
+            local pcapng = dir .. "/ours.pcapng"
+            local cap = { a = dir .. "/a.pcap", b = dir .. "/b.pcap" }
+            local filter = ("netns == %d or netns == %d"):format(pair.netns_a, pair.netns_b)
+            local tracer = start_tracer(mode, pcapng, filter)
+            local ca, cb = start_capture(pair, "a", cap.a), start_capture(pair, "b", cap.b)
+            local ok, out
+            -- MLD: a new address joins its solicited-node group (hop-by-hop + ICMPv6 143)
+            ok, out = pair:exec("a", { "ip", "-6", "addr", "add", "2001:db8::11/64", "dev",
+                pair.veth_a, "nodad" })
+            assert(ok, out)
+            -- neighbour discovery before the echo: a's entry for b goes
+            ok, out = pair:exec("a", { "ip", "-6", "neigh", "del", pair.ip6_b, "dev", pair.veth_a })
+            assert(ok, out)
+            ok, out = pair:exec("a", { netns.ndq_send(), "icmp6", pair.ip6_a, pair.ip6_b, "1" })
+            assert(ok and out:match("replies 1"), out)
+            -- fragmented ICMPv6 echo and its fragmented reply
+            ok, out = pair:exec("a", { tool("ndq_frames"), "echo6", pair.ip6_a, pair.ip6_b, "3000" })
+            assert(ok and out:match("replies 1"), out)
+            -- destination options and hop-by-hop from socket options, fragmented too; b answers
+            -- port unreachable
+            ok, out = pair:exec("a", { tool("ndq_frames"), "udp6", pair.ip6_a, pair.ip6_b, "9000",
+                "40001", "30,3000", "dst" })
+            assert(ok, out)
+            ok, out = pair:exec("a", { tool("ndq_frames"), "udp6", pair.ip6_a, pair.ip6_b, "9002",
+                "40002", "20", "hop,dst" })
+            assert(ok, out)
+            -- routing headers (type 0 and segment routing, segments left 0) and AH, as frames
+            local rt0 = "11" .. "02" .. "00" .. "00" .. "00000000" .. v6_hex(pair.ip6_b)
+            local srh = "06" .. "02" .. "04" .. "00" .. "00" .. "00" .. "0000" .. v6_hex(pair.ip6_b)
+            local ah = "11" .. "04" .. "0000" .. "00001000" .. "00000001" .. ("ab"):rep(12)
+            ok, out = pair:exec("a", { tool("ndq_frames"), "frames", pair.veth_a,
+                eth(pair, "86dd" .. ipv6(pair, 43, rt0 .. udp(40003, 9003, 12))),
+                eth(pair, "86dd" .. ipv6(pair, 43, srh .. tcp_syn(40004, 9004))),
+                eth(pair, "86dd" .. ipv6(pair, 51, ah .. udp(40005, 9005, 4))) })
+            assert(ok, out)
+            -- IPv4: echo, fragments, port unreachable
+            ok, out = pair:exec("a", { netns.ndq_send(), "icmp4", pair.ip4_a, pair.ip4_b, "1" })
+            assert(ok and out:match("replies 1"), out)
+            ok, out = pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, "9006",
+                "40006", "3000" })
+            assert(ok, out)
+            netns.run({ "sleep", "0.2" })
+            stop_capture(ca)
+            stop_capture(cb)
+            local events = stop_tracer(tracer)
+
+            local seen = {}
+            for _, side in ipairs({ "a", "b" }) do
+                local theirs = assert_same_packets(on_side(events, pair, side), cap[side], false,
+                    mode .. " " .. side)
+                for _, t in ipairs(theirs) do seen[#seen + 1] = t end
+            end
+            -- the traffic held every kind this spec is about (a vacuous match proves nothing)
+            local function has(pred, what)
+                assert.is_true(count(seen, pred) > 0, "no " .. what .. " packet")
+            end
+            has(function(e) return e.icmp_type == 143 and e.ip6_ext == 1 end, "MLDv2 report")
+            has(function(e) return e.icmp_type == 135 end, "neighbor solicitation")
+            has(function(e) return e.icmp_type == 136 end, "neighbor advertisement")
+            has(function(e) return e.icmp_type == 128 and e.frag_off == nil end, "echo request")
+            has(function(e) return e.icmp_type == 129 and e.frag_off == 0 end, "fragmented reply")
+            has(function(e) return e.proto == "icmpv6" and (e.frag_off or 0) > 0 end,
+                "non-first ICMPv6 fragment")
+            has(function(e) return e.proto == "udp" and e.ip6_ext == 2 and e.frag_off == 0
+                and e.dport == 9000 end, "first UDP fragment after destination options")
+            has(function(e) return e.proto == "udp" and (e.frag_off or 0) > 0
+                and e.sport == nil and e.ip6_ext == 2 end, "non-first UDPv6 fragment")
+            has(function(e) return e.icmp_type == 1 and e.icmp_code == 4 end, "port unreachable v6")
+            has(function(e) return e.dport == 9002 and e.ip6_ext == 2 end, "hop-by-hop + dst opts")
+            has(function(e) return e.dport == 9003 and e.ip6_ext == 1 end, "routing type 0")
+            has(function(e) return e.dport == 9004 and e.proto == "tcp" end, "segment routing")
+            has(function(e) return e.dport == 9005 and e.ip6_ext == 1 end, "AH")
+            has(function(e) return e.icmp_type == 8 and e.proto == "icmp" end, "ICMP echo request")
+            has(function(e) return e.icmp_type == 0 and e.proto == "icmp" end, "ICMP echo reply")
+            has(function(e) return e.icmp_type == 3 and e.icmp_code == 3 end, "port unreachable")
+            has(function(e) return e.proto == "udp" and e.frag_off == 1480 end, "IPv4 fragment")
+        end)
+    end
+end)
