@@ -208,6 +208,76 @@ function _M.ethertype_number(name)
 end
 
 
+-- ICMP (IPv4, RFC 792 and successors) and ICMPv6 (RFC 4443, 4861, 3810) type and code names,
+-- worded as tcpdump prints them; a type or code without a name prints as its number.
+local ICMP_TYPES = {
+    [4] = {
+        [0] = "echo reply", [3] = "unreachable", [4] = "source quench", [5] = "redirect",
+        [8] = "echo request", [9] = "router advertisement", [10] = "router solicitation",
+        [11] = "time exceeded", [12] = "parameter problem", [13] = "timestamp request",
+        [14] = "timestamp reply", [17] = "address mask request", [18] = "address mask reply",
+    },
+    [6] = {
+        [1] = "destination unreachable", [2] = "packet too big", [3] = "time exceeded",
+        [4] = "parameter problem", [128] = "echo request", [129] = "echo reply",
+        [130] = "multicast listener query", [131] = "multicast listener report",
+        [132] = "multicast listener done", [133] = "router solicitation",
+        [134] = "router advertisement", [135] = "neighbor solicitation",
+        [136] = "neighbor advertisement", [137] = "redirect",
+        [143] = "multicast listener report v2",
+    },
+}
+local ICMP_CODES = {
+    [4] = {
+        [3] = {
+            [0] = "net unreachable", [1] = "host unreachable", [2] = "protocol unreachable",
+            [3] = "port unreachable", [4] = "fragmentation needed", [5] = "source route failed",
+            [6] = "net unknown", [7] = "host unknown", [9] = "net prohibited",
+            [10] = "host prohibited", [11] = "net unreachable for tos",
+            [12] = "host unreachable for tos", [13] = "communication prohibited",
+        },
+        [5] = { [0] = "net redirect", [1] = "host redirect", [2] = "tos net redirect",
+                [3] = "tos host redirect" },
+        [11] = { [0] = "ttl exceeded in transit", [1] = "fragment reassembly time exceeded" },
+    },
+    [6] = {
+        [1] = {
+            [0] = "no route", [1] = "administratively prohibited", [2] = "beyond scope",
+            [3] = "address unreachable", [4] = "port unreachable",
+            [5] = "source address failed policy", [6] = "reject route",
+        },
+        [3] = { [0] = "hop limit exceeded", [1] = "fragment reassembly time exceeded" },
+        [4] = { [0] = "erroneous header field", [1] = "unrecognized next header",
+                [2] = "unrecognized option" },
+    },
+}
+
+-- family: 4 (ICMP) or 6 (ICMPv6). Names for text output; JSON and filters use the numbers.
+local function icmp_type_text(family, icmp_type)
+    local names = ICMP_TYPES[family]
+    return names and names[icmp_type] or tostring(icmp_type)
+end
+_M.icmp_type_text = icmp_type_text
+
+local function icmp_code_text(family, icmp_type, code)
+    local codes = ICMP_CODES[family]
+    local names = codes and codes[icmp_type]
+    return names and names[code] or tostring(code)
+end
+_M.icmp_code_text = icmp_code_text
+
+-- One phrase for the message, as tcpdump's one-line form: the code's name when the type has
+-- named codes ("port unreachable"), else the type's ("echo request").
+function _M.icmp_text(family, icmp_type, code)
+    local codes = ICMP_CODES[family]
+    local names = codes and codes[icmp_type]
+    if names and names[code] then
+        return names[code]
+    end
+    return icmp_type_text(family, icmp_type)
+end
+
+
 ---------------------------------------------------------------------------------------------
 -- Clock: monotonic event timestamps -> wall clock
 ---------------------------------------------------------------------------------------------
@@ -406,6 +476,21 @@ local function get_icmp_code(p)
     return p.icmp_code
 end
 
+-- ICMP carried over IPv6 is named from the ICMPv6 table only when it is ICMPv6 (58)
+local function icmp_family(p)
+    return p.proto == 58 and 6 or 4
+end
+
+local function text_icmp_type(p)
+    if band(p.flags, EV_ICMP) == 0 then return nil end
+    return icmp_type_text(icmp_family(p), p.icmp_type)
+end
+
+local function text_icmp_code(p)
+    if band(p.flags, EV_ICMP) == 0 then return nil end
+    return icmp_code_text(icmp_family(p), p.icmp_type, p.icmp_code)
+end
+
 local function get_vlan_id(p)
     if band(p.flags, EV_VLAN) == 0 then return nil end
     return band(p.vlan_tci, 0xfff)
@@ -483,9 +568,9 @@ local catalogue = {
     { "ttl", "integer", "IPv4 TTL / IPv6 hop limit", H, get_ttl },
     { "tos", "integer", "IPv4 TOS / IPv6 traffic class", H, get_tos },
     { "icmp_type", "integer", "ICMP / ICMPv6 type (names in text: echo request, ...)", H,
-      get_icmp_type },
+      get_icmp_type, text_icmp_type },
     { "icmp_code", "integer", "ICMP / ICMPv6 code (names in text: port unreachable, ...)", H,
-      get_icmp_code },
+      get_icmp_code, text_icmp_code },
     { "vlan_id", "integer", "VLAN id of the outermost 802.1Q/802.1ad tag (offloaded or in the "
       .. "frame)", H, get_vlan_id },
     { "vlan_pcp", "integer", "priority code point (0..7) of that tag", H, get_vlan_pcp },
@@ -507,6 +592,7 @@ for i, row in ipairs(catalogue) do
         need = row[4],
         id = F[row[1]],          -- nil for ts, time, skb
         get = row[5],
+        text = row[6] or row[5],  -- text output: names where the value is a number (ICMP)
         index = i,
     }
     catalogue[i] = field
@@ -524,7 +610,7 @@ for _, field in ipairs(catalogue) do
     GETTERS[field.name] = field.get
 end
 
-_M.catalogue = catalogue     -- array of { name, type, description, need, id, get, index }
+_M.catalogue = catalogue     -- array of { name, type, description, need, id, get, text, index }
 _M.by_name = by_name
 _M.names = names             -- array of names, catalogue order
 

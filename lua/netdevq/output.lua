@@ -23,6 +23,8 @@ local io_stdout = io.stdout
 local io_stderr = io.stderr
 
 local EV_L4 = abi.EV.L4
+local EV_ICMP = abi.EV.ICMP
+local icmp_text = fields.icmp_text
 local by_name = fields.by_name
 local unknown_message = fields.unknown_message
 
@@ -48,6 +50,7 @@ local _M = { _VERSION = "0.1.0" }
 -- The fields the default text line reads (for fields.needs()).
 _M.DEFAULT_FIELDS = {
     "time", "comm", "pid", "dev", "len", "proto", "saddr", "sport", "daddr", "dport", "ethertype",
+    "icmp_type", "icmp_code",
 }
 
 
@@ -176,6 +179,10 @@ local function default_line(p, parts)
     parts[7] = saddr
     parts[8] = ">"
     parts[9] = daddr
+    if band(p.flags, EV_ICMP) ~= 0 then   -- as tcpdump: "echo request", "port unreachable"
+        parts[10] = icmp_text(p.proto == 58 and 6 or 4, p.icmp_type, p.icmp_code)
+        return 10
+    end
     return 9
 end
 
@@ -213,7 +220,7 @@ function _M.text(opts)
     if opts.fields then
         getters = {}
         for i, name in ipairs(opts.fields) do
-            getters[i] = by_name[name].get
+            getters[i] = by_name[name].text   -- names for ICMP numbers
         end
     end
     return setmetatable({
