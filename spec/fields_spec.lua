@@ -13,6 +13,9 @@ local CONTRACT = {
     { "saddr", "string" }, { "daddr", "string" }, { "proto", "string" },
     { "sport", "integer" }, { "dport", "integer" }, { "tcp_flags", "string" },
     { "ttl", "integer" }, { "tos", "integer" },
+    { "icmp_type", "integer" }, { "icmp_code", "integer" }, { "vlan_id", "integer" },
+    { "vlan_pcp", "integer" }, { "vlan_proto", "integer" }, { "frag_off", "integer" },
+    { "ip6_ext", "integer" },
 }
 
 local function bytes(t)
@@ -107,7 +110,8 @@ describe("netdevq.fields #unit", function()
             local H = abi.NEED.HEADERS
             local expect = {
                 ethertype = H, smac = H, dmac = H, saddr = H, daddr = H, proto = H, sport = H,
-                dport = H, tcp_flags = H, ttl = H, tos = H,
+                dport = H, tcp_flags = H, ttl = H, tos = H, icmp_type = H, icmp_code = H,
+                vlan_id = H, vlan_pcp = H, vlan_proto = H, frag_off = H, ip6_ext = H,
                 netns = abi.NEED.NETNS, gso_size = abi.NEED.GSO, gso_segs = abi.NEED.GSO,
                 cgroup = abi.NEED.CGROUP, pid = abi.NEED.TASK, tid = abi.NEED.TASK,
                 comm = abi.NEED.TASK, dev = abi.NEED.DEV, ifindex = abi.NEED.DEV,
@@ -132,11 +136,51 @@ describe("netdevq.fields #unit", function()
                 saddr = "198.18.0.1", daddr = "198.18.0.2", proto = "tcp", sport = 40000,
                 dport = 443, tcp_flags = "P.", ttl = 64, tos = 16,
             }
+            -- ICMP, VLAN, fragment and IPv6 fields are absent from an untagged IPv4 TCP event
+            local absent = { icmp_type = true, icmp_code = true, vlan_id = true, vlan_pcp = true,
+                             vlan_proto = true, frag_off = true, ip6_ext = true }
             for _, field in ipairs(fields.catalogue) do
                 local v = field.get(p)
                 assert.are.equal(want[field.name], v, field.name)
-                assert.are.equal(field.type == "integer" and "number" or "string", type(v),
-                                 field.name)
+                if not absent[field.name] then
+                    assert.are.equal(field.type == "integer" and "number" or "string", type(v),
+                                     field.name)
+                end
+            end
+        end)
+
+        it("decode ICMP type and code (numbers; names in text), VLAN tags, fragments and the "
+           .. "IPv6 extension header count", function()
+            local _, p = make_event{ proto = 58, l3 = 6, flags = 16 + 32 + 128, ethertype = 0x86dd }
+            local ev = ffi.cast("struct netdevq_event *", p)
+            ev.icmp_type, ev.icmp_code = 1, 4
+            ev.vlan_tci, ev.vlan_proto = 0x6064, 0x88a8
+            ev.frag_off, ev.ip6_ext = 1432, 3
+            local get = function(name) return fields.by_name[name].get(p) end
+            local text = function(name) return fields.by_name[name].text(p) end
+            assert.are.same({ 1, 4, 100, 3, 0x88a8, 1432, 3 },
+                            { get("icmp_type"), get("icmp_code"), get("vlan_id"),
+                              get("vlan_pcp"), get("vlan_proto"), get("frag_off"),
+                              get("ip6_ext") })
+            assert.are.equal("destination unreachable", text("icmp_type"))
+            assert.are.equal("port unreachable", text("icmp_code"))
+            ev.icmp_type, ev.icmp_code = 135, 0
+            assert.are.equal("neighbor solicitation", text("icmp_type"))
+            assert.are.equal("0", text("icmp_code"))
+            ev.proto, ev.l3, ev.icmp_type, ev.icmp_code = 1, 4, 3, 3
+            assert.are.equal("unreachable", text("icmp_type"))
+            assert.are.equal("port unreachable", fields.icmp_text(4, 3, 3))
+            assert.are.equal("echo request", fields.icmp_text(4, 8, 0))
+            assert.are.equal("echo reply", fields.icmp_text(6, 129, 0))
+            assert.are.equal("router solicitation", fields.icmp_text(6, 133, 0))
+            assert.are.equal("neighbor advertisement", fields.icmp_text(6, 136, 0))
+            assert.are.equal("200", fields.icmp_text(6, 200, 0))
+            ev.l3 = 4
+            assert.is_nil(get("ip6_ext"))
+            ev.flags = 0
+            for _, name in ipairs{ "icmp_type", "icmp_code", "vlan_id", "vlan_pcp", "vlan_proto",
+                                   "frag_off" } do
+                assert.is_nil(get(name), name)
             end
         end)
 
