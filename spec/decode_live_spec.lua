@@ -8,6 +8,10 @@ local cjson = require("cjson.safe")
 local netns = require("support.netns")
 local oracle = require("support.decode_oracle")
 local clirun = require("support.clirun")
+local frames = require("support.frames")
+
+local eth, ipv4, ipv6, udp = frames.eth, frames.ipv4, frames.ipv6, frames.udp
+local tcp_syn, v6_hex = frames.tcp_syn, frames.v6_hex
 
 local MODES = { "raw", "btf" }
 local COMPARED = { "frame_len", "smac", "dmac", "saddr", "daddr", "proto", "sport", "dport",
@@ -15,68 +19,6 @@ local COMPARED = { "frame_len", "smac", "dmac", "saddr", "daddr", "proto", "spor
 
 local function tool(name)
     return clirun.build_dir() .. "/" .. name
-end
-
--- Frame building (hex text) --------------------------------------------------------------------
-
-local function hex(bytes)
-    local out = {}
-    for i, b in ipairs(bytes) do out[i] = ("%02x"):format(b) end
-    return table.concat(out)
-end
-
-local function u16(n) return ("%04x"):format(n) end
-
-local function mac_hex(mac) return (mac:gsub(":", "")) end
-
-local function v6_hex(addr)
-    local head, tail = addr:match("^(.-)::(.*)$")
-    local groups = {}
-    local function add(part, list)
-        for g in part:gmatch("[^:]+") do list[#list + 1] = ("%04x"):format(tonumber(g, 16)) end
-    end
-    if head then
-        local h, t = {}, {}
-        add(head, h)
-        add(tail, t)
-        for _, g in ipairs(h) do groups[#groups + 1] = g end
-        for _ = 1, 8 - #h - #t do groups[#groups + 1] = "0000" end
-        for _, g in ipairs(t) do groups[#groups + 1] = g end
-    else
-        add(addr, groups)
-    end
-    return table.concat(groups)
-end
-
-local function v4_hex(addr)
-    local a, b, c, d = addr:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
-    return hex({ tonumber(a), tonumber(b), tonumber(c), tonumber(d) })
-end
-
-local function eth(pair, etype_and_tags)
-    return mac_hex(pair.mac_b) .. mac_hex(pair.mac_a) .. etype_and_tags
-end
-
-local function ipv6(pair, nh, payload_hex)
-    return "6000000" .. "0" .. u16(#payload_hex / 2) .. ("%02x"):format(nh) .. "40"
-        .. v6_hex(pair.ip6_a) .. v6_hex(pair.ip6_b) .. payload_hex
-end
-
-local function ipv4(pair, proto, payload_hex)
-    local h = "4500" .. u16(20 + #payload_hex / 2) .. "1234" .. "0000" .. "40"
-        .. ("%02x"):format(proto) .. "0000" .. v4_hex(pair.ip4_a) .. v4_hex(pair.ip4_b)
-    local sum = 0
-    for i = 1, #h, 4 do sum = sum + tonumber(h:sub(i, i + 3), 16) end
-    while sum > 0xffff do sum = bit.band(sum, 0xffff) + bit.rshift(sum, 16) end
-    return h:sub(1, 20) .. u16(bit.bxor(sum, 0xffff)) .. h:sub(25) .. payload_hex
-end
-
-local function udp(sport, dport, payload_len)
-    return u16(sport) .. u16(dport) .. u16(8 + payload_len) .. "0000" .. ("78"):rep(payload_len)
-end
-
-local function tcp_syn(sport, dport)
-    return u16(sport) .. u16(dport) .. "00000001" .. "00000000" .. "5002" .. "ffff" .. "00000000"
 end
 
 -- Processes --------------------------------------------------------------------------------------
@@ -354,4 +296,47 @@ describe("decoding real traffic #root", function()
             assert.same({ 40000, 40000, 40010 }, pluck(chosen, "sport"))
         end)
     end
+
+    it("names ICMP and ICMPv6 types and codes in text output, numbers in JSON and filters", function()
+        local filter = ("(netns == %d or netns == %d) and icmp_type >= 0"):format(pair.netns_a,
+            pair.netns_b)
+        local text = netns.spawn({ "luajit", "scripts/netdevq.lua", "-d", "60", "-f", filter, "-o",
+            "dev,proto,icmp_type,icmp_code" })
+        repeat
+            local l = text:line()
+            assert(l, "the text tracer ended before its ready line")
+        until l:match("^netdevq: tracing")
+        local json = start_tracer("raw", nil, filter .. " and icmp_code == 0")
+        local ok, out = pair:exec("a", { "ip", "-6", "neigh", "del", pair.ip6_b, "dev",
+            pair.veth_a })
+        assert(ok, out)
+        ok, out = pair:exec("a", { netns.ndq_send(), "icmp6", pair.ip6_a, pair.ip6_b, "1" })
+        assert(ok and out:match("replies 1"), out)
+        ok, out = pair:exec("a", { netns.ndq_send(), "icmp4", pair.ip4_a, pair.ip4_b, "1" })
+        assert(ok and out:match("replies 1"), out)
+        ok, out = pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, "9100", "40100",
+            "8" })
+        assert(ok, out)
+        ok, out = pair:exec("a", { netns.ndq_send(), "udp6", pair.ip6_a, pair.ip6_b, "9101", "40101",
+            "8" })
+        assert(ok, out)
+        netns.run({ "sleep", "0.3" })
+        text:kill("INT")
+        local _, _, lines = text:wait()
+        local got = {}
+        for _, l in ipairs(lines) do
+            if not l:match("^netdevq:") then got[#got + 1] = l end
+        end
+        local a, b = pair.veth_a, pair.veth_b
+        assert.same({
+            a .. " icmpv6 neighbor solicitation 0", b .. " icmpv6 neighbor advertisement 0",
+            a .. " icmpv6 echo request 0", b .. " icmpv6 echo reply 0",
+            a .. " icmp echo request 0", b .. " icmp echo reply 0",
+            b .. " icmp unreachable port unreachable",
+            b .. " icmpv6 destination unreachable port unreachable",
+        }, got)
+        local events = stop_tracer(json)
+        assert.same({ 135, 136, 128, 129, 8, 0 }, pluck(events, "icmp_type"))
+        assert.same({ 0, 0, 0, 0, 0, 0 }, pluck(events, "icmp_code"))
+    end)
 end)
