@@ -168,7 +168,8 @@ static __always_inline void decode_headers(struct netdevq_event *ev, __u32 l2, _
 	l3 = decode_l2(ev, l2, avail, &etype);
 	if (l3 >= 64)
 		return;
-	barrier_var(l3); /* keep the mask: the compiler proves it redundant, the verifier needs it */
+	barrier_var(
+		l3); /* keep the mask: the compiler proves it redundant, the verifier needs it */
 	ip = ev->snap + (l3 & 63);
 	if (etype == ETH_P_IP && avail >= l3 + 20 && (ip[0] >> 4) == 4) {
 		__u32 ihl = (ip[0] & 0xf) * 4;
