@@ -3,9 +3,9 @@
  *
  * Input: the header bytes read into ev->snap (from the link header on), l2 (bytes of link header
  * before the network header, from skb->network_header), avail (bytes of snap that are valid) and
- * the skb's offloaded VLAN tag (hw_proto 0: none). Every read is
- * bounded by avail and every offset masked, so the verifier accepts it in raw and btf mode alike;
- * loops have constant bounds and are unrolled.
+ * the skb's offloaded VLAN tag (hw_proto 0: none). Every read is bounded by avail and every
+ * offset masked, so the verifier accepts it in raw and btf mode alike; loops have constant bounds
+ * and are unrolled.
  */
 #ifndef NETDEVQ_DECODE_H
 #define NETDEVQ_DECODE_H
@@ -168,8 +168,8 @@ static __always_inline void decode_headers(struct netdevq_event *ev, __u32 l2, _
 	l3 = decode_l2(ev, l2, avail, &etype);
 	if (l3 >= 64)
 		return;
-	barrier_var(
-		l3); /* keep the mask: the compiler proves it redundant, the verifier needs it */
+	/* keep the masks: the compiler proves them redundant, the verifier needs them */
+	barrier_var(l3);
 	ip = ev->snap + (l3 & 63);
 	if (etype == ETH_P_IP && avail >= l3 + 20 && (ip[0] >> 4) == 4) {
 		__u32 ihl = (ip[0] & 0xf) * 4;
