@@ -166,6 +166,8 @@ static __always_inline void decode_headers(struct netdevq_event *ev, __u32 l2, _
 		ev->flags |= NDQ_EV_VLAN | NDQ_EV_VLAN_HW;
 	}
 	l3 = decode_l2(ev, l2, avail, &etype);
+	ev->vlan_id = ev->vlan_tci & 0xfff;
+	ev->vlan_pcp = ev->vlan_tci >> 13;
 	if (l3 >= 64)
 		return;
 	/* keep the masks: the compiler proves them redundant, the verifier needs them */
@@ -199,6 +201,7 @@ static __always_inline void decode_headers(struct netdevq_event *ev, __u32 l2, _
 		__builtin_memcpy(ev->saddr, ip + 8, 16);
 		__builtin_memcpy(ev->daddr, ip + 24, 16);
 		ev->ip6_ext = 0;
+		ev->flags |= NDQ_EV_IP6;
 		l4 = decode_ip6_ext(ev, l3 + 40, avail);
 		if (!l4)
 			return;
