@@ -307,6 +307,13 @@ describe("decoding real traffic #root", function()
             assert(l, "the text tracer ended before its ready line")
         until l:match("^netdevq: tracing")
         local json = start_tracer("raw", nil, filter .. " and icmp_code == 0")
+        -- an aggregation keyed by the decoded fields, behind a filter the kernel checks: the
+        -- kernel folds it (open's `aggregate` refuses to run one in Lua), reading the keys at
+        -- their catalogue locations
+        local scope = ("netns == %d or netns == %d"):format(pair.netns_a, pair.netns_b)
+        local agg = assert(require("netdevq").open{ filter = scope, aggregate = { kind = "count",
+            keys = { "proto", "icmp_type", "icmp_code" } } })
+        finally(function() agg:close() end)
         local ok, out = pair:exec("a", { "ip", "-6", "neigh", "del", pair.ip6_b, "dev",
             pair.veth_a })
         assert(ok, out)
@@ -338,5 +345,15 @@ describe("decoding real traffic #root", function()
         local events = stop_tracer(json)
         assert.same({ 135, 136, 128, 129, 8, 0 }, pluck(events, "icmp_type"))
         assert.same({ 0, 0, 0, 0, 0, 0 }, pluck(events, "icmp_code"))
+        local counts = {}
+        for _, e in ipairs(assert(agg:read_aggregate()):entries()) do
+            counts[e.text] = e.count
+        end
+        for key, n in pairs({ ["[icmpv6, 135, 0]"] = 1, ["[icmpv6, 136, 0]"] = 1,
+            ["[icmpv6, 128, 0]"] = 1, ["[icmpv6, 129, 0]"] = 1, ["[icmp, 8, 0]"] = 1,
+            ["[icmp, 0, 0]"] = 1, ["[icmp, 3, 3]"] = 1,
+            ["[icmpv6, 1, 4]"] = 1 }) do
+            assert.equal(n, counts[key], key .. " in " .. require("cjson").encode(counts))
+        end
     end)
 end)
