@@ -6,7 +6,7 @@ local clirun = require("support.clirun")
 local live = require("support.live")
 
 local ETH, IP4, UDP = 14, 20, 8
-local STATUS = "^netdevq: %d+ events/s, (%d+) matched, (%d+) lost$"
+local STATUS = "^netdevq: %d+ events/s now; (%d+) matched, (%d+) lost in all$"
 
 local read_all = clirun.read_file
 
