@@ -28,8 +28,11 @@ local fdlist = require("support.fdlist")
 
 local _M = {}
 
---- The CLI's ready line on stderr (raw mode, the default).
-_M.READY = "netdevq: tracing net_dev_queue (raw) ... Ctrl-C to stop"
+--- The CLI's ready line on stderr in mode ("raw", the default, or "btf"), and the raw one.
+function _M.ready_line(mode)
+    return "netdevq: tracing net_dev_queue (" .. (mode or "raw") .. ") ... Ctrl-C to stop"
+end
+_M.READY = _M.ready_line("raw")
 
 -- The busted environment of the describe block that called the public function (level 3: the
 -- block, above that function and this one), where its before_each, teardown, ... are.
@@ -147,14 +150,14 @@ function _M.spawn_cli(args)
     return netns.spawn(clirun.cli_argv(args))
 end
 
---- Reads the lines of a netns.spawn process up to the CLI's ready line; returns the lines before
--- it. Raises when the process ends first.
-function _M.wait_ready(proc)
-    local before = {}
+--- Reads the lines of a netns.spawn process up to the CLI's ready line (mode as for
+-- ready_line); returns the lines before it. Raises when the process ends first.
+function _M.wait_ready(proc, mode)
+    local ready, before = _M.ready_line(mode), {}
     while true do
         local l = proc:line()
         assert(l, "the CLI ended before its ready line:\n" .. table.concat(before, "\n"))
-        if l == _M.READY then return before end
+        if l == ready then return before end
         before[#before + 1] = l
     end
 end
