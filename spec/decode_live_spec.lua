@@ -221,18 +221,12 @@ describe("decoding real traffic #root", function()
             tc("qdisc", "add", "dev", pair.veth_a, "clsact")
             tc("filter", "add", "dev", pair.veth_a, "egress", "bpf", "da", "obj",
                 tool("vlan_push.bpf.o"), "sec", "tc/dot1q")
-            ok, out = pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, "9000",
-                "40000", "20,30" })
-            assert(ok, out)
-            ok, out = pair:exec("a", { netns.ndq_send(), "udp6", pair.ip6_a, pair.ip6_b, "9001",
-                "40001", "10" })
-            assert(ok, out)
+            live.send(pair, "a", { "udp4", pair.ip4_a, pair.ip4_b, "9000", "40000", "20,30" })
+            live.send(pair, "a", { "udp6", pair.ip6_a, pair.ip6_b, "9001", "40001", "10" })
             tc("filter", "del", "dev", pair.veth_a, "egress")
             tc("filter", "add", "dev", pair.veth_a, "egress", "bpf", "da", "obj",
                 tool("vlan_push.bpf.o"), "sec", "tc/qinq")
-            ok, out = pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, "9000",
-                "40002", "40" })
-            assert(ok, out)
+            live.send(pair, "a", { "udp4", pair.ip4_a, pair.ip4_b, "9000", "40002", "40" })
             tc("qdisc", "del", "dev", pair.veth_a, "clsact")
             -- tags in the frame, written through AF_PACKET
             ok, out = pair:exec("a", { tool("ndq_frames"), "frames", pair.veth_a,
