@@ -142,6 +142,10 @@ static __always_inline int in_prefix_set(const volatile struct netdevq_prefix_se
 static __always_inline __u64 field_num(const struct netdevq_event *ev, __u32 f)
 {
 	switch (f) {
+	case NDQ_F_OWNER_PID: return ev->owner_pid;
+	case NDQ_F_OWNER_TID: return ev->owner_tid;
+	case NDQ_F_OWNER_CGROUP: return ev->owner_cgroup;
+	case NDQ_F_OWNER_UID: return ev->owner_uid;
 	case NDQ_F_CPU: return ev->cpu;
 	case NDQ_F_PID: return ev->pid;
 	case NDQ_F_TID: return ev->tid;
@@ -184,6 +188,11 @@ static __always_inline void put_addr(__u8 *slot, const struct netdevq_event *ev,
 static __always_inline int field_present(const struct netdevq_event *ev, __u32 f)
 {
 	switch (f) {
+	case NDQ_F_OWNER_PID:
+	case NDQ_F_OWNER_TID:
+	case NDQ_F_OWNER_COMM:
+	case NDQ_F_OWNER_CGROUP:
+	case NDQ_F_OWNER_UID: return ev->owner_pid != 0;
 	case NDQ_F_SADDR:
 	case NDQ_F_DADDR:
 	case NDQ_F_PROTO:
@@ -204,6 +213,7 @@ static __always_inline void put_key(__u8 *slot, const struct netdevq_event *ev, 
 		return;
 	}
 	switch (f) {
+	case NDQ_F_OWNER_COMM: __builtin_memcpy(slot, ev->owner_comm, 16); break;
 	case NDQ_F_COMM: __builtin_memcpy(slot, ev->comm, 16); break;
 	case NDQ_F_DEV: __builtin_memcpy(slot, ev->dev, 16); break;
 	case NDQ_F_SADDR: put_addr(slot, ev, ev->saddr); break;
@@ -469,11 +479,13 @@ static __always_inline void read_headers(struct scratch *s, struct sk_buff *skb,
 	}
 }
 
+#include "owner.bpf.h" /* socket owner: maps, learning programs, owner_read, owner_who_filter */
+
 static __always_inline int handle(struct sk_buff *skb, const bool btf)
 {
 	/* Filters run first, each reading only what it checks; what the output needs and no filter
 	 * read comes after. cfg members are constants to the verifier: untaken branches vanish. */
-	const bool filter_task = cfg.follow_pid || cfg.pid.n || cfg.tid.n;
+	const bool filter_task = cfg.pid.n || cfg.tid.n; /* follow_pid: owner_who_filter */
 	const bool filter_dev = cfg.ifindex.n || cfg.n_dev || cfg.netns.n;
 	const bool filter_l3l4 = cfg.proto.n || cfg.saddr.n || cfg.daddr.n || cfg.host.n ||
 				 cfg.sport.n || cfg.dport.n || cfg.port.n;
@@ -492,8 +504,6 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 
 	if (filter_task) {
 		read_task(ev);
-		if (cfg.follow_pid && !bpf_map_lookup_elem(&tracked, &ev->pid))
-			goto filtered;
 		if (cfg.pid.n && !in_u32_set(&cfg.pid, ev->pid))
 			goto filtered;
 		if (cfg.tid.n && !in_u32_set(&cfg.tid, ev->tid))
@@ -511,6 +521,11 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 			size = SKB_COPY_MAX;
 		if (bpf_probe_read_kernel(s->skb, size, skb))
 			return 0;
+	}
+	if (cfg.need & NDQ_NEED_OWNER) {
+		owner_read(ev, OWNER_SKB_SK(skb, s->skb, btf));
+		if (!owner_who_filter(ev))
+			goto filtered;
 	}
 	ev->len = SKB(len);
 	if (cfg.len_set && (ev->len < cfg.len_min || ev->len > cfg.len_max))

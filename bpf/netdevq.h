@@ -60,6 +60,12 @@ enum netdevq_field {
 	NDQ_F_TCP_FLAGS,
 	NDQ_F_TTL,
 	NDQ_F_TOS,
+	/* socket owner (bpf/owner.bpf.h) */
+	NDQ_F_OWNER_PID,
+	NDQ_F_OWNER_TID,
+	NDQ_F_OWNER_COMM,
+	NDQ_F_OWNER_CGROUP,
+	NDQ_F_OWNER_UID,
 	NDQ_F_MAX,
 };
 
@@ -74,7 +80,10 @@ enum {
 	NDQ_NEED_TASK = 16, /* pid, tid, comm */
 	NDQ_NEED_DEV = 32,  /* dev, ifindex, dev_type */
 	NDQ_NEED_TS = 64,   /* ts (bpf_ktime_get_ns costs ~40 ns: only when shown) */
-	NDQ_NEED_ALL = 127,
+	/* owner_*: loads and attaches the socket-owner programs (bpf/owner.bpf.h); the loader sets
+	 * it too when who_pid, who_comm or follow_pid ask for the owner */
+	NDQ_NEED_OWNER = 128,
+	NDQ_NEED_ALL = 255,
 };
 
 /* Event flags (netdevq_event.flags). */
@@ -116,6 +125,14 @@ struct netdevq_event {
 	__u16 pad0;
 	char comm[16];
 	char dev[16];
+	/* socket owner (NDQ_NEED_OWNER): the process that last sent, received, connected, accepted
+	 * or listened on skb->sk (a request sock: its listener). owner_pid 0: no socket or owner
+	 * unknown, and then every owner_* member is 0 */
+	__u64 owner_cgroup; /* the sock's cgroup v2 id (sk->sk_cgrp_data) */
+	__u32 owner_pid, owner_tid;
+	__u32 owner_uid; /* sk->sk_uid */
+	__u32 owner_pad;
+	char owner_comm[16];
 	__u8 snap[256]; /* NDQ_SNAP_MAX bytes from the start of the link header */
 };
 
@@ -162,6 +179,11 @@ struct netdevq_config {
 	__u32 agg_value;  /* NDQ_F_* or NDQ_F_NONE (count only) */
 	__u32 agg_hist;	  /* NDQ_HIST_* */
 	__s64 lhist_min, lhist_max, lhist_step;
+	/* -p, --comm: the socket owner's pid/comm when known, the task's otherwise (these and
+	 * follow_pid check it that way) */
+	struct netdevq_u32_set who_pid;
+	__u32 n_who_comm;
+	char who_comm[8][16];
 };
 
 /* In-kernel aggregation map: per-CPU hash, key -> value. A key field takes one 16-byte slot:
@@ -174,6 +196,14 @@ struct netdevq_agg_value {
 	__u64 count, sum, min, max;
 	__u64 slot[68]; /* NDQ_AGG_SLOTS: log2 slot i = [2^(i-1), 2^i), slot 0 = 0;
 	                           linear: 0 = below min, 1..n = buckets, n+1 = at or above max */
+};
+
+/* Socket owner as the owner maps keep it (bpf/owner.bpf.h; the loader fills owner_inodes from
+ * /proc at attach). */
+struct netdevq_owner {
+	__u64 ino; /* inode number of the socket when learned (0: none yet): tells reused socks */
+	__u32 pid, tid;
+	char comm[16];
 };
 
 #endif /* NETDEVQ_H */

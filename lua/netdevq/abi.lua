@@ -141,6 +141,11 @@ _M.F = {
     tcp_flags = ffi_C.NDQ_F_TCP_FLAGS,
     ttl = ffi_C.NDQ_F_TTL,
     tos = ffi_C.NDQ_F_TOS,
+    owner_pid = ffi_C.NDQ_F_OWNER_PID,
+    owner_tid = ffi_C.NDQ_F_OWNER_TID,
+    owner_comm = ffi_C.NDQ_F_OWNER_COMM,
+    owner_cgroup = ffi_C.NDQ_F_OWNER_CGROUP,
+    owner_uid = ffi_C.NDQ_F_OWNER_UID,
 }
 _M.F_NONE = ffi_C.NDQ_F_NONE
 _M.F_MAX = ffi_C.NDQ_F_MAX
@@ -154,6 +159,7 @@ _M.NEED = {
     TASK = ffi_C.NDQ_NEED_TASK,
     DEV = ffi_C.NDQ_NEED_DEV,
     TS = ffi_C.NDQ_NEED_TS,
+    OWNER = ffi_C.NDQ_NEED_OWNER,
     ALL = ffi_C.NDQ_NEED_ALL,
 }
 
@@ -185,7 +191,7 @@ _M.HIST = {
 
 -- Sanity: the NEED bits really do cover NEED_ALL (a header edit that adds a bit must add it here).
 if bor(_M.NEED.HEADERS, _M.NEED.NETNS, _M.NEED.GSO, _M.NEED.CGROUP, _M.NEED.TASK, _M.NEED.DEV,
-       _M.NEED.TS) ~= _M.NEED.ALL then
+       _M.NEED.TS, _M.NEED.OWNER) ~= _M.NEED.ALL then
     error("netdevq.abi: NDQ_NEED_ALL has bits this module does not know; update abi.lua")
 end
 

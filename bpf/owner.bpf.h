@@ -1,0 +1,316 @@
+/* owner.bpf.h - socket-owner attribution: the owner_* fields (included by netdevq.bpf.c).
+ *
+ * The task on the CPU at net_dev_queue is often not the process a packet belongs to: datagrams
+ * that waited for ARP/ND, TCP ACKs, retransmissions and data released when a window opens leave
+ * from softirq or timers. The socket knows better. The programs here (loaded and attached only
+ * when cfg.need has NDQ_NEED_OWNER: the loader leaves them out otherwise, so they cost nothing
+ * then) learn who uses each socket, keyed by the struct sock address in the LRU hash `owners`.
+ * All are raw tracepoints (fentry/kprobes would see syscalls before they act, but machines that
+ * refuse BPF trampolines exist, this one among them, and kprobes may be compiled out):
+ *
+ *   sock_send_length      after every sock_sendmsg (send*, write, splice, sendfile, io_uring)
+ *   sock_recv_length      after every sock_recvmsg (recv*, read)     (both since Linux 6.3)
+ *   inet_sock_set_state   -> SYN_SENT: connect(); -> LISTEN: listen(), and the listener is
+ *                         remembered by (netns, port) in `owner_listeners`; LISTEN -> SYN_RECV:
+ *                         a new child sock, owned by its listener's owner until its process
+ *                         uses it (so a server's first ACKs are its own); LISTEN -> CLOSE
+ *   tcp_destroy_sock      a TCP sock goes: so does its entry
+ *
+ * Other socks leave the LRU when it is full; a freed sock's address reused by a new one is told
+ * apart by the socket inode number stored with the owner. Kernel threads and kernel sockets
+ * (sk_kern_sock) never get an owner, nor do AF_UNIX and AF_NETLINK sockets (no skb of theirs
+ * reaches a device: they would only crowd the map).
+ *
+ * At net_dev_queue, owner_read resolves skb->sk: a full sock is itself, a request sock (SYN-ACK,
+ * TCP_NEW_SYN_RECV) stands for its listener, a timewait sock has no owner. A sock missing from
+ * `owners` is looked up by its socket inode in `owner_inodes`, which the loader fills once at
+ * attach from /proc/PID/fd (sockets opened before netdevq started); a hit is cached in `owners`.
+ * owner_cgroup and owner_uid come from the sock itself (sk_cgrp_data, sk_uid).
+ */
+#ifndef NETDEVQ_OWNER_BPF_H
+#define NETDEVQ_OWNER_BPF_H
+
+#define NDQ_AF_UNIX 1
+#define NDQ_AF_NETLINK 16
+#define NDQ_TCP_SYN_SENT 2
+#define NDQ_TCP_SYN_RECV 3
+#define NDQ_TCP_TIME_WAIT 6
+#define NDQ_TCP_CLOSE 7
+#define NDQ_TCP_LISTEN 10
+#define NDQ_TCP_NEW_SYN_RECV 12
+#define NDQ_PF_KTHREAD 0x00200000
+#define NDQ_OWNER_MAX \
+	65536 /* the loader shrinks the maps to 1 entry when owners are not asked for */
+
+/* CO-RE views of the kernel types read here; the ___ndq flavour keeps them apart from kernel.h
+ * (libbpf matches them to the kernel's sock, socket, ... by the name before "___"). */
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+struct sock___ndq;
+struct net___ndq;
+struct possible_net___ndq {
+	struct net___ndq *net;
+};
+struct sock_common___ndq {
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+	__u16 skc_num; /* local port, host order */
+	struct possible_net___ndq skc_net;
+	struct sock___ndq *skc_listener; /* request socks: the listener */
+};
+struct kernfs_node___ndq {
+	__u64 id;
+};
+struct cgroup___ndq {
+	struct kernfs_node___ndq *kn;
+};
+struct sock_cgroup_data___ndq {
+	struct cgroup___ndq *cgroup;
+};
+struct kuid___ndq {
+	__u32 val;
+};
+struct socket___ndq;
+struct sock___ndq {
+	struct sock_common___ndq __sk_common;
+	struct socket___ndq *sk_socket;
+	struct kuid___ndq sk_uid;
+	struct sock_cgroup_data___ndq sk_cgrp_data;
+	__u8 sk_kern_sock : 1;
+};
+struct socket___ndq {
+	struct sock___ndq *sk;
+};
+struct inode___ndq {
+	unsigned long i_ino;
+};
+struct socket_alloc___ndq { /* sockfs allocates the socket and its inode together */
+	struct socket___ndq socket;
+	struct inode___ndq vfs_inode;
+};
+struct sk_buff___ndq {
+	struct sock___ndq *sk;
+};
+struct task_struct___ndq {
+	unsigned int flags;
+};
+#pragma clang attribute pop
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, NDQ_OWNER_MAX);
+	__type(key, __u64); /* struct sock address */
+	__type(value, struct netdevq_owner);
+} owners SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, NDQ_OWNER_MAX);
+	__type(key, __u64); /* socket inode number */
+	__type(value, struct netdevq_owner);
+} owner_inodes SEC(".maps");
+
+struct owner_listener_key {
+	__u64 net; /* struct net address */
+	__u64 port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct owner_listener_key);
+	__type(value, struct netdevq_owner);
+} owner_listeners SEC(".maps");
+
+/* skb->sk: a direct load in btf mode, from the raw-mode copy of the sk_buff otherwise. */
+#define OWNER_SKB_SK(skb, copy, btf)                   \
+	((btf) ? ((struct sk_buff___ndq *)(skb))->sk : \
+		 *(struct sock___ndq **)((copy) +      \
+					 bpf_core_field_offset(struct sk_buff___ndq, sk)))
+
+/* The inode number of the sock's socket (0: none, e.g. after close or before accept). */
+static __always_inline __u64 owner_ino(struct sock___ndq *sk)
+{
+	struct socket___ndq *so = BPF_CORE_READ(sk, sk_socket);
+	struct inode___ndq *inode;
+
+	if (!so)
+		return 0;
+	inode = (void *)((char *)so - bpf_core_field_offset(struct socket_alloc___ndq, socket) +
+			 bpf_core_field_offset(struct socket_alloc___ndq, vfs_inode));
+	return BPF_CORE_READ(inode, i_ino);
+}
+
+static __always_inline int owner_same(const struct netdevq_owner *a, const struct netdevq_owner *b)
+{
+	return a->ino == b->ino && a->tid == b->tid && a->pid == b->pid &&
+	       *(__u64 *)&a->comm[0] == *(__u64 *)&b->comm[0] &&
+	       *(__u64 *)&a->comm[8] == *(__u64 *)&b->comm[8];
+}
+
+/* The task on the CPU uses sk: it owns it now. Fills *now; 0 when sk takes no owner. */
+static __always_inline int owner_learn(struct sock___ndq *sk, struct netdevq_owner *now)
+{
+	struct netdevq_owner *o;
+	__u64 key = (__u64)sk, id;
+	__u16 family;
+
+	if (!sk)
+		return 0;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family == NDQ_AF_UNIX || family == NDQ_AF_NETLINK ||
+	    BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock))
+		return 0;
+	if (BPF_CORE_READ((struct task_struct___ndq *)bpf_get_current_task(), flags) &
+	    NDQ_PF_KTHREAD)
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	now->pid = id >> 32;
+	now->tid = (__u32)id;
+	now->ino = owner_ino(sk);
+	bpf_get_current_comm(now->comm, sizeof(now->comm));
+	o = bpf_map_lookup_elem(&owners, &key);
+	if (!o || !owner_same(o, now)) /* known already: no write, no cache line bounced */
+		bpf_map_update_elem(&owners, &key, now, BPF_ANY);
+	return 1;
+}
+
+static __always_inline void owner_listener_key(struct sock___ndq *sk, struct owner_listener_key *k)
+{
+	k->net = (__u64)BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	k->port = BPF_CORE_READ(sk, __sk_common.skc_num);
+}
+
+SEC("raw_tp/sock_send_length")
+int ndq_owner_send(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct netdevq_owner now = {};
+
+	owner_learn((struct sock___ndq *)ctx->args[0], &now);
+	return 0;
+}
+
+SEC("raw_tp/sock_recv_length")
+int ndq_owner_recv(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct netdevq_owner now = {};
+
+	owner_learn((struct sock___ndq *)ctx->args[0], &now);
+	return 0;
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int ndq_owner_state(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sock___ndq *sk = (struct sock___ndq *)ctx->args[0];
+	int oldstate = (int)ctx->args[1], newstate = (int)ctx->args[2];
+	struct netdevq_owner now = {}, *o;
+	struct owner_listener_key k = {};
+	__u64 key = (__u64)sk;
+
+	if (newstate == NDQ_TCP_SYN_SENT) { /* connect(), in the caller's context */
+		owner_learn(sk, &now);
+	} else if (newstate == NDQ_TCP_LISTEN) { /* listen() */
+		if (owner_learn(sk, &now)) {
+			owner_listener_key(sk, &k);
+			bpf_map_update_elem(&owner_listeners, &k, &now, BPF_ANY);
+		}
+	} else if (oldstate == NDQ_TCP_LISTEN && newstate == NDQ_TCP_SYN_RECV) {
+		/* a child cloned from its listener (softirq): the listener's owner, no socket yet */
+		owner_listener_key(sk, &k);
+		o = bpf_map_lookup_elem(&owner_listeners, &k);
+		if (o) {
+			now = *o;
+			now.ino = 0;
+			bpf_map_update_elem(&owners, &key, &now, BPF_ANY);
+		} else {
+			bpf_map_delete_elem(&owners, &key);
+		}
+	} else if (oldstate == NDQ_TCP_LISTEN && newstate == NDQ_TCP_CLOSE) {
+		owner_listener_key(sk, &k);
+		bpf_map_delete_elem(&owner_listeners, &k);
+	}
+	return 0;
+}
+
+SEC("raw_tp/tcp_destroy_sock")
+int ndq_owner_destroy(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u64 key = ctx->args[0];
+
+	bpf_map_delete_elem(&owners, &key);
+	return 0;
+}
+
+/* ev->owner_* for skb->sk (all zero: no owner). */
+static __always_inline void owner_read(struct netdevq_event *ev, struct sock___ndq *sk)
+{
+	struct netdevq_owner *o;
+	__u64 key, ino;
+	__u8 state;
+
+	ev->owner_pid = 0;
+	ev->owner_tid = 0;
+	ev->owner_uid = 0;
+	ev->owner_cgroup = 0;
+	*(__u64 *)&ev->owner_comm[0] = 0;
+	*(__u64 *)&ev->owner_comm[8] = 0;
+	if (!sk)
+		return;
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state == NDQ_TCP_TIME_WAIT)
+		return;
+	if (state == NDQ_TCP_NEW_SYN_RECV) {
+		sk = BPF_CORE_READ(sk, __sk_common.skc_listener);
+		if (!sk)
+			return;
+	}
+	key = (__u64)sk;
+	ino = owner_ino(sk);
+	o = bpf_map_lookup_elem(&owners, &key);
+	if (o && o->ino && ino && o->ino != ino) { /* a freed sock's entry, its address reused */
+		bpf_map_delete_elem(&owners, &key);
+		o = NULL;
+	}
+	if (!o) {
+		if (!ino)
+			return;
+		o = bpf_map_lookup_elem(&owner_inodes, &ino);
+		if (!o)
+			return;
+		bpf_map_update_elem(&owners, &key, o, BPF_NOEXIST);
+	}
+	ev->owner_pid = o->pid;
+	ev->owner_tid = o->tid;
+	__builtin_memcpy(ev->owner_comm, o->comm, sizeof(ev->owner_comm));
+	ev->owner_uid = BPF_CORE_READ(sk, sk_uid.val);
+	if (bpf_core_field_exists(sk->sk_cgrp_data))
+		ev->owner_cgroup = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+}
+
+/* -p, --comm and -c (cfg.who_pid, cfg.who_comm, cfg.follow_pid) check the socket owner when it
+ * is known and the task on the CPU otherwise. Runs after owner_read. */
+static __always_inline int owner_who_filter(struct netdevq_event *ev)
+{
+	__u32 pid = ev->owner_pid;
+	__u64 task_comm[2];
+	const char *comm = ev->owner_comm;
+
+	if (!pid)
+		pid = bpf_get_current_pid_tgid() >> 32;
+	if (cfg.follow_pid && !bpf_map_lookup_elem(&tracked, &pid))
+		return 0;
+	if (cfg.who_pid.n && !in_u32_set(&cfg.who_pid, pid))
+		return 0;
+	if (cfg.n_who_comm) {
+		if (!ev->owner_pid) {
+			bpf_get_current_comm(task_comm, sizeof(task_comm));
+			comm = (const char *)task_comm;
+		}
+		if (!in_name_set(cfg.who_comm, cfg.n_who_comm, comm))
+			return 0;
+	}
+	return 1;
+}
+
+#endif /* NETDEVQ_OWNER_BPF_H */
