@@ -92,6 +92,7 @@ struct sk_buff___ndq {
 };
 struct task_struct___ndq {
 	unsigned int flags;
+	void *stack;
 };
 #pragma clang attribute pop
 
@@ -121,6 +122,26 @@ struct {
 	__type(key, struct owner_listener_key);
 	__type(value, struct netdevq_owner);
 } owner_listeners SEC(".maps");
+
+#define NDQ_THREAD_SIZE 16384 /* x86-64 and arm64 task stacks (KASAN doubles it: then no match) */
+
+/* Whether net_dev_queue runs for the task on the CPU (its own send, connect or close) rather
+ * than in an interrupt or a softirq that merely borrowed it. Softirqs and interrupts run on
+ * per-CPU stacks (x86-64 and arm64 switch stacks even for softirqs run at local_bh_enable) or
+ * in ksoftirqd (a kernel thread: never an owner), so the program's stack lies in the task's own
+ * stack exactly in task context. The stack address reaches a register as a plain number through
+ * scratch (the verifier lets root programs store pointers in maps); no preempt count is needed
+ * (its per-CPU symbol is missing from kallsyms on kernels without CONFIG_KALLSYMS_ALL). */
+static __always_inline bool owner_in_task(__u64 *scratch)
+{
+	volatile __u64 here = 0;
+	__u64 sp, stack;
+
+	*(volatile __u64 *)scratch = (__u64)&here;
+	sp = *(volatile __u64 *)scratch;
+	stack = (__u64)BPF_CORE_READ((struct task_struct___ndq *)bpf_get_current_task(), stack);
+	return stack && sp - stack < NDQ_THREAD_SIZE;
+}
 
 /* skb->sk: a direct load in btf mode, from the raw-mode copy of the sk_buff otherwise. */
 #define OWNER_SKB_SK(skb, copy, btf)                   \
@@ -245,7 +266,7 @@ int ndq_owner_destroy(struct bpf_raw_tracepoint_args *ctx)
 /* ev->owner_* for skb->sk (all zero: no owner). */
 static __always_inline void owner_read(struct netdevq_event *ev, struct sock___ndq *sk)
 {
-	struct netdevq_owner *o;
+	struct netdevq_owner now = {}, *o;
 	__u64 key, ino;
 	__u8 state;
 
@@ -265,6 +286,10 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 		if (!sk)
 			return;
 	}
+	if (state != NDQ_TCP_NEW_SYN_RECV && owner_in_task(&ev->owner_cgroup) && owner_learn(sk, &now)) {
+		o = &now; /* the sender itself: the first datagram of a new socket too */
+		goto found;
+	}
 	key = (__u64)sk;
 	ino = owner_ino(sk);
 	o = bpf_map_lookup_elem(&owners, &key);
@@ -280,6 +305,7 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 			return;
 		bpf_map_update_elem(&owners, &key, o, BPF_NOEXIST);
 	}
+found:
 	ev->owner_pid = o->pid;
 	ev->owner_tid = o->tid;
 	__builtin_memcpy(ev->owner_comm, o->comm, sizeof(ev->owner_comm));
