@@ -580,6 +580,8 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 	}
 
 	/* matched: the rest of what the output asks for */
+	if ((cfg.need & NDQ_NEED_OWNER) && ev->owner_pid)
+		ev->flags |= NDQ_EV_OWNER; /* read_headers reset the flags */
 	if (!filter_task && (cfg.need & NDQ_NEED_TASK))
 		read_task(ev);
 	if (!cfg.n_comm && (cfg.need & NDQ_NEED_TASK))

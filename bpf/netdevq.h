@@ -92,6 +92,8 @@ enum {
 	NDQ_EV_L4 = 2,	 /* sport/dport valid (TCP, UDP, SCTP) */
 	NDQ_EV_TCP = 4,	 /* tcp_flags valid */
 	NDQ_EV_FRAG = 8, /* non-first IPv4 fragment: no L4 header */
+	/* owner_* valid (bpf/owner.bpf.h); a high bit, so header-decoding flags keep the low ones */
+	NDQ_EV_OWNER = 0x8000,
 };
 
 /* Histogram kinds (netdevq_config.agg_hist). */

@@ -139,6 +139,7 @@ static __always_inline bool owner_in_task(__u64 *scratch)
 
 	*(volatile __u64 *)scratch = (__u64)&here;
 	sp = *(volatile __u64 *)scratch;
+	*(volatile __u64 *)scratch = 0;
 	stack = (__u64)BPF_CORE_READ((struct task_struct___ndq *)bpf_get_current_task(), stack);
 	return stack && sp - stack < NDQ_THREAD_SIZE;
 }
@@ -286,7 +287,8 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 		if (!sk)
 			return;
 	}
-	if (state != NDQ_TCP_NEW_SYN_RECV && owner_in_task(&ev->owner_cgroup) && owner_learn(sk, &now)) {
+	if (state != NDQ_TCP_NEW_SYN_RECV && owner_in_task(&ev->owner_cgroup) &&
+	    owner_learn(sk, &now)) {
 		o = &now; /* the sender itself: the first datagram of a new socket too */
 		goto found;
 	}

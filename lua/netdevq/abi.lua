@@ -169,6 +169,7 @@ _M.EV = {
     L4 = ffi_C.NDQ_EV_L4,
     TCP = ffi_C.NDQ_EV_TCP,
     FRAG = ffi_C.NDQ_EV_FRAG,
+    OWNER = ffi_C.NDQ_EV_OWNER,
 }
 
 -- Per-CPU counter indexes (array map "counters").
