@@ -92,7 +92,6 @@ struct sk_buff___ndq {
 };
 struct task_struct___ndq {
 	unsigned int flags;
-	void *stack;
 };
 #pragma clang attribute pop
 
@@ -123,25 +122,44 @@ struct {
 	__type(value, struct netdevq_owner);
 } owner_listeners SEC(".maps");
 
-#define NDQ_THREAD_SIZE 16384 /* x86-64 and arm64 task stacks (KASAN doubles it: then no match) */
+/* Softirq handlers running on each CPU (softirq_entry/softirq_exit below). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} owner_softirq SEC(".maps");
 
 /* Whether net_dev_queue runs for the task on the CPU (its own send, connect or close) rather
- * than in an interrupt or a softirq that merely borrowed it. Softirqs and interrupts run on
- * per-CPU stacks (x86-64 and arm64 switch stacks even for softirqs run at local_bh_enable) or
- * in ksoftirqd (a kernel thread: never an owner), so the program's stack lies in the task's own
- * stack exactly in task context. The stack address reaches a register as a plain number through
- * scratch (the verifier lets root programs store pointers in maps); no preempt count is needed
- * (its per-CPU symbol is missing from kallsyms on kernels without CONFIG_KALLSYMS_ALL). */
-static __always_inline bool owner_in_task(__u64 *scratch)
+ * than in a softirq that merely borrowed it: softirq_entry/exit keep a per-CPU count. (The
+ * preempt count would tell directly, but its per-CPU symbol is missing from kallsyms without
+ * CONFIG_KALLSYMS_ALL, and BPF programs may run on a private stack, so the stack cannot tell.)
+ * Interrupt handlers do not queue packets of sockets. */
+static __always_inline bool owner_in_task(void)
 {
-	volatile __u64 here = 0;
-	__u64 sp, stack;
+	__u32 zero = 0, *n = bpf_map_lookup_elem(&owner_softirq, &zero);
 
-	*(volatile __u64 *)scratch = (__u64)&here;
-	sp = *(volatile __u64 *)scratch;
-	*(volatile __u64 *)scratch = 0;
-	stack = (__u64)BPF_CORE_READ((struct task_struct___ndq *)bpf_get_current_task(), stack);
-	return stack && sp - stack < NDQ_THREAD_SIZE;
+	return n && *n == 0;
+}
+
+SEC("raw_tp/softirq_entry")
+int ndq_owner_softirq_entry(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 zero = 0, *n = bpf_map_lookup_elem(&owner_softirq, &zero);
+
+	if (n)
+		(*n)++;
+	return 0;
+}
+
+SEC("raw_tp/softirq_exit")
+int ndq_owner_softirq_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 zero = 0, *n = bpf_map_lookup_elem(&owner_softirq, &zero);
+
+	if (n && *n) /* attached in the middle of a softirq: its exit finds 0 */
+		(*n)--;
+	return 0;
 }
 
 /* skb->sk: a direct load in btf mode, from the raw-mode copy of the sk_buff otherwise. */
@@ -287,8 +305,7 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 		if (!sk)
 			return;
 	}
-	if (state != NDQ_TCP_NEW_SYN_RECV && owner_in_task(&ev->owner_cgroup) &&
-	    owner_learn(sk, &now)) {
+	if (state != NDQ_TCP_NEW_SYN_RECV && owner_in_task() && owner_learn(sk, &now)) {
 		o = &now; /* the sender itself: the first datagram of a new socket too */
 		goto found;
 	}

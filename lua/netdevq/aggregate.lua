@@ -674,6 +674,7 @@ end
 local KEY_DECODERS = {
   dev = decode_cstring,
   comm = decode_cstring,
+  owner_comm = decode_cstring,
   saddr = decode_addr,
   daddr = decode_addr,
   proto = decode_proto,

@@ -328,6 +328,14 @@ local function get_queue(p) return p.queue end
 local function get_priority(p) return p.priority end
 local function get_mark(p) return p.mark end
 local function get_hash(p) return p.hash end
+-- socket owner (present when ev.flags has EV.OWNER)
+local EV_OWNER = require("netdevq.abi").EV.OWNER
+local function owner(p) return bit.band(p.flags, EV_OWNER) ~= 0 end
+local function get_owner_pid(p) if owner(p) then return p.owner_pid end end
+local function get_owner_tid(p) if owner(p) then return p.owner_tid end end
+local function get_owner_comm(p) if owner(p) then return cstring(p.owner_comm, COMM_LEN) end end
+local function get_owner_cgroup(p) if owner(p) then return tonumber(p.owner_cgroup) end end
+local function get_owner_uid(p) if owner(p) then return p.owner_uid end end
 local function get_gso_size(p) return p.gso_size end
 local function get_gso_segs(p) return p.gso_segs end
 
@@ -443,6 +451,13 @@ local catalogue = {
       get_tcp_flags },
     { "ttl", "integer", "IPv4 TTL / IPv6 hop limit", H, get_ttl },
     { "tos", "integer", "IPv4 TOS / IPv6 traffic class", H, get_tos },
+    { "owner_pid", "integer", "tgid of the socket's owner (absent: no socket, or owner unknown)",
+      NEED.OWNER, get_owner_pid },
+    { "owner_tid", "integer", "tid of the socket's owner", NEED.OWNER, get_owner_tid },
+    { "owner_comm", "string", "comm of the socket's owner", NEED.OWNER, get_owner_comm },
+    { "owner_cgroup", "integer", "cgroup v2 id of the socket (sk_cgrp_data)", NEED.OWNER,
+      get_owner_cgroup },
+    { "owner_uid", "integer", "uid of the socket (sk_uid)", NEED.OWNER, get_owner_uid },
 }
 
 local by_name = {}

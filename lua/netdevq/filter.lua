@@ -77,6 +77,11 @@ local FIELDS = {
     pid = { type = "integer", member = "pid", example = "1234" },
     tid = { type = "integer", member = "tid", example = "1234" },
     comm = { type = "string", member = "comm", example = '"curl"' },
+    owner_pid = { type = "integer", need = 128, example = "1234" },
+    owner_tid = { type = "integer", need = 128, example = "1234" },
+    owner_comm = { type = "string", need = 128, example = '"curl"' },
+    owner_cgroup = { type = "integer", need = 128, example = "1" },
+    owner_uid = { type = "integer", need = 128, example = "0" },
     cgroup = { type = "integer", member = "cgroup", need = NEED_CGROUP, example = "1" },
     skb = { type = "string", example = '"0xffff888003a1c000"' },
     dev = { type = "string", member = "dev", example = '"eth0"' },
@@ -128,6 +133,7 @@ local FIELD_ORDER = {
     "ts", "time", "cpu", "pid", "tid", "comm", "cgroup", "skb", "dev", "ifindex", "netns",
     "len", "data_len", "mac_len", "hdr_len", "queue", "priority", "mark", "hash", "gso_size",
     "gso_segs", "ethertype", "smac", "dmac", "saddr", "daddr", "proto", "sport", "dport",
+    "owner_pid", "owner_tid", "owner_comm", "owner_cgroup", "owner_uid",
     "tcp_flags", "ttl", "tos", "port", "host",
 }
 

@@ -37,7 +37,8 @@
  *                                                     (1..100000000), shut down writing, read to
  *                                                     EOF, print "sent N", close
  *   tcppush ADDR PORT TIMEOUT_MS BYTES                accept one connection, print "accepted",
- *                                                     (--wait-file), write BYTES, read to EOF
+ *                                                     (--wait-file), write BYTES, print "pushed",
+ *                                                     read to EOF
  *   tcphold SRC DST DPORT SPORT                       connect, print "connected", (--wait-file),
  *                                                     close without reading: whatever arrives
  *                                                     meanwhile is acknowledged by the kernel only
@@ -625,6 +626,7 @@ static int mode_tcpserve(int argc, char **argv, int push)
 		say("accepted");
 		pause_before_sending();
 		write_all(cfd, bytes);
+		say("pushed");
 	} else {
 		write_all(cfd, 1);
 	}
