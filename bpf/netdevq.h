@@ -204,6 +204,9 @@ struct netdevq_agg_value {
  * /proc at attach). */
 struct netdevq_owner {
 	__u64 ino; /* inode number of the socket when learned (0: none yet): tells reused socks */
+	__u64 cgroup; /* the sock's cgroup v2 id and uid (sock_read: 1), read once per owner */
+	__u32 uid;
+	__u32 sock_read; /* 0 in entries of the /proc scan: cgroup and uid still to be read */
 	__u32 pid, tid;
 	char comm[16];
 };

@@ -188,6 +188,16 @@ static __always_inline int owner_same(const struct netdevq_owner *a, const struc
 	       *(__u64 *)&a->comm[8] == *(__u64 *)&b->comm[8];
 }
 
+/* What the sock itself says: its cgroup v2 id and uid (both fixed when it was created). */
+static __always_inline void owner_sock_read(struct sock___ndq *sk, struct netdevq_owner *o)
+{
+	o->uid = BPF_CORE_READ(sk, sk_uid.val);
+	o->cgroup = 0;
+	if (bpf_core_field_exists(sk->sk_cgrp_data))
+		o->cgroup = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	o->sock_read = 1;
+}
+
 /* The task on the CPU uses sk: it owns it now. Fills *now; 0 when sk takes no owner. */
 static __always_inline int owner_learn(struct sock___ndq *sk, struct netdevq_owner *now)
 {
@@ -210,8 +220,14 @@ static __always_inline int owner_learn(struct sock___ndq *sk, struct netdevq_own
 	now->ino = owner_ino(sk);
 	bpf_get_current_comm(now->comm, sizeof(now->comm));
 	o = bpf_map_lookup_elem(&owners, &key);
-	if (!o || !owner_same(o, now)) /* known already: no write, no cache line bounced */
-		bpf_map_update_elem(&owners, &key, now, BPF_ANY);
+	if (o && o->sock_read && owner_same(o, now)) { /* known: no write, no cache line bounced */
+		now->uid = o->uid;
+		now->cgroup = o->cgroup;
+		now->sock_read = 1;
+		return 1;
+	}
+	owner_sock_read(sk, now);
+	bpf_map_update_elem(&owners, &key, now, BPF_ANY);
 	return 1;
 }
 
@@ -286,7 +302,7 @@ int ndq_owner_destroy(struct bpf_raw_tracepoint_args *ctx)
 static __always_inline void owner_read(struct netdevq_event *ev, struct sock___ndq *sk)
 {
 	struct netdevq_owner now = {}, *o;
-	__u64 key, ino;
+	__u64 key, ino, id;
 	__u8 state;
 
 	ev->owner_pid = 0;
@@ -305,32 +321,42 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 		if (!sk)
 			return;
 	}
-	if (state != NDQ_TCP_NEW_SYN_RECV && owner_in_task() && owner_learn(sk, &now)) {
-		o = &now; /* the sender itself: the first datagram of a new socket too */
-		goto found;
-	}
 	key = (__u64)sk;
+	if (state != NDQ_TCP_NEW_SYN_RECV && owner_in_task()) {
+		/* the sender itself (also the first datagram of a new socket): known already, or
+		 * learned now */
+		id = bpf_get_current_pid_tgid();
+		o = bpf_map_lookup_elem(&owners, &key);
+		if (o && o->sock_read && o->tid == (__u32)id && o->pid == id >> 32)
+			goto found;
+		if (owner_learn(sk, &now)) {
+			o = &now;
+			goto found;
+		}
+	}
 	ino = owner_ino(sk);
 	o = bpf_map_lookup_elem(&owners, &key);
 	if (o && o->ino && ino && o->ino != ino) { /* a freed sock's entry, its address reused */
 		bpf_map_delete_elem(&owners, &key);
 		o = NULL;
 	}
-	if (!o) {
+	if (!o) { /* opened before netdevq started? */
 		if (!ino)
 			return;
 		o = bpf_map_lookup_elem(&owner_inodes, &ino);
 		if (!o)
 			return;
-		bpf_map_update_elem(&owners, &key, o, BPF_NOEXIST);
+		now = *o;
+		owner_sock_read(sk, &now);
+		bpf_map_update_elem(&owners, &key, &now, BPF_NOEXIST);
+		o = &now;
 	}
 found:
 	ev->owner_pid = o->pid;
 	ev->owner_tid = o->tid;
 	__builtin_memcpy(ev->owner_comm, o->comm, sizeof(ev->owner_comm));
-	ev->owner_uid = BPF_CORE_READ(sk, sk_uid.val);
-	if (bpf_core_field_exists(sk->sk_cgrp_data))
-		ev->owner_cgroup = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	ev->owner_uid = o->uid;
+	ev->owner_cgroup = o->cgroup;
 }
 
 /* -p, --comm and -c (cfg.who_pid, cfg.who_comm, cfg.follow_pid) check the socket owner when it
