@@ -334,6 +334,8 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 			goto found;
 		}
 	}
+	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock))
+		return; /* ICMP errors, resets, ND, MLD: the kernel's own sockets */
 	ino = owner_ino(sk);
 	o = bpf_map_lookup_elem(&owners, &key);
 	if (o && o->ino && ino && o->ino != ino) { /* a freed sock's entry, its address reused */

@@ -162,9 +162,8 @@ int ndq_owner_attach(struct ndq_owner **owner, struct bpf_object *obj, char *msg
 			int err = o->n == OWNER_LINKS_MAX ? E2BIG : errno;
 
 			snprintf(msg, msglen,
-				 "attaching the socket-owner program %s failed (%s): owner fields "
-				 "need fentry on LSM hooks (a kernel with CONFIG_SECURITY and BPF "
-				 "trampolines)",
+				 "attaching the socket-owner program %s failed (%s): owner fields, "
+				 "-p, --comm and -c need the sock tracepoints of Linux 6.3 or later",
 				 bpf_program__section_name(p), strerror(err));
 			ndq_owner_free(o);
 			return -1;
