@@ -53,7 +53,8 @@ describe("netdevq.abi #unit", function()
             assert.are.equal(2, abi.F.pid)
             assert.are.equal(20, abi.F.saddr)
             assert.are.equal(27, abi.F.tos)
-            assert.are.equal(28, abi.F_MAX)
+            assert.are.equal(28, abi.F.owner_pid)
+            assert.are.equal(33, abi.F_MAX)
             local seen, n = {}, 0
             for name, id in pairs(abi.F) do
                 assert.is_nil(seen[id], name)
@@ -62,8 +63,8 @@ describe("netdevq.abi #unit", function()
             end
             assert.are.equal(abi.F_MAX - 1, n)
             assert.are.same({ HEADERS = 1, NETNS = 2, GSO = 4, CGROUP = 8, TASK = 16, DEV = 32,
-                              TS = 64, ALL = 127 }, abi.NEED)
-            assert.are.same({ MAC = 1, L4 = 2, TCP = 4, FRAG = 8 }, abi.EV)
+                              TS = 64, OWNER = 128, ALL = 255 }, abi.NEED)
+            assert.are.same({ MAC = 1, L4 = 2, TCP = 4, FRAG = 8, OWNER = 0x8000 }, abi.EV)
             assert.are.equal(3, abi.CNT.LOST)
             assert.are.same({ NONE = 0, LOG2 = 1, LINEAR = 2 }, abi.HIST)
         end)
