@@ -322,22 +322,27 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 			return;
 	}
 	key = (__u64)sk;
+	o = bpf_map_lookup_elem(&owners, &key);
 	if (state != NDQ_TCP_NEW_SYN_RECV && owner_in_task()) {
-		/* the sender itself (also the first datagram of a new socket): known already, or
-		 * learned now */
+		/* Task context: the sender itself, known already or learned now (the first datagram
+		 * of a new socket too). Not when another live process owns the sock: a netlink
+		 * request (ip neigh) may release packets that waited for a neighbour in the
+		 * requester's context; the send/receive tracepoints are what change an owner. */
 		id = bpf_get_current_pid_tgid();
-		o = bpf_map_lookup_elem(&owners, &key);
 		if (o && o->sock_read && o->tid == (__u32)id && o->pid == id >> 32)
 			goto found;
-		if (owner_learn(sk, &now)) {
+		ino = owner_ino(sk);
+		if (!(o && o->sock_read && o->pid != id >> 32 &&
+		      !(o->ino && ino && o->ino != ino)) &&
+		    owner_learn(sk, &now)) {
 			o = &now;
 			goto found;
 		}
+	} else {
+		if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock))
+			return; /* ICMP errors, resets, ND, MLD: the kernel's own sockets */
+		ino = owner_ino(sk);
 	}
-	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock))
-		return; /* ICMP errors, resets, ND, MLD: the kernel's own sockets */
-	ino = owner_ino(sk);
-	o = bpf_map_lookup_elem(&owners, &key);
 	if (o && o->ino && ino && o->ino != ino) { /* a freed sock's entry, its address reused */
 		bpf_map_delete_elem(&owners, &key);
 		o = NULL;

@@ -183,6 +183,36 @@ describe("socket owner attribution #root", function()
                 end
             end
         end)
+    it("keeps the sender as owner when another process's netlink request releases its datagrams", function()
+        netns.require_root()
+        pair = assert(netns.pair{ name = "ndqon", static_neigh = false })
+        assert(pair:exec("b", { "ip", "addr", "flush", "dev", pair.veth_b })) -- b never answers
+        local cli = start_cli({ "-F", "json", "-f", "netns == " .. pair.netns_a .. " and dport == 9000", "-o",
+            "comm,pid,len," .. OWNER })
+        local want = {}
+        for _, v in ipairs({ { "ndq_nl4", "udp4", pair.ip4_a, pair.ip4_b, 142 },
+                             { "ndq_nl6", "udp6", pair.ip6_a, pair.ip6_b, 162 } }) do
+            local ok, out = pair:exec("a", { netns.ndq_send(), "--name", v[1], v[2], v[3], v[4], "9000", "40000",
+                "100", "3" })
+            assert(ok, out)
+            -- the neighbour entry made permanent by `ip neigh replace`: the queued datagrams leave
+            -- in that ip process's context (not in softirq)
+            local script = "echo $$; exec ip -n " .. pair.ns_a .. " neigh replace " .. v[4] .. " lladdr "
+                .. pair.mac_b .. " dev " .. pair.veth_a .. " nud permanent"
+            local rok, rout = netns.run({ "sh", "-c", script })
+            assert(rok, rout)
+            want[v[5]] = { tonumber(rout:match("^(%d+)")), "ip", tonumber(out:match("pid (%d+)")), v[1] }
+        end
+        local events = parse(stop_cli(cli).out)
+        local n = { [142] = 0, [162] = 0 }
+        for _, ev in ipairs(events) do
+            local w = want[ev.len]
+            assert.are.same(w, { ev.pid, ev.comm, ev.owner_pid, ev.owner_comm })
+            n[ev.len] = n[ev.len] + 1
+        end
+        assert.are.same({ [142] = 3, [162] = 3 }, n)
+    end)
+
     it("charges a bulk TCP transfer's data to the writer and the ACKs to the reader; --sum len --by owner_comm adds up",
         function()
             netns.require_root()
