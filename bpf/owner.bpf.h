@@ -181,13 +181,6 @@ static __always_inline __u64 owner_ino(struct sock___ndq *sk)
 	return BPF_CORE_READ(inode, i_ino);
 }
 
-static __always_inline int owner_same(const struct netdevq_owner *a, const struct netdevq_owner *b)
-{
-	return a->ino == b->ino && a->tid == b->tid && a->pid == b->pid &&
-	       *(__u64 *)&a->comm[0] == *(__u64 *)&b->comm[0] &&
-	       *(__u64 *)&a->comm[8] == *(__u64 *)&b->comm[8];
-}
-
 /* What the sock itself says: its cgroup v2 id and uid (both fixed when it was created). */
 static __always_inline void owner_sock_read(struct sock___ndq *sk, struct netdevq_owner *o)
 {
@@ -202,11 +195,18 @@ static __always_inline void owner_sock_read(struct sock___ndq *sk, struct netdev
 static __always_inline int owner_learn(struct sock___ndq *sk, struct netdevq_owner *now)
 {
 	struct netdevq_owner *o;
-	__u64 key = (__u64)sk, id;
+	__u64 key = (__u64)sk, id, ino;
 	__u16 family;
 
 	if (!sk)
 		return 0;
+	id = bpf_get_current_pid_tgid();
+	ino = owner_ino(sk);
+	o = bpf_map_lookup_elem(&owners, &key);
+	if (o && o->sock_read && o->tid == (__u32)id && o->pid == id >> 32 && o->ino == ino) {
+		*now = *o; /* this thread again (checked when it was learned): nothing to read */
+		return 1;
+	}
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family == NDQ_AF_UNIX || family == NDQ_AF_NETLINK ||
 	    BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock))
@@ -214,18 +214,10 @@ static __always_inline int owner_learn(struct sock___ndq *sk, struct netdevq_own
 	if (BPF_CORE_READ((struct task_struct___ndq *)bpf_get_current_task(), flags) &
 	    NDQ_PF_KTHREAD)
 		return 0;
-	id = bpf_get_current_pid_tgid();
 	now->pid = id >> 32;
 	now->tid = (__u32)id;
-	now->ino = owner_ino(sk);
+	now->ino = ino;
 	bpf_get_current_comm(now->comm, sizeof(now->comm));
-	o = bpf_map_lookup_elem(&owners, &key);
-	if (o && o->sock_read && owner_same(o, now)) { /* known: no write, no cache line bounced */
-		now->uid = o->uid;
-		now->cgroup = o->cgroup;
-		now->sock_read = 1;
-		return 1;
-	}
 	owner_sock_read(sk, now);
 	bpf_map_update_elem(&owners, &key, now, BPF_ANY);
 	return 1;

@@ -24,9 +24,13 @@ local function touch(path)
     assert(io.open(path, "w")):close()
 end
 
+-- tracers still running when a test ends (a failed assertion): stopped in after_each
+local running = {}
+
 -- the CLI in the background, once it has attached
 local function start_cli(args)
     local bg = clirun.spawn_cli(args)
+    running[bg] = true
     assert(bg:wait_err("netdevq: tracing net_dev_queue", 30), "netdevq did not start: " .. bg:err_text())
     return bg
 end
@@ -36,6 +40,7 @@ local function stop_cli(bg)
     clirun.sleep(0.3)
     bg:kill("INT")
     local r = bg:wait(20)
+    running[bg] = nil
     assert.are.equal(0, r.code, r.err)
     return r
 end
@@ -92,6 +97,11 @@ describe("socket owner attribution #root", function()
     end)
 
     after_each(function()
+        for bg in pairs(running) do
+            bg:kill("INT")
+            bg:wait(20)
+            running[bg] = nil
+        end
         if pair then
             pair:destroy()
             pair = nil
