@@ -523,7 +523,7 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 			return 0;
 	}
 	if (cfg.need & NDQ_NEED_OWNER) {
-		owner_read(ev, OWNER_SKB_SK(skb, s->skb, btf));
+		owner_read(ev, OWNER_SKB_SK(skb, s->skb, btf), btf);
 		if (!owner_who_filter(ev))
 			goto filtered;
 	}

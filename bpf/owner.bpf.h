@@ -77,11 +77,15 @@ struct sock___ndq {
 	struct sock_cgroup_data___ndq sk_cgrp_data;
 	__u8 sk_kern_sock : 1;
 };
-struct socket___ndq {
-	struct sock___ndq *sk;
-};
 struct inode___ndq {
 	unsigned long i_ino;
+};
+struct file___ndq {
+	struct inode___ndq *f_inode;
+};
+struct socket___ndq {
+	struct sock___ndq *sk;
+	struct file___ndq *file;
 };
 struct socket_alloc___ndq { /* sockfs allocates the socket and its inode together */
 	struct socket___ndq socket;
@@ -142,8 +146,8 @@ static __always_inline bool owner_in_task(void)
 	return n && *n == 0;
 }
 
-SEC("raw_tp/softirq_entry")
-int ndq_owner_softirq_entry(struct bpf_raw_tracepoint_args *ctx)
+SEC("tp_btf/softirq_entry")
+int BPF_PROG(ndq_owner_softirq_entry)
 {
 	__u32 zero = 0, *n = bpf_map_lookup_elem(&owner_softirq, &zero);
 
@@ -152,8 +156,8 @@ int ndq_owner_softirq_entry(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-SEC("raw_tp/softirq_exit")
-int ndq_owner_softirq_exit(struct bpf_raw_tracepoint_args *ctx)
+SEC("tp_btf/softirq_exit")
+int BPF_PROG(ndq_owner_softirq_exit)
 {
 	__u32 zero = 0, *n = bpf_map_lookup_elem(&owner_softirq, &zero);
 
@@ -169,11 +173,19 @@ int ndq_owner_softirq_exit(struct bpf_raw_tracepoint_args *ctx)
 					 bpf_core_field_offset(struct sk_buff___ndq, sk)))
 
 /* The inode number of the sock's socket (0: none, e.g. after close or before accept). */
-static __always_inline __u64 owner_ino(struct sock___ndq *sk)
+static __always_inline __u64 owner_ino(struct sock___ndq *sk, const bool direct)
 {
-	struct socket___ndq *so = BPF_CORE_READ(sk, sk_socket);
+	struct socket___ndq *so;
 	struct inode___ndq *inode;
+	struct file___ndq *file;
 
+	if (direct) { /* a BTF pointer: plain loads; the socket's file holds the same inode */
+		so = sk->sk_socket;
+		file = so ? so->file : NULL;
+		inode = file ? file->f_inode : NULL;
+		return inode ? inode->i_ino : 0;
+	}
+	so = BPF_CORE_READ(sk, sk_socket);
 	if (!so)
 		return 0;
 	inode = (void *)((char *)so - bpf_core_field_offset(struct socket_alloc___ndq, socket) +
@@ -182,84 +194,97 @@ static __always_inline __u64 owner_ino(struct sock___ndq *sk)
 }
 
 /* What the sock itself says: its cgroup v2 id and uid (both fixed when it was created). */
-static __always_inline void owner_sock_read(struct sock___ndq *sk, struct netdevq_owner *o)
+static __always_inline void owner_sock_read(struct sock___ndq *sk, struct netdevq_owner *o,
+					    const bool direct)
 {
-	o->uid = BPF_CORE_READ(sk, sk_uid.val);
+	struct cgroup___ndq *cg;
+
+	o->uid = direct ? sk->sk_uid.val : BPF_CORE_READ(sk, sk_uid.val);
 	o->cgroup = 0;
-	if (bpf_core_field_exists(sk->sk_cgrp_data))
-		o->cgroup = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	if (bpf_core_field_exists(sk->sk_cgrp_data)) {
+		if (direct) {
+			cg = sk->sk_cgrp_data.cgroup;
+			o->cgroup = cg ? cg->kn->id : 0;
+		} else {
+			o->cgroup = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+		}
+	}
 	o->sock_read = 1;
 }
 
 /* The task on the CPU uses sk: it owns it now. Fills *now; 0 when sk takes no owner. */
-static __always_inline int owner_learn(struct sock___ndq *sk, struct netdevq_owner *now)
+static __always_inline int owner_learn(struct sock___ndq *sk, struct netdevq_owner *now,
+				       const bool direct)
 {
 	struct netdevq_owner *o;
-	__u64 key = (__u64)sk, id, ino;
+	__u64 key = (__u64)sk, id, ino, kern;
+	__u32 flags;
 	__u16 family;
 
 	if (!sk)
 		return 0;
 	id = bpf_get_current_pid_tgid();
-	ino = owner_ino(sk);
+	ino = owner_ino(sk, direct);
 	o = bpf_map_lookup_elem(&owners, &key);
 	if (o && o->sock_read && o->tid == (__u32)id && o->pid == id >> 32 && o->ino == ino) {
 		*now = *o; /* this thread again (checked when it was learned): nothing to read */
 		return 1;
 	}
-	family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	if (family == NDQ_AF_UNIX || family == NDQ_AF_NETLINK ||
-	    BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock))
-		return 0;
-	if (BPF_CORE_READ((struct task_struct___ndq *)bpf_get_current_task(), flags) &
-	    NDQ_PF_KTHREAD)
+	if (direct) {
+		family = sk->__sk_common.skc_family;
+		kern = BPF_CORE_READ_BITFIELD(sk, sk_kern_sock);
+		flags = ((struct task_struct___ndq *)bpf_get_current_task_btf())->flags;
+	} else {
+		family = BPF_CORE_READ(sk, __sk_common.skc_family);
+		kern = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock);
+		flags = BPF_CORE_READ((struct task_struct___ndq *)bpf_get_current_task(), flags);
+	}
+	if (family == NDQ_AF_UNIX || family == NDQ_AF_NETLINK || kern || (flags & NDQ_PF_KTHREAD))
 		return 0;
 	now->pid = id >> 32;
 	now->tid = (__u32)id;
 	now->ino = ino;
 	bpf_get_current_comm(now->comm, sizeof(now->comm));
-	owner_sock_read(sk, now);
+	owner_sock_read(sk, now, direct);
 	bpf_map_update_elem(&owners, &key, now, BPF_ANY);
 	return 1;
 }
 
 static __always_inline void owner_listener_key(struct sock___ndq *sk, struct owner_listener_key *k)
 {
-	k->net = (__u64)BPF_CORE_READ(sk, __sk_common.skc_net.net);
-	k->port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	k->net = (__u64)sk->__sk_common.skc_net.net; /* called from tp_btf programs only */
+	k->port = sk->__sk_common.skc_num;
 }
 
-SEC("raw_tp/sock_send_length")
-int ndq_owner_send(struct bpf_raw_tracepoint_args *ctx)
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(ndq_owner_send, struct sock___ndq *sk)
 {
 	struct netdevq_owner now = {};
 
-	owner_learn((struct sock___ndq *)ctx->args[0], &now);
+	owner_learn(sk, &now, true);
 	return 0;
 }
 
-SEC("raw_tp/sock_recv_length")
-int ndq_owner_recv(struct bpf_raw_tracepoint_args *ctx)
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(ndq_owner_recv, struct sock___ndq *sk)
 {
 	struct netdevq_owner now = {};
 
-	owner_learn((struct sock___ndq *)ctx->args[0], &now);
+	owner_learn(sk, &now, true);
 	return 0;
 }
 
-SEC("raw_tp/inet_sock_set_state")
-int ndq_owner_state(struct bpf_raw_tracepoint_args *ctx)
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(ndq_owner_state, struct sock___ndq *sk, int oldstate, int newstate)
 {
-	struct sock___ndq *sk = (struct sock___ndq *)ctx->args[0];
-	int oldstate = (int)ctx->args[1], newstate = (int)ctx->args[2];
 	struct netdevq_owner now = {}, *o;
 	struct owner_listener_key k = {};
 	__u64 key = (__u64)sk;
 
 	if (newstate == NDQ_TCP_SYN_SENT) { /* connect(), in the caller's context */
-		owner_learn(sk, &now);
+		owner_learn(sk, &now, true);
 	} else if (newstate == NDQ_TCP_LISTEN) { /* listen() */
-		if (owner_learn(sk, &now)) {
+		if (owner_learn(sk, &now, true)) {
 			owner_listener_key(sk, &k);
 			bpf_map_update_elem(&owner_listeners, &k, &now, BPF_ANY);
 		}
@@ -281,21 +306,23 @@ int ndq_owner_state(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-SEC("raw_tp/tcp_destroy_sock")
-int ndq_owner_destroy(struct bpf_raw_tracepoint_args *ctx)
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(ndq_owner_destroy, struct sock___ndq *sk)
 {
-	__u64 key = ctx->args[0];
+	__u64 key = (__u64)sk;
 
 	bpf_map_delete_elem(&owners, &key);
 	return 0;
 }
 
 /* ev->owner_* for skb->sk (all zero: no owner). */
-static __always_inline void owner_read(struct netdevq_event *ev, struct sock___ndq *sk)
+static __always_inline void owner_read(struct netdevq_event *ev, struct sock___ndq *sk,
+				       const bool direct)
 {
 	struct netdevq_owner now = {}, *o;
 	__u64 key, ino, id;
 	__u8 state;
+	bool d;
 
 	ev->owner_pid = 0;
 	ev->owner_tid = 0;
@@ -305,14 +332,16 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 	*(__u64 *)&ev->owner_comm[8] = 0;
 	if (!sk)
 		return;
-	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	state = direct ? sk->__sk_common.skc_state : BPF_CORE_READ(sk, __sk_common.skc_state);
 	if (state == NDQ_TCP_TIME_WAIT)
 		return;
 	if (state == NDQ_TCP_NEW_SYN_RECV) {
+		/* a union member: a plain number even to the verifier, so read as such */
 		sk = BPF_CORE_READ(sk, __sk_common.skc_listener);
 		if (!sk)
 			return;
 	}
+	d = direct && state != NDQ_TCP_NEW_SYN_RECV; /* sk is a BTF pointer: plain loads */
 	key = (__u64)sk;
 	o = bpf_map_lookup_elem(&owners, &key);
 	if (state != NDQ_TCP_NEW_SYN_RECV && owner_in_task()) {
@@ -323,18 +352,20 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 		id = bpf_get_current_pid_tgid();
 		if (o && o->sock_read && o->tid == (__u32)id && o->pid == id >> 32)
 			goto found;
-		ino = owner_ino(sk);
+		ino = owner_ino(sk, d);
 		if (!(o && o->sock_read && o->pid != id >> 32 &&
 		      !(o->ino && ino && o->ino != ino)) &&
-		    owner_learn(sk, &now)) {
+		    owner_learn(sk, &now, direct)) {
 			o = &now;
 			goto found;
 		}
 	} else {
-		if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock))
+		if (d ? BPF_CORE_READ_BITFIELD(sk, sk_kern_sock) :
+			BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock))
 			return; /* ICMP errors, resets, ND, MLD: the kernel's own sockets */
-		ino = owner_ino(sk);
+		ino = owner_ino(sk, d);
 	}
+	barrier_var(o); /* keep the null checks ahead of any address the compiler derives */
 	if (o && o->ino && ino && o->ino != ino) { /* a freed sock's entry, its address reused */
 		bpf_map_delete_elem(&owners, &key);
 		o = NULL;
@@ -346,11 +377,12 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 		if (!o)
 			return;
 		now = *o;
-		owner_sock_read(sk, &now);
+		owner_sock_read(sk, &now, d);
 		bpf_map_update_elem(&owners, &key, &now, BPF_NOEXIST);
 		o = &now;
 	}
 found:
+	barrier_var(o);
 	ev->owner_pid = o->pid;
 	ev->owner_tid = o->tid;
 	__builtin_memcpy(ev->owner_comm, o->comm, sizeof(ev->owner_comm));
