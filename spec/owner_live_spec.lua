@@ -116,8 +116,9 @@ describe("socket owner attribution #root", function()
         end
     end)
 
-    it("charges datagrams that waited for ARP/ND to their sender, not to the task that sent them later",
-        function()
+    for _, mode in ipairs({ "raw", "btf" }) do
+    it("charges datagrams that waited for ARP/ND to their sender, not to the task that sent them later ("
+        .. mode .. " mode)", function()
             netns.require_root()
             pair = assert(netns.pair{ name = "ndqow", static_neigh = false })
             -- b answers neither ARP nor ND until its addresses come back; a asks every 200 ms
@@ -133,7 +134,7 @@ describe("socket owner attribution #root", function()
                 assert(os.execute("mkdir " .. clirun.quote(cg)) == 0)
                 cg_id = inode(cg)
             end
-            local cli = start_cli({ "-F", "json", "-f", "netns == " .. pair.netns_a, "-o",
+            local cli = start_cli({ "--mode", mode, "-F", "json", "-f", "netns == " .. pair.netns_a, "-o",
                 "comm,pid,cgroup,ethertype,proto,dport,len," .. OWNER })
             -- each sender: into the cgroup (from the host: `ip netns exec` hides /sys/fs/cgroup),
             -- then into namespace a as uid 65534; 3 datagrams, then it exits
@@ -193,6 +194,7 @@ describe("socket owner attribution #root", function()
                 end
             end
         end)
+    end
     it("keeps the sender as owner when another process's netlink request releases its datagrams", function()
         netns.require_root()
         pair = assert(netns.pair{ name = "ndqon", static_neigh = false })
