@@ -7,6 +7,7 @@
 -- cgroup (a cgroup v2 directory made for the run), so every owner field has one exact value.
 local netns = require("support.netns")
 local clirun = require("support.clirun")
+local bpfobjs = require("support.bpfobjs")
 local cjson = require("cjson")
 
 local OWNER = "owner_pid,owner_tid,owner_comm,owner_uid,owner_cgroup"
@@ -360,5 +361,36 @@ describe("socket owner attribution #root", function()
             end
         end
         assert.are.same({ 3, 3 }, { sent, forwarded })
+    end)
+
+    it("loads and attaches the owner programs only when an owner field or -p/--comm asks for them", function()
+        netns.require_root()
+        -- names of the programs each tracer holds, as bpftool lists them
+        local function progs(args)
+            local cli = start_cli(args)
+            local snap, names = bpfobjs.snapshot(), {}
+            for id in pairs(bpfobjs.held(cli.pid).prog) do
+                local e = snap.prog[id]
+                names[#names + 1] = e and e.name or "?"
+            end
+            stop_cli(cli)
+            table.sort(names)
+            return names
+        end
+        local owner = { "ndq_owner_destroy", "ndq_owner_recv", "ndq_owner_send", "ndq_owner_softirq_entry",
+            "ndq_owner_softirq_exit", "ndq_owner_state" }
+        local function with(main)
+            local t = { main }
+            for _, n in ipairs(owner) do
+                t[#t + 1] = n
+            end
+            table.sort(t)
+            return t
+        end
+        assert.are.same({ "netdevq_raw" }, progs({ "-q", "-o", "comm,pid,dev,len", "-d", "10" }))
+        assert.are.same({ "netdevq_raw" }, progs({ "-q", "--count", "comm,dev", "-d", "10" }))
+        assert.are.same(with("netdevq_raw"), progs({ "-o", "len,owner_comm", "-d", "10" }))
+        assert.are.same(with("netdevq_btf"), progs({ "--mode", "btf", "-q", "--count", "owner_comm", "-d", "10" }))
+        assert.are.same(with("netdevq_raw"), progs({ "-q", "-o", "len", "-p", "1", "-d", "10" }))
     end)
 end)
