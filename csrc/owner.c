@@ -161,10 +161,11 @@ int ndq_owner_attach(struct ndq_owner **owner, struct bpf_object *obj, char *msg
 		if (o->n == OWNER_LINKS_MAX || !(o->links[o->n] = bpf_program__attach(p))) {
 			int err = o->n == OWNER_LINKS_MAX ? E2BIG : errno;
 
-			snprintf(msg, msglen,
-				 "attaching the socket-owner program %s failed (%s): owner fields, "
-				 "-p, --comm and -c need the sock tracepoints of Linux 6.3 or later",
-				 bpf_program__section_name(p), strerror(err));
+			snprintf(
+				msg, msglen,
+				"attaching the socket-owner program %s failed (%s): owner fields, "
+				"-p, --comm and -c need the sock tracepoints of Linux 6.3 or later",
+				bpf_program__section_name(p), strerror(err));
 			ndq_owner_free(o);
 			return -1;
 		}

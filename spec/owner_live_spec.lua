@@ -12,15 +12,6 @@ local cjson = require("cjson")
 
 local OWNER = "owner_pid,owner_tid,owner_comm,owner_uid,owner_cgroup"
 
-local function exists(path)
-    local f = io.open(path)
-    if f then
-        f:close()
-        return true
-    end
-    return false
-end
-
 local function touch(path)
     assert(io.open(path, "w")):close()
 end
@@ -140,7 +131,8 @@ describe("socket owner attribution #root", function()
             -- each sender: into the cgroup (from the host: `ip netns exec` hides /sys/fs/cgroup),
             -- then into namespace a as uid 65534; 3 datagrams, then it exits
             local senders = {}
-            local sends = { { "ndq_own4", "udp4", pair.ip4_a, pair.ip4_b }, { "ndq_own6", "udp6", pair.ip6_a, pair.ip6_b } }
+            local sends = { { "ndq_own4", "udp4", pair.ip4_a, pair.ip4_b },
+                            { "ndq_own6", "udp6", pair.ip6_a, pair.ip6_b } }
             for _, v in ipairs(sends) do
                 local argv = { "ip", "netns", "exec", pair.ns_a, "setpriv", "--reuid", "65534", "--regid", "65534",
                     "--clear-groups", netns.ndq_send(), "--name", v[1], v[2], v[3], v[4], "9000", "40000", "100", "3" }
@@ -234,7 +226,8 @@ describe("socket owner attribution #root", function()
             local scope = ("(netns == %d or netns == %d) and port == 7002"):format(pair.netns_a, pair.netns_b)
             local cli = start_cli({ "-F", "json", "-f", scope, "-o", "dev,netns,sport,dport,tcp_flags,len," .. OWNER,
                 "--count", "owner_comm", "--sum", "len", "--by", "owner_comm" })
-            local sink = pair:spawn("b", { netns.ndq_send(), "--name", "ndq_sink", "tcpsink", pair.ip4_b, "7002", "30000" })
+            local sink = pair:spawn("b", { netns.ndq_send(), "--name", "ndq_sink", "tcpsink", pair.ip4_b, "7002",
+                "30000" })
             local sink_pid = until_line(sink, "listening")
             local ok, out = pair:exec("a", { netns.ndq_send(), "--name", "ndq_bulk", "tcpbulk", pair.ip4_a, pair.ip4_b,
                 "7002", "41002", tostring(BYTES) })
@@ -246,11 +239,13 @@ describe("socket owner attribution #root", function()
             local events, others = parse(stop_cli(cli).out)
 
             -- every packet of the connection has its side's process as owner
-            local want = { [pair.netns_a] = { bulk_pid, "ndq_bulk", 7002 }, [pair.netns_b] = { sink_pid, "ndq_sink", 41002 } }
+            local want = { [pair.netns_a] = { bulk_pid, "ndq_bulk", 7002 },
+                           [pair.netns_b] = { sink_pid, "ndq_sink", 41002 } }
             local count, bytes, syn = {}, {}, {}
             for _, ev in ipairs(events) do
                 local w = want[ev.netns]
-                assert.are.same({ w[1], w[1], w[2], 0, w[3] }, { ev.owner_pid, ev.owner_tid, ev.owner_comm, ev.owner_uid, ev.dport })
+                assert.are.same({ w[1], w[1], w[2], 0, w[3] },
+                    { ev.owner_pid, ev.owner_tid, ev.owner_comm, ev.owner_uid, ev.dport })
                 local name = ev.owner_comm
                 count[name] = (count[name] or 0) + 1
                 bytes[name] = (bytes[name] or 0) + ev.len
@@ -306,7 +301,8 @@ describe("socket owner attribution #root", function()
         local events = parse(stop_cli(cli).out)
         local acks = 0
         for _, ev in ipairs(events) do
-            assert.are.same({ hold_pid, hold_pid, "ndq_hold", 0 }, { ev.owner_pid, ev.owner_tid, ev.owner_comm, ev.owner_uid })
+            assert.are.same({ hold_pid, hold_pid, "ndq_hold", 0 },
+                { ev.owner_pid, ev.owner_tid, ev.owner_comm, ev.owner_uid })
             if ev.tcp_flags == "." and ev.len == 66 then
                 acks = acks + 1
             end
@@ -336,12 +332,13 @@ describe("socket owner attribution #root", function()
             local ok, out = netns.run(argv)
             assert(ok, table.concat(argv, " ") .. ": " .. out)
         end
-        local rx = netns.spawn({ "ip", "netns", "exec", c, netns.ndq_send(), "udprecv", "198.19.7.2", "9000", "3", "5000" })
+        local rx = netns.spawn({ "ip", "netns", "exec", c, netns.ndq_send(), "udprecv", "198.19.7.2", "9000", "3",
+            "5000" })
         until_line(rx, "ready")
         local cli = start_cli({ "-F", "json", "-f", ("(netns == %d or netns == %d) and dport == 9000"):format(
             pair.netns_a, pair.netns_b), "-o", "dev,netns,comm,pid,len," .. OWNER })
-        local ok, out = pair:exec("a", { netns.ndq_send(), "--name", "ndq_fwd", "udp4", pair.ip4_a, "198.19.7.2", "9000",
-            "40000", "100", "3" })
+        local ok, out = pair:exec("a", { netns.ndq_send(), "--name", "ndq_fwd", "udp4", pair.ip4_a, "198.19.7.2",
+            "9000", "40000", "100", "3" })
         assert(ok, out)
         local sender = tonumber(out:match("pid (%d+)"))
         assert.is_true((rx:wait()))
