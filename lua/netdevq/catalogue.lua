@@ -137,6 +137,18 @@ local ROWS = {
       description = "IPv4 TTL / IPv6 hop limit" },
     { name = "tos", type = "integer", at = "tos", when = "IP", need = "HEADERS", example = "0",
       description = "IPv4 TOS / IPv6 traffic class" },
+    -- the socket's owner (bpf/owner.bpf.h): present when the kernel knows it
+    { name = "owner_pid", type = "integer", at = "owner_pid", when = "OWNER", need = "OWNER",
+      example = "1234", description = "tgid of the process owning the packet's socket (in softirq "
+      .. "too); absent: no socket, a kernel socket, or owner unknown" },
+    { name = "owner_tid", type = "integer", at = "owner_tid", when = "OWNER", need = "OWNER",
+      example = "1234", description = "tid of the thread that last used the socket" },
+    { name = "owner_comm", type = "string", at = "owner_comm", when = "OWNER", need = "OWNER",
+      example = '"curl"', untrusted = true, description = "comm of the socket's owner" },
+    { name = "owner_cgroup", type = "integer", at = "owner_cgroup", when = "OWNER",
+      need = "OWNER", example = "1", description = "the socket's cgroup v2 id (sk_cgrp_data)" },
+    { name = "owner_uid", type = "integer", at = "owner_uid", when = "OWNER", need = "OWNER",
+      example = "0", description = "the socket's uid (sk_uid)" },
 }
 
 -- Filter-only names: true when either of two fields matches (`port == 53`: sport or dport).
@@ -159,6 +171,7 @@ local WHEN = {
     L4 = { lua = format("band(p.flags, %d) ~= 0", EV_L4), flags = EV_L4 },
     TCP = { lua = format("band(p.flags, %d) ~= 0", EV_TCP), flags = EV_TCP },
     MAC = { lua = format("band(p.flags, %d) ~= 0", EV_MAC), flags = EV_MAC },
+    OWNER = { lua = format("band(p.flags, %d) ~= 0", abi.EV.OWNER), flags = abi.EV.OWNER },
     NONZERO = { lua = "v ~= 0", nonzero = 1 },
 }
 
