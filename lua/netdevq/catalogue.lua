@@ -495,9 +495,13 @@ end
 
 -- Lines for --list-fields: "name  type  description", aligned.
 function _M.list()
-    local lines = {}
+    local lines, width = {}, 0
+    for _, field in ipairs(fields) do
+        width = math.max(width, #field.name)
+    end
     for i, field in ipairs(fields) do
-        lines[i] = format("%-10s %-8s %s", field.name, field.value_type, field.description)
+        lines[i] = format("%-" .. width .. "s %-8s %s", field.name, field.value_type,
+                          field.description)
     end
     return lines
 end
