@@ -97,8 +97,8 @@ end
 
 -- opts: see netdevq.plan (mode, filter, pcap, where, fields, aggregations, aggregate, events,
 -- snaplen, max_keys, follow_pid, pid, comm, ringbuf_size, batch, wakeup_bytes), and verbose,
--- object, object_bytes, btf_path, attach (default true). Returns a tracer, or nil, a one-line message
--- and { kind = "usage" | "runtime", caret = text under a filter error }.
+-- object, object_bytes, btf_path, attach (default true). Returns a tracer, or nil, a one-line
+-- message and { kind = "usage" | "runtime", caret = text under a filter error }.
 function _M.open(opts)
     opts = opts or {}
     if type(opts) ~= "table" then
