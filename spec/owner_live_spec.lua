@@ -218,6 +218,72 @@ describe("socket owner attribution #root", function()
         assert.are.same({ [142] = 3, [162] = 3 }, n)
     end)
 
+    it("shows the owner in the default text line and pcapng comments; -p and --comm select by it", function()
+        netns.require_root()
+        pair = assert(netns.pair{ name = "ndqos", static_neigh = false })
+        assert(pair:exec("b", { "ip", "addr", "flush", "dev", pair.veth_b })) -- b answers later
+        local scope = "netns == " .. pair.netns_a
+        local go = dir .. "/go"
+        -- the sender waits for the go file, so that -p can name it before it sends
+        local who = pair:spawn("a", { netns.ndq_send(), "--name", "ndq_who", "--wait-file", go, "udp4",
+            pair.ip4_a, pair.ip4_b, "9000", "40000", "100", "3" })
+        local pid = tonumber(who:line():match("^pid (%d+)$"))
+        local file = dir .. "/who.pcapng"
+        local text = start_cli({ "-f", scope .. " and dport == 9000" })
+        local pcap = start_cli({ "-q", "-w", file, "-f", scope .. " and dport == 9000" })
+        local jfields = { "-F", "json", "-o", "comm,pid,ethertype,dport,owner_pid,owner_comm", "-f",
+            scope }
+        local by_pid = start_cli({ "-p", tostring(pid), unpack(jfields) })
+        local by_comm = start_cli({ "--comm", "ndq_who", unpack(jfields) })
+        touch(go)
+        assert.are.equal("done", who:line())
+        -- another process's datagrams wait for the same neighbour: no -p/--comm run takes them
+        assert(pair:exec("a", { netns.ndq_send(), "--name", "ndq_other", "udp4", pair.ip4_a, pair.ip4_b,
+            "9001", "40001", "100", "2" }))
+        assert(pair:exec("b", { "ip", "addr", "add", pair.ip4_b .. "/24", "dev", pair.veth_b }))
+        assert(pair:exec("a", { netns.ndq_send(), "icmp4", pair.ip4_a, pair.ip4_b, "1" }))
+
+        -- the text line: time comm pid dev len proto saddr:sport > daddr:dport, owner's comm/pid
+        local lines = {}
+        for _, l in ipairs(clirun.lines(stop_cli(text).out)) do
+            local comm, p, rest = l:match("^%d%d:%d%d:%d%d%.%d+ (%S+) (%d+) (.*)$")
+            lines[#lines + 1] = { comm, tonumber(p), rest }
+        end
+        local line = { "ndq_who", pid,
+            pair.veth_a .. " 142 udp " .. pair.ip4_a .. ":40000 > " .. pair.ip4_b .. ":9000" }
+        assert.are.same({ line, line, line }, lines)
+        -- pcapng comments, as tshark reads them
+        stop_cli(pcap)
+        local ok, out = netns.run({ "tshark", "-r", file, "-T", "fields", "-e", "frame.comment" })
+        assert(ok, out)
+        local c = ("comm: ndq_who, pid: %d, tid: %d, queue: 0, mark: 0"):format(pid, pid)
+        local comments = {}
+        for _, l in ipairs(clirun.lines(out)) do
+            if not l:match("^Running as user") then -- tshark's note on stderr
+                comments[#comments + 1] = l
+            end
+        end
+        assert.are.same({ c, c, c }, comments)
+        -- -p and --comm: the three datagrams (sent from softirq: the task is someone else) and
+        -- the ARP requests ndq_who's own sends made (no socket: the task decides)
+        for _, cli in ipairs({ by_pid, by_comm }) do
+            local events = parse(stop_cli(cli).out)
+            local datagrams, arp = 0, 0
+            for _, ev in ipairs(events) do
+                if ev.owner_pid then
+                    assert.are.same({ pid, "ndq_who", 9000 }, { ev.owner_pid, ev.owner_comm, ev.dport })
+                    assert.are_not.equal(pid, ev.pid)
+                    datagrams = datagrams + 1
+                else
+                    assert.are.same({ pid, "ndq_who", "arp" }, { ev.pid, ev.comm, ev.ethertype })
+                    arp = arp + 1
+                end
+            end
+            assert.are.equal(3, datagrams)
+            assert.is_true(arp >= 1)
+        end
+    end)
+
     it("charges a bulk TCP transfer's data to the writer and the ACKs to the reader; --sum len --by owner_comm adds up",
         function()
             netns.require_root()
