@@ -234,7 +234,8 @@ function _M.make(opts)
 
     -- what the kernel reads: what consumers read, what Lua filters and aggregates
     local need
-    if opts.fields == nil and (opts.events ~= false) then
+    -- every field for events nobody narrowed down; a kernel aggregation alone reads its own
+    if opts.fields == nil and opts.events ~= false and not (kernel_agg and opts.events == nil) then
         need = abi.NEED.ALL
     else
         need = catalogue.needs(agg_fields(lua_aggs, { unpack(opts.fields or {}) }))
