@@ -147,7 +147,6 @@ local HAND_PICKED = {
 local function generator(seed, recorded)
     math.randomseed(seed)
     local rnd = math.random
-    local filter = require("netdevq.filter")
     local function pick(list)
         return list[rnd(#list)]
     end
@@ -482,7 +481,8 @@ describe("filter pushdown on live traffic #root", function()
             if #problems > 0 then
                 failures[#failures + 1] = ("filter %d (%s): %s\n  kernel: %s\n  remainder: %s\n  %d events of the "
                     .. "pair, %d pass the kernel part, %d selected, %d delivered\n%s")
-                    :format(i, mode, whole, require("support.kernel_model").kernel_summary(cfg), rest and filter.format(rest) or "(none)",
+                    :format(i, mode, whole, require("support.kernel_model").kernel_summary(cfg),
+                        rest and filter.format(rest) or "(none)",
                         #seen, kernel_pass, #expected, #delivered, table.concat(problems, "\n"))
             end
             checked = checked + 1

@@ -86,7 +86,12 @@ local ROWS = {
     { name = "ifindex", type = "integer", at = "ifindex", need = "DEV", member = "ifindex",
       example = "2", description = "ifindex of that device" },
     { name = "netns", type = "integer", at = "netns", need = "NETNS", member = "netns",
-      example = "4026531840", description = "inode number of the device's network namespace" },
+      example = '4026531840 or "blue"', resolve = function(name)
+          return require("netdevq.netns").inode(name)
+      end, description = "inode number of the device's network namespace (filters take names)" },
+    { name = "netns_name", type = "string", need = "NETNS", example = '"blue"',
+      untrusted = true, description = "name of that namespace in /run/netns (ip netns), if any",
+      raw = function(p) return require("netdevq.netns").name(p.netns) end },
     { name = "len", type = "integer", at = "len", member = "len", example = "1500",
       description = "skb->len" },
     { name = "data_len", type = "integer", at = "data_len", example = "0",

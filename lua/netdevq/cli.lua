@@ -60,6 +60,8 @@ local function build_parser()
     p:option("-I --dev", "only this device (repeatable)"):count("*"):argname("IFNAME")
     p:option("-p --pid", "only this process (the socket owner when known)"):argname("PID")
     p:option("--comm", "only this process name (the socket owner's when known)"):argname("NAME")
+    p:option("--netns", "only devices in this network namespace (ip netns name or inode)")
+        :argname("NAME")
     p:option("-c --cmd", "run CMD, trace only it and its children, stop when it exits")
         :argname("CMD")
     p:option("-o --fields", "comma list of fields to print; +LIST adds to the default line")
@@ -199,6 +201,9 @@ local function combined_filter(args)
             ors[i] = "dev == " .. quote(d)
         end
         parts[#parts + 1] = "(" .. concat(ors, " or ") .. ")"
+    end
+    if args.netns then
+        parts[#parts + 1] = "netns == " .. quote(args.netns)
     end
     if #parts == 0 then
         return nil
@@ -650,6 +655,9 @@ function _M.finish(t, s, r)
     local final = t:stats() or r.stats or { events = 0, matched = 0, lost = 0 }
     if not failed.err then -- a closed pipe ends quietly, whichever writer noticed it
         local ok, err = r.writer:summary(final)
+        if ok then
+            ok, err = r.writer:flush()
+        end
         if not ok then failed.err = err end
     end
     if failed.err and not closed_pipe then

@@ -385,6 +385,39 @@ end
 
 
 ---------------------------------------------------------------------------------------------
+-- Names from outside: printable text
+---------------------------------------------------------------------------------------------
+
+-- Task comms and device names can hold any byte: a newline would forge a line, an escape
+-- sequence retitle a terminal, invalid UTF-8 break JSON. printable() writes every byte outside
+-- printable ASCII as \xNN and a backslash as \\ (as tcpdump and bpftrace do); text, JSON and
+-- aggregation keys all show this text.
+local UNSAFE = "[%z\1-\31\\\127-\255]"
+local function escape_byte(c)
+    if c == "\\" then
+        return "\\\\"
+    end
+    return format("\\x%02x", byte(c))
+end
+
+local escaped, escaped_n = {}, 0 -- memo: names repeat
+function _M.printable(v)
+    if not find(v, UNSAFE) then
+        return v
+    end
+    local e = escaped[v]
+    if not e then
+        e = v:gsub(UNSAFE, escape_byte)
+        if escaped_n >= 4096 then
+            escaped, escaped_n = {}, 0
+        end
+        escaped[v], escaped_n = e, escaped_n + 1
+    end
+    return e
+end
+
+
+---------------------------------------------------------------------------------------------
 -- Lists of names (for suggestions): sorted
 ---------------------------------------------------------------------------------------------
 

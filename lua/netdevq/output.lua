@@ -14,8 +14,6 @@ local event = require("netdevq.event")
 
 local band = bit.band
 local format = string.format
-local find = string.find
-local gsub = string.gsub
 local concat = table.concat
 local encode_string = cjson.encode
 local type = type
@@ -95,34 +93,7 @@ local function check_opts(opts, who)
     return opts
 end
 
--- Names from outside (task comm, device names) can hold any byte: a newline would forge a line,
--- an escape sequence retitle the terminal, invalid UTF-8 break JSON. They are printed with every
--- byte outside printable ASCII as \xNN and a backslash as \\ (as tcpdump and bpftrace do), the
--- same text in JSON strings.
-local function escape_byte(c)
-    if c == "\\" then
-        return "\\\\"
-    end
-    return format("\\x%02x", c:byte())
-end
-
-local UNSAFE = "[%z\1-\31\\\127-\255]"
-local escaped = {}          -- memo: names repeat
-local escaped_n = 0
-local function escape_name(v)
-    if not find(v, UNSAFE) then
-        return v
-    end
-    local e = escaped[v]
-    if not e then
-        e = gsub(v, UNSAFE, escape_byte)
-        if escaped_n >= 4096 then
-            escaped, escaped_n = {}, 0
-        end
-        escaped[v], escaped_n = e, escaped_n + 1
-    end
-    return e
-end
+local escape_name = require("netdevq.names").printable
 _M.escape_name = escape_name
 
 -- the getter a writer uses for a field: names from outside come escaped

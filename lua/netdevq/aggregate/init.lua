@@ -473,6 +473,14 @@ function _M.feeder(agg, keys, value)
     end
   end
   local key = {}
+  -- names from outside (comm, dev) are keyed by their printable text, as the kernel path does
+  local by_name = require("netdevq.catalogue").by_name
+  local printable = require("netdevq.names").printable
+  local escape = {}
+  for j = 1, nkeys do
+    local f = by_name[keys[j]]
+    escape[j] = f ~= nil and f.untrusted == true
+  end
   return function(ev)
     local v = 1
     if value ~= nil then
@@ -481,7 +489,11 @@ function _M.feeder(agg, keys, value)
     end
     for j = 1, nkeys do
       local kv = ev[keys[j]]
-      if kv == nil then kv = ABSENT end
+      if kv == nil then
+        kv = ABSENT
+      elseif escape[j] then
+        kv = printable(kv)
+      end
       key[j] = kv
     end
     agg:add(nkeys == 1 and key[1] or key, v)

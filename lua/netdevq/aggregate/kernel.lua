@@ -122,7 +122,7 @@ end
 
 -- by catalogue type; the rest are numbers
 local TYPE_DECODERS = {
-    string = decode_cstring,
+    string = function(p, off) return names.printable(decode_cstring(p, off)) end,
     address = decode_addr,
     protocol = function(p, off) return names.format_proto(decode_u64(p, off)) end,
     ethertype = function(p, off) return names.format_ethertype(decode_u64(p, off)) end,
