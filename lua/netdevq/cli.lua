@@ -188,8 +188,8 @@ local function quote(s)
     return '"' .. s:gsub('[\\"]', "\\%0") .. '"'
 end
 
--- --filter, -I: one expression, every part and-ed (-p and --comm go to the kernel as such: they
--- check the socket owner when known, which no field expression says).
+-- --filter, -I, --netns: one expression, every part and-ed (-p and --comm go to the kernel as
+-- such: they check the socket owner when known, which no field expression says).
 local function combined_filter(args)
     local parts = {}
     if args.filter then
