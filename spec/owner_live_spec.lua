@@ -284,6 +284,38 @@ describe("socket owner attribution #root", function()
         end
     end)
 
+    it("-c follows the command's sockets: datagrams released from softirq after it sent them", function()
+        netns.require_root()
+        pair = assert(netns.pair{ name = "ndqoc", static_neigh = false })
+        assert(pair:exec("b", { "ip", "addr", "flush", "dev", pair.veth_b })) -- b answers later
+        assert(pair:exec("a", { "sysctl", "-qw", "net.ipv4.neigh." .. pair.veth_a .. ".retrans_time_ms=200",
+            "net.ipv4.neigh." .. pair.veth_a .. ".mcast_solicit=50" }))
+        -- another process's datagrams wait in the same neighbour queue: not the command's
+        assert(pair:exec("a", { netns.ndq_send(), "--name", "ndq_other", "udp4", pair.ip4_a, pair.ip4_b,
+            "9001", "40001", "100", "2" }))
+        -- the command: sends 3 datagrams (queued), gives b its address, waits for the release
+        local script = table.concat({ "ip netns exec", pair.ns_a, netns.ndq_send(), "--name ndq_cmd udp4",
+            pair.ip4_a, pair.ip4_b, "9000 40000 100 3; ip -n", pair.ns_b, "addr add", pair.ip4_b .. "/24 dev",
+            pair.veth_b, "; sleep 2" }, " ")
+        local r = clirun.cli({ "-F", "json", "-o", "comm,pid,dport,owner_pid,owner_comm", "-f",
+            "netns == " .. pair.netns_a .. ' and proto == "udp"', "-c", "sh -c '" .. script .. "'" },
+            { timeout = 30 })
+        assert.are.equal(0, r.code, r.err)
+        local pid = tonumber(r.out:match("pid (%d+)"))
+        local n = 0
+        for _, l in ipairs(clirun.lines(r.out)) do
+            if l:sub(1, 1) == "{" then
+                local ev = cjson.decode(l)
+                if ev.type == "event" then
+                    assert.are.same({ pid, "ndq_cmd", 9000 }, { ev.owner_pid, ev.owner_comm, ev.dport })
+                    assert.are_not.equal(pid, ev.pid) -- released after ndq_cmd exited
+                    n = n + 1
+                end
+            end
+        end
+        assert.are.equal(3, n)
+    end)
+
     it("charges a bulk TCP transfer's data to the writer and the ACKs to the reader; --sum len --by owner_comm adds up",
         function()
             netns.require_root()
