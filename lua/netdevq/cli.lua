@@ -154,9 +154,11 @@ local function check_numbers(args)
         if text ~= nil then
             local v = tonumber(text)
             if v == nil or v ~= v or v == math.huge or (allow_zero and v < 0)
-               or (not allow_zero and v <= 0) or (whole and v % 1 ~= 0) then
-                return nil, format("%s must be a %s%s number, not '%s'", spelled(name),
-                    allow_zero and "non-negative" or "positive", whole and " whole" or "", text)
+               or (not allow_zero and v <= 0) then
+                return nil, format("%s must be a %s number, not %s", spelled(name),
+                    allow_zero and "non-negative" or "positive", text)
+            elseif whole and v % 1 ~= 0 then
+                return nil, format("%s must be a whole number, not %s", spelled(name), text)
             end
             args[name] = v
         end
