@@ -1,0 +1,167 @@
+-- The documentation stays true: every ```lua block of README.md and docs/reference.md runs (as a
+-- script of the CLI: luajit scripts/netdevq.lua FILE.lua) and exits 0, and where a ```text block
+-- follows it (only blank lines between), its standard output is exactly that text. The field
+-- table of docs/reference.md lists the catalogue's fields in the catalogue's order, and every
+-- long option of --help appears in docs/reference.md.
+--
+-- Traffic: an example that opens a tracer (it contains `netdevq.open`) gets, once its ready line
+-- is on stderr, the traffic the reference describes above its examples, all on lo:
+--   UDP 127.0.0.1:40000 -> 127.0.0.1:7711, payloads 8, 100, 600 (len 50, 142, 642)
+--   UDP 127.0.0.1:40001 -> 127.0.0.1:7712, payload 8           (len 50)
+-- Nobody listens on those ports: each datagram also gets an ICMP port-unreachable reply.
+-- Examples bound themselves (run{ duration = 1 or 2 }). Other specs run at the same time, so an
+-- example that shows output filters on these ports. Shape check: times, dates and the sender's
+-- pid (which differ on every run) are compared by their form, everything else exactly.
+local netns = require("support.netns")
+local clirun = require("support.clirun")
+
+local DOCS = { "README.md", "docs/reference.md" }
+local READY = "netdevq: tracing net_dev_queue (raw) ... Ctrl-C to stop"
+
+local function read(path)
+    local f = assert(io.open(path, "rb"))
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+-- { { file=, line=, code=, output= (nil when no text block follows) }, ... }
+local function examples(path)
+    local list = {}
+    local lines = {}
+    for l in (read(path) .. "\n"):gmatch("(.-)\n") do
+        lines[#lines + 1] = l
+    end
+    local i = 1
+    local function block_at(j) -- the fenced block starting at line j: lang, body, next line
+        local lang = lines[j]:match("^```(%w*)%s*$")
+        local body = {}
+        local k = j + 1
+        while k <= #lines and not lines[k]:match("^```%s*$") do
+            body[#body + 1] = lines[k]
+            k = k + 1
+        end
+        return lang, table.concat(body, "\n") .. "\n", k + 1
+    end
+    while i <= #lines do
+        if lines[i]:match("^```") then
+            local lang, body, nxt = block_at(i)
+            if lang == "lua" then
+                local ex = { file = path, line = i, code = body }
+                local k = nxt
+                while k <= #lines and lines[k]:match("^%s*$") do
+                    k = k + 1
+                end
+                if k <= #lines and lines[k]:match("^```text%s*$") then
+                    local _, out
+                    _, out, nxt = block_at(k)
+                    ex.output = out
+                end
+                list[#list + 1] = ex
+            end
+            i = nxt
+        else
+            i = i + 1
+        end
+    end
+    return list
+end
+
+-- what differs from run to run, replaced by its form
+local function shape(text)
+    text = text:gsub("%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%d%d%d%d%d%d%dZ", "<date>")
+    text = text:gsub("%d%d:%d%d:%d%d%.%d%d%d%d%d%d", "<time>")
+    text = text:gsub("ndq_send(%s+)%d+", "ndq_send%1<pid>")
+    text = text:gsub('"pid":%d+', '"pid":<pid>'):gsub('"tid":%d+', '"tid":<pid>')
+    text = text:gsub('"duration_s":[%d.]+', '"duration_s":<s>')
+    return text
+end
+
+local function send_traffic()
+    local send = netns.ndq_send()
+    assert(netns.run({ send, "udp4", "127.0.0.1", "127.0.0.1", "7711", "40000", "8,100,600" }))
+    assert(netns.run({ send, "udp4", "127.0.0.1", "127.0.0.1", "7712", "40001", "8" }))
+end
+
+-- runs one example as the CLI runs a script; returns exit code, stdout, stderr lines
+local function run_example(ex, dir)
+    local script, out = dir .. "/example.lua", dir .. "/stdout"
+    local f = assert(io.open(script, "w"))
+    f:write(ex.code)
+    f:close()
+    local proc = netns.spawn({ "sh", "-c", 'exec timeout -s KILL 60 luajit scripts/netdevq.lua "$1" >"$2"',
+                               "sh", script, out })
+    local err = {}
+    if ex.code:find("netdevq.open", 1, true) then
+        local l = proc:line()
+        while l and l ~= READY do
+            err[#err + 1] = l
+            l = proc:line()
+        end
+        if l then
+            send_traffic()
+        end
+    end
+    local _, code, rest = proc:wait()
+    for _, l in ipairs(rest) do
+        err[#err + 1] = l
+    end
+    return code, read(out), err
+end
+
+describe("documented Lua examples #root", function()
+    for _, path in ipairs(DOCS) do
+        for _, ex in ipairs(examples(path)) do
+            it(("%s:%d runs%s"):format(ex.file, ex.line, ex.output and " and prints what it shows" or ""),
+               function()
+                netns.require_root()
+                local dir = clirun.tmpdir()
+                finally(function() clirun.rmtree(dir) end)
+                local code, out, err = run_example(ex, dir)
+                assert.are.equal(0, code, table.concat(err, "\n"))
+                if ex.output then
+                    assert.are.equal(shape(ex.output), shape(out))
+                end
+            end)
+        end
+    end
+end)
+
+describe("docs/reference.md", function()
+    local reference = read("docs/reference.md")
+
+    it("has examples, and the README too", function()
+        assert.is_true(#examples("docs/reference.md") >= 8)
+        assert.is_true(#examples("README.md") >= 1)
+    end)
+
+    it("lists every field of the catalogue, in the catalogue's order", function()
+        local section = assert(reference:match("\n## Fields\n(.-)\n## "), "no '## Fields' section")
+        local listed = {}
+        for name in section:gmatch("\n| `([%w_%.]+)` |") do
+            listed[#listed + 1] = name
+        end
+        assert.are.same(require("netdevq.catalogue").names, listed)
+    end)
+
+    it("names every long option of --help", function()
+        local r = clirun.run(clirun.cli_argv({ "--help" }), { env = { NETDEVQ_BUILD = clirun.build_dir() } })
+        assert.are.equal(0, r.code)
+        local seen = {}
+        for opt in r.out:gmatch("%-%-[%w][%w%-]*") do
+            if not seen[opt] then
+                seen[opt] = true
+                assert.truthy(reference:find(opt:gsub("%-", "%%-") .. "[^%w%-]"), opt .. " is not in docs/reference.md")
+            end
+        end
+        assert.truthy(seen["--prometheus"])
+    end)
+
+    it("refers to nothing outside the repository", function()
+        for _, path in ipairs(DOCS) do
+            local text = read(path)
+            assert.falsy(text:find("../shared", 1, true), path)
+            assert.falsy(text:find("contract.md", 1, true), path)
+        end
+    end)
+end)
