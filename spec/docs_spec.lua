@@ -83,16 +83,18 @@ local function send_traffic()
     assert(netns.run({ send, "udp4", "127.0.0.1", "127.0.0.1", "7712", "40001", "8" }))
 end
 
--- runs one example as the CLI runs a script; returns exit code, stdout, stderr lines
-local function run_example(ex, dir)
-    local script, out = dir .. "/example.lua", dir .. "/stdout"
-    local f = assert(io.open(script, "w"))
-    f:write(ex.code)
-    f:close()
-    local proc = netns.spawn({ "sh", "-c", 'exec timeout -s KILL 60 luajit scripts/netdevq.lua "$1" >"$2"',
-                               "sh", script, out })
+-- runs the CLI with args (stdout to a file, stderr read here); with traffic = true, sends the
+-- traffic above once the ready line is there. Returns exit code, stdout, stderr lines.
+local function run_cli(args, dir, traffic)
+    local out = dir .. "/stdout"
+    local argv = { "sh", "-c", 'out=$1; shift; exec timeout -s KILL 60 luajit scripts/netdevq.lua "$@" >"$out"',
+                   "sh", out }
+    for _, a in ipairs(args) do
+        argv[#argv + 1] = a
+    end
+    local proc = netns.spawn(argv)
     local err = {}
-    if ex.code:find("netdevq.open", 1, true) then
+    if traffic then
         local l = proc:line()
         while l and l ~= READY do
             err[#err + 1] = l
@@ -107,6 +109,15 @@ local function run_example(ex, dir)
         err[#err + 1] = l
     end
     return code, read(out), err
+end
+
+-- runs one example as the CLI runs a script; traffic when it opens a tracer
+local function run_example(ex, dir)
+    local script = dir .. "/example.lua"
+    local f = assert(io.open(script, "w"))
+    f:write(ex.code)
+    f:close()
+    return run_cli({ script }, dir, ex.code:find("netdevq.open", 1, true) ~= nil)
 end
 
 describe("documented Lua examples #root", function()
@@ -163,6 +174,113 @@ describe("docs/reference.md", function()
             -- (spelled in two parts: this file refers to no such file either)
             assert.falsy(text:find(".." .. "/shared", 1, true), path)
             assert.falsy(text:find("contract" .. ".md", 1, true), path)
+        end
+    end)
+end)
+
+-- The documented JSON lines: the ```text blocks of the "## JSON lines" section, by type.
+local function documented_json()
+    local section = assert(read("docs/reference.md"):match("\n## JSON lines\n(.-)\n## "), "no JSON lines section")
+    local by_type = {}
+    for block in section:gmatch("```text\n(.-)\n```") do
+        for line in block:gmatch("[^\n]+") do
+            local t = assert(line:match('^{"type":"(%w+)"'), "not a JSON line: " .. line)
+            by_type[t] = by_type[t] or {}
+            table.insert(by_type[t], line)
+        end
+    end
+    return by_type
+end
+
+-- top-level keys of a JSON line, in order (what precedes "data" for map and hist)
+local function top_keys(line)
+    local keys = {}
+    for k in (line:match('^(.-),"data":') or line):gmatch('"([%w_]+)":') do
+        keys[#keys + 1] = k
+    end
+    return keys
+end
+
+local RFC3339 = "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%d%d%d%d%d%d%dZ$"
+
+describe("JSON lines of docs/reference.md", function()
+    local cjson = require("cjson")
+    local catalogue = require("netdevq.catalogue")
+    local docs = documented_json()
+
+    it("show every type, and each line has the keys and types the schema table says", function()
+        assert.are.same({ "event", "hist", "interval", "lost", "map", "summary" },
+            (function()
+                local t = {}
+                for k in pairs(docs) do t[#t + 1] = k end
+                table.sort(t)
+                return t
+            end)())
+        for _, line in ipairs(docs.event) do
+            local keys, ev = top_keys(line), cjson.decode(line)
+            local last = 0
+            for i = 2, #keys do
+                local f = assert(catalogue.by_name[keys[i]], keys[i])
+                assert.is_true(f.index > last, keys[i] .. " out of catalogue order")
+                last = f.index
+                assert.are.equal(f.value_type == "integer" and "number" or "string", type(ev[keys[i]]), keys[i])
+            end
+            assert.truthy(ev.time:match(RFC3339))
+        end
+        for _, t in ipairs({ "map", "hist" }) do
+            for _, line in ipairs(docs[t]) do
+                local o = cjson.decode(line)
+                assert.are.equal("string", type(o.name))
+                assert.truthy(o.time == nil or o.time:match(RFC3339))
+                for _, d in ipairs(o.data) do
+                    assert.are.equal(#o.keys, #d.key)
+                    if t == "hist" then
+                        for _, b in ipairs(d.buckets) do
+                            assert.are.equal("number", type(b.count))
+                            assert.is_true(b.min ~= nil or b.max ~= nil)
+                        end
+                    elseif type(d.value) == "table" then
+                        assert.are.same({ "average", "count", "total" }, (function()
+                            local k = {}
+                            for n in pairs(d.value) do k[#k + 1] = n end
+                            table.sort(k)
+                            return k
+                        end)())
+                    else
+                        assert.are.equal("number", type(d.value))
+                    end
+                end
+            end
+        end
+        local interval = cjson.decode(docs.interval[1])
+        assert.truthy(interval.time:match(RFC3339))
+        assert.are.equal("number", type(interval.interval_s))
+        assert.are.equal("number", type(cjson.decode(docs.lost[1]).count))
+        local summary = cjson.decode(docs.summary[1])
+        assert.are.same({ "type", "time", "events", "matched", "lost", "kfiltered", "agg_overflow", "duration_s" },
+            top_keys(docs.summary[1]))
+        assert.truthy(summary.time:match(RFC3339))
+    end)
+
+    it("have the keys, in the order, that the CLI writes #root", function()
+        netns.require_root()
+        local dir = clirun.tmpdir()
+        finally(function() clirun.rmtree(dir) end)
+        local live = {}
+        local function collect(args)
+            local code, out, err = run_cli(args, dir, true)
+            assert.are.equal(0, code, table.concat(err, "\n"))
+            for line in out:gmatch("[^\n]+") do
+                local t = assert(line:match('^{"type":"(%w+)"'), line)
+                live[t] = live[t] or line
+            end
+        end
+        collect({ "-F", "json", "-f", "dport == 7711", "-n", "1", "-d", "5" })
+        collect({ "-F", "json", "-f", "port == 7711 or port == 7712", "--count", "dev,proto", "--hist", "len",
+                  "-i", "1", "-d", "2.5" })
+        for _, t in ipairs({ "event", "map", "hist", "interval", "summary" }) do
+            assert.truthy(live[t], "the CLI wrote no " .. t .. " line")
+            assert.are.same(top_keys(docs[t][1]), top_keys(live[t]), t)
         end
     end)
 end)
