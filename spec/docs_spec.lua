@@ -2,7 +2,10 @@
 -- script of the CLI: luajit scripts/netdevq.lua FILE.lua) and exits 0, and where a ```text block
 -- follows it (only blank lines between), its standard output is exactly that text. The field
 -- table of docs/reference.md lists the catalogue's fields in the catalogue's order, and every
--- long option of --help appears in docs/reference.md.
+-- long option of --help appears in docs/reference.md. Command lines shown in indented blocks
+-- (`    # luajit scripts/netdevq.lua ARGS`, then what it printed) run too, except those that
+-- write files (-w): each line shown must be among the lines the command wrote to stdout or
+-- stderr, and the README's first command must print what the README shows.
 --
 -- Traffic: an example that opens a tracer (it contains `netdevq.open`) gets, once its ready line
 -- is on stderr, the traffic the reference describes above its examples, all on lo:
@@ -77,15 +80,29 @@ local function shape(text)
     return text
 end
 
+-- one TCP connection on loopback, 127.0.0.1:40002 -> 127.0.0.1:7713 (the README's TCP lines)
+local function send_tcp()
+    local send = netns.ndq_send()
+    local listener = netns.spawn({ "timeout", "-s", "KILL", "10", send, "tcplisten", "127.0.0.1", "7713", "3000" })
+    local l = listener:line()
+    while l and l ~= "listening" do -- (its pid comes first)
+        l = listener:line()
+    end
+    assert.are.equal("listening", l)
+    assert(netns.run({ "timeout", "-s", "KILL", "10", send, "tcp4", "127.0.0.1", "127.0.0.1", "7713", "40002" }))
+    listener:wait()
+end
+
 local function send_traffic()
     local send = netns.ndq_send()
-    assert(netns.run({ send, "udp4", "127.0.0.1", "127.0.0.1", "7711", "40000", "8,100,600" }))
-    assert(netns.run({ send, "udp4", "127.0.0.1", "127.0.0.1", "7712", "40001", "8" }))
+    assert(netns.run({ "timeout", "-s", "KILL", "10", send, "udp4", "127.0.0.1", "127.0.0.1", "7711", "40000",
+                       "8,100,600" }))
+    assert(netns.run({ "timeout", "-s", "KILL", "10", send, "udp4", "127.0.0.1", "127.0.0.1", "7712", "40001", "8" }))
 end
 
 -- runs the CLI with args (stdout to a file, stderr read here); with traffic = true, sends the
 -- traffic above once the ready line is there. Returns exit code, stdout, stderr lines.
-local function run_cli(args, dir, traffic)
+local function run_cli(args, dir, traffic, send)
     local out = dir .. "/stdout"
     local argv = { "sh", "-c", 'out=$1; shift; exec timeout -s KILL 60 luajit scripts/netdevq.lua "$@" >"$out"',
                    "sh", out }
@@ -101,7 +118,9 @@ local function run_cli(args, dir, traffic)
             l = proc:line()
         end
         if l then
-            send_traffic()
+            err[#err + 1] = l
+            local make_traffic = send or send_traffic
+            make_traffic()
         end
     end
     local _, code, rest = proc:wait()
@@ -119,6 +138,74 @@ local function run_example(ex, dir)
     f:close()
     return run_cli({ script }, dir, ex.code:find("netdevq.open", 1, true) ~= nil)
 end
+
+-- { { file=, line=, args = {words}, shown = {lines} }, ... }: the indented command blocks
+local function command_blocks(path)
+    local split = require("netdevq.words").split
+    local list, cur = {}, nil
+    local n = 0
+    for l in (read(path) .. "\n"):gmatch("(.-)\n") do
+        n = n + 1
+        local cmd = l:match("^    # luajit scripts/netdevq%.lua (.*)$")
+        if cmd then
+            cur = { file = path, line = n, text = cmd, args = assert(split(cmd)), shown = {} }
+            list[#list + 1] = cur
+        elseif cur and l:match("^    ") then
+            cur.shown[#cur.shown + 1] = l:sub(5)
+        else
+            cur = nil
+        end
+    end
+    return list
+end
+
+-- what differs from run to run in a command's output, replaced by its form
+local function cli_shape(line)
+    line = shape(line)
+    line = line:gsub("^(netdevq: )%d+( events,)", "%1<n>%2")
+    line = line:gsub("^(<time> bash )%d+", "%1<pid>")
+    line = line:gsub("^(<time> bash <pid> lo %d+ udp 127%.0%.0%.1:)%d+", "%1<port>")
+    return line
+end
+
+local function lines_of(text)
+    local t = {}
+    for l in text:gmatch("[^\n]+") do
+        t[#t + 1] = cli_shape(l)
+    end
+    return t
+end
+
+describe("documented command lines #root", function()
+    for _, path in ipairs(DOCS) do
+        for _, block in ipairs(command_blocks(path)) do
+            if not block.text:find(" -w ", 1, true) then
+                it(("%s:%d %s"):format(block.file, block.line, block.text), function()
+                    netns.require_root()
+                    local dir = clirun.tmpdir()
+                    finally(function() clirun.rmtree(dir) end)
+                    local traffic = block.text:find("7711", 1, true) or block.text:find("7713", 1, true)
+                    local send = block.text:find("7713", 1, true) and send_tcp or nil
+                    local _, out, err = run_cli(block.args, dir, traffic, send)
+                    local got = lines_of(out)
+                    for _, l in ipairs(err) do
+                        got[#got + 1] = cli_shape(l)
+                    end
+                    local left = {}
+                    for _, l in ipairs(got) do
+                        left[l] = (left[l] or 0) + 1
+                    end
+                    for _, want in ipairs(block.shown) do
+                        want = cli_shape(want)
+                        assert.is_true((left[want] or 0) > 0,
+                            ("not printed: %q\nprinted:\n%s"):format(want, table.concat(got, "\n")))
+                        left[want] = left[want] - 1
+                    end
+                end)
+            end
+        end
+    end
+end)
 
 describe("documented Lua examples #root", function()
     for _, path in ipairs(DOCS) do
