@@ -242,6 +242,16 @@ describe("docs/reference.md", function()
         assert.are.same(require("netdevq.catalogue").names, listed)
     end)
 
+    it("and the README's field list is the catalogue's, in order", function()
+        local block = assert(read("README.md"):match("\n## Fields\n.-\n\n(    ts .-)\n\n"),
+                             "no field list in README.md")
+        local listed = {}
+        for name in block:gmatch("[%w_]+") do
+            listed[#listed + 1] = name
+        end
+        assert.are.same(require("netdevq.catalogue").names, listed)
+    end)
+
     it("names every long option of --help", function()
         local r = clirun.run(clirun.cli_argv({ "--help" }), { env = { NETDEVQ_BUILD = clirun.build_dir() } })
         assert.are.equal(0, r.code)
