@@ -81,16 +81,46 @@ local function shape(text)
 end
 
 -- one TCP connection on loopback, 127.0.0.1:40002 -> 127.0.0.1:7713 (the README's TCP lines)
+-- A command whose output lines (stdout and stderr) this process reads as they come, with its exit
+-- status last. (Not netns.spawn: its start spins when the command prints before its pid marker.)
+local function start(argv, tail)
+    local words = {}
+    for i, a in ipairs(argv) do
+        words[i] = clirun.quote(a)
+    end
+    local fh = assert(io.popen(table.concat(words, " ") .. " </dev/null " .. (tail or "2>&1")
+        .. '; echo "@@rc $?"'))
+    local proc = {}
+    function proc.line()
+        local l = fh:read("*l")
+        if l == nil or l:match("^@@rc %d+$") then
+            proc.code = proc.code or (l and tonumber(l:match("%d+")))
+            return nil
+        end
+        return l
+    end
+    function proc.wait()
+        local rest = {}
+        for l in proc.line do
+            rest[#rest + 1] = l
+        end
+        fh:close()
+        return proc.code, rest
+    end
+    return proc
+end
+
+-- one TCP connection on loopback, 127.0.0.1:40002 -> 127.0.0.1:7713 (the README's TCP lines)
 local function send_tcp()
     local send = netns.ndq_send()
-    local listener = netns.spawn({ "timeout", "-s", "KILL", "10", send, "tcplisten", "127.0.0.1", "7713", "3000" })
-    local l = listener:line()
+    local listener = start({ "timeout", "-s", "KILL", "10", send, "tcplisten", "127.0.0.1", "7713", "3000" })
+    local l = listener.line()
     while l and l ~= "listening" do -- (its pid comes first)
-        l = listener:line()
+        l = listener.line()
     end
     assert.are.equal("listening", l)
     assert(netns.run({ "timeout", "-s", "KILL", "10", send, "tcp4", "127.0.0.1", "127.0.0.1", "7713", "40002" }))
-    listener:wait()
+    listener.wait()
 end
 
 local function send_traffic()
@@ -104,18 +134,18 @@ end
 -- traffic above once the ready line is there. Returns exit code, stdout, stderr lines.
 local function run_cli(args, dir, traffic, send)
     local out = dir .. "/stdout"
-    local argv = { "sh", "-c", 'out=$1; shift; exec timeout -s KILL 60 luajit scripts/netdevq.lua "$@" >"$out"',
-                   "sh", out }
+    local argv = { "timeout", "-s", "KILL", "60", "luajit", "scripts/netdevq.lua" }
     for _, a in ipairs(args) do
         argv[#argv + 1] = a
     end
-    local proc = netns.spawn(argv)
+    -- stderr to the pipe read here, stdout to the file
+    local proc = start(argv, "2>&1 >" .. clirun.quote(out))
     local err = {}
     if traffic then
-        local l = proc:line()
+        local l = proc.line()
         while l and l ~= READY do
             err[#err + 1] = l
-            l = proc:line()
+            l = proc.line()
         end
         if l then
             err[#err + 1] = l
@@ -123,7 +153,7 @@ local function run_cli(args, dir, traffic, send)
             make_traffic()
         end
     end
-    local _, code, rest = proc:wait()
+    local code, rest = proc.wait()
     for _, l in ipairs(rest) do
         err[#err + 1] = l
     end
