@@ -633,7 +633,9 @@ int BPF_PROG(netdevq_btf, struct sk_buff *skb)
 	return handle(skb, true);
 }
 
-/* Follows the -c process tree: a child of a tracked process is tracked. */
+/* Follows the -c process tree: a child of a tracked process is tracked. A new process whose
+ * parent is not tracked got a pid that a tracked process held once (pids are recycled): it is
+ * not part of the tree, whatever netdevq_exit missed. Threads (same tgid) change nothing. */
 SEC("raw_tp/sched_process_fork")
 int netdevq_fork(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -643,7 +645,25 @@ int netdevq_fork(struct bpf_raw_tracepoint_args *ctx)
 	__u32 ctgid = BPF_CORE_READ(child, tgid);
 	__u8 one = 1;
 
-	if (ptgid != ctgid && bpf_map_lookup_elem(&tracked, &ptgid))
+	if (ptgid == ctgid)
+		return 0;
+	if (bpf_map_lookup_elem(&tracked, &ptgid))
 		bpf_map_update_elem(&tracked, &ctgid, &one, BPF_ANY);
+	else
+		bpf_map_delete_elem(&tracked, &ctgid);
+	return 0;
+}
+
+/* Prunes the tree: a process whose last thread exits leaves the map (its pid may be recycled,
+ * and the map has a fixed size). The exit tracepoint fires after the task's thread group count
+ * (signal->live) is decremented: 0 means this was the last thread. */
+SEC("raw_tp/sched_process_exit")
+int netdevq_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx->args[0];
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+
+	if (BPF_CORE_READ(task, signal, live.counter) == 0)
+		bpf_map_delete_elem(&tracked, &tgid);
 	return 0;
 }

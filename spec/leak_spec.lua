@@ -52,7 +52,7 @@ describe("netdevq gives everything back #root", function()
             { mode = "raw" },
             { mode = "btf", filter = 'len > 100 and proto == "udp"' },
             { mode = "raw", aggregate = { kind = "hist", keys = { "dev" }, value = "len" } },
-            { mode = "btf", pcap = "udp or tcp", follow_pid = pid }, -- two links: + sched fork
+            { mode = "btf", pcap = "udp or tcp", follow_pid = pid }, -- + sched fork and exit
         }
         local ids = { prog = {}, map = {}, link = {} }
         local per_variant = {}
@@ -67,12 +67,12 @@ describe("netdevq gives everything back #root", function()
             t:close() -- idempotent
         end
         -- what one tracer holds: its program(s), link(s) and the six maps
-        assert.same({ { 1, 1, 6 }, { 1, 1, 6 }, { 1, 1, 6 }, { 2, 2, 6 } }, per_variant)
+        assert.same({ { 1, 1, 6 }, { 1, 1, 6 }, { 1, 1, 6 }, { 3, 3, 6 } }, per_variant)
         assert.same({}, bpfobjs.diff(before, bpfobjs.fds()))
         assert.same({ prog = {}, map = {}, link = {} }, bpfobjs.held(pid))
         assert.same({}, bpfobjs.still_loaded(ids))
         -- ids are never reused: every cycle loaded its own objects
-        assert.equal(CYCLES + CYCLES / 4, count(ids.prog))
+        assert.equal(CYCLES + 2 * CYCLES / 4, count(ids.prog))
         assert.equal(CYCLES * 6, count(ids.map))
     end)
 

@@ -43,6 +43,7 @@ local F = abi.F
 
 local DEFAULT_WAKEUP_BYTES = 256 * 1024
 local PCAP_SNAPLEN = 256
+local PID_MAX = 4194304 -- PID_MAX_LIMIT on 64-bit Linux
 
 local _M = {
     _VERSION = core._VERSION,
@@ -200,7 +201,13 @@ function _M.open(opts)
     end
     cfg.emit = emit and 1 or 0
     cfg.wakeup_bytes = opts.wakeup_bytes or DEFAULT_WAKEUP_BYTES
-    cfg.follow_pid = opts.follow_pid or 0
+    local follow = opts.follow_pid
+    if follow ~= nil and (type(follow) ~= "number" or follow % 1 ~= 0 or follow < 1
+        or follow > PID_MAX) then
+        error("netdevq.open: follow_pid must be a process id (1.." .. PID_MAX .. "), not "
+            .. tostring(follow), 2)
+    end
+    cfg.follow_pid = follow or 0
     if opts.aggregate then
         if not _M.kernel_aggregatable(opts.aggregate) then
             error("netdevq.open: this aggregation cannot run in the kernel (keys and value must be "
@@ -246,6 +253,10 @@ function _M.open(opts)
         lua_filtered = 0,
         started_ns = monotonic_ns(),
         attached = false,
+        pend = false, -- the batch being delivered (see Tracer:poll), its size, the next index
+        pend_n = 0,
+        pend_i = 0,
+        delivering = false,
     }, Tracer)
     if opts.attach ~= false then
         local ok, aerr = self:attach()
@@ -257,8 +268,17 @@ function _M.open(opts)
     return self
 end
 
+-- The core tracer, or the "tracer is closed" error (for the caller of the method).
+local function live(self)
+    local t = self.t
+    if not t then
+        error("netdevq: tracer is closed", 3)
+    end
+    return t
+end
+
 function Tracer:attach()
-    local ok, err = self.t:attach()
+    local ok, err = live(self):attach()
     if not ok then
         return fail(err)
     end
@@ -270,7 +290,8 @@ end
 -- Stops tracing; counters, aggregations and events already in the ring buffer stay readable
 -- (poll drains them), so final figures add up. attach() may follow. Idempotent.
 function Tracer:detach()
-    if self.t and self.attached then
+    live(self)
+    if self.attached then
         self.t:detach()
         self.attached = false
     end
@@ -279,6 +300,7 @@ end
 
 -- fn(ev) for every matching event; several callbacks run in registration order.
 function Tracer:on_event(fn)
+    live(self)
     if type(fn) ~= "function" then
         error("on_event: expected a function", 2)
     end
@@ -288,38 +310,69 @@ function Tracer:on_event(fn)
     return self
 end
 
--- Deliver what is pending (waiting up to timeout_ms when nothing is). Returns the number of
--- events delivered to callbacks and the number taken from the kernel, or nil, err.
-function Tracer:poll(timeout_ms)
-    local n, batch = self.t:poll(timeout_ms or 100)
-    if not n then
-        return nil, "netdevq: " .. tostring(batch)
-    end
-    if n == 0 then
-        return 0, 0
-    end
-    local evs = ffi_cast(event_ptr_t, batch)
+-- Delivers events[pend_i .. pend_n-1] of the batch being delivered; self.pend_i, matched and
+-- lua_filtered move on before each event's callbacks run, so that whatever a callback does (raise,
+-- close the tracer, yield) leaves exact figures and the rest of the batch in place.
+local function deliver(self)
+    local evs = ffi_cast(event_ptr_t, self.pend)
+    local n, limit = self.pend_n, self.limit
     local view, match, where = self.view, self.match, self.where
     local callbacks, ncb = self.callbacks, self.ncallbacks
-    local room = self.limit and self.limit - self.matched or n
-    local delivered, filtered = 0, 0
-    for i = 0, n - 1 do
-        if delivered >= room then
-            break -- max_events reached: the rest of the batch is not delivered
+    for i = self.pend_i, n - 1 do
+        if limit and self.matched >= limit then
+            return -- max_events reached: the rest stays pending
         end
+        self.pend_i = i + 1
         view:_set(evs + i)
         if (match == nil or match(view)) and (where == nil or where(view)) then
-            delivered = delivered + 1
+            self.matched = self.matched + 1
             for c = 1, ncb do
                 callbacks[c](view)
             end
+            if not self.t then
+                return -- closed by a callback: nothing more is delivered
+            end
         else
-            filtered = filtered + 1
+            self.lua_filtered = self.lua_filtered + 1
         end
     end
-    self.matched = self.matched + delivered
-    self.lua_filtered = self.lua_filtered + filtered
-    return delivered, n
+end
+
+-- Deliver what is pending (waiting up to timeout_ms when nothing is). Returns the number of
+-- events delivered to callbacks and the number of events handled (taken from the kernel, or
+-- left from a batch a callback's error interrupted), or nil, err.
+-- Callbacks may close the tracer (no event is delivered after that) or raise (the error goes
+-- on to the caller; the rest of the batch is delivered by the next poll: stats().pending counts
+-- it meanwhile). Calling poll from a callback raises: the batch is being delivered.
+function Tracer:poll(timeout_ms)
+    local t = live(self)
+    if self.delivering then
+        error("netdevq: poll() called while a batch is being delivered (from an on_event "
+            .. "callback, or a coroutine suspended in one): return from the callback first", 2)
+    end
+    local start = self.pend_i
+    if start >= self.pend_n then
+        local n, batch = t:poll(timeout_ms or 100)
+        if not n then
+            return nil, "netdevq: " .. tostring(batch)
+        end
+        if n == 0 then
+            return 0, 0
+        end
+        -- the batch memory stays valid while the view or the tracer holds it, closed or not
+        if rawget(self.view, "_batch") ~= batch then
+            rawset(self.view, "_batch", batch)
+        end
+        self.pend, self.pend_n, self.pend_i, start = batch, n, 0, 0
+    end
+    local matched = self.matched
+    self.delivering = true
+    local ok, err = pcall(deliver, self)
+    self.delivering = false
+    if not ok then
+        error(err, 0)
+    end
+    return self.matched - matched, self.pend_i - start
 end
 
 -- Kernel counters and what happened here:
@@ -327,7 +380,7 @@ end
 --   buffer), lost (ring buffer full), pcap_dropped, lua_filtered, matched (delivered to
 --   callbacks), aggregated, agg_overflow; events = seen.
 function Tracer:stats()
-    local c, err = self.t:counters()
+    local c, err = live(self):counters()
     if not c then
         return nil, "netdevq: " .. err
     end
@@ -338,6 +391,7 @@ function Tracer:stats()
         c.matched = self.matched
     end
     c.lua_filtered = self.lua_filtered
+    c.pending = self.pend_n - self.pend_i
     c.duration_s = (monotonic_ns() - self.started_ns) / 1e9
     return c
 end
@@ -349,7 +403,7 @@ function Tracer:read_aggregate(agg, reset)
     if not spec then
         error("read_aggregate: this tracer was opened without 'aggregate'", 2)
     end
-    local n, keys, vals = self.t:agg_read(reset)
+    local n, keys, vals = live(self):agg_read(reset)
     if not n then
         return nil, "netdevq: " .. tostring(keys)
     end
@@ -366,6 +420,7 @@ end
 -- (when catch_signals was called). on_tick(now_s) runs every `interval` seconds.
 -- Returns the stats table, or nil, err.
 function Tracer:run(opts)
+    live(self)
     opts = opts or {}
     local deadline = opts.duration and (monotonic_ns() + opts.duration * 1e9)
     local max_events = opts.max_events
@@ -398,7 +453,7 @@ function Tracer:run(opts)
         if max_events and self.matched >= max_events then
             break
         end
-        if stop and stop() then
+        if not self.t or (stop and stop()) then
             break
         end
         if next_tick and monotonic_ns() >= next_tick then
@@ -407,9 +462,12 @@ function Tracer:run(opts)
                 opts.on_tick(self)
             end
         end
+        if not self.t then
+            break
+        end
     end
     -- what the kernel handed over before the stop still counts (a Ctrl-C cuts a poll short)
-    while not self:limit_reached() do
+    while self.t and not self:limit_reached() do
         local delivered, taken = self:poll(0)
         if not delivered then
             return nil, taken
@@ -417,6 +475,9 @@ function Tracer:run(opts)
         if taken == 0 then
             break
         end
+    end
+    if not self.t then
+        return self.final_stats -- closed by a callback: the figures at close
     end
     return self:stats()
 end
@@ -426,10 +487,17 @@ function Tracer:limit_reached()
     return self.limit ~= nil and self.matched >= self.limit
 end
 
+-- Detaches and frees the kernel objects at once, also from inside a callback (the batch being
+-- delivered stays valid memory; no event is delivered after this). Idempotent; every other
+-- method raises "tracer is closed" afterwards. run() then returns the figures of this moment.
 function Tracer:close()
-    if self.t then
-        self.t:close()
+    local t = self.t
+    if t then
+        self.final_stats = self:stats()
         self.t = false
+        self.attached = false
+        self.pend, self.pend_n, self.pend_i = false, 0, 0
+        t:close()
     end
 end
 -- (no __gc here: LuaJIT tables have none; the core userdata closes itself when collected)
