@@ -21,6 +21,7 @@ local EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 local PCAP_SNAPLEN = 128 -- -w without -s: enough for Ethernet + IPv6 + TCP with options
 local RINGBUF_MIN, RINGBUF_MAX = 4096, 2 ^ 30 -- what netdevq.core accepts
 local STATUS_PERIOD = 5 -- seconds between status lines on a stderr that is not a terminal
+local CHILD_GRACE_MS = 2000 -- -c: from SIGTERM to SIGKILL when the run ends before the command
 
 ffi.cdef [[ int ndq_cli_isatty(int fd) __asm__("isatty"); ]]
 local function isatty(fd)
@@ -327,6 +328,12 @@ function _M.main(argv)
         return usage_error(format("--ringbuf-size must be a power of two from %d to %d, not %s",
             RINGBUF_MIN, RINGBUF_MAX, tostring(rb)))
     end
+    if args.write == "" then
+        return usage_error("--write needs a file name, or - for standard output")
+    end
+    if args.write and require("netdevq.pcapng").is_stdout(args.write) then
+        args.write = "-" -- stdout carries pcapng only, whatever it is called
+    end
     if args.snaplen and args.snaplen > 256 then
         return usage_error("--snaplen must be at most 256 (header bytes)")
     end
@@ -387,7 +394,8 @@ function _M.main(argv)
     if args.write then
         local pcapng = require("netdevq.pcapng")
         -- the interface blocks carry the snap length, like tcpdump's file header
-        local w, err = pcapng.open(args.write, { snaplen = args.snaplen or PCAP_SNAPLEN })
+        local w, err = pcapng.open(args.write, { snaplen = args.snaplen or PCAP_SNAPLEN,
+                                                 interrupted = core.interrupted })
         if not w then
             io_stderr:write("netdevq: ", err, "\n")
             return EXIT_FAIL
@@ -459,6 +467,9 @@ function _M.main(argv)
             core.release(gate_fd, status_fd) -- closing the gate lets the child exit unexecuted
             core.waitpid(child_pid, false)
         end
+        if core.interrupted() then -- a signal stopped the start (a long pcap compile)
+            return EXIT_OK
+        end
         -- bad filters are usage errors; everything else is a runtime failure
         return (err:match("^netdevq: filter") or err:match("^netdevq: pcap filter")) and EXIT_USAGE
             or EXIT_FAIL
@@ -471,6 +482,20 @@ function _M.main(argv)
 
     -- per-event work: the Lua aggregations, the pcapng writer, the text/JSON line
     local write_error
+    -- events handed to a writer and not known to be out (buffered since its last good flush),
+    -- and events a failed writer refused: what a stop with a blocked output did not write
+    local unflushed, unwritten = 0, 0
+    local function written(okw, werr)
+        if okw then
+            unflushed = unflushed + 1
+            return
+        end
+        if not write_error then
+            unwritten = unwritten + unflushed
+        end
+        write_error = write_error or werr
+        unwritten = unwritten + 1
+    end
     if not kernel_spec then
         for i, spec in ipairs(specs) do
             t:on_event(require("netdevq.aggregate").feeder(aggs[i], spec.keys, spec.value))
@@ -480,18 +505,18 @@ function _M.main(argv)
         local unix_ns = fields.unix_ns
         t:on_event(function(ev)
             local p = ev._p
-            local okw, werr = pcap_writer:write_event(p, unix_ns(p.ts))
-            if not okw then
-                write_error = write_error or werr
-            end
+            written(pcap_writer:write_event(p, unix_ns(p.ts)))
         end)
     end
     if print_events then
         t:on_event(function(ev)
             local okw, werr = writer:event(ev)
-            if not okw then
-                write_error = write_error or werr
+            if okw and core.interrupted() then
+                -- stopping: a reader that does not read must not hold the stop up
+                okw, werr = writer:flush()
+                unflushed = okw and -1 or unflushed
             end
+            written(okw, werr)
         end)
     end
 
@@ -562,8 +587,10 @@ function _M.main(argv)
             if print_events and not write_error then
                 local okf, ferr = writer:flush()
                 if not okf then
+                    unwritten = unflushed
                     write_error = ferr
                 end
+                unflushed = 0
             end
             if write_error then
                 return true
@@ -589,9 +616,17 @@ function _M.main(argv)
         status = EXIT_FAIL
     end
     if child_pid and not child_done then
-        core.waitpid(child_pid, false)
+        -- the run ended first (-d, -n, a signal): the command ends with it, and is reaped
+        core.terminate(child_pid, CHILD_GRACE_MS)
     end
-    if write_error and not write_error:match("[Bb]roken pipe") then
+    local stopped_by = core.interrupted()
+    if write_error and stopped_by and write_error:match("[Ii]nterrupted") then
+        -- a signal stopped a run whose output was blocked (a reader that does not read)
+        io_stderr:write(format("netdevq: output blocked (the reader does not read), stopped by "
+            .. "signal %d: up to %d events not written (%s)\n", stopped_by, unwritten, write_error))
+        write_error = "interrupted"
+    end
+    if write_error and write_error ~= "interrupted" and not write_error:match("[Bb]roken pipe") then
         io_stderr:write("netdevq: writing output failed: ", write_error, "\n")
         status = EXIT_FAIL
     end
@@ -606,7 +641,9 @@ function _M.main(argv)
         pcap_writer:close()
     end
     local final = t:stats() or stats or { events = 0, matched = 0, lost = 0 }
-    if not write_error then -- a closed pipe ends quietly, whichever writer noticed it
+    if write_error == "interrupted" then
+        io_stderr:write(output.summary_text(final), "\n")
+    elseif not write_error then -- a closed pipe ends quietly, whichever writer noticed it
         writer:summary(final)
     end
     t:close()
