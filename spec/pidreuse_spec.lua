@@ -1,0 +1,133 @@
+-- -c follows one process tree, by pid. Pids are recycled: once a process of the tree has exited,
+-- an unrelated process may get its pid, and must not be traced as part of the tree. The spec
+-- forces the reuse: after the tree's senders exit, unrelated senders are started with exactly
+-- their pids (writing /proc/sys/kernel/ns_last_pid just before each fork, retried until the pid
+-- is hit, since other processes on the machine allocate pids too).
+-- It also checks the other side: a process whose parent exited stays in the tree.
+local cjson = require("cjson")
+local clirun = require("support.clirun")
+local netns = require("support.netns")
+
+local TREE = [[
+ns=$1 a=$2 b=$3 send=$4 dir=$5
+for i in 1 2 3 4 5; do
+  ip netns exec "$ns" "$send" udp4 "$a" "$b" 7300 $((41000 + i)) 10 1 >/dev/null &
+  echo $! >>"$dir/tree_pids"
+  wait $!
+done
+touch "$dir/ready"
+while [ ! -e "$dir/done" ]; do sleep 0.05; done
+# a grandchild whose parent exits at once: still part of the tree when it sends
+( ( sleep 0.3; exec ip netns exec "$ns" "$send" udp4 "$a" "$b" 7300 41100 10 1 >/dev/null ) & )
+sleep 1.5
+]]
+
+-- For each pid: unrelated senders (sport 42000 + n) until one of them gets exactly that pid.
+local REUSE = [[
+ns=$1 a=$2 b=$3 send=$4; shift 4
+n=0
+for p in "$@"; do
+  for try in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+    n=$((n + 1))
+    echo $((p - 1)) >/proc/sys/kernel/ns_last_pid
+    ip netns exec "$ns" "$send" udp4 "$a" "$b" 7300 $((42000 + n)) 10 1 >/dev/null &
+    c=$!
+    wait $c
+    if [ "$c" = "$p" ]; then echo "reused $p"; break; fi
+  done
+done
+echo "senders $n"
+]]
+
+local function write_file(path, text)
+    local f = assert(io.open(path, "w"))
+    f:write(text)
+    f:close()
+end
+
+local function exists(path)
+    local f = io.open(path)
+    if f then
+        f:close()
+    end
+    return f ~= nil
+end
+
+describe("-c with recycled pids #root", function()
+    local pair, dir
+
+    before_each(function()
+        if netns.is_root() then
+            pair = assert(netns.pair{ name = "ndqpr" })
+        end
+        dir = clirun.tmpdir()
+    end)
+
+    after_each(function()
+        if pair then
+            pair:destroy()
+            pair = nil
+        end
+        clirun.rmtree(dir)
+    end)
+
+    it("traces the tree's processes, never an unrelated process that got one of their pids",
+        function()
+            netns.require_root()
+            write_file(dir .. "/tree.sh", TREE)
+            write_file(dir .. "/reuse.sh", REUSE)
+            local send = netns.ndq_send()
+            local cmd = table.concat({ "sh", dir .. "/tree.sh", pair.ns_a, pair.ip4_a, pair.ip4_b,
+                                       send, dir }, " ")
+            local run = clirun.spawn_cli({ "-F", "json", "-o", "pid,sport", "-f",
+                                           ("netns == %d and dport == 7300"):format(pair.netns_a),
+                                           "-c", cmd, "-d", "120" })
+            finally(function()
+                write_file(dir .. "/done", "")
+                run:wait(30)
+            end)
+            for _ = 1, 600 do
+                if exists(dir .. "/ready") or run:done() then
+                    break
+                end
+                clirun.sleep(0.05)
+            end
+            assert.is_true(exists(dir .. "/ready"), run:err_text())
+            local tree_pids = {}
+            for l in io.lines(dir .. "/tree_pids") do
+                tree_pids[#tree_pids + 1] = l
+            end
+            assert.equal(5, #tree_pids)
+
+            local argv = { "sh", dir .. "/reuse.sh", pair.ns_a, pair.ip4_a, pair.ip4_b, send }
+            for _, p in ipairs(tree_pids) do
+                argv[#argv + 1] = p
+            end
+            local reuse = clirun.run(argv, { timeout = 120 })
+            assert.equal(0, reuse.code, reuse.err)
+            local reused = {}
+            for p in reuse.out:gmatch("reused (%d+)") do
+                reused[#reused + 1] = p
+            end
+            assert.same(tree_pids, reused) -- every pid of the tree went to an unrelated sender
+            local senders = tonumber(reuse.out:match("senders (%d+)"))
+
+            write_file(dir .. "/done", "")
+            local r = run:wait(30)
+            assert.equal(0, r.code, r.err)
+            local got = {}
+            for l in r.out:gmatch("[^\n]+") do
+                local ev = cjson.decode(l)
+                if ev.type == "event" then
+                    got[#got + 1] = ev.sport
+                    if ev.sport < 41100 then
+                        assert.equal(tree_pids[ev.sport - 41000], tostring(ev.pid))
+                    end
+                end
+            end
+            table.sort(got)
+            -- the five tree senders and the orphaned grandchild; none of the unrelated ones
+            assert.same({ 41001, 41002, 41003, 41004, 41005, 41100 }, got)
+            assert.is_true(senders >= 5)
+        end)
+end)
