@@ -60,7 +60,7 @@ typedef struct {
   uint32_t stx_mask, stx_blksize; uint64_t stx_attributes;
   uint32_t stx_nlink, stx_uid, stx_gid; uint16_t stx_mode, pad; uint64_t rest[30];
 } ndq_pcapng_statx;
-int ndq_pcapng_statx(int dirfd, const char *path, int flags, unsigned mask,
+int ndq_pcapng_statx_at(int dirfd, const char *path, int flags, unsigned mask,
                      ndq_pcapng_statx *buf) __asm__("statx");
 int ndq_pcapng_fchmod(int fd, unsigned mode) __asm__("fchmod");
 ]]
@@ -326,7 +326,7 @@ end
 -- regular files: never /dev/null or a FIFO). nil, err when that fails.
 local function private_mode(fd, target)
   local st = statx_t()
-  if C.ndq_pcapng_statx(fd, "", AT_EMPTY_PATH, STATX_TYPE, st) ~= 0 then
+  if C.ndq_pcapng_statx_at(fd, "", AT_EMPTY_PATH, STATX_TYPE, st) ~= 0 then
     return nil, "pcapng: cannot inspect " .. target .. ": " .. strerror(ffi_errno())
   end
   if band(st.stx_mode, S_IFMT) == S_IFREG and C.ndq_pcapng_fchmod(fd, MODE_0600) ~= 0 then
