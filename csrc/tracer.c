@@ -68,28 +68,32 @@ int ndq_on_sample(void *ctx, void *data, size_t size)
 	return t->batch_n >= t->batch_cap ? BATCH_FULL : 0;
 }
 
+/* 0, or the nil, err pair pushed */
+static int attach_one(lua_State *L, struct bpf_program *prog, struct bpf_link **link,
+		      const char *tracepoint)
+{
+	int err;
+
+	*link = bpf_program__attach(prog);
+	if (*link)
+		return 0;
+	err = errno;
+	*link = NULL;
+	return ndq_push_fail(L, "attaching to %s failed (%s)", tracepoint, strerror(err));
+}
+
+/* -c: the root pid tracked, the tree followed through forks and pruned at exits */
 static int attach_follow(lua_State *L, struct tracer *t)
 {
 	__u8 one = 1;
-	int err;
+	int rc;
 
 	if (bpf_map_update_elem(t->tracked_fd, &t->follow_pid, &one, BPF_ANY))
 		return ndq_push_fail(L, "cannot track pid %u (%s)", t->follow_pid, strerror(errno));
-	t->fork_link = bpf_program__attach(t->fork_prog);
-	if (!t->fork_link) {
-		err = errno;
-		t->fork_link = NULL;
-		return ndq_push_fail(L, "attaching to sched_process_fork failed (%s)",
-				     strerror(err));
-	}
-	t->exit_link = bpf_program__attach(t->exit_prog);
-	if (!t->exit_link) {
-		err = errno;
-		t->exit_link = NULL;
-		return ndq_push_fail(L, "attaching to sched_process_exit failed (%s)",
-				     strerror(err));
-	}
-	return 0;
+	rc = attach_one(L, t->fork_prog, &t->fork_link, "sched_process_fork");
+	if (!rc)
+		rc = attach_one(L, t->exit_prog, &t->exit_link, "sched_process_exit");
+	return rc;
 }
 
 /* t:attach() -> true | nil, err */
