@@ -509,8 +509,10 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 		__u32 size = bpf_core_type_size(struct sk_buff);
 		if (size > SKB_COPY_MAX)
 			size = SKB_COPY_MAX;
-		if (bpf_probe_read_kernel(s->skb, size, skb))
+		if (bpf_probe_read_kernel(s->skb, size, skb)) {
+			cnt->c[NDQ_CNT_READ_FAILED]++;
 			return 0;
+		}
 	}
 	ev->len = SKB(len);
 	if (cfg.len_set && (ev->len < cfg.len_min || ev->len > cfg.len_max))

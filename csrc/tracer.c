@@ -164,11 +164,12 @@ static int tracer_poll(lua_State *L)
 }
 
 /* t:counters() -> { seen=, kfiltered=, emitted=, lost=, aggregated=, agg_overflow=,
- *                   pcap_dropped=, received= } */
+ *                   read_failed=, pcap_dropped=, received= } */
 static int tracer_counters(lua_State *L)
 {
-	static const char *names[NDQ_CNT_MAX] = { "seen", "kfiltered",	"emitted",
-						  "lost", "aggregated", "agg_overflow" };
+	static const char *names[NDQ_CNT_MAX] = { "seen",	"kfiltered",  "emitted",
+						  "lost",	"aggregated", "agg_overflow",
+						  "read_failed" };
 	struct tracer *t = check_tracer(L);
 	int ncpu = libbpf_num_possible_cpus();
 	__u64 sum[NDQ_CNT_MAX] = { 0 };

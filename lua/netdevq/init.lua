@@ -378,7 +378,10 @@ end
 -- Kernel counters and what happened here:
 --   seen (net_dev_queue hits), kfiltered (dropped by the kernel filter), emitted (to the ring
 --   buffer), lost (ring buffer full), pcap_dropped, lua_filtered, matched (delivered to
---   callbacks), aggregated, agg_overflow; events = seen.
+--   callbacks), aggregated, agg_overflow, read_failed (raw mode: the sk_buff could not be read),
+--   pending (taken from the kernel, not yet delivered: see poll); events = seen.
+-- With events streamed: seen == kfiltered + emitted + lost + read_failed, and
+-- received == matched + lua_filtered + pending.
 function Tracer:stats()
     local c, err = live(self):counters()
     if not c then
