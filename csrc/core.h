@@ -83,6 +83,6 @@ extern const luaL_Reg ndq_proc_funcs[];
 
 /* signals.c */
 extern volatile sig_atomic_t ndq_interrupted;
-extern const luaL_Reg ndq_signal_funcs[];
+void ndq_signals_register(lua_State *L);
 
 #endif

@@ -132,7 +132,7 @@ int luaopen_netdevq_core(lua_State *L)
 	lua_newtable(L);
 	ndq_set_funcs(L, funcs);
 	ndq_set_funcs(L, ndq_proc_funcs);
-	ndq_set_funcs(L, ndq_signal_funcs);
+	ndq_signals_register(L);
 	lua_pushstring(L, NETDEVQ_VERSION);
 	lua_setfield(L, -2, "_VERSION");
 	lua_pushlstring(L, netdevq_abi_header, (size_t)netdevq_abi_header_size);

@@ -69,9 +69,19 @@ static int core_ignore_sigpipe(lua_State *L)
 	return 0;
 }
 
-const luaL_Reg ndq_signal_funcs[] = {
-	{ "catch_signals", core_catch_signals },
-	{ "interrupted", core_interrupted },
-	{ "ignore_sigpipe", core_ignore_sigpipe },
-	{ NULL, NULL },
-};
+/* The functions into the module table (on the stack), and interrupted_flag: the flag's address
+ * (light userdata), which per-event Lua code reads through the FFI as a `volatile int *`. */
+void ndq_signals_register(lua_State *L)
+{
+	static const luaL_Reg funcs[] = {
+		{ "catch_signals", core_catch_signals },
+		{ "interrupted", core_interrupted },
+		{ "ignore_sigpipe", core_ignore_sigpipe },
+		{ NULL, NULL },
+	};
+
+	_Static_assert(sizeof(ndq_interrupted) == sizeof(int), "sig_atomic_t is an int");
+	ndq_set_funcs(L, funcs);
+	lua_pushlightuserdata(L, (void *)&ndq_interrupted);
+	lua_setfield(L, -2, "interrupted_flag");
+}

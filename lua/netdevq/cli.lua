@@ -509,9 +509,10 @@ function _M.main(argv)
         end)
     end
     if print_events then
+        local interrupted = ffi.cast("volatile int *", core.interrupted_flag)
         t:on_event(function(ev)
             local okw, werr = writer:event(ev)
-            if okw and core.interrupted() then
+            if okw and interrupted[0] ~= 0 then
                 -- stopping: a reader that does not read must not hold the stop up
                 okw, werr = writer:flush()
                 unflushed = okw and -1 or unflushed
