@@ -363,7 +363,6 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 	}
 	t->follow_pid = o->cfg.follow_pid;
 	size_maps(t, o, events, aggs, tracked);
-	t->counters_fd = -1; /* set after the load */
 	return 0;
 }
 

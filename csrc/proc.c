@@ -96,12 +96,20 @@ cleanup:
 	return 3;
 }
 
-/* core.release(gate_fd, status_fd) -> true | nil, err (the exec failed: errno text) */
+/* core.release(gate_fd, status_fd[, go]) -> true | nil, err (the exec failed: errno text)
+ * go == false: the gate closes unopened, the child exits without running the command. */
 static int core_release(lua_State *L)
 {
 	int gate = (int)luaL_checkinteger(L, 1), st = (int)luaL_checkinteger(L, 2), e = 0;
+	bool go = lua_isnoneornil(L, 3) || lua_toboolean(L, 3);
 	ssize_t r;
 
+	if (!go) {
+		close(gate);
+		close(st);
+		lua_pushboolean(L, 1);
+		return 1;
+	}
 	if (write(gate, "g", 1) != 1) {
 		e = errno;
 		close(gate);

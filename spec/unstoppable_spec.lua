@@ -2,7 +2,8 @@
 --   * standard output is a FIFO whose reader never reads (text, JSON lines, pcapng with -w -,
 --     -w /dev/stdout): the run stops, says on stderr what it could not write, exits 0;
 --   * -c CMD: the run ends at -d or at a signal even when CMD would run on; CMD is sent SIGTERM
---     (SIGKILL after a grace period when it ignores that) and reaped, never left running;
+--     (SIGKILL after a grace period when it ignores that) and reaped, never left running, not
+--     even when the tracer is killed; a run that fails to start never runs CMD;
 --   * libpcap compiling a huge expression: a signal ends it at once, and a compile budget ends
 --     it with one clear line when nobody signals.
 -- Each run is bounded: a run that does not end by itself is killed, and the spec fails on its
@@ -164,6 +165,33 @@ describe("stopping a run #root", function()
         local pid = child_pid(pidfile)
         local r = run:wait(30)
         assert.equal(0, r.code, r.err)
+        assert.is_false(alive(pid))
+    end)
+
+    it("-c CMD with a bad filter: a usage error at once, CMD never runs", function()
+        netns.require_root()
+        local cmd, pidfile = long_command()
+        local r = clirun.cli({ "-q", "-c", cmd, "-f", "len >" }, { timeout = 20 })
+        assert.equal(2, r.code, r.err)
+        assert.matches("^netdevq: filter", r.err)
+        clirun.sleep(0.5)
+        assert.is_nil(read_file(pidfile))
+    end)
+
+    it("-c CMD outlives no SIGKILL of the tracer: CMD gets SIGTERM", function()
+        netns.require_root()
+        local cmd, pidfile = long_command()
+        local run = clirun.spawn_cli({ "-q", "-c", cmd })
+        local pid = child_pid(pidfile)
+        assert.is_true(run:wait_err("Ctrl%-C to stop\n", 30), run:err_text())
+        assert.is_true(run:kill("KILL"))
+        assert.equal(137, run:wait(20).code)
+        for _ = 1, 100 do
+            if not alive(pid) then
+                break
+            end
+            clirun.sleep(0.05)
+        end
         assert.is_false(alive(pid))
     end)
 

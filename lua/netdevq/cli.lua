@@ -464,7 +464,7 @@ function _M.main(argv)
             io_stderr:write(caret, "\n")
         end
         if child_pid then
-            core.release(gate_fd, status_fd) -- closing the gate lets the child exit unexecuted
+            core.release(gate_fd, status_fd, false) -- the gate closes: the child exits unexecuted
             core.waitpid(child_pid, false)
         end
         if core.interrupted() then -- a signal stopped the start (a long pcap compile)
