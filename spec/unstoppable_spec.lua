@@ -122,11 +122,19 @@ describe("stopping a run #root", function()
         return ('sh -c "%secho \\$\\$ >%s; exec sleep 300"'):format(extra or "", pidfile), pidfile
     end
 
+    -- The command's pid, once it wrote it; the spec ends the command should the tracer not
+    -- (only while that pid still runs our `sleep 300`).
     local function child_pid(pidfile)
         for _ = 1, 200 do
             local s = read_file(pidfile)
             if s and s:match("^%d+\n$") then
-                return tonumber(s)
+                local pid = tonumber(s)
+                finally(function()
+                    if read_file("/proc/" .. pid .. "/cmdline") == "sleep\0300\0" then
+                        os.execute("kill -KILL " .. pid)
+                    end
+                end)
+                return pid
             end
             clirun.sleep(0.05)
         end

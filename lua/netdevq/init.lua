@@ -257,6 +257,8 @@ function _M.open(opts)
         pend_n = 0,
         pend_i = 0,
         delivering = false,
+        d_start = 0, -- pend_i and lua_filtered when deliver() started (see matched_now)
+        d_filtered = 0,
     }, Tracer)
     if opts.attach ~= false then
         local ok, aerr = self:attach()
@@ -310,32 +312,57 @@ function Tracer:on_event(fn)
     return self
 end
 
--- Delivers events[pend_i .. pend_n-1] of the batch being delivered; self.pend_i, matched and
--- lua_filtered move on before each event's callbacks run, so that whatever a callback does (raise,
--- close the tracer, yield) leaves exact figures and the rest of the batch in place.
+-- While deliver() runs (or a coroutine is suspended in one of its callbacks), where it is: the
+-- view points at the event being delivered, so the batch index after it is read from there
+-- rather than stored for every event.
+local function position(self)
+    if not self.delivering then
+        return self.pend_i
+    end
+    return tonumber(ffi_cast(event_ptr_t, rawget(self.view, "_p"))
+        - ffi_cast(event_ptr_t, self.pend)) + 1
+end
+
+-- matched, with what the batch being delivered has delivered so far (deliver() counts those in a
+-- local; poll() adds them up when it returns, whether a callback raised or not)
+local function matched_now(self)
+    if self.delivering then
+        local handled = position(self) - self.d_start
+        return self.matched + handled - (self.lua_filtered - self.d_filtered)
+    end
+    return self.matched
+end
+
+-- Delivers events[pend_i .. pend_n-1] of the batch being delivered and moves pend_i on. Whatever
+-- a callback does (raise, close the tracer, yield) leaves the rest of the batch in place and the
+-- figures exact (see position and matched_now).
 local function deliver(self)
     local evs = ffi_cast(event_ptr_t, self.pend)
     local n, limit = self.pend_n, self.limit
+    local room = limit and limit - self.matched or n
     local view, match, where = self.view, self.match, self.where
     local callbacks, ncb = self.callbacks, self.ncallbacks
+    local delivered = 0
     for i = self.pend_i, n - 1 do
-        if limit and self.matched >= limit then
+        if delivered >= room then
+            self.pend_i = i
             return -- max_events reached: the rest stays pending
         end
-        self.pend_i = i + 1
         view:_set(evs + i)
         if (match == nil or match(view)) and (where == nil or where(view)) then
-            self.matched = self.matched + 1
+            delivered = delivered + 1
             for c = 1, ncb do
                 callbacks[c](view)
             end
             if not self.t then
+                self.pend_i = i + 1
                 return -- closed by a callback: nothing more is delivered
             end
         else
             self.lua_filtered = self.lua_filtered + 1
         end
     end
+    self.pend_i = n
 end
 
 -- Deliver what is pending (waiting up to timeout_ms when nothing is). Returns the number of
@@ -366,13 +393,22 @@ function Tracer:poll(timeout_ms)
         self.pend, self.pend_n, self.pend_i, start = batch, n, 0, 0
     end
     local matched = self.matched
+    self.d_start, self.d_filtered = start, self.lua_filtered
     self.delivering = true
     local ok, err = pcall(deliver, self)
+    if not ok then
+        self.pend_i = position(self) -- the event whose callback raised counts as delivered
+    end
+    self.matched = matched + (self.pend_i - start) - (self.lua_filtered - self.d_filtered)
     self.delivering = false
+    local handled = self.pend_i - start
+    if not self.t then
+        self.pend, self.pend_n, self.pend_i = false, 0, 0 -- closed meanwhile
+    end
     if not ok then
         error(err, 0)
     end
-    return self.matched - matched, self.pend_i - start
+    return self.matched - matched, handled
 end
 
 -- Kernel counters and what happened here:
@@ -391,10 +427,10 @@ function Tracer:stats()
     if self.agg_spec and self.ncallbacks == 0 then
         c.matched = c.aggregated
     else
-        c.matched = self.matched
+        c.matched = matched_now(self)
     end
     c.lua_filtered = self.lua_filtered
-    c.pending = self.pend_n - self.pend_i
+    c.pending = self.pend_n - position(self)
     c.duration_s = (monotonic_ns() - self.started_ns) / 1e9
     return c
 end
@@ -499,7 +535,9 @@ function Tracer:close()
         self.final_stats = self:stats()
         self.t = false
         self.attached = false
-        self.pend, self.pend_n, self.pend_i = false, 0, 0
+        if not self.delivering then -- else poll() drops the batch when deliver() returns
+            self.pend, self.pend_n, self.pend_i = false, 0, 0
+        end
         t:close()
     end
 end
