@@ -25,7 +25,7 @@ extern const unsigned long long netdevq_bpf_object_size;
 /* What core.open was given. Strings belong to the options table (kept on the stack). */
 struct open_opts {
 	const char *mode, *object, *object_bytes, *btf_path, *pcap;
-	size_t object_len;
+	size_t object_len, pcap_len;
 	int ringbuf_size, batch, agg_keys, pcap_snaplen;
 	struct netdevq_config cfg;
 };
@@ -86,7 +86,7 @@ static void read_options(lua_State *L, struct open_opts *o)
 	o->object_bytes = opt_str(L, 1, "object_bytes", &o->object_len);
 	config = opt_str(L, 1, "config", &config_len);
 	o->btf_path = opt_str(L, 1, "btf_path", NULL);
-	o->pcap = opt_str(L, 1, "pcap", NULL);
+	o->pcap = opt_str(L, 1, "pcap", &o->pcap_len); /* a NUL inside: a clean error in open */
 	o->ringbuf_size = opt_int(L, 1, "ringbuf_size", DEFAULT_RINGBUF, 4096, 1 << 30);
 	o->batch = opt_int(L, 1, "batch", DEFAULT_BATCH, 1, 1 << 20);
 	o->agg_keys = opt_int(L, 1, "agg_max_keys", DEFAULT_AGG_KEYS, 1, 1 << 20);
@@ -423,6 +423,11 @@ int ndq_core_open(lua_State *L)
 	char msg[512] = "out of memory";
 
 	read_options(L, &o);
+	if (o.pcap && strlen(o.pcap) != o.pcap_len)
+		return ndq_push_fail(L,
+				     "pcap filter: the expression contains a NUL byte (byte %d): "
+				     "remove it",
+				     (int)strlen(o.pcap) + 1);
 	if (o.ringbuf_size & (o.ringbuf_size - 1))
 		return ndq_push_fail(L, "ring buffer size %d is not a power of two: pick e.g. %d",
 				     o.ringbuf_size,
