@@ -413,7 +413,8 @@ static struct tracer_ud *push_tracer(lua_State *L, int batch)
 }
 
 /* core.open{ mode=, object=, object_bytes=, config=, ringbuf_size=, batch=, agg_max_keys=,
- *            btf_path=, pcap=, pcap_snaplen=, verbose= } -> tracer | nil, err */
+ *            btf_path=, pcap=, pcap_snaplen=, verbose= } -> tracer | nil, err, kind
+ * kind: "usage" (the pcap expression is wrong or over its compile budget) or "runtime" */
 int ndq_core_open(lua_State *L)
 {
 	LIBBPF_OPTS(bpf_object_open_opts, oopts);
@@ -421,13 +422,16 @@ int ndq_core_open(lua_State *L)
 	struct tracer *t = NULL;
 	struct tracer_ud *ud;
 	char msg[512] = "out of memory";
+	bool usage = false;
 
 	read_options(L, &o);
-	if (o.pcap && strlen(o.pcap) != o.pcap_len)
-		return ndq_push_fail(L,
-				     "pcap filter: the expression contains a NUL byte (byte %d): "
-				     "remove it",
-				     (int)strlen(o.pcap) + 1);
+	if (o.pcap && strlen(o.pcap) != o.pcap_len) {
+		ndq_push_fail(
+			L, "pcap filter: the expression contains a NUL byte (byte %d): remove it",
+			(int)strlen(o.pcap) + 1);
+		lua_pushliteral(L, "usage");
+		return 3;
+	}
 	if (o.ringbuf_size & (o.ringbuf_size - 1))
 		return ndq_push_fail(L, "ring buffer size %d is not a power of two: pick e.g. %d",
 				     o.ringbuf_size,
@@ -444,7 +448,7 @@ int ndq_core_open(lua_State *L)
 	t->batch = lua_touserdata(L, -1);
 	lua_pop(L, 2);
 	if (o.pcap && !(t->pcap = ndq_pcap_compile(o.pcap, o.pcap_snaplen, PCAP_BUDGET_MS,
-						   &ndq_interrupted, msg, sizeof(msg))))
+						   &ndq_interrupted, msg, sizeof(msg), &usage)))
 		goto cleanup;
 	if (check_btf(&o, &oopts, msg, sizeof(msg)) ||
 	    open_object(t, &o, &oopts, msg, sizeof(msg)) ||
@@ -455,5 +459,7 @@ int ndq_core_open(lua_State *L)
 cleanup:
 	ndq_tracer_free(t);
 	lua_pop(L, 1);
-	return ndq_push_fail(L, "%s", msg);
+	ndq_push_fail(L, "%s", msg);
+	lua_pushstring(L, usage ? "usage" : "runtime");
+	return 3;
 }

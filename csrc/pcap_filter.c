@@ -51,8 +51,7 @@ static int write_all(int fd, const void *buf, size_t len)
  * src ...` has no meaning on raw IP, like tcpdump refusing it on a tun device): packets of the
  * other link type then never match. It is an error only when it compiles for neither; the
  * Ethernet message is kept in err (the one tcpdump on an Ethernet device shows). */
-static void compile_both(const char *expr, int snaplen, struct ndq_pcap *p, char *err,
-			 size_t errlen)
+static int compile_both(const char *expr, int snaplen, struct ndq_pcap *p, char *err, size_t errlen)
 {
 	struct bpf_program *progs[2] = { &p->eth, &p->raw };
 	int *have[2] = { &p->have_eth, &p->have_raw };
@@ -62,7 +61,7 @@ static void compile_both(const char *expr, int snaplen, struct ndq_pcap *p, char
 
 		if (!h) {
 			snprintf(err, errlen, "pcap filter: cannot create a libpcap handle");
-			return;
+			return -1;
 		}
 		if (pcap_compile(h, progs[i], expr, 1, PCAP_NETMASK_UNKNOWN) == 0)
 			*have[i] = 1;
@@ -70,6 +69,7 @@ static void compile_both(const char *expr, int snaplen, struct ndq_pcap *p, char
 			snprintf(err, errlen, "pcap filter: %s", pcap_geterr(h));
 		pcap_close(h);
 	}
+	return 0;
 }
 
 /* In the child: compile, send the reply, exit. */
@@ -105,7 +105,7 @@ static long elapsed_ms(const struct timespec *t0)
 }
 
 /* Reads the child's whole reply into *buf (malloc'd), within budget_ms and until *stop is set.
- * 0, or -1 with err set. */
+ * 0, or with err set -2 (over budget: the expression's fault) or -1. */
 static int read_reply(int fd, int budget_ms, volatile sig_atomic_t *stop, char **buf, size_t *len,
 		      char *err, size_t errlen)
 {
@@ -132,7 +132,7 @@ static int read_reply(int fd, int budget_ms, volatile sig_atomic_t *stop, char *
 				"pcap filter: libpcap did not finish compiling the expression within "
 				"%d s: shorten it (fewer terms), or use a field filter (-f)",
 				budget_ms / 1000);
-			return -1;
+			return -2;
 		}
 		if (poll(&pfd, 1, left > 100 ? 100 : (int)left) <= 0)
 			continue; /* timeout or EINTR: check the budget and the stop flag */
@@ -170,7 +170,7 @@ static int take_program(struct bpf_program *prog, const char **src, size_t *left
 	return 0;
 }
 
-/* The reply into p: 0, or -1 with err set. */
+/* The reply into p: 0, or with err set -2 (it compiles for no link type) or -1. */
 static int parse_reply(struct ndq_pcap *p, const char *buf, size_t len, char *err, size_t errlen)
 {
 	struct reply r;
@@ -193,7 +193,7 @@ static int parse_reply(struct ndq_pcap *p, const char *buf, size_t len, char *er
 	p->have_raw = r.have[1];
 	if (!p->have_eth && !p->have_raw) {
 		snprintf(err, errlen, "%s", r.err[0] ? r.err : "pcap filter: does not compile");
-		return -1;
+		return -2;
 	}
 	return 0;
 }
@@ -206,7 +206,8 @@ static int parse_reply(struct ndq_pcap *p, const char *buf, size_t len, char *er
 #define INLINE_MAX 256
 
 struct ndq_pcap *ndq_pcap_compile(const char *expr, int snaplen, int budget_ms,
-				  volatile sig_atomic_t *stop, char *err, size_t errlen)
+				  volatile sig_atomic_t *stop, char *err, size_t errlen,
+				  bool *bad_expr)
 {
 	struct ndq_pcap *p = calloc(1, sizeof(*p));
 	int fds[2] = { -1, -1 }, rc = -1, st;
@@ -218,8 +219,9 @@ struct ndq_pcap *ndq_pcap_compile(const char *expr, int snaplen, int budget_ms,
 	if (!p)
 		goto cleanup;
 	if (strlen(expr) <= INLINE_MAX) {
-		compile_both(expr, snaplen, p, err, errlen);
-		rc = p->have_eth || p->have_raw ? 0 : -1;
+		rc = compile_both(expr, snaplen, p, err, errlen);
+		if (rc == 0 && !p->have_eth && !p->have_raw)
+			rc = -2;
 		goto cleanup;
 	}
 	if (pipe2(fds, O_CLOEXEC)) {
@@ -238,7 +240,8 @@ struct ndq_pcap *ndq_pcap_compile(const char *expr, int snaplen, int budget_ms,
 	}
 	close(fds[1]);
 	fds[1] = -1;
-	if (read_reply(fds[0], budget_ms, stop, &buf, &len, err, errlen) == 0)
+	rc = read_reply(fds[0], budget_ms, stop, &buf, &len, err, errlen);
+	if (rc == 0)
 		rc = parse_reply(p, buf, len, err, errlen);
 cleanup:
 	if (pid > 0) {
@@ -250,6 +253,7 @@ cleanup:
 		if (fds[i] >= 0)
 			close(fds[i]);
 	free(buf);
+	*bad_expr = rc == -2;
 	if (rc == 0)
 		return p;
 	ndq_pcap_free(p);

@@ -16,7 +16,7 @@ describe("-w FILE", function()
     it("'' is a usage error: one line, exit 2", function()
         local r = clirun.cli({ "-w", "" })
         assert.equal(2, r.code)
-        assert.equal("netdevq: --write needs a file name, or - for standard output\n", r.err)
+        assert.equal("netdevq: --write needs a file name (or - for standard output)\n", r.err)
         assert.equal("", r.out)
     end)
 
