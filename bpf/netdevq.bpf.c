@@ -78,13 +78,29 @@ struct {
 	__type(value, struct netdevq_agg_value);
 } aggs SEC(".maps");
 
-/* tgids of the process tree followed with -c (cfg.follow_pid); fed by handle_fork. */
+/* tgids of the live processes of the tree followed with -c (cfg.follow_pid): added by
+ * netdevq_fork, moved to `exited` by netdevq_exit. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u32);
 	__type(value, __u8);
 } tracked SEC(".maps");
+
+/* tgids of tree processes whose last thread has exited: what the kernel still sends for them
+ * on their way out (the FIN of a socket left open is sent after sched_process_exit) belongs to
+ * the tree. Bounded (least recently used go first); a recycled pid leaves at its fork. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} exited SEC(".maps");
+
+static __always_inline bool in_tree(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&tracked, &tgid) || bpf_map_lookup_elem(&exited, &tgid);
+}
 
 static __always_inline int in_u32_set(const volatile struct netdevq_u32_set *s, __u32 v)
 {
@@ -478,7 +494,7 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 
 	if (filter_task) {
 		read_task(ev);
-		if (cfg.follow_pid && !bpf_map_lookup_elem(&tracked, &ev->pid))
+		if (cfg.follow_pid && !in_tree(ev->pid))
 			goto filtered;
 		if (cfg.pid.n && !in_u32_set(&cfg.pid, ev->pid))
 			goto filtered;
@@ -635,23 +651,28 @@ int netdevq_fork(struct bpf_raw_tracepoint_args *ctx)
 
 	if (ptgid == ctgid)
 		return 0;
-	if (bpf_map_lookup_elem(&tracked, &ptgid))
+	if (bpf_map_lookup_elem(&tracked, &ptgid)) {
 		bpf_map_update_elem(&tracked, &ctgid, &one, BPF_ANY);
-	else
+	} else {
 		bpf_map_delete_elem(&tracked, &ctgid);
+		bpf_map_delete_elem(&exited, &ctgid);
+	}
 	return 0;
 }
 
-/* Prunes the tree: a process whose last thread exits leaves the map (its pid may be recycled,
- * and the map has a fixed size). The exit tracepoint fires after the task's thread group count
- * (signal->live) is decremented: 0 means this was the last thread. */
+/* Prunes the tree: a process whose last thread exits moves from `tracked` (fixed size, live
+ * processes) to `exited` (bounded, see there). The exit tracepoint fires after the thread
+ * group's count (signal->live) is decremented: 0 means this was the last thread. */
 SEC("raw_tp/sched_process_exit")
 int netdevq_exit(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct task_struct *task = (struct task_struct *)ctx->args[0];
 	__u32 tgid = BPF_CORE_READ(task, tgid);
+	__u8 one = 1;
 
-	if (BPF_CORE_READ(task, signal, live.counter) == 0)
-		bpf_map_delete_elem(&tracked, &tgid);
+	if (BPF_CORE_READ(task, signal, live.counter) != 0 || !bpf_map_lookup_elem(&tracked, &tgid))
+		return 0;
+	bpf_map_update_elem(&exited, &tgid, &one, BPF_ANY);
+	bpf_map_delete_elem(&tracked, &tgid);
 	return 0;
 }

@@ -307,10 +307,12 @@ cleanup:
 	return err ? -1 : 0;
 }
 
-static void size_maps(struct tracer *t, const struct open_opts *o, struct bpf_map *events,
-		      struct bpf_map *aggs, struct bpf_map *tracked)
+/* (configure_object checked that the maps are there) */
+static void size_maps(struct tracer *t, const struct open_opts *o)
 {
 	const struct netdevq_config *cfg = &o->cfg;
+	struct bpf_map *events = bpf_object__find_map_by_name(t->obj, "events");
+	struct bpf_map *aggs = bpf_object__find_map_by_name(t->obj, "aggs");
 
 	bpf_map__set_max_entries(events, o->ringbuf_size);
 	if (cfg->agg_on) {
@@ -325,29 +327,30 @@ static void size_maps(struct tracer *t, const struct open_opts *o, struct bpf_ma
 		t->agg_value_size = offsetof(struct netdevq_agg_value, slot);
 	}
 	bpf_map__set_value_size(aggs, t->agg_value_size);
-	if (!cfg->follow_pid)
-		bpf_map__set_max_entries(tracked, 1);
+	if (!cfg->follow_pid) {
+		bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "tracked"), 1);
+		bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "exited"), 1);
+	}
 }
 
 /* Config, map sizes and programs of the opened object: -1 with msg set */
 static int configure_object(struct tracer *t, const struct open_opts *o, char *msg, size_t msglen)
 {
-	struct bpf_map *rodata, *events, *aggs, *tracked, *counters;
+	static const char *maps[] = { "events", "aggs", "tracked", "exited", "counters" };
+	struct bpf_map *rodata = map_by_suffix(t->obj, ".rodata");
 	struct bpf_program *p;
 	size_t cfg_off = 0;
+	bool complete = rodata != NULL;
 	int rc = 1;
 
-	rodata = map_by_suffix(t->obj, ".rodata");
-	events = bpf_object__find_map_by_name(t->obj, "events");
-	aggs = bpf_object__find_map_by_name(t->obj, "aggs");
-	tracked = bpf_object__find_map_by_name(t->obj, "tracked");
-	counters = bpf_object__find_map_by_name(t->obj, "counters");
+	for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++)
+		complete = complete && bpf_object__find_map_by_name(t->obj, maps[i]);
 	t->prog = bpf_object__find_program_by_name(
 		t->obj, strcmp(o->mode, "raw") == 0 ? "netdevq_raw" : "netdevq_btf");
 	t->fork_prog = bpf_object__find_program_by_name(t->obj, "netdevq_fork");
 	t->exit_prog = bpf_object__find_program_by_name(t->obj, "netdevq_exit");
-	if (rodata && events && aggs && tracked && counters && t->prog && t->fork_prog &&
-	    t->exit_prog && rodata_config_offset(t->obj, &cfg_off) == 0)
+	if (complete && t->prog && t->fork_prog && t->exit_prog &&
+	    rodata_config_offset(t->obj, &cfg_off) == 0)
 		rc = write_config(rodata, cfg_off, &o->cfg, msg, msglen);
 	if (rc > 0)
 		snprintf(msg, msglen,
@@ -362,7 +365,7 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 		bpf_program__set_autoload(p, p == t->prog || follow);
 	}
 	t->follow_pid = o->cfg.follow_pid;
-	size_maps(t, o, events, aggs, tracked);
+	size_maps(t, o);
 	return 0;
 }
 

@@ -3,7 +3,10 @@
 -- forces the reuse: after the tree's senders exit, unrelated senders are started with exactly
 -- their pids (writing /proc/sys/kernel/ns_last_pid just before each fork, retried until the pid
 -- is hit, since other processes on the machine allocate pids too).
--- It also checks the other side: a process whose parent exited stays in the tree.
+-- It also checks the other side (pruning must not cut the tree short): a process whose parent
+-- exited stays in the tree, and what the kernel sends for a tree process while it exits (the
+-- FIN of a socket it left open, sent after sched_process_exit) is still traced. These two pass
+-- on a tracer that never prunes; they fail on one that prunes too eagerly.
 local cjson = require("cjson")
 local clirun = require("support.clirun")
 local netns = require("support.netns")
@@ -129,5 +132,31 @@ describe("-c with recycled pids #root", function()
             -- the five tree senders and the orphaned grandchild; none of the unrelated ones
             assert.same({ 41001, 41002, 41003, 41004, 41005, 41100 }, got)
             assert.is_true(senders >= 5)
+        end)
+
+    it("still traces what a process of the tree sends while it exits (the FIN of a socket left open)",
+        function()
+            netns.require_root()
+            local listen = pair:spawn("b", { netns.ndq_send(), "tcplisten", pair.ip4_b, "8080",
+                                             "10000" })
+            assert.matches("^pid %d+$", listen:line())
+            -- bash exits with the connection open: the kernel closes it (FIN) in the exit path
+            local cmd = ("ip netns exec %s bash -c 'exec 3<>/dev/tcp/%s/8080; printf x >&3'")
+                :format(pair.ns_a, pair.ip4_b)
+            local r = clirun.cli({ "-F", "json", "-o", "tcp_flags,len", "-f",
+                                   ("netns == %d and dport == 8080"):format(pair.netns_a),
+                                   "-c", cmd, "-d", "20" }, { timeout = 40 })
+            assert.equal(0, r.code, r.err)
+            local ok = listen:wait()
+            assert.is_true(ok)
+            local flags = {}
+            for l in r.out:gmatch("[^\n]+") do
+                local ev = cjson.decode(l)
+                if ev.type == "event" then
+                    flags[#flags + 1] = ev.tcp_flags
+                end
+            end
+            assert.equal("S", flags[1], r.out)
+            assert.matches("F", flags[#flags], r.out)
         end)
 end)
