@@ -155,7 +155,7 @@ describe("netdevq gives everything back #root", function()
         clirun.sleep(1)
         local held = bpfobjs.held(run.pid)
         assert.same({ 1, 1, 7 }, { count(held.prog), count(held.link), count(held.map) })
-        assert.equal(#bpfobjs.still_loaded(held, 0), 8) -- bpftool sees them all while it runs
+        assert.equal(#bpfobjs.still_loaded(held, 0), 9) -- bpftool sees them all while it runs
         assert.is_true(run:kill("KILL"))
         local r = run:wait(10)
         assert.equal(137, r.code) -- 128 + SIGKILL
