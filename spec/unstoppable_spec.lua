@@ -8,20 +8,12 @@
 --     it with one clear line when nobody signals.
 -- Each run is bounded: a run that does not end by itself is killed, and the spec fails on its
 -- exit status (137).
+local bpfobjs = require("support.bpfobjs")
 local clirun = require("support.clirun")
 local netns = require("support.netns")
 
 local SIGINT, SIGTERM = 2, 15
-
-local function read_file(path)
-    local f = io.open(path)
-    if not f then
-        return nil
-    end
-    local s = f:read("*a")
-    f:close()
-    return s
-end
+local read_file = bpfobjs.read_file
 
 local function alive(pid)
     local stat = read_file("/proc/" .. pid .. "/stat")
