@@ -60,7 +60,10 @@ enum {
 	NDQ_NEED_TASK = 16, /* pid, tid, comm */
 	NDQ_NEED_DEV = 32,  /* dev, ifindex, dev_type */
 	NDQ_NEED_TS = 64,   /* ts (bpf_ktime_get_ns costs ~40 ns: only when shown) */
-	NDQ_NEED_ALL = 127,
+	/* owner_*: loads and attaches the socket-owner programs (bpf/owner.bpf.h); the loader sets
+	 * it too when who_pid, who_comm or follow_pid ask for the owner */
+	NDQ_NEED_OWNER = 128,
+	NDQ_NEED_ALL = 255,
 };
 
 /* Event flags (netdevq_event.flags). */
@@ -68,7 +71,15 @@ enum {
 	NDQ_EV_MAC = 1,	 /* smac/dmac valid: the device has an Ethernet header */
 	NDQ_EV_L4 = 2,	 /* sport/dport valid (TCP, UDP, SCTP) */
 	NDQ_EV_TCP = 4,	 /* tcp_flags valid */
-	NDQ_EV_FRAG = 8, /* non-first IPv4 fragment: no L4 header */
+	NDQ_EV_FRAG = 8, /* non-first IPv4/IPv6 fragment: no L4 header */
+	/* decoding: ICMP, VLAN, fragments */
+	NDQ_EV_ICMP = 16,    /* icmp_type/icmp_code valid (ICMP, ICMPv6) */
+	NDQ_EV_VLAN = 32,    /* vlan_* valid: the outermost 802.1Q/802.1ad tag */
+	NDQ_EV_VLAN_HW = 64, /* that tag is the skb's offloaded one (not in snap) */
+	NDQ_EV_IPFRAG = 128, /* an IP fragment, first or not: frag_off valid */
+	NDQ_EV_IP6 = 256,    /* IPv6: ip6_ext valid */
+	/* owner_* valid (bpf/owner.bpf.h); a high bit, so header-decoding flags keep the low ones */
+	NDQ_EV_OWNER = 0x8000,
 };
 
 /* Histogram kinds (netdevq_config.agg_hist). */
@@ -92,7 +103,7 @@ struct netdevq_event {
 	__u16 l3;		   /* 0 none, 4 IPv4, 6 IPv6 */
 	__u8 saddr[16], daddr[16]; /* IPv4 in the first 4 bytes, network order */
 	__u16 sport, dport;	   /* host order */
-	__u8 proto;		   /* IP protocol number (IPv6: next header of the fixed header) */
+	__u8 proto;		   /* IP protocol number (IPv6: after the extension headers) */
 	__u8 tcp_flags;		   /* TCP header byte 13 (CWR ECE URG ACK PSH RST SYN FIN) */
 	__u8 ttl, tos;
 	__u8 smac[6], dmac[6];
@@ -100,8 +111,25 @@ struct netdevq_event {
 	__u16 snap_len; /* bytes valid in snap */
 	__u16 l2_len;	/* bytes of link header in snap before the network header */
 	__u16 pad0;
+	/* decoding: ICMP, VLAN, fragments, IPv6 extension headers */
+	__u8 icmp_type, icmp_code;
+	__u16 vlan_tci;	  /* PCP (3 bits), DEI, VID (12 bits), host order */
+	__u16 vlan_proto; /* TPID: 0x8100 (802.1Q) or 0x88a8 (802.1ad), host order */
+	__u16 frag_off;	  /* fragment offset in bytes (IPv4 and IPv6) */
+	__u16 vlan_id;	  /* vlan_tci's VID and PCP, apart: what aggregation keys read */
+	__u8 vlan_pcp;
+	__u8 ip6_ext; /* IPv6 extension headers walked before the upper layer */
+	__u8 pad1[4];
 	char comm[16];
 	char dev[16];
+	/* socket owner (NDQ_NEED_OWNER): the process that last sent, received, connected, accepted
+	 * or listened on skb->sk (a request sock: its listener). owner_pid 0: no socket or owner
+	 * unknown, and then every owner_* member is 0 */
+	__u64 owner_cgroup; /* the sock's cgroup v2 id (sk->sk_cgrp_data) */
+	__u32 owner_pid, owner_tid;
+	__u32 owner_uid; /* sk->sk_uid */
+	__u32 owner_pad;
+	char owner_comm[16];
 	__u8 snap[256]; /* NDQ_SNAP_MAX bytes from the start of the link header */
 };
 
@@ -149,6 +177,11 @@ struct netdevq_config {
 	struct netdevq_field_loc agg_key[6]; /* NDQ_AGG_KEYS_MAX */
 	struct netdevq_field_loc agg_value;
 	__s64 lhist_min, lhist_max, lhist_step;
+	/* -p, --comm: the socket owner's pid/comm when known, the task's otherwise (these and
+	 * follow_pid check it that way) */
+	struct netdevq_u32_set who_pid;
+	__u32 n_who_comm;
+	char who_comm[8][16];
 };
 
 /* In-kernel aggregation map: per-CPU hash, key -> value. A key field takes one 24-byte slot:
@@ -162,6 +195,17 @@ struct netdevq_agg_value {
 	__u64 count, sum, min, max;
 	__u64 slot[68]; /* NDQ_AGG_SLOTS: log2 slot i = [2^(i-1), 2^i), slot 0 = 0;
 	                           linear: 0 = below min, 1..n = buckets, n+1 = at or above max */
+};
+
+/* Socket owner as the owner maps keep it (bpf/owner.bpf.h; the loader fills owner_inodes from
+ * /proc at attach). */
+struct netdevq_owner {
+	__u64 ino; /* inode number of the socket when learned (0: none yet): tells reused socks */
+	__u64 cgroup; /* the sock's cgroup v2 id and uid (sock_read: 1), read once per owner */
+	__u32 uid;
+	__u32 sock_read; /* 0 in entries of the /proc scan: cgroup and uid still to be read */
+	__u32 pid, tid;
+	char comm[16];
 };
 
 #endif /* NETDEVQ_H */

@@ -7,6 +7,8 @@
  *              aggregation map reads, close
  *   proc.c     the -c child: spawn, release, waitpid, terminate
  *   signals.c  SIGINT/SIGTERM as a flag; blocked writes give up once it is set
+ *   owner.c    the socket-owner programs (which load, attaching them, the /proc scan)
+ *   pcap_filter.c  tcpdump expressions (libpcap), kept apart: its struct bpf_program collides
  *
  * Expected failures return nil, "what failed: why; what to do". Misuse raises.
  */
@@ -33,6 +35,7 @@
 #define KERNEL_BTF "/sys/kernel/btf/vmlinux"
 
 struct ndq_pcap;
+struct ndq_owner;
 
 struct tracer {
 	struct bpf_object *obj;
@@ -53,6 +56,7 @@ struct tracer {
 	__u32 follow_pid;
 	__u32 agg_value_size;
 	struct ndq_pcap *pcap;
+	struct ndq_owner *owner; /* socket-owner links (owner.c) */
 	__u64 pcap_dropped;
 	__u64 received;
 	char mode[8];

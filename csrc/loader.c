@@ -14,6 +14,7 @@
 #include <bpf/libbpf.h>
 
 #include "core.h"
+#include "owner.h"
 #include "pcap_filter.h"
 
 #define PCAP_BUDGET_MS 10000 /* libpcap's optimizer is slow on long expressions */
@@ -99,6 +100,7 @@ static void read_options(lua_State *L, struct open_opts *o)
 			   (int)config_len, (int)sizeof(o->cfg));
 	if (config)
 		memcpy(&o->cfg, config, sizeof(o->cfg));
+	ndq_owner_config(&o->cfg);
 }
 
 static const char *object_name(const struct open_opts *o)
@@ -364,6 +366,7 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 
 		bpf_program__set_autoload(p, p == t->prog || follow);
 	}
+	ndq_owner_select(t->obj, &o->cfg);
 	t->follow_pid = o->cfg.follow_pid;
 	size_maps(t, o);
 	return 0;

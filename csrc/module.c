@@ -104,6 +104,11 @@ static void push_layout(lua_State *L)
 	OFF(l2_len);
 	OFF(comm);
 	OFF(dev);
+	OFF(owner_cgroup);
+	OFF(owner_pid);
+	OFF(owner_tid);
+	OFF(owner_uid);
+	OFF(owner_comm);
 	OFF(snap);
 	lua_setfield(L, -2, "offsets");
 	lua_createtable(L, 0, 4);

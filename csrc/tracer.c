@@ -9,6 +9,7 @@
 #include <bpf/libbpf.h>
 
 #include "core.h"
+#include "owner.h"
 #include "pcap_filter.h"
 
 #define BATCH_FULL (-1000000)
@@ -21,6 +22,7 @@ void ndq_tracer_free(struct tracer *t)
 	bpf_link__destroy(t->link);
 	bpf_link__destroy(t->fork_link);
 	bpf_link__destroy(t->exit_link);
+	ndq_owner_free(t->owner);
 	bpf_object__close(t->obj);
 	ndq_pcap_free(t->pcap);
 	free(t->agg_keys);
@@ -38,18 +40,6 @@ static struct tracer *check_tracer(lua_State *L)
 	return ud->t;
 }
 
-static bool pcap_match(struct tracer *t, const struct netdevq_event *ev)
-{
-	bool ethernet = ev->flags & NDQ_EV_MAC;
-	/* other link headers: hand over from the IP header */
-	__u32 off = ethernet ? 0 : ev->l2_len;
-
-	if (off > ev->snap_len)
-		return false;
-	return ndq_pcap_match(t->pcap, ethernet, ev->snap + off, ev->snap_len - off,
-			      ev->len > off ? ev->len - off : ev->snap_len - off);
-}
-
 int ndq_on_sample(void *ctx, void *data, size_t size)
 {
 	struct tracer *t = ctx;
@@ -60,7 +50,7 @@ int ndq_on_sample(void *ctx, void *data, size_t size)
 	memcpy(dst, data, size);
 	if (size < sizeof(*dst) && dst->snap_len > size - offsetof(struct netdevq_event, snap))
 		dst->snap_len = 0;
-	if (t->pcap && !pcap_match(t, dst)) {
+	if (t->pcap && !ndq_pcap_match_event(t->pcap, dst)) {
 		t->pcap_dropped++;
 		return 0;
 	}
@@ -101,12 +91,15 @@ static int tracer_attach(lua_State *L)
 {
 	struct tracer *t = check_tracer(L);
 	bool raw = strcmp(t->mode, "raw") == 0;
+	char msg[256];
 	int err;
 
 	if (t->link)
 		return luaL_error(L, "netdevq: tracer is already attached");
 	if (t->follow_pid && !t->fork_link && (err = attach_follow(L, t)) != 0)
 		return err;
+	if (!t->owner && ndq_owner_attach(&t->owner, t->obj, msg, sizeof(msg)))
+		return ndq_push_fail(L, "%s", msg);
 	t->link = bpf_program__attach(t->prog);
 	if (!t->link) {
 		err = errno;
@@ -133,6 +126,8 @@ static int tracer_detach(lua_State *L)
 	bpf_link__destroy(t->fork_link);
 	bpf_link__destroy(t->exit_link);
 	t->link = t->fork_link = t->exit_link = NULL;
+	ndq_owner_free(t->owner);
+	t->owner = NULL;
 	return 0;
 }
 

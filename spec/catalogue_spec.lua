@@ -14,6 +14,11 @@ local CONTRACT = {
     { "saddr", "string" }, { "daddr", "string" }, { "proto", "string" },
     { "sport", "integer" }, { "dport", "integer" }, { "tcp_flags", "string" },
     { "ttl", "integer" }, { "tos", "integer" },
+    { "icmp_type", "integer" }, { "icmp_code", "integer" }, { "vlan_id", "integer" },
+    { "vlan_pcp", "integer" }, { "vlan_proto", "integer" }, { "frag_off", "integer" },
+    { "ip6_ext", "integer" },
+    { "owner_pid", "integer" }, { "owner_tid", "integer" }, { "owner_comm", "string" },
+    { "owner_cgroup", "integer" }, { "owner_uid", "integer" },
 }
 
 local function bytes(t)
@@ -58,7 +63,9 @@ local function make_event(o)
         ev.smac[i] = 0x02 + i
         ev.dmac[i] = 0xa0 + i
     end
-    ev.flags = o.flags or 7
+    ev.flags = o.flags or 7 + 0x8000 -- MAC, L4, TCP, OWNER
+    ev.owner_pid, ev.owner_tid, ev.owner_uid, ev.owner_cgroup = 4321, 4322, 1000, 77
+    ffi.copy(ev.owner_comm, "wget")
     ffi.copy(ev.comm, o.comm or "curl")
     ffi.copy(ev.dev, o.dev or "veth0")
     return ev, ffi.cast("const struct netdevq_event *", ev)
@@ -117,17 +124,28 @@ describe("netdevq.catalogue #unit", function()
             assert.are.equal(8, loc("ts").size)
             assert.are.equal(1, loc("ethertype").when_nonzero)
             assert.are.equal(6, loc("smac").size)
+            assert.are.same({ off = ffi.offsetof("struct netdevq_event", "vlan_id"), size = 2,
+                              kind = abi.LOC.NUMBER, when_flags = abi.EV.VLAN, when_l3 = 0,
+                              when_nonzero = 0 }, loc("vlan_id"))
+            assert.are.equal(abi.EV.ICMP, loc("icmp_code").when_flags)
+            assert.are.equal(abi.EV.IPFRAG, loc("frag_off").when_flags)
+            assert.are.equal(abi.EV.IP6, loc("ip6_ext").when_flags)
         end)
 
-        it("needs HEADERS for the parsed fields, TASK, DEV, TS, NETNS, GSO, CGROUP for theirs, nothing else", function()
+        it("needs HEADERS for the parsed fields, TASK, DEV, TS, NETNS, GSO, CGROUP, OWNER for theirs", function()
             local H = abi.NEED.HEADERS
             local expect = {
                 ethertype = H, smac = H, dmac = H, saddr = H, daddr = H, proto = H, sport = H,
-                dport = H, tcp_flags = H, ttl = H, tos = H,
-                netns = abi.NEED.NETNS, netns_name = abi.NEED.NETNS, gso_size = abi.NEED.GSO, gso_segs = abi.NEED.GSO,
+                dport = H, tcp_flags = H, ttl = H, tos = H, icmp_type = H, icmp_code = H,
+                vlan_id = H, vlan_pcp = H, vlan_proto = H, frag_off = H, ip6_ext = H,
+                netns = abi.NEED.NETNS, netns_name = abi.NEED.NETNS, gso_size = abi.NEED.GSO,
+                gso_segs = abi.NEED.GSO,
                 cgroup = abi.NEED.CGROUP, pid = abi.NEED.TASK, tid = abi.NEED.TASK,
                 comm = abi.NEED.TASK, dev = abi.NEED.DEV, ifindex = abi.NEED.DEV,
                 ts = abi.NEED.TS, time = abi.NEED.TS,
+                owner_pid = abi.NEED.OWNER, owner_tid = abi.NEED.OWNER,
+                owner_comm = abi.NEED.OWNER, owner_cgroup = abi.NEED.OWNER,
+                owner_uid = abi.NEED.OWNER,
             }
             for _, field in ipairs(catalogue.fields) do
                 assert.are.equal(expect[field.name] or 0, field.need_bits, field.name)
@@ -147,14 +165,57 @@ describe("netdevq.catalogue #unit", function()
                 ethertype = "ipv4", smac = "02:03:04:05:06:07", dmac = "a0:a1:a2:a3:a4:a5",
                 saddr = "198.18.0.1", daddr = "198.18.0.2", proto = "tcp", sport = 40000,
                 dport = 443, tcp_flags = "P.", ttl = 64, tos = 16,
+                owner_pid = 4321, owner_tid = 4322, owner_comm = "wget", owner_cgroup = 77,
+                owner_uid = 1000,
             }
+            -- ICMP, VLAN, fragment and IPv6 fields are absent from an untagged IPv4 TCP event
+            local absent = { icmp_type = true, icmp_code = true, vlan_id = true, vlan_pcp = true,
+                             vlan_proto = true, frag_off = true, ip6_ext = true }
             for _, field in ipairs(catalogue.fields) do
                 local v = field.get(p)
                 assert.are.equal(want[field.name], v, field.name)
-                if field.name ~= "netns_name" then -- 4026531840 has no /run/netns name here
+                -- netns_name: 4026531840 has no /run/netns name here
+                if not absent[field.name] and field.name ~= "netns_name" then
                     assert.are.equal(field.type == "integer" and "number" or "string", type(v),
                                      field.name)
                 end
+            end
+        end)
+
+        it("decode ICMP type and code (numbers; names in text), VLAN tags, fragments and the "
+           .. "IPv6 extension header count", function()
+            local EV = abi.EV
+            local _, p = make_event{ proto = 58, l3 = 6, ethertype = 0x86dd,
+                                     flags = EV.ICMP + EV.VLAN + EV.IPFRAG + EV.IP6 }
+            local ev = ffi.cast("struct netdevq_event *", p)
+            ev.icmp_type, ev.icmp_code = 1, 4
+            ev.vlan_tci, ev.vlan_proto, ev.vlan_id, ev.vlan_pcp = 0x6064, 0x88a8, 100, 3
+            ev.frag_off, ev.ip6_ext = 1432, 3
+            local get = function(name) return catalogue.by_name[name].get(p) end
+            local text = function(name) return catalogue.by_name[name].text(p) end
+            assert.are.same({ 1, 4, 100, 3, 0x88a8, 1432, 3 },
+                            { get("icmp_type"), get("icmp_code"), get("vlan_id"),
+                              get("vlan_pcp"), get("vlan_proto"), get("frag_off"),
+                              get("ip6_ext") })
+            assert.are.equal("destination unreachable", text("icmp_type"))
+            assert.are.equal("port unreachable", text("icmp_code"))
+            ev.icmp_type, ev.icmp_code = 135, 0
+            assert.are.equal("neighbor solicitation", text("icmp_type"))
+            assert.are.equal("0", text("icmp_code"))
+            ev.proto, ev.l3, ev.icmp_type, ev.icmp_code = 1, 4, 3, 3
+            assert.are.equal("unreachable", text("icmp_type"))
+            assert.are.equal("port unreachable", names.icmp_text(4, 3, 3))
+            assert.are.equal("echo request", names.icmp_text(4, 8, 0))
+            assert.are.equal("echo reply", names.icmp_text(6, 129, 0))
+            assert.are.equal("router solicitation", names.icmp_text(6, 133, 0))
+            assert.are.equal("neighbor advertisement", names.icmp_text(6, 136, 0))
+            assert.are.equal("200", names.icmp_text(6, 200, 0))
+            ev.flags = EV.ICMP
+            assert.is_nil(get("ip6_ext"))
+            ev.flags = 0
+            for _, name in ipairs{ "icmp_type", "icmp_code", "vlan_id", "vlan_pcp", "vlan_proto",
+                                   "frag_off" } do
+                assert.is_nil(get(name), name)
             end
         end)
 
@@ -183,6 +244,17 @@ describe("netdevq.catalogue #unit", function()
             local _, p = make_event{ flags = abi.EV.L4 + abi.EV.TCP }
             assert.is_nil(catalogue.by_name.smac.get(p))
             assert.is_nil(catalogue.by_name.dmac.get(p))
+        end)
+
+        it("leave every owner field absent without NDQ_EV_OWNER, owner_uid 0 present with it", function()
+            local _, p = make_event{ flags = 7 }
+            for _, name in ipairs{ "owner_pid", "owner_tid", "owner_comm", "owner_cgroup",
+                                   "owner_uid" } do
+                assert.is_nil(catalogue.by_name[name].get(p), name)
+            end
+            local ev, q = make_event()
+            ev.owner_uid = 0
+            assert.are.equal(0, catalogue.by_name.owner_uid.get(q))
         end)
 
         it("leave ethertype absent when the kernel left it 0", function()
@@ -504,7 +576,8 @@ describe("netdevq.catalogue #unit", function()
             assert.are.equal(abi.NEED.TASK + abi.NEED.TS, catalogue.needs{ "pid", "comm", "time" })
             assert.are.equal(abi.NEED.HEADERS + abi.NEED.NETNS, catalogue.needs{ "saddr", "netns" })
             assert.are.equal(abi.NEED.ALL, catalogue.needs{ "cgroup", "gso_segs", "tcp_flags",
-                                                         "netns", "dport", "comm", "dev", "ts" })
+                                                         "netns", "dport", "comm", "dev", "ts",
+                                                         "owner_uid" })
             assert.are.equal(0, catalogue.needs{})
         end)
 
@@ -517,12 +590,12 @@ describe("netdevq.catalogue #unit", function()
         it("returns one aligned line per field: name, type, description", function()
             local lines = catalogue.list()
             assert.are.equal(#CONTRACT, #lines)
-            for i, row in ipairs(CONTRACT) do
-                local want = ("%-10s %-8s "):format(row[1], row[2])
+            for i, row in ipairs(CONTRACT) do -- names padded to the longest, owner_cgroup
+                local want = ("%-12s %-8s "):format(row[1], row[2])
                 assert.are.equal(want, lines[i]:sub(1, #want))
                 assert.is_true(#lines[i] > #want)
             end
-            assert.are.equal("cgroup     integer  current task's cgroup v2 id", lines[7])
+            assert.are.equal("cgroup       integer  current task's cgroup v2 id", lines[7])
         end)
     end)
 end)

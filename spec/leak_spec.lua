@@ -66,14 +66,16 @@ describe("netdevq gives everything back #root", function()
             t:close()
             t:close() -- idempotent
         end
-        -- what one tracer holds: its program(s), link(s) and the seven maps
-        assert.same({ { 1, 1, 7 }, { 1, 1, 7 }, { 1, 1, 7 }, { 3, 3, 7 } }, per_variant)
+        -- what one tracer holds: its program(s), link(s) and the eleven maps; every field (no
+        -- `fields`) and follow_pid include the socket owner: six more programs and links;
+        -- follow_pid adds sched_process_fork and sched_process_exit
+        assert.same({ { 7, 7, 11 }, { 7, 7, 11 }, { 1, 1, 11 }, { 9, 9, 11 } }, per_variant)
         assert.same({}, bpfobjs.diff(before, bpfobjs.fds()))
         assert.same({ prog = {}, map = {}, link = {} }, bpfobjs.held(pid))
         assert.same({}, bpfobjs.still_loaded(ids))
         -- ids are never reused: every cycle loaded its own objects
-        assert.equal(CYCLES + 2 * CYCLES / 4, count(ids.prog))
-        assert.equal(CYCLES * 7, count(ids.map))
+        assert.equal((7 + 7 + 1 + 9) * CYCLES / 4, count(ids.prog))
+        assert.equal(CYCLES * 11, count(ids.map))
     end)
 
     it("when a tracer is only dropped: the garbage collector closes it", function()
@@ -87,7 +89,7 @@ describe("netdevq gives everything back #root", function()
             merge(ids, bpfobjs.held())
             t = nil -- luacheck: ignore
         end
-        assert.equal(5, count(ids.link))
+        assert.equal(5 * 7, count(ids.link)) -- net_dev_queue and the six owner programs
         collectgarbage()
         collectgarbage()
         assert.same({}, bpfobjs.diff(before, bpfobjs.fds()))
@@ -108,7 +110,7 @@ describe("netdevq gives everything back #root", function()
             { "filter syntax error", { filter = "len >" }, "syntax error at column" },
             { "unknown field", { filter = "lenn > 1" }, "unknown field 'lenn'" },
             { "pcap syntax error", { pcap = "udp portt 9" }, "pcap filter" },
-            { "ring buffer not a power of two", { ringbuf_size = 12288 }, "not a power of two" },
+            { "ring buffer not a power of two", { ringbuf_size = 12288 }, "must be a power of two" },
             { "pcap error after a kernel filter", { filter = "len > 1", pcap = "(" }, "pcap filter" },
         }
         collectgarbage()
@@ -121,10 +123,15 @@ describe("netdevq gives everything back #root", function()
             assert.truthy(err:find(f[3], 1, true), f[1] .. ": " .. tostring(err))
             assert.same({}, bpfobjs.diff(before, bpfobjs.fds()), f[1])
         end
-        -- misuse raises, and leaves nothing behind either
-        assert.has_error(function() netdevq.open{ ringbuf_size = 1 } end)
-        assert.has_error(function() netdevq.open{ mode = "kprobe" } end)
-        assert.same({}, bpfobjs.diff(before, bpfobjs.fds()), "misuse")
+        -- bad option values are usage errors (nil, message, { kind = "usage" }): nothing left
+        for _, bad in ipairs({ { ringbuf_size = 1 }, { mode = "kprobe" }, { follow_pid = 2 ^ 40 },
+                               { max_keys = 0 }, { snaplen = 257 } }) do
+            local t, err, info = netdevq.open(bad)
+            assert.is_nil(t)
+            assert.matches("^netdevq: ", err)
+            assert.equal("usage", info.kind)
+        end
+        assert.same({}, bpfobjs.diff(before, bpfobjs.fds()), "bad option values")
 
         -- a callback that raises inside run(): the error reaches the caller, close() still works
         local port = 20000 + pid % 20000
@@ -154,8 +161,8 @@ describe("netdevq gives everything back #root", function()
         assert.is_true(run:wait_err("Ctrl%-C to stop\n", 20), run:err_text())
         clirun.sleep(1)
         local held = bpfobjs.held(run.pid)
-        assert.same({ 1, 1, 7 }, { count(held.prog), count(held.link), count(held.map) })
-        assert.equal(#bpfobjs.still_loaded(held, 0), 9) -- bpftool sees them all while it runs
+        assert.same({ 1, 1, 11 }, { count(held.prog), count(held.link), count(held.map) })
+        assert.equal(#bpfobjs.still_loaded(held, 0), 13) -- bpftool sees them all while it runs
         assert.is_true(run:kill("KILL"))
         local r = run:wait(10)
         assert.equal(137, r.code) -- 128 + SIGKILL

@@ -14,8 +14,11 @@
 --   either        pseudo-fields (port, host): true when either of these two fields matches
 --   example, description
 --   at, when      the struct netdevq_event member that holds it and when the event carries it
---                 (IP, L4, TCP, MAC, NONZERO): from these come raw(p) and `loc`, where the
---                 kernel's aggregation finds it (struct netdevq_field_loc, offsetof on the ABI)
+--                 (IP, L4, TCP, MAC, ICMP, VLAN, IPFRAG, IP6, NONZERO): from these come raw(p)
+--                 and `loc`, where the kernel's aggregation finds it (struct netdevq_field_loc,
+--                 offsetof on the ABI)
+--   text(p)       optional: the text output's form where it differs from the value (ICMP type
+--                 and code names; JSON, filters and aggregations keep the number)
 -- Adding a kernel-read field is the ABI member, the kernel read, and one row here.
 local ffi = require("ffi")
 local bit = require("bit")
@@ -56,6 +59,19 @@ local function format_address(l3, a)
     if l3 == 4 then return format_ipv4(a) end
     if l3 == 6 then return format_ipv6(a) end
     return nil
+end
+
+
+-- text(p) of icmp_type / icmp_code: the name from the ICMP or ICMPv6 table (by proto)
+local function icmp_text_of(which)
+    local EV_ICMP = abi.EV.ICMP
+    local type_text, code_text = names.icmp_type_text, names.icmp_code_text
+    return function(p)
+        if band(p.flags, EV_ICMP) == 0 then return nil end
+        local family = p.proto == 58 and 6 or 4
+        if which == "type" then return type_text(family, p.icmp_type) end
+        return code_text(family, p.icmp_type, p.icmp_code)
+    end
 end
 
 
@@ -142,6 +158,39 @@ local ROWS = {
       description = "IPv4 TTL / IPv6 hop limit" },
     { name = "tos", type = "integer", at = "tos", when = "IP", need = "HEADERS", example = "0",
       description = "IPv4 TOS / IPv6 traffic class" },
+    -- decoding: ICMP, VLAN, fragments, IPv6 extension headers
+    { name = "icmp_type", type = "integer", at = "icmp_type", when = "ICMP", need = "HEADERS",
+      example = "8", text = icmp_text_of("type"),
+      description = "ICMP / ICMPv6 type (names in text: echo request, ...)" },
+    { name = "icmp_code", type = "integer", at = "icmp_code", when = "ICMP", need = "HEADERS",
+      example = "3", text = icmp_text_of("code"),
+      description = "ICMP / ICMPv6 code (names in text: port unreachable, ...)" },
+    { name = "vlan_id", type = "integer", at = "vlan_id", when = "VLAN", need = "HEADERS",
+      example = "100",
+      description = "VLAN id of the outermost 802.1Q/802.1ad tag (offloaded or in the frame)" },
+    { name = "vlan_pcp", type = "integer", at = "vlan_pcp", when = "VLAN", need = "HEADERS",
+      example = "3", description = "priority code point (0..7) of that tag" },
+    { name = "vlan_proto", type = "integer", at = "vlan_proto", when = "VLAN", need = "HEADERS",
+      example = "0x8100",
+      description = "TPID of that tag: 33024 (0x8100, 802.1Q) or 34984 (0x88a8, 802.1ad)" },
+    { name = "frag_off", type = "integer", at = "frag_off", when = "IPFRAG", need = "HEADERS",
+      example = "0",
+      description = "IP fragment offset in bytes (0: the first); absent when not a fragment" },
+    { name = "ip6_ext", type = "integer", at = "ip6_ext", when = "IP6", need = "HEADERS",
+      example = "1",
+      description = "IPv6 extension headers before the upper layer; absent when not IPv6" },
+    -- the socket's owner (bpf/owner.bpf.h): present when the kernel knows it
+    { name = "owner_pid", type = "integer", at = "owner_pid", when = "OWNER", need = "OWNER",
+      example = "1234", description = "tgid of the process owning the packet's socket (in softirq "
+      .. "too); absent: no socket, a kernel socket, or owner unknown" },
+    { name = "owner_tid", type = "integer", at = "owner_tid", when = "OWNER", need = "OWNER",
+      example = "1234", description = "tid of the thread that last used the socket" },
+    { name = "owner_comm", type = "string", at = "owner_comm", when = "OWNER", need = "OWNER",
+      example = '"curl"', untrusted = true, description = "comm of the socket's owner" },
+    { name = "owner_cgroup", type = "integer", at = "owner_cgroup", when = "OWNER",
+      need = "OWNER", example = "1", description = "the socket's cgroup v2 id (sk_cgrp_data)" },
+    { name = "owner_uid", type = "integer", at = "owner_uid", when = "OWNER", need = "OWNER",
+      example = "0", description = "the socket's uid (sk_uid)" },
 }
 
 -- Filter-only names: true when either of two fields matches (`port == 53`: sport or dport).
@@ -159,11 +208,19 @@ local PSEUDO = {
 ---------------------------------------------------------------------------------------------
 
 -- `when`: the event carries the field only if ... (as Lua source on p, and for the kernel)
+local function flag(bitv)
+    return { lua = format("band(p.flags, %d) ~= 0", bitv), flags = bitv }
+end
 local WHEN = {
     IP = { lua = "p.l3 ~= 0", l3 = 1 },
-    L4 = { lua = format("band(p.flags, %d) ~= 0", EV_L4), flags = EV_L4 },
-    TCP = { lua = format("band(p.flags, %d) ~= 0", EV_TCP), flags = EV_TCP },
-    MAC = { lua = format("band(p.flags, %d) ~= 0", EV_MAC), flags = EV_MAC },
+    L4 = flag(EV_L4),
+    TCP = flag(EV_TCP),
+    MAC = flag(EV_MAC),
+    ICMP = flag(abi.EV.ICMP),
+    VLAN = flag(abi.EV.VLAN),
+    IPFRAG = flag(abi.EV.IPFRAG),
+    IP6 = flag(abi.EV.IP6),
+    OWNER = flag(abi.EV.OWNER),
     NONZERO = { lua = "v ~= 0", nonzero = 1 },
 }
 
@@ -487,9 +544,13 @@ end
 
 -- Lines for --list-fields: "name  type  description", aligned.
 function _M.list()
-    local lines = {}
+    local lines, width = {}, 0
+    for _, field in ipairs(fields) do
+        width = math.max(width, #field.name)
+    end
     for i, field in ipairs(fields) do
-        lines[i] = format("%-10s %-8s %s", field.name, field.value_type, field.description)
+        lines[i] = format("%-" .. width .. "s %-8s %s", field.name, field.value_type,
+                          field.description)
     end
     return lines
 end

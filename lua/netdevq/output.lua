@@ -11,6 +11,7 @@ local abi = require("netdevq.abi")
 local catalogue = require("netdevq.catalogue")
 local clock = require("netdevq.clock")
 local event = require("netdevq.event")
+local names = require("netdevq.names")
 
 local band = bit.band
 local format = string.format
@@ -26,6 +27,8 @@ local io_stderr = io.stderr
 
 local EV_L4 = abi.EV.L4
 local EV_TCP = abi.EV.TCP
+local EV_ICMP = abi.EV.ICMP
+local icmp_text = names.icmp_text
 local format_date = clock.format_date
 local by_name = catalogue.by_name
 local unknown_message = catalogue.unknown_message
@@ -49,10 +52,11 @@ local EXACT_BELOW = 1e14
 
 local _M = {}
 
--- The fields the default text line reads (what the tracer's plan asks the kernel for).
+-- The fields the default text line reads (what the tracer's plan asks the kernel for). Its comm
+-- and pid columns are the socket owner's when the kernel knows it, the task's otherwise.
 _M.DEFAULT_FIELDS = {
     "time", "comm", "pid", "dev", "len", "proto", "saddr", "sport", "daddr", "dport", "ethertype",
-    "tcp_flags",
+    "tcp_flags", "icmp_type", "icmp_code", "owner_comm", "owner_pid",
 }
 
 -- The fields a writer made with these options reads (nil: every field).
@@ -95,9 +99,10 @@ end
 local escape_name = require("netdevq.names").printable
 _M.escape_name = escape_name
 
--- the getter a writer uses for a field: names from outside come escaped
-local function printable_getter(field)
-    local get = field.get
+-- the getter a writer uses for a field: names from outside come escaped; text output takes a
+-- row's text form where it has one (ICMP type and code names), JSON the value
+local function printable_getter(field, text)
+    local get = text and field.text or field.get
     if not field.untrusted then
         return get
     end
@@ -108,6 +113,8 @@ local function printable_getter(field)
 end
 local get_comm = printable_getter(by_name.comm)
 local get_dev = printable_getter(by_name.dev)
+local get_owner_comm = printable_getter(by_name.owner_comm)
+local get_owner_pid = by_name.owner_pid.get
 
 local function integer_text(v)
     if v >= EXACT_BELOW or v <= -EXACT_BELOW then
@@ -188,8 +195,14 @@ end
 -- in place of proto and no addresses.
 local function default_line(p, parts)
     parts[1] = get_time(p)
-    parts[2] = text_value(get_comm(p))
-    parts[3] = get_pid(p)
+    local owner = get_owner_pid(p) -- the socket owner when known (owner.bpf.h), else the task
+    if owner then
+        parts[2] = text_value(get_owner_comm(p))
+        parts[3] = owner
+    else
+        parts[2] = text_value(get_comm(p))
+        parts[3] = get_pid(p)
+    end
     parts[4] = text_value(get_dev(p))
     parts[5] = get_len(p)
     local l3 = p.l3
@@ -213,6 +226,9 @@ local function default_line(p, parts)
     parts[9] = daddr
     if band(p.flags, EV_TCP) ~= 0 then -- tcpdump's "Flags [S.]"
         parts[10] = "[" .. get_tcp_flags(p) .. "]"
+        return 10
+    elseif band(p.flags, EV_ICMP) ~= 0 then -- as tcpdump: "echo request", "port unreachable"
+        parts[10] = icmp_text(p.proto == 58 and 6 or 4, p.icmp_type, p.icmp_code)
         return 10
     end
     return 9
@@ -255,13 +271,13 @@ function _M.text(opts)
     opts = check_opts(opts, "output.text")
     local extra = {}
     for i, name in ipairs(opts.extra or {}) do
-        extra[i] = printable_getter(by_name[name])
+        extra[i] = printable_getter(by_name[name], true)
     end
     local getters
     if opts.fields then
         getters = {}
         for i, name in ipairs(opts.fields) do
-            getters[i] = printable_getter(by_name[name])
+            getters[i] = printable_getter(by_name[name], true)
         end
     end
     return setmetatable({

@@ -16,14 +16,18 @@
 -- Link types: LINKTYPE_ETHERNET (1) when the event has an Ethernet header (flags & NDQ_EV_MAC),
 -- LINKTYPE_RAW (101: the packet starts with the IPv4/IPv6 header) otherwise. For a device without
 -- an Ethernet header any other link-layer bytes (ev.l2_len) are skipped, so raw packets start at
--- the network header; the original length shrinks by the same amount.
+-- the network header; the original length shrinks by the same amount. An offloaded VLAN tag (skb
+-- metadata, flags & NDQ_EV_VLAN_HW) is written back into an Ethernet frame after the MACs, as
+-- libpcap does on a live capture: frames and lengths equal tcpdump's.
 --
 -- Per-packet comment written by write_event (opt_comment, like ptcpdump does), exactly:
 --
 --     comm: <comm>, pid: <pid>, tid: <tid>, queue: <queue>, mark: <mark>
 --
 -- e.g. "comm: curl, pid: 5130, tid: 5130, queue: 0, mark: 0" (numbers in decimal; bytes of comm
--- outside printable ASCII become '?'). Pass `comments = false` to open() to leave them out.
+-- outside printable ASCII become '?'). comm, pid and tid are the socket owner's when the kernel
+-- knows it (ev.flags has NDQ_EV_OWNER: a TCP ACK sent from softirq names its process), the task's
+-- on the CPU otherwise. Pass `comments = false` to open() to leave them out.
 --
 -- Timestamps: write_packet takes ts_ns as unix-epoch nanoseconds, a Lua number (exact only to
 -- 2^53, i.e. about a quarter of a microsecond today) or a uint64_t cdata (exact). write_event takes
@@ -70,10 +74,12 @@ local _M = {
   LINKTYPE_ETHERNET = 1,
   LINKTYPE_RAW = 101,
   -- what write_event reads of an event (the tracer's plan asks the kernel for them)
-  FIELDS = { "smac", "dev", "ifindex", "netns", "ts", "comm", "pid", "tid", "queue", "mark" },
+  FIELDS = { "smac", "vlan_proto", "dev", "ifindex", "netns", "ts", "comm", "pid", "tid", "queue",
+             "mark", "owner_comm", "owner_pid", "owner_tid" },
 }
 
-local NDQ_EV_MAC, NDQ_SNAP_MAX = abi.EV.MAC, abi.SNAP_MAX
+local NDQ_EV_MAC, NDQ_EV_VLAN_HW, NDQ_SNAP_MAX = abi.EV.MAC, abi.EV.VLAN_HW, abi.SNAP_MAX
+local EV_OWNER = abi.EV.OWNER
 local BT_SHB, BT_IDB, BT_EPB = 0x0A0D0D0A, 1, 6
 local OPT_ENDOFOPT, OPT_COMMENT = 0, 1
 local SHB_USERAPPL = 4
@@ -473,6 +479,19 @@ local function event_ifid(self, ev, linktype)
   return id
 end
 
+-- caplen bytes of the frame with the offloaded tag (TPID, TCI) after the MACs, at dst.
+local function put_vlan_frame(dst, ev, caplen)
+  if caplen <= 12 then
+    ffi_copy(dst, ev.snap, caplen)
+    return
+  end
+  ffi_copy(dst, ev.snap, 12)
+  local proto, tci = ev.vlan_proto, ev.vlan_tci
+  dst[12], dst[13] = rshift(proto, 8), band(proto, 0xff)   -- bytes past caplen: overwritten by
+  dst[14], dst[15] = rshift(tci, 8), band(tci, 0xff)       -- the padding or the next block
+  if caplen > 16 then ffi_copy(dst + 16, ev.snap + 12, caplen - 16) end
+end
+
 local COMMENT_MAX = 4 + 6 + 16 + 7 + 10 + 7 + 10 + 9 + 5 + 8 + 10 + 3
 
 --- Writes one event: linktype from flags & NDQ_EV_MAC, data = snap, caplen = snap_len,
@@ -491,6 +510,10 @@ function Writer:write_event(ev, unix_ns)
     caplen = caplen - skip
     origlen = origlen >= skip and origlen - skip or 0
   end
+  local tag = mac and caplen >= 12 and band(ev.flags, NDQ_EV_VLAN_HW) ~= 0
+  if tag then
+    caplen, origlen = caplen + 4, origlen + 4
+  end
   if self.snaplen > 0 and caplen > self.snaplen then caplen = self.snaplen end
   if origlen < caplen then origlen = caplen end
 
@@ -502,14 +525,19 @@ function Writer:write_event(ev, unix_ns)
 
   local start = self.pos
   put_epb_head(self, ifid, unix_ns or clock.unix_ns(ev.ts), caplen, origlen)
-  ffi_copy(self.buf + self.pos, ev.snap + skip, caplen)
+  if tag then
+    put_vlan_frame(self.buf + self.pos, ev, caplen)
+  else
+    ffi_copy(self.buf + self.pos, ev.snap + skip, caplen)
+  end
   self.pos = self.pos + caplen
   put_pad(self)
   if self.comments then
     local opt = self.pos
     self.pos = opt + 4
     put_lit(self, "comm: ")
-    local comm, buf = ev.comm, self.buf
+    local owner = band(ev.flags, EV_OWNER) ~= 0
+    local comm, buf = owner and ev.owner_comm or ev.comm, self.buf
     for i = 0, 15 do
       local c = comm[i]
       if c == 0 then break end
@@ -518,9 +546,9 @@ function Writer:write_event(ev, unix_ns)
       self.pos = self.pos + 1
     end
     put_lit(self, ", pid: ")
-    put_dec(self, ev.pid)
+    put_dec(self, owner and ev.owner_pid or ev.pid)
     put_lit(self, ", tid: ")
-    put_dec(self, ev.tid)
+    put_dec(self, owner and ev.owner_tid or ev.tid)
     put_lit(self, ", queue: ")
     put_dec(self, ev.queue)
     put_lit(self, ", mark: ")
