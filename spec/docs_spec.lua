@@ -5,7 +5,10 @@
 -- long option of --help appears in docs/reference.md. Command lines shown in indented blocks
 -- (`    # luajit scripts/netdevq.lua ARGS`, then what it printed) run too, except those that
 -- write files (-w): each line shown must be among the lines the command wrote to stdout or
--- stderr, and the README's first command must print what the README shows.
+-- stderr, and the README's first command must print what the README shows. A command that
+-- names port 7713 gets one TCP connection to it instead (the README's TCP lines). The README's
+-- field list and the documented JSON lines (their keys, types and order, against a live run)
+-- are checked too.
 --
 -- Traffic: an example that opens a tracer (it contains `netdevq.open`) gets, once its ready line
 -- is on stderr, the traffic the reference describes above its examples, all on lo:
