@@ -100,8 +100,9 @@ describe("the Debian package (CPack DEB) and the systemd unit #root", function()
       "/usr/share/netdevq/exporter.lua", "/usr/share/netdevq/netdevq.bpf.o",
       "/usr/share/netdevq/netdevq.h",
     }
-    for m in sh("ls " .. source_top .. "/lua/netdevq"):gmatch("(%S+)%.lua") do
-      want[#want + 1] = "/usr/share/lua/5.1/netdevq/" .. m .. ".lua"
+    -- every Lua module of the tree, subfolders (filter/, aggregate/) included
+    for m in sh("cd " .. source_top .. "/lua && find netdevq -name '*.lua'"):gmatch("(%S+%.lua)") do
+      want[#want + 1] = "/usr/share/lua/5.1/" .. m
     end
     table.sort(want)
     assert.same(want, files)
@@ -192,7 +193,9 @@ describe("the Debian package (CPack DEB) and the systemd unit #root", function()
     bg = clirun.spawn({ "unshare", "-m", "--propagation", "private", "sh", "-c", script })
     assert(bg:wait_err("netdevq: exporting on http://127%.0%.0%.1:" .. free .. "/metrics\n", 30),
       bg:err_text())
-    assert.equal("netdevq: exporting on http://127.0.0.1:" .. free .. "/metrics\n", bg:err_text())
+    -- the CLI's ready line once the script's tracer attaches, then the script's own line
+    assert.equal("netdevq: tracing net_dev_queue (raw) ... Ctrl-C to stop\n"
+      .. "netdevq: exporting on http://127.0.0.1:" .. free .. "/metrics\n", bg:err_text())
     assert(pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, "9000", "40000", "58", "7" }))
     local series = ('netdevq_packet_len_bytes_count{dev="%s",proto="udp"} '):format(pair.veth_a)
     local text

@@ -227,13 +227,25 @@ local function spawn(argv)
     .. " & p=$!; echo \"@@spawn pid $$ $p\"; wait $p; echo \"@@spawn rc $?\"'"
   local fh = assert(io.popen(cmd))
   local self = setmetatable({ fh = fh, queue = {}, argv_text = table.concat(argv, " ") }, Proc)
-  -- the pid marker comes first in practice; keep any earlier output for :line()
+  -- the pid marker comes first in practice; keep any earlier output for :line() (read here,
+  -- not through the queue, which next_line would hand back again and again)
   self.starting = true
-  while not self.pid do
-    local l = next_line(self)
-    if not l then break end
-    self.queue[#self.queue + 1] = l
+  local early = {}
+  while not self.pid and self.fh do
+    local l = self.fh:read("*l")
+    if not l then
+      self.fh:close()
+      self.fh = nil
+      break
+    end
+    local shpid, pid = l:match("^@@spawn pid (%d+) (%d+)$")
+    if pid then
+      self.shpid, self.pid = tonumber(shpid), tonumber(pid)
+    else
+      early[#early + 1] = l
+    end
   end
+  self.queue = early
   self.starting = nil
   return self
 end
