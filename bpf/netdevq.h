@@ -19,6 +19,33 @@ enum {
 	NDQ_AGG_SLOTS = 68,    /* histogram slots in an aggregation value */
 };
 
+/* --- sk_buff member paths (skb.dev.mtu, ...: issue 14) ----------------------------------------
+ * csrc/btf_path.c resolves a path against the kernel's BTF into hops: off[0..hops-1] are the
+ * offsets of the pointers followed (the first in the sk_buff, each next in what the previous one
+ * points to), off[hops] the offset of the value; bpf/skbpath.h reads them. */
+enum {
+	NDQ_PATHS_MAX = 8, /* paths in one run */
+	NDQ_PATH_HOPS = 4, /* pointers one path may follow */
+	NDQ_PATH_STR = 16, /* bytes of a char array value (longer arrays are cut) */
+	NDQ_F_PATH = 64,   /* field id of path i: NDQ_F_PATH + i (aggregation keys and value) */
+};
+enum { NDQ_PK_UINT = 0, NDQ_PK_SINT = 1, NDQ_PK_STR = 2 }; /* how the kernel treats a value */
+enum { NDQ_PC_RANGE = 1, NDQ_PC_NE = 2 }; /* kernel filter on a path (netdevq_path.cmp) */
+
+struct netdevq_path {
+	__u8 hops;     /* pointers followed (0..NDQ_PATH_HOPS) */
+	__u8 size;     /* bytes read at off[hops] (1..8; NDQ_PK_STR: 1..NDQ_PATH_STR) */
+	__u8 kind;     /* NDQ_PK_* */
+	__u8 bit_off;  /* bitfield: its lowest bit in the bytes read (little endian) */
+	__u8 bit_size; /* bitfield width; 0: the whole bytes */
+	__u8 cmp;      /* NDQ_PC_*: the event passes when the path is present and lo <= v <= hi
+			  (signed compare for NDQ_PK_SINT) and v != ne */
+	__u8 pad[2];
+	__u32 off[5]; /* NDQ_PATH_HOPS + 1 */
+	__u64 lo, hi, ne;
+};
+/* --- end of sk_buff member paths ------------------------------------------------------------ */
+
 /* Per-CPU counters (array map "counters"), summed by the loader. */
 enum netdevq_counter {
 	NDQ_CNT_SEEN = 0,	  /* every net_dev_queue hit */
@@ -114,6 +141,12 @@ struct netdevq_event {
 	__u16 snap_len; /* bytes valid in snap */
 	__u16 l2_len;	/* bytes of link header in snap before the network header */
 	__u16 pad0;
+	/* sk_buff member paths: bit i set when path i was read (no NULL pointer on the way); value
+	 * of path i in path[i]: integers as a 64-bit number (sign-extended, bitfields extracted),
+	 * strings as their bytes */
+	__u32 path_present;
+	__u32 path_pad;
+	__u64 path[8][2]; /* NDQ_PATHS_MAX */
 	char comm[16];
 	char dev[16];
 	__u8 snap[256]; /* NDQ_SNAP_MAX bytes from the start of the link header */
@@ -162,6 +195,10 @@ struct netdevq_config {
 	__u32 agg_value;  /* NDQ_F_* or NDQ_F_NONE (count only) */
 	__u32 agg_hist;	  /* NDQ_HIST_* */
 	__s64 lhist_min, lhist_max, lhist_step;
+	/* sk_buff member paths read into every event (and checked when cmp is set) */
+	__u32 n_paths;
+	__u32 path_pad;
+	struct netdevq_path path[8]; /* NDQ_PATHS_MAX */
 };
 
 /* In-kernel aggregation map: per-CPU hash, key -> value. A key field takes one 16-byte slot:

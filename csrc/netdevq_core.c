@@ -30,6 +30,7 @@
 
 #include "netdevq.h"
 #include "pcap_filter.h"
+#include "btf_path.h"
 
 #define TRACER_MT "netdevq.Tracer"
 #define NETDEVQ_VERSION "0.1.0"
@@ -989,5 +990,6 @@ int luaopen_netdevq_core(lua_State *L)
 	lua_setfield(L, -2, "ncpus");
 	push_layout(L);
 	lua_setfield(L, -2, "layout");
+	ndq_btf_path_register(L);
 	return 1;
 }
