@@ -38,8 +38,8 @@ struct netdevq_path {
 	__u8 kind;     /* NDQ_PK_* */
 	__u8 bit_off;  /* bitfield: its lowest bit in the bytes read (little endian) */
 	__u8 bit_size; /* bitfield width; 0: the whole bytes */
-	__u8 cmp;      /* NDQ_PC_*: the event passes when the path is present and lo <= v <= hi
-			  (signed compare for NDQ_PK_SINT) and v != ne */
+	__u8 cmp;      /* NDQ_PC_*: the event passes when lo <= v <= hi (the path present; signed
+			  compare for NDQ_PK_SINT) and v != ne (or the path absent) */
 	__u8 pad[2];
 	__u32 off[5]; /* NDQ_PATH_HOPS + 1 */
 	__u64 lo, hi, ne;

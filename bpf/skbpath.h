@@ -52,14 +52,15 @@ static __always_inline int read_path(struct netdevq_event *ev, __u64 skb, const 
 	return 1;
 }
 
-/* Whether path i passes the kernel filter: present, within lo..hi, not ne. */
+/* Whether path i passes the kernel filter: within lo..hi, and not ne. Like every filter on an
+ * absent field, a range fails and "not equal" holds when the path is absent. */
 static __always_inline int path_passes(const struct netdevq_event *ev, const int i)
 {
 	const volatile struct netdevq_path *p = &cfg.path[i];
 	__u64 v = ev->path[i][0];
 
 	if (!(ev->path_present & (1u << i)))
-		return 0;
+		return !(p->cmp & NDQ_PC_RANGE);
 	if (p->cmp & NDQ_PC_RANGE) {
 		if (p->kind == NDQ_PK_SINT ? ((__s64)v < (__s64)p->lo || (__s64)v > (__s64)p->hi) :
 					     (v < p->lo || v > p->hi))

@@ -88,6 +88,13 @@ static const char *type_decl(const struct btf *btf, __u32 id, char *buf)
 	if (!d || btf_dump__emit_type_decl(d, id, &opts))
 		snprintf(buf, DECL_LEN, "type #%u", id);
 	btf_dump__free(d);
+	/* an anonymous struct or union is declared whole: one line says "struct {...}" */
+	char *open = strchr(buf, '{'), *close = strrchr(buf, '}');
+	if (open && close > open) {
+		char tail[DECL_LEN];
+		snprintf(tail, sizeof(tail), "%s", close + 1);
+		snprintf(open, DECL_LEN - (size_t)(open - buf), "{...}%s", tail);
+	}
 	return buf;
 }
 
@@ -149,6 +156,8 @@ static void push_members(lua_State *L, const struct btf *btf, __u32 id, __u32 ba
 				push_members(L, btf, m->type, off, n, with_types);
 			continue;
 		}
+		if (btf__resolve_size(btf, m->type) == 0)
+			continue; /* markers: __cacheline_group_begin, __pkt_type_offset[0], ... */
 		lua_pushinteger(L, ++*n);
 		if (!with_types) {
 			lua_pushstring(L, mname);
