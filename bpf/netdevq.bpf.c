@@ -477,7 +477,7 @@ static __always_inline void read_headers(struct scratch *s, struct sk_buff *skb,
 	}
 }
 
-static __always_inline int handle(struct sk_buff *skb, const bool btf)
+static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf)
 {
 	/* Filters run first, each reading only what it checks; what the output needs and no filter
 	 * read comes after. cfg members are constants to the verifier: untaken branches vanish. */
@@ -599,6 +599,7 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 	ev->hash = SKB(hash);
 	ev->skb = (__u64)skb;
 	ev->cpu = bpf_get_smp_processor_id();
+	read_kstack(ctx, ev);
 
 	if (cfg.agg_on)
 		aggregate(s, cnt);
@@ -634,13 +635,13 @@ filtered:
 SEC("raw_tp/net_dev_queue")
 int netdevq_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	return handle((struct sk_buff *)ctx->args[0], false);
+	return handle(ctx, (struct sk_buff *)ctx->args[0], false);
 }
 
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(netdevq_btf, struct sk_buff *skb)
 {
-	return handle(skb, true);
+	return handle(ctx, skb, true);
 }
 
 /* Follows the -c process tree: a child of a tracked process is tracked. */

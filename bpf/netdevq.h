@@ -28,6 +28,8 @@ enum {
 	NDQ_PATH_HOPS = 4, /* pointers one path may follow */
 	NDQ_PATH_STR = 16, /* bytes of a char array value (longer arrays are cut) */
 	NDQ_F_PATH = 64,   /* field id of path i: NDQ_F_PATH + i (aggregation keys and value) */
+	NDQ_F_KSTACK = 72, /* field id of kstack (NDQ_F_PATH + NDQ_PATHS_MAX) */
+	NDQ_KSTACK_DEPTH = 127, /* frames in a kernel stack (the stack map's value: __u64 ips) */
 };
 enum { NDQ_PK_UINT = 0, NDQ_PK_SINT = 1, NDQ_PK_STR = 2 }; /* how the kernel treats a value */
 enum { NDQ_PC_RANGE = 1, NDQ_PC_NE = 2 }; /* kernel filter on a path (netdevq_path.cmp) */
@@ -145,7 +147,7 @@ struct netdevq_event {
 	 * of path i in path[i]: integers as a 64-bit number (sign-extended, bitfields extracted),
 	 * strings as their bytes */
 	__u32 path_present;
-	__u32 path_pad;
+	__s32 kstack;	  /* kernel stack: its id in the stack map "kstacks" (< 0: none) */
 	__u64 path[8][2]; /* NDQ_PATHS_MAX */
 	char comm[16];
 	char dev[16];
@@ -197,7 +199,7 @@ struct netdevq_config {
 	__s64 lhist_min, lhist_max, lhist_step;
 	/* sk_buff member paths read into every event (and checked when cmp is set) */
 	__u32 n_paths;
-	__u32 path_pad;
+	__u32 kstack;		     /* 1: capture the kernel stack of every matching event */
 	struct netdevq_path path[8]; /* NDQ_PATHS_MAX */
 };
 

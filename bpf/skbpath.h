@@ -13,6 +13,20 @@
 #ifndef NETDEVQ_SKBPATH_H
 #define NETDEVQ_SKBPATH_H
 
+/* Kernel stacks of matching events (cfg.kstack): ids in the event, frames here. The loader sizes
+ * the map (1 entry when unused). */
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 16384);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, NDQ_KSTACK_DEPTH * sizeof(__u64));
+} kstacks SEC(".maps");
+
+static __always_inline void read_kstack(void *ctx, struct netdevq_event *ev)
+{
+	ev->kstack = cfg.kstack ? bpf_get_stackid(ctx, &kstacks, 0) : -1;
+}
+
 /* Reads path i into ev->path[i]; returns 1 when it was read. */
 static __always_inline int read_path(struct netdevq_event *ev, __u64 skb, const int i)
 {
@@ -87,26 +101,35 @@ static __always_inline int read_paths(struct netdevq_event *ev, void *skb)
 	return 1;
 }
 
-/* Aggregation keys and values on paths: field id NDQ_F_PATH + i. */
+/* Aggregation keys and values on paths (field id NDQ_F_PATH + i) and on kstack. */
 static __always_inline int path_field(__u32 f)
 {
-	return f >= NDQ_F_PATH && f < NDQ_F_PATH + NDQ_PATHS_MAX;
+	return (f >= NDQ_F_PATH && f < NDQ_F_PATH + NDQ_PATHS_MAX) || f == NDQ_F_KSTACK;
 }
 
 static __always_inline int path_present(const struct netdevq_event *ev, __u32 f)
 {
+	if (f == NDQ_F_KSTACK)
+		return ev->kstack >= 0;
 	return (ev->path_present >> ((f - NDQ_F_PATH) & 7)) & 1;
 }
 
 static __always_inline __u64 path_num(const struct netdevq_event *ev, __u32 f)
 {
+	if (f == NDQ_F_KSTACK)
+		return (__u64)ev->kstack;
 	return ev->path[(f - NDQ_F_PATH) & 7][0];
 }
 
 /* A key slot holds the path's 16 bytes: the number in the first 8 (the rest zero), or the
- * string. */
+ * string; kstack's slot its stack id. */
 static __always_inline void path_key(__u8 *slot, const struct netdevq_event *ev, __u32 f)
 {
+	if (f == NDQ_F_KSTACK) {
+		__builtin_memset(slot, 0, NDQ_AGG_KEY_SLOT);
+		*(__u64 *)slot = (__u64)ev->kstack;
+		return;
+	}
 	__builtin_memcpy(slot, ev->path[(f - NDQ_F_PATH) & 7], NDQ_AGG_KEY_SLOT);
 }
 

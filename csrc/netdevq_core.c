@@ -31,6 +31,7 @@
 #include "netdevq.h"
 #include "pcap_filter.h"
 #include "btf_path.h"
+#include "kstack.h"
 
 #define TRACER_MT "netdevq.Tracer"
 #define NETDEVQ_VERSION "0.1.0"
@@ -480,6 +481,11 @@ static int core_open(lua_State *L)
 	bpf_map__set_value_size(aggs, t->agg_value_size);
 	if (!cfg.follow_pid)
 		bpf_map__set_max_entries(tracked, 1);
+	if (ndq_kstack_setup(t->obj, &cfg)) {
+		snprintf(msg, sizeof(msg),
+			 "this BPF object cannot capture kernel stacks: rebuild it");
+		goto fail;
+	}
 
 	err = bpf_object__load(t->obj);
 	if (err) {
@@ -726,6 +732,12 @@ static int tracer_prog_stats(lua_State *L)
 	return 1;
 }
 
+/* t:kstack(id) -> the stack's addresses (string of __u64) | nil */
+static int tracer_kstack(lua_State *L)
+{
+	return ndq_kstack_push(L, check_tracer(L)->obj, luaL_checkinteger(L, 2));
+}
+
 static int tracer_close(lua_State *L)
 {
 	struct tracer_ud *ud = luaL_checkudata(L, 1, TRACER_MT);
@@ -951,10 +963,15 @@ static void push_layout(lua_State *L)
 int luaopen_netdevq_core(lua_State *L)
 {
 	static const luaL_Reg tracer_methods[] = {
-		{ "attach", tracer_attach },	 { "detach", tracer_detach },
-		{ "poll", tracer_poll },	 { "counters", tracer_counters },
-		{ "agg_read", tracer_agg_read }, { "prog_stats", tracer_prog_stats },
-		{ "close", tracer_close },	 { NULL, NULL },
+		{ "attach", tracer_attach },
+		{ "detach", tracer_detach },
+		{ "poll", tracer_poll },
+		{ "counters", tracer_counters },
+		{ "agg_read", tracer_agg_read },
+		{ "prog_stats", tracer_prog_stats },
+		{ "close", tracer_close },
+		{ "kstack", tracer_kstack },
+		{ NULL, NULL },
 	};
 	static const luaL_Reg funcs[] = {
 		{ "open", core_open },
