@@ -599,7 +599,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	ev->hash = SKB(hash);
 	ev->skb = (__u64)skb;
 	ev->cpu = bpf_get_smp_processor_id();
-	read_kstack(ctx, ev);
+	finish_paths(ctx, ev);
 
 	if (cfg.agg_on)
 		aggregate(s, cnt);

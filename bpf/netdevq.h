@@ -33,6 +33,7 @@ enum {
 };
 enum { NDQ_PK_UINT = 0, NDQ_PK_SINT = 1, NDQ_PK_STR = 2 }; /* how the kernel treats a value */
 enum { NDQ_PC_RANGE = 1, NDQ_PC_NE = 2 }; /* kernel filter on a path (netdevq_path.cmp) */
+enum { NDQ_EV_PATH0 = 0x100 }; /* event flag of path i: NDQ_EV_PATH0 << i (the flags' high byte) */
 
 struct netdevq_path {
 	__u8 hops;     /* pointers followed (0..NDQ_PATH_HOPS) */
@@ -143,9 +144,9 @@ struct netdevq_event {
 	__u16 snap_len; /* bytes valid in snap */
 	__u16 l2_len;	/* bytes of link header in snap before the network header */
 	__u16 pad0;
-	/* sk_buff member paths: bit i set when path i was read (no NULL pointer on the way); value
-	 * of path i in path[i]: integers as a 64-bit number (sign-extended, bitfields extracted),
-	 * strings as their bytes */
+	/* sk_buff member paths: bit i set when path i was read (no NULL pointer on the way; also
+	 * flags & NDQ_EV_PATH0 << i in a matching event); value of path i in path[i]: integers as a
+	 * 64-bit number (sign-extended, bitfields extracted), strings as their bytes */
 	__u32 path_present;
 	__s32 kstack;	  /* kernel stack: its id in the stack map "kstacks" (< 0: none) */
 	__u64 path[8][2]; /* NDQ_PATHS_MAX */

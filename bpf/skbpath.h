@@ -22,9 +22,12 @@ struct {
 	__uint(value_size, NDQ_KSTACK_DEPTH * sizeof(__u64));
 } kstacks SEC(".maps");
 
-static __always_inline void read_kstack(void *ctx, struct netdevq_event *ev)
+/* For a matching event: its kernel stack, and the present paths as flags (NDQ_EV_PATH0 << i,
+ * where aggregation keys and values look for presence). */
+static __always_inline void finish_paths(void *ctx, struct netdevq_event *ev)
 {
 	ev->kstack = cfg.kstack ? bpf_get_stackid(ctx, &kstacks, 0) : -1;
+	ev->flags |= (__u16)(ev->path_present * NDQ_EV_PATH0);
 }
 
 /* Reads path i into ev->path[i]; returns 1 when it was read. */

@@ -247,7 +247,7 @@ describe("netdevq.skbpath #unit", function()
 
             local ev = ffi.new("struct netdevq_event")
             assert.is_nil(mtu.raw(ev)) -- not present
-            ev.path_present = 0x1f
+            ev.flags = 0x1f00 + 0x3 -- paths 0..4 present, other flags too
             ev.path[0][0] = 1400
             ffi.cast("int64_t *", ev.path[1])[0] = -5
             ffi.copy(ev.path[2], "veth0", 5)
@@ -255,7 +255,7 @@ describe("netdevq.skbpath #unit", function()
             ev.path[4][0] = 3
             assert.same({ 1400, -5, "veth0", "0xffff888012345678", "SS_CONNECTED" },
                         { mtu.raw(ev), rcv.raw(ev), name.raw(ev), dev.raw(ev), state.raw(ev) })
-            ev.path_present = 0x1e
+            ev.flags = 0x1e00
             assert.is_nil(mtu.raw(ev))
         end)
 

@@ -37,6 +37,7 @@ local PATH_STR = C.NDQ_PATH_STR
 local F_PATH = C.NDQ_F_PATH
 local PK = { UINT = C.NDQ_PK_UINT, SINT = C.NDQ_PK_SINT, STR = C.NDQ_PK_STR }
 local PC_RANGE, PC_NE = C.NDQ_PC_RANGE, C.NDQ_PC_NE
+local EV_PATH0 = C.NDQ_EV_PATH0
 local u64_ptr_t = ffi.typeof("const uint64_t *")
 local s64_ptr_t = ffi.typeof("const int64_t *")
 local char_ptr_t = ffi.typeof("const char *")
@@ -214,12 +215,12 @@ end
 
 -- The getter of a resolved path in slot `slot` (0-based): p -> value or nil.
 local function getter(info, slot)
-    local mask = lshift(1, slot)
+    local mask = lshift(EV_PATH0, slot) -- in ev.flags: the path was read
     local kind = info.kind
     if kind == "string" then
         local size = info.size
         return function(p)
-            if band(p.path_present, mask) == 0 then return nil end
+            if band(p.flags, mask) == 0 then return nil end
             local s = ffi_cast(char_ptr_t, p.path[slot])
             local n = 0
             while n < size and s[n] ~= 0 do
@@ -229,20 +230,20 @@ local function getter(info, slot)
         end
     elseif kind == "pointer" then
         return function(p)
-            if band(p.path_present, mask) == 0 then return nil end
+            if band(p.flags, mask) == 0 then return nil end
             return "0x" .. tohex(ffi_cast(u64_ptr_t, p.path[slot])[0], 16)
         end
     elseif kind == "enum" then
         local names, signed = info.enum, info.signed
         return function(p)
-            if band(p.path_present, mask) == 0 then return nil end
+            if band(p.flags, mask) == 0 then return nil end
             local v = tonumber(ffi_cast(signed and s64_ptr_t or u64_ptr_t, p.path[slot])[0])
             return names[v] or tostring(v)
         end
     end
     local ptr_t = kind == "signed" and s64_ptr_t or u64_ptr_t
     return function(p)
-        if band(p.path_present, mask) == 0 then return nil end
+        if band(p.flags, mask) == 0 then return nil end
         return tonumber(ffi_cast(ptr_t, p.path[slot])[0])
     end
 end
