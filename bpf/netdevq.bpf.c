@@ -167,7 +167,7 @@ static __always_inline __u64 field_num(const struct netdevq_event *ev, __u32 f)
 	case NDQ_F_TCP_FLAGS: return ev->tcp_flags;
 	case NDQ_F_TTL: return ev->ttl;
 	case NDQ_F_TOS: return ev->tos;
-	default: return path_field(f) ? path_num(ev, f) : 0;
+	default: return 0;
 	}
 }
 
@@ -195,7 +195,7 @@ static __always_inline int field_present(const struct netdevq_event *ev, __u32 f
 	case NDQ_F_DPORT: return ev->flags & NDQ_EV_L4;
 	case NDQ_F_TCP_FLAGS: return ev->flags & NDQ_EV_TCP;
 	case NDQ_F_ETHERTYPE: return ev->ethertype != 0;
-	default: return path_field(f) ? path_present(ev, f) : 1;
+	default: return 1;
 	}
 }
 
@@ -210,13 +210,7 @@ static __always_inline void put_key(__u8 *slot, const struct netdevq_event *ev, 
 	case NDQ_F_DEV: __builtin_memcpy(slot, ev->dev, 16); break;
 	case NDQ_F_SADDR: put_addr(slot, ev, ev->saddr); break;
 	case NDQ_F_DADDR: put_addr(slot, ev, ev->daddr); break;
-	default:
-		if (path_field(f)) {
-			path_key(slot, ev, f);
-			break;
-		}
-		*(__u64 *)slot = field_num(ev, f);
-		break;
+	default: *(__u64 *)slot = field_num(ev, f); break;
 	}
 }
 
@@ -520,7 +514,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 		if (bpf_probe_read_kernel(s->skb, size, skb))
 			return 0;
 	}
-	if (cfg.n_paths && !read_paths(ev, skb))
+	if (cfg.n_paths && !filter_paths(ev, skb, btf ? NULL : s->skb))
 		goto filtered;
 	ev->len = SKB(len);
 	if (cfg.len_set && (ev->len < cfg.len_min || ev->len > cfg.len_max))
@@ -599,12 +593,12 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	ev->hash = SKB(hash);
 	ev->skb = (__u64)skb;
 	ev->cpu = bpf_get_smp_processor_id();
-	finish_paths(ctx, ev);
+	finish_paths(ctx, ev, skb, btf ? NULL : s->skb);
 
 	if (cfg.agg_on)
 		aggregate(s, cnt);
 	if (cfg.emit) {
-		__u64 size = EVENT_HEAD_SIZE + cfg.snaplen;
+		__u64 size = paths_emit_size(EVENT_HEAD_SIZE + cfg.snaplen);
 		__u64 flags = 0;
 
 		if (size > sizeof(*ev))

@@ -24,11 +24,9 @@ enum {
  * offsets of the pointers followed (the first in the sk_buff, each next in what the previous one
  * points to), off[hops] the offset of the value; bpf/skbpath.h reads them. */
 enum {
-	NDQ_PATHS_MAX = 8, /* paths in one run */
-	NDQ_PATH_HOPS = 4, /* pointers one path may follow */
-	NDQ_PATH_STR = 16, /* bytes of a char array value (longer arrays are cut) */
-	NDQ_F_PATH = 64,   /* field id of path i: NDQ_F_PATH + i (aggregation keys and value) */
-	NDQ_F_KSTACK = 72, /* field id of kstack (NDQ_F_PATH + NDQ_PATHS_MAX) */
+	NDQ_PATHS_MAX = 8,	/* paths in one run */
+	NDQ_PATH_HOPS = 4,	/* pointers one path may follow */
+	NDQ_PATH_STR = 16,	/* bytes of a char array value (longer arrays are cut) */
 	NDQ_KSTACK_DEPTH = 127, /* frames in a kernel stack (the stack map's value: __u64 ips) */
 };
 enum { NDQ_PK_UINT = 0, NDQ_PK_SINT = 1, NDQ_PK_STR = 2 }; /* how the kernel treats a value */
@@ -144,15 +142,17 @@ struct netdevq_event {
 	__u16 snap_len; /* bytes valid in snap */
 	__u16 l2_len;	/* bytes of link header in snap before the network header */
 	__u16 pad0;
-	/* sk_buff member paths: bit i set when path i was read (no NULL pointer on the way; also
-	 * flags & NDQ_EV_PATH0 << i in a matching event); value of path i in path[i]: integers as a
-	 * 64-bit number (sign-extended, bitfields extracted), strings as their bytes */
-	__u32 path_present;
-	__s32 kstack;	  /* kernel stack: its id in the stack map "kstacks" (< 0: none) */
-	__u64 path[8][2]; /* NDQ_PATHS_MAX */
 	char comm[16];
 	char dev[16];
 	__u8 snap[256]; /* NDQ_SNAP_MAX bytes from the start of the link header */
+	/* sk_buff member paths and kstack, after snap: only an event of a run that asks for them
+	 * carries them (it is then sent up to its last path). Bit i of path_present (and, in a
+	 * matching event, flags & NDQ_EV_PATH0 << i): path i was read, no NULL pointer on the way.
+	 * path[i]: integers as a 64-bit number (sign-extended, bitfields extracted), strings as
+	 * their bytes. */
+	__u32 path_present;
+	__u32 kstack;	  /* kernel stack: 1 + its id in the stack map "kstacks" (0: none) */
+	__u64 path[8][2]; /* NDQ_PATHS_MAX */
 };
 
 struct netdevq_u32_set {

@@ -22,36 +22,57 @@ struct {
 	__uint(value_size, NDQ_KSTACK_DEPTH * sizeof(__u64));
 } kstacks SEC(".maps");
 
-/* For a matching event: its kernel stack, and the present paths as flags (NDQ_EV_PATH0 << i,
- * where aggregation keys and values look for presence). */
-static __always_inline void finish_paths(void *ctx, struct netdevq_event *ev)
+/* Bytes of the event to send: the path block lies after snap, so an event with paths or a
+ * kernel stack goes up to its last path in use; others stop after their snap bytes. */
+static __always_inline __u64 paths_emit_size(__u64 size)
 {
-	ev->kstack = cfg.kstack ? bpf_get_stackid(ctx, &kstacks, 0) : -1;
-	ev->flags |= (__u16)(ev->path_present * NDQ_EV_PATH0);
+	if (cfg.n_paths || cfg.kstack)
+		return __builtin_offsetof(struct netdevq_event, path) + 16 * cfg.n_paths;
+	return size;
 }
 
-/* Reads path i into ev->path[i]; returns 1 when it was read. */
-static __always_inline int read_path(struct netdevq_event *ev, __u64 skb, const int i)
+/* The low `size` bytes of v (size 1..8). */
+static __always_inline __u64 low_bytes(__u64 v, __u32 size)
+{
+	return size >= 8 ? v : v & ((1ULL << ((size & 7) * 8)) - 1);
+}
+
+/* Reads path i into ev->path[i]; returns 1 when it was read. copy: the raw mode's copy of the
+ * sk_buff (SKB_COPY_MAX bytes), NULL in btf mode: what lies in the sk_buff itself (the first
+ * pointer, or a value with no pointer before it) is loaded from there, without a helper call. */
+static __always_inline int read_path(struct netdevq_event *ev, __u64 skb, const __u8 *copy,
+				     const int i)
 {
 	const volatile struct netdevq_path *p = &cfg.path[i];
 	__u64 ptr = skb, v;
-	__u32 size = p->size, last = p->hops;
+	__u32 size = p->size, last = p->hops, off;
 
 	ev->path[i][0] = 0;
 	ev->path[i][1] = 0;
+	if (size > NDQ_PATH_STR)
+		size = NDQ_PATH_STR;
+	if (size == 0 || last > NDQ_PATH_HOPS)
+		return 0;
 #pragma unroll
 	for (int h = 0; h < NDQ_PATH_HOPS; h++) {
-		if (h < p->hops) {
-			if (bpf_probe_read_kernel(&ptr, sizeof(ptr), (void *)(ptr + p->off[h])) ||
-			    !ptr)
+		if (h < last) {
+			off = p->off[h];
+			if (h == 0 && copy && off <= SKB_COPY_MAX - 8)
+				ptr = *(const __u64 *)(copy + off);
+			else if (bpf_probe_read_kernel(&ptr, sizeof(ptr), (void *)(ptr + off)))
+				return 0;
+			if (!ptr)
 				return 0;
 		}
 	}
-	if (size > NDQ_PATH_STR)
-		size = NDQ_PATH_STR;
-	if (size == 0 || last > NDQ_PATH_HOPS ||
-	    bpf_probe_read_kernel(ev->path[i], size, (void *)(ptr + p->off[last])))
+	off = p->off[last];
+	if (last == 0 && copy && off <= SKB_COPY_MAX - 16) {
+		ev->path[i][0] = low_bytes(*(const __u64 *)(copy + off), size);
+		if (size > 8)
+			ev->path[i][1] = low_bytes(*(const __u64 *)(copy + off + 8), size - 8);
+	} else if (bpf_probe_read_kernel(ev->path[i], size, (void *)(ptr + off))) {
 		return 0;
+	}
 	if (p->kind == NDQ_PK_STR)
 		return 1;
 	v = ev->path[i][0];
@@ -88,52 +109,36 @@ static __always_inline int path_passes(const struct netdevq_event *ev, const int
 	return 1;
 }
 
-/* Reads every configured path into ev; returns 0 when one of them fails its kernel filter. */
-static __always_inline int read_paths(struct netdevq_event *ev, void *skb)
+/* Before the other filters: reads the paths the kernel filter checks; returns 0 when one of them
+ * fails. The rest are read for matching events only (finish_paths). */
+static __always_inline int filter_paths(struct netdevq_event *ev, void *skb, const __u8 *copy)
 {
 	ev->path_present = 0;
 #pragma unroll
 	for (int i = 0; i < NDQ_PATHS_MAX; i++) {
-		if (i < cfg.n_paths) {
-			if (read_path(ev, (__u64)skb, i))
+		if (i < cfg.n_paths && cfg.path[i].cmp) {
+			if (read_path(ev, (__u64)skb, copy, i))
 				ev->path_present |= 1u << i;
-			if (cfg.path[i].cmp && !path_passes(ev, i))
+			if (!path_passes(ev, i))
 				return 0;
 		}
 	}
 	return 1;
 }
 
-/* Aggregation keys and values on paths (field id NDQ_F_PATH + i) and on kstack. */
-static __always_inline int path_field(__u32 f)
+/* For a matching event: the paths no filter read, its kernel stack, and the present paths as
+ * flags (NDQ_EV_PATH0 << i, where aggregation keys and values look for presence). */
+static __always_inline void finish_paths(void *ctx, struct netdevq_event *ev, void *skb,
+					 const __u8 *copy)
 {
-	return (f >= NDQ_F_PATH && f < NDQ_F_PATH + NDQ_PATHS_MAX) || f == NDQ_F_KSTACK;
-}
+	long id = cfg.kstack ? bpf_get_stackid(ctx, &kstacks, 0) : -1;
 
-static __always_inline int path_present(const struct netdevq_event *ev, __u32 f)
-{
-	if (f == NDQ_F_KSTACK)
-		return ev->kstack >= 0;
-	return (ev->path_present >> ((f - NDQ_F_PATH) & 7)) & 1;
-}
-
-static __always_inline __u64 path_num(const struct netdevq_event *ev, __u32 f)
-{
-	if (f == NDQ_F_KSTACK)
-		return (__u64)ev->kstack;
-	return ev->path[(f - NDQ_F_PATH) & 7][0];
-}
-
-/* A key slot holds the path's 16 bytes: the number in the first 8 (the rest zero), or the
- * string; kstack's slot its stack id. */
-static __always_inline void path_key(__u8 *slot, const struct netdevq_event *ev, __u32 f)
-{
-	if (f == NDQ_F_KSTACK) {
-		__builtin_memset(slot, 0, NDQ_AGG_KEY_SLOT);
-		*(__u64 *)slot = (__u64)ev->kstack;
-		return;
-	}
-	__builtin_memcpy(slot, ev->path[(f - NDQ_F_PATH) & 7], NDQ_AGG_KEY_SLOT);
+#pragma unroll
+	for (int i = 0; i < NDQ_PATHS_MAX; i++)
+		if (i < cfg.n_paths && !cfg.path[i].cmp && read_path(ev, (__u64)skb, copy, i))
+			ev->path_present |= 1u << i;
+	ev->kstack = id >= 0 ? (__u32)id + 1 : 0;
+	ev->flags |= (__u16)(ev->path_present * NDQ_EV_PATH0);
 }
 
 #endif /* NETDEVQ_SKBPATH_H */

@@ -80,7 +80,7 @@ static void emit_decl(void *ctx, const char *fmt, va_list args)
 
 static const char *type_decl(const struct btf *btf, __u32 id, char *buf)
 {
-	LIBBPF_OPTS(btf_dump_emit_type_decl_opts, opts, .field_name = "");
+	struct btf_dump_emit_type_decl_opts opts = { .sz = sizeof(opts), .field_name = "" };
 	struct btf_dump *d;
 
 	buf[0] = 0;

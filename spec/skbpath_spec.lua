@@ -243,7 +243,9 @@ describe("netdevq.skbpath #unit", function()
             assert.same({ 0, 1, 2, 3, 4 }, { mtu.slot, rcv.slot, name.slot, dev.slot, state.slot })
             assert.same({ "integer", "integer", "string", "string", "string" },
                         { mtu.type, rcv.type, name.type, dev.type, state.type })
-            assert.equal(ffi.C.NDQ_F_PATH + 1, rcv.id)
+            -- where the kernel's aggregation finds slot 1, and when it is there
+            assert.same({ ffi.offsetof("struct netdevq_event", "path") + 16, 8, 0x200 },
+                        { rcv.loc.off, rcv.loc.size, rcv.loc.when_flags })
 
             local ev = ffi.new("struct netdevq_event")
             assert.is_nil(mtu.raw(ev)) -- not present
@@ -327,6 +329,97 @@ describe("netdevq.skbpath #unit", function()
             assert.is_false(sp.pushdown(cfg, name, "==", "lo"))
             assert.is_false(sp.pushdown(cfg, len, "<", 1.5))
             assert.equal(0, cfg.path[0].cmp)
+        end)
+    end)
+
+    describe("the command line", function()
+        local clirun = require("support.clirun")
+
+        local function cli(argv)
+            return clirun.cli(argv)
+        end
+
+        it("refuses an unknown member with the nearest ones, exit 2", function()
+            local r = cli({ "-o", "dev,skb.dev.mtux" })
+            assert.same({ 2, "", "netdevq: --fields: struct net_device has no member 'mtux'; did "
+                             .. "you mean 'mtu', 'min_mtu', 'max_mtu'?\n" },
+                        { r.code, r.out, r.err })
+        end)
+
+        it("refuses paths through scalars and too deep ones in filters, with the column", function()
+            local r = cli({ "-f", "len > 1 and skb.len.x > 1" })
+            assert.same({ 2, "netdevq: filter: skb.len is unsigned int, not a struct or a pointer "
+                             .. "to one: it has no member 'x' (column 13)\nlen > 1 and "
+                             .. "skb.len.x > 1\n            ^\n" }, { r.code, r.err })
+            r = cli({ "--count", "skb.sk.sk_socket.file.f_inode.i_sb.s_type" })
+            assert.same({ 2, "netdevq: --count: skb.sk.sk_socket.file.f_inode.i_sb.s_type "
+                             .. "follows too many pointers: a path may follow at most 4 "
+                             .. "(NDQ_PATH_HOPS)\n" }, { r.code, r.err })
+        end)
+
+        it("refuses a ninth path, naming the limit", function()
+            local list = {}
+            for i = 0, 8 do
+                list[#list + 1] = "skb.cb[" .. i .. "]"
+            end
+            local r = cli({ "-o", table.concat(list, ",") })
+            assert.same({ 2, "netdevq: --fields: too many skb paths: 'skb.cb[8]' would be the "
+                             .. "9th, and at most 8 (NDQ_PATHS_MAX) are read per run\n" },
+                        { r.code, r.err })
+        end)
+
+        it("lists a struct's members with -l PATH, and refuses a scalar", function()
+            local r = cli({ "-l", "skb.dev" })
+            assert.equal(0, r.code)
+            assert.matches("^skb%.dev %(struct net_device%): %d+ members\n", r.out)
+            assert.matches("\n  mtu +unsigned int  %(offset " .. off("struct net_device.mtu")
+                           .. "%)\n", r.out)
+            assert.matches("\n  name +char%[16%]  %(offset " .. off("struct net_device.name")
+                           .. "%)\n", r.out)
+            r = cli({ "-l", "skb.len" })
+            assert.same({ 2, "", "netdevq: skb.len is unsigned int, not a struct or a pointer to "
+                             .. "one: it has no members\n" }, { r.code, r.out, r.err })
+            r = cli({ "-l" })
+            assert.equal(0, r.code)
+            assert.matches("\nskb%.PATH +per BTF +any sk_buff member", r.out)
+            assert.matches("\nkstack +string +kernel stack", r.out)
+        end)
+
+        it("decides integer path comparisons in the kernel, strings in Lua", function()
+            fresh() -- slots from the first one on
+            local plan = require("netdevq.plan")
+            local p = assert(plan.make{ filter = 'netns == 1 and skb.dev.mtu < 1500 and '
+                                        .. 'skb.sk.sk_protocol ~= 6' })
+            assert.is_nil(p.remainder)
+            assert.same({ 2, ffi.C.NDQ_PC_RANGE, 0, 1499 },
+                        { p.cfg.n_paths, p.cfg.path[0].cmp, tonumber(p.cfg.path[0].lo),
+                          tonumber(p.cfg.path[0].hi) })
+            assert.same({ ffi.C.NDQ_PC_NE, 6 }, { p.cfg.path[1].cmp, tonumber(p.cfg.path[1].ne) })
+            p = assert(plan.make{ filter = 'skb.dev.name == "lo"' })
+            assert.equal('skb.dev.name == "lo"', require("netdevq.filter").format(p.remainder))
+        end)
+    end)
+
+    describe("kstack", function()
+        it("symbolizes addresses as function+offset from kallsyms, like bpftrace", function()
+            local kstack = require("netdevq.kstack")
+            local path = os.tmpname()
+            finally(function() os.remove(path) end)
+            local f = assert(io.open(path, "w"))
+            f:write("ffffffff81000000 T _stext\n",
+                    "ffffffffa0000000 t bpf_prog_4ea76919e84b95ff_netdevq_raw\t[bpf]\n",
+                    "ffffffff81200000 T bpf_trace_run1\n",
+                    "ffffffff81300000 T __traceiter_net_dev_queue\n",
+                    "ffffffff81400000 T __dev_queue_xmit\n",
+                    "ffffffff81400800 D some_data\n",
+                    "ffffffffc0001000 t veth_xmit\t[veth]\n")
+            f:close()
+            assert(kstack.load(path))
+            local ips = ffi.new("uint64_t[5]", { 0xffffffffa0000010ULL, 0xffffffff812000feULL,
+                                                 0xffffffff81300029ULL, 0xffffffff8140050eULL,
+                                                 0xffffffffc0001004ULL })
+            assert.equal("\n    __traceiter_net_dev_queue+41\n    __dev_queue_xmit+1294\n"
+                         .. "    veth_xmit+4\n", kstack.format(ffi.string(ips, 40)))
         end)
     end)
 end)

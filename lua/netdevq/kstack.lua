@@ -126,7 +126,7 @@ end
 
 -- Text of stack id (nil: no stack; a failed capture, -EFAULT/-EEXIST, or a lost map entry).
 function _M.text(id)
-    if id < 0 or not source then
+    if id == nil or id < 0 or not source then
         return nil
     end
     local text = cache[id]
@@ -138,23 +138,20 @@ function _M.text(id)
     return text or nil
 end
 
--- The catalogue row of the kstack field.
-_M.row = {
-    name = "kstack", type = "string", example = '"..."',
-    description = "kernel stack that queued the packet, function+offset per frame (like "
-        .. "bpftrace's kstack); captured only when asked for",
-    raw = function(p) return _M.text(p.kstack) end,
-    id = ffi.C.NDQ_F_KSTACK,
-}
-
--- true when a list of field names asks for kstack
-function _M.wanted(names)
-    for _, n in ipairs(names or {}) do
-        if n == "kstack" then
-            return true
-        end
-    end
-    return false
+-- The catalogue row of the kstack field. The event and an in-kernel key hold 1 + the stack id
+-- (0: no stack).
+local u32_ptr_t = ffi.typeof("const uint32_t *")
+function _M.row()
+    return {
+        name = "kstack", type = "string", example = '"..."',
+        description = "kernel stack that queued the packet, function+offset per frame (like "
+            .. "bpftrace's kstack); captured only when asked for",
+        raw = function(p) return _M.text(p.kstack - 1) end,
+        loc = { off = ffi.offsetof("struct netdevq_event", "kstack"), size = 4,
+                kind = ffi.C.NDQ_LOC_NUMBER, when_flags = 0, when_l3 = 0, when_nonzero = 1 },
+        decode_key = function(b, off) return _M.text(ffi_cast(u32_ptr_t, b + off)[0] - 1) end,
+    }
 end
+
 
 return _M

@@ -34,13 +34,14 @@ local C = ffi.C
 local PATHS_MAX = C.NDQ_PATHS_MAX
 local PATH_HOPS = C.NDQ_PATH_HOPS
 local PATH_STR = C.NDQ_PATH_STR
-local F_PATH = C.NDQ_F_PATH
 local PK = { UINT = C.NDQ_PK_UINT, SINT = C.NDQ_PK_SINT, STR = C.NDQ_PK_STR }
 local PC_RANGE, PC_NE = C.NDQ_PC_RANGE, C.NDQ_PC_NE
 local EV_PATH0 = C.NDQ_EV_PATH0
+local LOC_NUMBER, LOC_BYTES = C.NDQ_LOC_NUMBER, C.NDQ_LOC_BYTES
+local PATH_OFF = ffi.offsetof("struct netdevq_event", "path")
 local u64_ptr_t = ffi.typeof("const uint64_t *")
 local s64_ptr_t = ffi.typeof("const int64_t *")
-local char_ptr_t = ffi.typeof("const char *")
+local u8_ptr_t = ffi.typeof("const uint8_t *")
 
 
 local _M = {
@@ -114,7 +115,7 @@ end
 -- Up to 3 members near `word`: nearest first, then the longest run of shared letters, then
 -- struct order; at most 2 edits away (or half the word's length, for long words).
 function _M.suggest(word, members)
-    local edit_distance = require("netdevq.fields").edit_distance
+    local edit_distance = require("netdevq.catalogue").edit_distance
     local limit = math.max(2, math.floor(#word / 2))
     local ranked, dist, run, order = {}, {}, {}, {}
     for i, name in ipairs(members) do
@@ -198,11 +199,24 @@ function _M.list(path)
 end
 
 
+-- The field list's lines for what this module adds (--list-fields, after the catalogue's).
+function _M.list_more()
+    return {
+        format("%-10s %-8s %s", "skb.PATH", "per BTF", "any sk_buff member through kernel BTF, "
+            .. "e.g. skb.dev.mtu, skb.sk.sk_rcvbuf, skb.cb[0] (-l skb lists them; at most "
+            .. PATHS_MAX .. " per run)"),
+        format("%-10s %-8s %s", "kstack", "string", "kernel stack that queued the packet, "
+            .. "like bpftrace's kstack (--count kstack)"),
+    }
+end
+
+
 ---------------------------------------------------------------------------------------------
 -- Slots and fields
 ---------------------------------------------------------------------------------------------
 
 local slots = {} -- array: path infos in slot order (slot i + 1)
+local kstack_on = false -- the kstack field was asked for
 
 local function kernel_kind(info)
     if info.kind == "string" then
@@ -213,43 +227,39 @@ local function kernel_kind(info)
     return PK.UINT
 end
 
--- The getter of a resolved path in slot `slot` (0-based): p -> value or nil.
-local function getter(info, slot)
-    local mask = lshift(EV_PATH0, slot) -- in ev.flags: the path was read
+-- How a path's 16 bytes (a `const uint8_t *`) read as its value; also the in-kernel
+-- aggregation key slot, which holds the same bytes.
+local function decoder(info)
     local kind = info.kind
     if kind == "string" then
         local size = info.size
-        return function(p)
-            if band(p.flags, mask) == 0 then return nil end
-            local s = ffi_cast(char_ptr_t, p.path[slot])
+        return function(b)
             local n = 0
-            while n < size and s[n] ~= 0 do
+            while n < size and b[n] ~= 0 do
                 n = n + 1
             end
-            return ffi_string(s, n)
+            return ffi_string(b, n)
         end
     elseif kind == "pointer" then
-        return function(p)
-            if band(p.flags, mask) == 0 then return nil end
-            return "0x" .. tohex(ffi_cast(u64_ptr_t, p.path[slot])[0], 16)
+        return function(b)
+            return "0x" .. tohex(ffi_cast(u64_ptr_t, b)[0], 16)
         end
     elseif kind == "enum" then
-        local names, signed = info.enum, info.signed
-        return function(p)
-            if band(p.flags, mask) == 0 then return nil end
-            local v = tonumber(ffi_cast(signed and s64_ptr_t or u64_ptr_t, p.path[slot])[0])
+        local names, ptr_t = info.enum, info.signed and s64_ptr_t or u64_ptr_t
+        return function(b)
+            local v = tonumber(ffi_cast(ptr_t, b)[0])
             return names[v] or tostring(v)
         end
     end
     local ptr_t = kind == "signed" and s64_ptr_t or u64_ptr_t
-    return function(p)
-        if band(p.flags, mask) == 0 then return nil end
-        return tonumber(ffi_cast(ptr_t, p.path[slot])[0])
+    return function(b)
+        return tonumber(ffi_cast(ptr_t, b)[0])
     end
 end
 
--- name -> a field row for the catalogue (name, type, description, raw, id, path, slot), taking
--- the next slot; nil, message when the path does not resolve or every slot is taken.
+-- name -> a field row for the catalogue, taking the next slot; nil, message when the path does
+-- not resolve or every slot is taken. The row says where the value lies in the event (loc, for
+-- the kernel's aggregation keys and values) and when it is there (the path's flag).
 function _M.row(name)
     local info, err = _M.resolve(name)
     if not info then
@@ -265,17 +275,38 @@ function _M.row(name)
     local numeric = info.kind == "signed" or info.kind == "unsigned"
     local what = info.kind == "string" and format("%s, first %d bytes", info.ctype, info.size)
         or info.bit_size > 0 and format("%s :%d", info.ctype, info.bit_size) or info.ctype
+    local flag = lshift(EV_PATH0, slot)
+    local decode = decoder(info)
     return {
         name = name,
         type = numeric and "integer" or "string",
         description = format("%s (%s, through kernel BTF)", name, what),
         example = numeric and "0" or '"x"',
         untrusted = info.kind == "string" or nil,
-        id = F_PATH + slot,
-        raw = getter(info, slot),
+        raw = function(p)
+            if band(p.flags, flag) ~= 0 then
+                return decode(ffi_cast(u8_ptr_t, p.path[slot]))
+            end
+        end,
+        loc = { off = PATH_OFF + slot * 16, size = info.kind == "string" and 16 or 8,
+                kind = info.kind == "string" and LOC_BYTES or LOC_NUMBER, when_flags = flag,
+                when_l3 = 0, when_nonzero = 0 },
+        decode_key = function(b, off) return decode(b + off) end,
         path = info,
         slot = slot,
     }
+end
+
+-- The row of a field name this module makes: a member path, or kstack; nil (and no message)
+-- for other names.
+function _M.field_row(name)
+    if is_path(name) then
+        return _M.row(name)
+    elseif name == "kstack" then
+        kstack_on = true
+        return require("netdevq.kstack").row()
+    end
+    return nil
 end
 
 -- The number of slots taken.
@@ -288,9 +319,10 @@ end
 -- Config: what the kernel reads and checks
 ---------------------------------------------------------------------------------------------
 
--- Writes every taken slot into cfg (a struct netdevq_config); kernel filters already set on
--- cfg.path[i] stay.
+-- Writes every taken slot into cfg (a struct netdevq_config), and asks for kernel stacks once
+-- kstack is a field; kernel filters already set on cfg.path[i] stay.
 function _M.configure(cfg)
+    cfg.kstack = kstack_on and 1 or 0
     cfg.n_paths = #slots
     for i, info in ipairs(slots) do
         local c = cfg.path[i - 1]
