@@ -507,15 +507,13 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 			goto filtered;
 	}
 
-	if (!btf) {
+	if (!btf || cfg.n_paths) { /* member paths read from the copy too (bpf/skbpath.h) */
 		__u32 size = bpf_core_type_size(struct sk_buff);
 		if (size > SKB_COPY_MAX)
 			size = SKB_COPY_MAX;
 		if (bpf_probe_read_kernel(s->skb, size, skb))
 			return 0;
 	}
-	if (cfg.n_paths && !filter_paths(ev, skb, btf ? NULL : s->skb))
-		goto filtered;
 	ev->len = SKB(len);
 	if (cfg.len_set && (ev->len < cfg.len_min || ev->len > cfg.len_max))
 		goto filtered;
@@ -567,6 +565,9 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 				goto filtered;
 		}
 	}
+	/* member paths last: each costs a probe read or more */
+	if (cfg.n_paths && !filter_paths(ev, skb, s->skb))
+		goto filtered;
 
 	/* matched: the rest of what the output asks for */
 	if (!filter_task && (cfg.need & NDQ_NEED_TASK))
@@ -593,7 +594,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	ev->hash = SKB(hash);
 	ev->skb = (__u64)skb;
 	ev->cpu = bpf_get_smp_processor_id();
-	finish_paths(ctx, ev, skb, btf ? NULL : s->skb);
+	finish_paths(ctx, ev, skb, s->skb);
 
 	if (cfg.agg_on)
 		aggregate(s, cnt);

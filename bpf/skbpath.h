@@ -37,9 +37,10 @@ static __always_inline __u64 low_bytes(__u64 v, __u32 size)
 	return size >= 8 ? v : v & ((1ULL << ((size & 7) * 8)) - 1);
 }
 
-/* Reads path i into ev->path[i]; returns 1 when it was read. copy: the raw mode's copy of the
- * sk_buff (SKB_COPY_MAX bytes), NULL in btf mode: what lies in the sk_buff itself (the first
- * pointer, or a value with no pointer before it) is loaded from there, without a helper call. */
+/* Reads path i into ev->path[i]; returns 1 when it was read. copy: the copy of the sk_buff
+ * (SKB_COPY_MAX bytes) that handle() makes in both modes when paths are read: what lies in the
+ * sk_buff itself (the first pointer, or a value with no pointer before it) is loaded from there,
+ * without a helper call. */
 static __always_inline int read_path(struct netdevq_event *ev, __u64 skb, const __u8 *copy,
 				     const int i)
 {
@@ -109,7 +110,7 @@ static __always_inline int path_passes(const struct netdevq_event *ev, const int
 	return 1;
 }
 
-/* Before the other filters: reads the paths the kernel filter checks; returns 0 when one of them
+/* After the other filters: reads the paths the kernel filter checks; returns 0 when one of them
  * fails. The rest are read for matching events only (finish_paths). */
 static __always_inline int filter_paths(struct netdevq_event *ev, void *skb, const __u8 *copy)
 {
