@@ -155,6 +155,15 @@ describe("netdevq.skbpath #unit", function()
             assert.equal("SS_FREE", r.enum[0])
         end)
 
+        it("takes the kernel's sock shorthands: skb.sk.sk_family is __sk_common.skc_family", function()
+            local r = assert(skbpath.resolve("skb.sk.sk_family"))
+            assert.same({ 1, { off("struct sk_buff.sk"), off("struct sock.__sk_common.skc_family") },
+                          "skb.sk.sk_family" }, { r.hops, r.off, r.path })
+            assert.truthy(skbpath.resolve("skb.sk.sk_state"))
+            assert.equal("struct sock has no member 'sk_nonesuch'", select(2,
+                         skbpath.resolve("skb.sk.sk_nonesuch")))
+        end)
+
         it("reads a final pointer as its value: skb.dev", function()
             local r = assert(skbpath.resolve("skb.dev"))
             assert.same({ 0, { off("struct sk_buff.dev") }, 8, "pointer", "struct net_device *" },

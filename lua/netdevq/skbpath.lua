@@ -162,6 +162,20 @@ function _M.resolve(name)
     end
     local members
     info, err, members = h:resolve(name)
+    if not info and err:match("^struct sock has no member 'sk_[%w_]+'$") then
+        -- the kernel's own shorthands: sk->sk_family is sk->__sk_common.skc_family (sock.h)
+        local short = err:match("'sk_([%w_]+)'$")
+        local prefix = name:match("^(.-%.)sk_" .. short .. "[%.%[]") or name:match("^(.-%.)sk_"
+            .. short .. "$")
+        if prefix then
+            local long = prefix .. "__sk_common.skc_" .. short .. name:sub(#prefix + 4 + #short)
+            local linfo = h:resolve(long)
+            if linfo then
+                info = linfo
+                info.path = name
+            end
+        end
+    end
     if not info then
         if members then
             local near = _M.suggest(err:match("no member '(.-)'$") or "", members)
