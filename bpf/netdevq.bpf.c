@@ -141,76 +141,62 @@ static __always_inline int in_prefix_set(const volatile struct netdevq_prefix_se
 	return 0;
 }
 
-static __always_inline __u64 field_num(const struct netdevq_event *ev, __u32 f)
+/* The aggregation reads keys and the value through locations the loader wrote into cfg (struct
+ * netdevq_field_loc): cfg is read-only, so the verifier sees constant offsets and sizes. */
+static __always_inline __u64 loc_number(const struct netdevq_event *ev,
+					const volatile struct netdevq_field_loc *l)
 {
-	switch (f) {
-	case NDQ_F_CPU: return ev->cpu;
-	case NDQ_F_PID: return ev->pid;
-	case NDQ_F_TID: return ev->tid;
-	case NDQ_F_CGROUP: return ev->cgroup;
-	case NDQ_F_IFINDEX: return ev->ifindex;
-	case NDQ_F_NETNS: return ev->netns;
-	case NDQ_F_LEN: return ev->len;
-	case NDQ_F_DATA_LEN: return ev->data_len;
-	case NDQ_F_MAC_LEN: return ev->mac_len;
-	case NDQ_F_HDR_LEN: return ev->hdr_len;
-	case NDQ_F_QUEUE: return ev->queue;
-	case NDQ_F_PRIORITY: return ev->priority;
-	case NDQ_F_MARK: return ev->mark;
-	case NDQ_F_HASH: return ev->hash;
-	case NDQ_F_GSO_SIZE: return ev->gso_size;
-	case NDQ_F_GSO_SEGS: return ev->gso_segs;
-	case NDQ_F_ETHERTYPE: return ev->ethertype;
-	case NDQ_F_PROTO: return ev->proto;
-	case NDQ_F_SPORT: return ev->sport;
-	case NDQ_F_DPORT: return ev->dport;
-	case NDQ_F_TCP_FLAGS: return ev->tcp_flags;
-	case NDQ_F_TTL: return ev->ttl;
-	case NDQ_F_TOS: return ev->tos;
-	default: return 0;
+	const __u8 *base = (const __u8 *)ev;
+	__u32 off = l->off;
+
+	if (off > sizeof(*ev) - 8)
+		return 0;
+	switch (l->size) {
+	case 1: return *(const __u8 *)(base + off);
+	case 2: return *(const __u16 *)(base + off);
+	case 4: return *(const __u32 *)(base + off);
+	default: return *(const __u64 *)(base + off);
 	}
 }
 
-static __always_inline void put_addr(__u8 *slot, const struct netdevq_event *ev, const __u8 *a)
+/* Whether the event carries the field (the Lua getters return nil exactly when this is 0). */
+static __always_inline int loc_present(const struct netdevq_event *ev,
+				       const volatile struct netdevq_field_loc *l)
 {
-	if (ev->l3 == 4) { /* IPv4-mapped IPv6, so the key alone tells the family */
-		slot[10] = 0xff;
-		slot[11] = 0xff;
-		__builtin_memcpy(slot + 12, a, 4);
-	} else if (ev->l3 == 6) {
-		__builtin_memcpy(slot, a, 16);
-	}
+	if ((ev->flags & l->when_flags) != l->when_flags)
+		return 0;
+	if (l->when_l3 && !ev->l3)
+		return 0;
+	if (l->when_nonzero && !loc_number(ev, l))
+		return 0;
+	return 1;
 }
 
-/* Whether the event carries field f (the Lua getters return nil exactly when this is 0). */
-static __always_inline int field_present(const struct netdevq_event *ev, __u32 f)
+static __always_inline void put_key(__u8 *slot, const struct netdevq_event *ev,
+				    const volatile struct netdevq_field_loc *l)
 {
-	switch (f) {
-	case NDQ_F_SADDR:
-	case NDQ_F_DADDR:
-	case NDQ_F_PROTO:
-	case NDQ_F_TTL:
-	case NDQ_F_TOS: return ev->l3 != 0;
-	case NDQ_F_SPORT:
-	case NDQ_F_DPORT: return ev->flags & NDQ_EV_L4;
-	case NDQ_F_TCP_FLAGS: return ev->flags & NDQ_EV_TCP;
-	case NDQ_F_ETHERTYPE: return ev->ethertype != 0;
-	default: return 1;
-	}
-}
+	const __u8 *src = (const __u8 *)ev + (l->off & 0x3ff);
 
-static __always_inline void put_key(__u8 *slot, const struct netdevq_event *ev, __u32 f)
-{
-	if (!field_present(ev, f)) { /* absent: sixteen 0xff bytes, told apart from zero */
+	if (!loc_present(ev, l)) { /* absent: all 0xff, told apart from zero */
 		__builtin_memset(slot, 0xff, NDQ_AGG_KEY_SLOT);
 		return;
 	}
-	switch (f) {
-	case NDQ_F_COMM: __builtin_memcpy(slot, ev->comm, 16); break;
-	case NDQ_F_DEV: __builtin_memcpy(slot, ev->dev, 16); break;
-	case NDQ_F_SADDR: put_addr(slot, ev, ev->saddr); break;
-	case NDQ_F_DADDR: put_addr(slot, ev, ev->daddr); break;
-	default: *(__u64 *)slot = field_num(ev, f); break;
+	if (l->kind == NDQ_LOC_NUMBER) {
+		*(__u64 *)slot = loc_number(ev, l);
+		return;
+	}
+	if (l->off > sizeof(*ev) - 16)
+		return;
+	if (l->kind == NDQ_LOC_ADDRESS) {
+		if (ev->l3 == 4)
+			__builtin_memcpy(slot, src, 4);
+		else
+			__builtin_memcpy(slot, src, 16);
+		slot[16] = ev->l3;
+	} else if (l->size == 6) {
+		__builtin_memcpy(slot, src, 6);
+	} else {
+		__builtin_memcpy(slot, src, 16);
 	}
 }
 
@@ -256,15 +242,15 @@ static __always_inline void aggregate(struct scratch *s, struct counters *cnt)
 	struct netdevq_agg_value *v;
 	__u64 val = 0;
 
-	if (cfg.agg_value && !field_present(ev, cfg.agg_value))
+	if (cfg.agg_has_value && !loc_present(ev, &cfg.agg_value))
 		return; /* nothing to fold: the Lua path skips such events too */
 	__builtin_memset(&s->key, 0, sizeof(s->key));
 #pragma unroll
 	for (int i = 0; i < NDQ_AGG_KEYS_MAX; i++)
 		if (i < cfg.agg_nkeys)
-			put_key(s->key.k + i * NDQ_AGG_KEY_SLOT, ev, cfg.agg_key[i]);
-	if (cfg.agg_value)
-		val = field_num(ev, cfg.agg_value);
+			put_key(s->key.k + i * NDQ_AGG_KEY_SLOT, ev, &cfg.agg_key[i]);
+	if (cfg.agg_has_value)
+		val = loc_number(ev, &cfg.agg_value);
 
 	v = bpf_map_lookup_elem(&aggs, &s->key);
 	if (!v) {

@@ -14,8 +14,8 @@ enum {
 	NDQ_SNAP_MAX = 256,    /* header bytes an event can carry (from the L2 header on) */
 	NDQ_SET_MAX = 8,       /* values in one kernel-filter set (an or-set: a == 1 or a == 2) */
 	NDQ_PREFIX_MAX = 4,    /* address prefixes in one kernel-filter prefix set */
-	NDQ_AGG_KEYS_MAX = 4,  /* fields in one in-kernel aggregation key */
-	NDQ_AGG_KEY_SLOT = 16, /* bytes per key field in the packed key */
+	NDQ_AGG_KEYS_MAX = 6,  /* fields in one in-kernel aggregation key (a 5-tuple fits) */
+	NDQ_AGG_KEY_SLOT = 24, /* bytes per key field in the packed key: 16 + family + padding */
 	NDQ_AGG_SLOTS = 68,    /* histogram slots in an aggregation value */
 };
 
@@ -58,37 +58,22 @@ enum netdevq_counter {
 	NDQ_CNT_MAX = 6,
 };
 
-/* Field ids: aggregation keys/values and filters name fields by these numbers. */
-enum netdevq_field {
-	NDQ_F_NONE = 0,
-	NDQ_F_CPU,
-	NDQ_F_PID,
-	NDQ_F_TID,
-	NDQ_F_COMM,
-	NDQ_F_CGROUP,
-	NDQ_F_DEV,
-	NDQ_F_IFINDEX,
-	NDQ_F_NETNS,
-	NDQ_F_LEN,
-	NDQ_F_DATA_LEN,
-	NDQ_F_MAC_LEN,
-	NDQ_F_HDR_LEN,
-	NDQ_F_QUEUE,
-	NDQ_F_PRIORITY,
-	NDQ_F_MARK,
-	NDQ_F_HASH,
-	NDQ_F_GSO_SIZE,
-	NDQ_F_GSO_SEGS,
-	NDQ_F_ETHERTYPE,
-	NDQ_F_SADDR,
-	NDQ_F_DADDR,
-	NDQ_F_PROTO,
-	NDQ_F_SPORT,
-	NDQ_F_DPORT,
-	NDQ_F_TCP_FLAGS,
-	NDQ_F_TTL,
-	NDQ_F_TOS,
-	NDQ_F_MAX,
+/* Where the kernel finds one aggregation key or value in struct netdevq_event, and when the event
+ * carries it at all: the loader writes these from the Lua field catalogue (offsetof on this very
+ * struct), so the kernel side names no field and a new field needs no kernel code to be a key. */
+enum {
+	NDQ_LOC_NUMBER = 0,  /* an unsigned integer of size 1, 2, 4 or 8 */
+	NDQ_LOC_BYTES = 1,   /* size bytes (names, MACs), copied into the key slot */
+	NDQ_LOC_ADDRESS = 2, /* ev->l3 says the family: 4 (4 bytes) or 6 (16 bytes) */
+};
+
+struct netdevq_field_loc {
+	__u16 off;	    /* offsetof(struct netdevq_event, member) */
+	__u8 size;	    /* bytes of the member */
+	__u8 kind;	    /* NDQ_LOC_* */
+	__u16 when_flags;   /* present only when ev->flags has all of these bits (0: always) */
+	__u8 when_l3;	    /* present only when ev->l3 != 0 */
+	__u8 when_nonzero;  /* present only when the value is not 0 */
 };
 
 /* Which optional parts the kernel side reads for output (netdevq_config.need). What a kernel
@@ -194,9 +179,10 @@ struct netdevq_config {
 	/* in-kernel aggregation (agg_on = 1) */
 	__u32 agg_on;
 	__u32 agg_nkeys;
-	__u32 agg_key[4]; /* NDQ_F_* */
-	__u32 agg_value;  /* NDQ_F_* or NDQ_F_NONE (count only) */
-	__u32 agg_hist;	  /* NDQ_HIST_* */
+	__u32 agg_has_value; /* 0: count only */
+	__u32 agg_hist;	     /* NDQ_HIST_* */
+	struct netdevq_field_loc agg_key[6]; /* NDQ_AGG_KEYS_MAX */
+	struct netdevq_field_loc agg_value;
 	__s64 lhist_min, lhist_max, lhist_step;
 	/* sk_buff member paths read into every event (and checked when cmp is set) */
 	__u32 n_paths;
@@ -204,10 +190,11 @@ struct netdevq_config {
 	struct netdevq_path path[8]; /* NDQ_PATHS_MAX */
 };
 
-/* In-kernel aggregation map: per-CPU hash, key -> value. A key field takes one 16-byte slot:
- * numbers as __u64 (host order) in its first 8 bytes, strings and addresses as their bytes. */
+/* In-kernel aggregation map: per-CPU hash, key -> value. A key field takes one 24-byte slot:
+ * numbers as __u64 (host order) in its first 8 bytes, names as their bytes, addresses as 16 bytes
+ * (IPv4 in the first 4) and the family (4 or 6) in byte 16; an absent field is all 0xff. */
 struct netdevq_agg_key {
-	__u8 k[64]; /* NDQ_AGG_KEYS_MAX * NDQ_AGG_KEY_SLOT */
+	__u8 k[144]; /* NDQ_AGG_KEYS_MAX * NDQ_AGG_KEY_SLOT */
 };
 
 struct netdevq_agg_value {

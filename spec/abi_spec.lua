@@ -47,20 +47,11 @@ describe("netdevq.abi #unit", function()
             assert.are.equal(4 * 8 + abi.AGG_SLOTS * 8, ffi.sizeof(abi.agg_value_t))
         end)
 
-        it("give the field ids, NEED and event flag bits of netdevq.h", function()
-            assert.are.equal(0, abi.F_NONE)
-            assert.are.equal(1, abi.F.cpu)
-            assert.are.equal(2, abi.F.pid)
-            assert.are.equal(20, abi.F.saddr)
-            assert.are.equal(27, abi.F.tos)
-            assert.are.equal(28, abi.F_MAX)
-            local seen, n = {}, 0
-            for name, id in pairs(abi.F) do
-                assert.is_nil(seen[id], name)
-                seen[id] = name
-                n = n + 1
-            end
-            assert.are.equal(abi.F_MAX - 1, n)
+        it("give the field location kinds, NEED and event flag bits of netdevq.h", function()
+            assert.are.same({ NUMBER = 0, BYTES = 1, ADDRESS = 2 }, abi.LOC)
+            assert.are.equal(8, ffi.sizeof("struct netdevq_field_loc"))
+            assert.are.equal(6, abi.AGG_KEYS_MAX)
+            assert.are.equal(24, abi.AGG_KEY_SLOT)
             assert.are.same({ HEADERS = 1, NETNS = 2, GSO = 4, CGROUP = 8, TASK = 16, DEV = 32,
                               TS = 64, ALL = 127 }, abi.NEED)
             assert.are.same({ MAC = 1, L4 = 2, TCP = 4, FRAG = 8 }, abi.EV)

@@ -7,17 +7,12 @@ local ffi = require("ffi")
 local bit = require("bit")
 local cjson = require("cjson")
 
--- The ABI: netdevq.abi when it is there, else the header text declared here.
-if not pcall(require, "netdevq.abi") and not pcall(ffi.typeof, "struct netdevq_agg_value") then
-  local f = assert(io.open("bpf/netdevq.h", "r"))
-  local text = f:read("*a"):gsub("\n%s*#[^\n]*", "\n"):gsub("^%s*#[^\n]*", "")
-  f:close()
-  ffi.cdef("typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32;"
-    .. " typedef uint64_t __u64; typedef int64_t __s64;" .. text)
-end
-
+local abi = require("netdevq.abi")
 local aggregate = require("netdevq.aggregate")
-local fields = require("netdevq.fields")
+local kernel = require("netdevq.aggregate.kernel")
+local catalogue = require("netdevq.catalogue")
+local SLOT = abi.AGG_KEY_SLOT
+local KEY_SIZE = ffi.sizeof("struct netdevq_agg_key")
 
 local function feed(agg, rows)
   for _, r in ipairs(rows) do agg:add(r[1], r[2]) end
@@ -90,18 +85,24 @@ describe("netdevq.aggregate #unit", function()
 
     it("raise at the caller's line on a bad lhist", function()
       local bad = {
-        { { 0, 10, 0 }, "step must be > 0" },
-        { { 0, 10, -2 }, "step must be > 0" },
-        { { 10, 10, 1 }, "max must be > min" },
-        { { 10, 0, 1 }, "max must be > min" },
-        { { 0, 10, 3 }, "multiple of step" },
-        { { 0, 10.5, 1 }, "needs integers" },
-        { { nil, 10, 1 }, "needs integers" },
+        { { 0, 10, 0 }, "lhist STEP must be > 0 (got 0)" },
+        { { 0, 10, -2 }, "lhist STEP must be > 0 (got -2)" },
+        { { 10, 10, 1 }, "lhist MAX must be > MIN (got MIN 10, MAX 10)" },
+        { { 10, 0, 1 }, "lhist MAX must be > MIN (got MIN 10, MAX 0)" },
+        { { 0, 10, 3 }, "lhist MAX - MIN (10) must be a multiple of STEP 3" },
+        { { 0, 10.5, 1 }, "lhist MIN, MAX and STEP must be integers" },
+        { { nil, 10, 1 }, "lhist MIN, MAX and STEP must be integers" },
+        { { 0, 100000000, 1 }, "lhist has at most 10000 buckets ((MAX - MIN) / STEP is 100000000)" },
       }
       for _, b in ipairs(bad) do
         local ok, err = pcall(aggregate.lhist, b[1][1], b[1][2], b[1][3])
         assert.is_false(ok)
         assert.matches(b[2], err, 1, true)
+        -- the same check, as a message, for the CLI and open()
+        local cok, cerr = aggregate.check({ kind = "lhist", value = "len", min = b[1][1],
+                                            max = b[1][2], step = b[1][3] })
+        assert.is_nil(cok)
+        assert.are.equal(b[2], cerr)
       end
       local ok, err = pcall(function() return aggregate.lhist(0, 10, 0) end)
       assert.is_false(ok)
@@ -438,24 +439,31 @@ describe("netdevq.aggregate #unit", function()
     local value_t = ffi.typeof("struct netdevq_agg_value")
 
     local function put_u64(key, slot, n)
-      ffi.cast("uint64_t *", key.k + (slot - 1) * 16)[0] = n
+      ffi.cast("uint64_t *", key.k + (slot - 1) * SLOT)[0] = n
     end
 
     it("decodes every kind of key slot", function()
       local key = key_t()
       ffi.copy(key.k, "veth0")
       put_u64(key, 2, 17)
-      local mapped = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 2 }
-      for i = 1, 16 do key.k[32 + i - 1] = mapped[i] end
+      local v4 = { 198, 18, 0, 2 }
+      for i = 1, 4 do key.k[2 * SLOT + i - 1] = v4[i] end
+      key.k[2 * SLOT + 16] = 4
       local v6 = { 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1 }
-      for i = 1, 16 do key.k[48 + i - 1] = v6[i] end
-      local d = aggregate.decode_key_field
+      for i = 1, 16 do key.k[3 * SLOT + i - 1] = v6[i] end
+      key.k[3 * SLOT + 16] = 6
+      -- an IPv4-mapped IPv6 address stays IPv6 (the family byte tells it from IPv4)
+      local mapped = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 2 }
+      for i = 1, 16 do key.k[4 * SLOT + i - 1] = mapped[i] end
+      key.k[4 * SLOT + 16] = 6
+      local d = kernel.decode_key_field
       assert.are.equal("veth0", d("dev", key, 1))
       assert.are.equal("udp", d("proto", key, 2))
       assert.are.equal(17, d("dport", key, 2))
       assert.are.equal("198.18.0.2", d("saddr", key, 3))
       assert.are.equal("2001:db8::1", d("daddr", key, 4))
-      local s = ffi.string(key.k, 64)
+      assert.are.equal("::ffff:198.18.0.2", d("saddr", key, 5))
+      local s = ffi.string(key.k, KEY_SIZE)
       assert.are.equal("2001:db8::1", d("daddr", s, 4))
       assert.are.equal("veth0", d("comm", s, 1))
 
@@ -463,7 +471,7 @@ describe("netdevq.aggregate #unit", function()
       put_u64(k2, 1, 0x86dd)
       put_u64(k2, 2, 0x12)
       put_u64(k2, 3, 0x88cc)
-      ffi.fill(k2.k + 48, 16, 0xff)
+      ffi.fill(k2.k + 3 * SLOT, SLOT, 0xff)
       assert.are.equal("ipv6", d("ethertype", k2, 1))
       assert.are.equal("S.", d("tcp_flags", k2, 2))
       assert.are.equal("lldp", d("ethertype", k2, 3))
@@ -477,15 +485,15 @@ describe("netdevq.aggregate #unit", function()
       ffi.copy(k.k, "lo")
       local v = value_t()
       v.count = 5
-      local agg = aggregate.from_kernel(spec, { { key = k, value = v } })
+      local agg = kernel.from_kernel(spec, { { key = k, value = v } })
       assert.are.equal("@c[lo]: 5\n", agg:text())
       local given = true
-      aggregate.from_kernel(spec, function()
-        if given then given = false; return ffi.string(k.k, 64), v end
+      kernel.from_kernel(spec, function()
+        if given then given = false; return ffi.string(k.k, KEY_SIZE), v end
       end, agg)
       assert.are.equal("@c[lo]: 10\n", agg:text())
       assert.has_error(function()
-        aggregate.from_kernel({ kind = "lhist", min = 0, max = 1000, step = 1 }, {})
+        kernel.from_kernel({ kind = "lhist", min = 0, max = 1000, step = 1 }, {})
       end)
     end)
 
@@ -543,24 +551,32 @@ describe("netdevq.aggregate #unit", function()
         return events
       end
 
-      -- BPF side: a key field is one 16-byte slot; an absent field is sixteen 0xff bytes.
+      -- BPF side (put_key in bpf/netdevq.bpf.c): a key field is one SLOT-byte slot found
+      -- through the field's location; an absent field is all 0xff.
       local function pack_field(key, slot, name, e)
-        local off = (slot - 1) * 16
-        local present = fields.by_name[name].get(e) ~= nil
+        local off = (slot - 1) * SLOT
+        local loc = catalogue.by_name[name].loc
+        local base = ffi.cast("const uint8_t *", e)
+        local present = bit.band(e.flags, loc.when_flags) == loc.when_flags
+          and (loc.when_l3 == 0 or e.l3 ~= 0)
+        local function number()
+          local p = base + loc.off
+          if loc.size == 1 then return p[0] end
+          if loc.size == 2 then return ffi.cast("const uint16_t *", p)[0] end
+          if loc.size == 4 then return ffi.cast("const uint32_t *", p)[0] end
+          return ffi.cast("const uint64_t *", p)[0]
+        end
+        if present and loc.when_nonzero == 1 then present = number() ~= 0 end
         if not present then
-          ffi.fill(key.k + off, 16, 0xff)
-        elseif name == "dev" or name == "comm" then
-          ffi.copy(key.k + off, e[name], 16)
-        elseif name == "saddr" or name == "daddr" then
-          if e.l3 == 4 then
-            key.k[off + 10], key.k[off + 11] = 0xff, 0xff
-            ffi.copy(key.k + off + 12, e[name], 4)
-          else
-            ffi.copy(key.k + off, e[name], 16)
-          end
+          ffi.fill(key.k + off, SLOT, 0xff)
+        elseif loc.kind == abi.LOC.ADDRESS then
+          ffi.copy(key.k + off, base + loc.off, e.l3 == 4 and 4 or 16)
+          key.k[off + 16] = e.l3
+        elseif loc.kind == abi.LOC.BYTES then
+          ffi.copy(key.k + off, base + loc.off, loc.size)
         else
           assert(ffi.sizeof(u64) == NUMERIC_SIZE)
-          ffi.cast("uint64_t *", key.k + off)[0] = e[name]
+          ffi.cast("uint64_t *", key.k + off)[0] = number()
         end
       end
 
@@ -582,7 +598,7 @@ describe("netdevq.aggregate #unit", function()
         for _, e in ipairs(events) do
           local key = key_t()
           for i, name in ipairs(keys) do pack_field(key, i, name, e) end
-          local kbytes = ffi.string(key.k, 64)
+          local kbytes = ffi.string(key.k, KEY_SIZE)
           local map = percpu[e.cpu + 1]
           local val = map[kbytes]
           local v = value_field and u64(e[value_field]) or 0ULL
@@ -624,7 +640,7 @@ describe("netdevq.aggregate #unit", function()
         local records = {}
         for i, kbytes in ipairs(order) do
           local key = key_t()
-          ffi.copy(key.k, kbytes, 64)
+          ffi.copy(key.k, kbytes, KEY_SIZE)
           records[i] = { key = key, value = merged[kbytes] }
         end
         return records
@@ -635,11 +651,11 @@ describe("netdevq.aggregate #unit", function()
         local key = {}
         for _, e in ipairs(events) do
           for i, name in ipairs(spec.keys) do
-            local part = fields.by_name[name].get(e)
+            local part = catalogue.by_name[name].get(e)
             if part == nil then part = aggregate.ABSENT end
             key[i] = part
           end
-          local v = spec.value and fields.by_name[spec.value].get(e) or nil
+          local v = spec.value and catalogue.by_name[spec.value].get(e) or nil
           if #spec.keys == 0 then agg:add(nil, v) else agg:add(key, v) end
         end
         return agg
@@ -671,7 +687,7 @@ describe("netdevq.aggregate #unit", function()
             local spec = { kind = k.kind, name = "@" .. k.kind, keys = keys, value = k.value,
               min = k.min, max = k.max, step = k.step }
             local from_lua = lua_path(spec, events)
-            local from_kernel = aggregate.from_kernel(spec,
+            local from_kernel = kernel.from_kernel(spec,
               kernel_records(events, keys, k.value, k.hist))
             assert.is_true(from_lua:len() > 0)
             assert.are.same(from_lua:entries(), from_kernel:entries())
@@ -683,7 +699,7 @@ describe("netdevq.aggregate #unit", function()
 
       it("keys absent fields as ABSENT on both paths", function()
         local spec = { kind = "count", name = "@c", keys = { "dev", "sport" } }
-        local agg = aggregate.from_kernel(spec, kernel_records(events, spec.keys))
+        local agg = kernel.from_kernel(spec, kernel_records(events, spec.keys))
         local text = agg:text()
         assert.matches("%[lo, %-%]: %d+\n", text)
         assert.are.equal(lua_path(spec, events):text(), text)

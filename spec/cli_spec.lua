@@ -91,7 +91,9 @@ describe("netdevq CLI #root", function()
                 { ev.type, ev.comm, ev.pid, ev.tid, ev.dev, ev.ifindex, ev.netns, ev.len, ev.proto,
                     ev.saddr, ev.daddr, ev.sport, ev.dport, ev.ttl, ev.tos, ev.ethertype, ev.smac,
                     ev.dmac, ev.mark, ev.data_len })
-            assert.matches("^%d%d:%d%d:%d%d%.%d%d%d%d%d%d$", ev.time)
+            -- JSON lines carry the date: RFC 3339 in UTC, nanoseconds, today
+            assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%d%d%d%d%d%d%dZ$", ev.time)
+            assert.equal(os.date("!%Y-%m-%d"), ev.time:sub(1, 10))
             assert.matches("^0x%x+$", ev.skb)
         end
         local summary = objs[4]

@@ -181,7 +181,9 @@ local function generator(seed, recorded)
         end
     end
     local fields = {}
-    for _, name in ipairs(filter.FIELD_ORDER) do
+    local order = { unpack(require("netdevq.catalogue").names) }
+    order[#order + 1], order[#order + 2] = "port", "host"
+    for _, name in ipairs(order) do
         if name ~= "ts" and name ~= "time" and seen[name] then
             fields[#fields + 1] = name
         end
@@ -198,7 +200,7 @@ local function generator(seed, recorded)
         return '"' .. s .. '"'
     end
     local function value(field)
-        local ty = filter.FIELDS[field]
+        local ty = require("netdevq.catalogue").by_name[field].type
         if ty == "integer" then
             local v = pick(seen[field])
             if type(v) == "string" then
@@ -228,7 +230,7 @@ local function generator(seed, recorded)
     local EQ_OPS = { "==", "==", "~=", "!=" }
     local function comparison(field, positive)
         field = field or pick(fields)
-        local ty = filter.FIELDS[field]
+        local ty = require("netdevq.catalogue").by_name[field].type
         local op = pick(ty == "integer" and ORDER_OPS or EQ_OPS)
         if positive and rnd(10) <= 8 then
             op = (field == "len" or field == "queue") and pick({ "<", "<=", ">", ">=", "==" }) or "=="
@@ -426,7 +428,7 @@ describe("filter pushdown on live traffic #root", function()
             local mode = i % 2 == 0 and "btf" or "raw"
             local seen, delivered, st, whole = round(i, expr, mode)
             local tree = assert(filter.parse(whole))
-            local match = filter.compile(tree)
+            local match = filter.compile(tree, require("support.decoded").getters)
             local cfg = ffi.new(abi.config_t)
             local rest = filter.pushdown(tree, cfg)
             local expected, kernel_pass = {}, 0
@@ -434,7 +436,7 @@ describe("filter pushdown on live traffic #root", function()
                 if match(ev) then
                     expected[#expected + 1] = ev
                 end
-                if filter.kernel_model(cfg, ev) then
+                if require("support.kernel_model").kernel_model(cfg, ev) then
                     kernel_pass = kernel_pass + 1
                 end
             end
@@ -480,7 +482,7 @@ describe("filter pushdown on live traffic #root", function()
             if #problems > 0 then
                 failures[#failures + 1] = ("filter %d (%s): %s\n  kernel: %s\n  remainder: %s\n  %d events of the "
                     .. "pair, %d pass the kernel part, %d selected, %d delivered\n%s")
-                    :format(i, mode, whole, filter.kernel_summary(cfg), rest and filter.format(rest) or "(none)",
+                    :format(i, mode, whole, require("support.kernel_model").kernel_summary(cfg), rest and filter.format(rest) or "(none)",
                         #seen, kernel_pass, #expected, #delivered, table.concat(problems, "\n"))
             end
             checked = checked + 1

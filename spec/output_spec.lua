@@ -63,22 +63,24 @@ local function sink(fail)
 end
 
 describe("netdevq.output #unit", function()
-    local fields, output, TIME
+    local catalogue, clock, event, output, TIME
 
     setup(function()
-        fields = require("netdevq.fields")
+        catalogue = require("netdevq.catalogue")
+        clock = require("netdevq.clock")
+        event = require("netdevq.event")
         output = require("netdevq.output")
         TIME = os.date("%H:%M:%S", 1700000005) .. ".000123"
     end)
 
     before_each(function()
-        fields.calibrate(1700000000000000000LL)   -- ts 5000123456 -> 1700000005.000123456
+        clock.calibrate(1700000000000000000LL)   -- ts 5000123456 -> 1700000005.000123456
     end)
 
     describe("text", function()
         it("writes the default line for TCP over IPv4", function()
             local _, p = make_event()
-            assert.are.equal(TIME .. " curl 1234 veth0 1514 tcp 198.18.0.1:40000 > 198.18.0.2:443",
+            assert.are.equal(TIME .. " curl 1234 veth0 1514 tcp 198.18.0.1:40000 > 198.18.0.2:443 [S.]",
                              output.text():format(p))
         end)
 
@@ -123,7 +125,7 @@ describe("netdevq.output #unit", function()
 
         it("takes an event view as well as a pointer", function()
             local _, p = make_event()
-            local ev = fields.view(p)
+            local ev = event.view(p)
             local w = output.text{ fields = { "comm", "len" } }
             assert.are.equal("curl 1514", w:format(ev))
         end)
@@ -157,7 +159,7 @@ describe("netdevq.output #unit", function()
             assert.are.equal('{"type":"event","ts":5000123456,"time":"', line:sub(1, 40))
             assert.are.same({
                 type = "event",
-                ts = 5000123456, time = TIME, cpu = 1, pid = 1234, tid = 1235, comm = "curl",
+                ts = 5000123456, time = "2023-11-14T22:13:25.000123456Z", cpu = 1, pid = 1234, tid = 1235, comm = "curl",
                 cgroup = 4242, skb = "0xffff888012345678", dev = "veth0", ifindex = 7,
                 netns = 4026531840, len = 1514, data_len = 1000, mac_len = 14, hdr_len = 66,
                 queue = 3, priority = 6, mark = 0xdeadbeef, hash = 0x12345678, gso_size = 1448,
@@ -190,11 +192,20 @@ describe("netdevq.output #unit", function()
                               len = 1514 }, cjson.decode(line))
         end)
 
-        it("escapes comm and dev", function()
-            local _, p = make_event{ comm = 'a"b\\c\n', dev = "e\tf" }
+        it("escapes comm and dev: control bytes, backslash and invalid UTF-8 as \\xNN text", function()
+            local _, p = make_event{ comm = 'a"b\\c\n\255', dev = "e\tf\27[2J" }
             local line = output.json{ fields = { "comm", "dev" } }:format(p)
-            assert.are.same({ type = "event", comm = 'a"b\\c\n', dev = "e\tf" },
+            assert.are.equal([[{"type":"event","comm":"a\"b\\\\c\\x0a\\xff","dev":"e\\x09f\\x1b[2J"}]],
+                             line)
+            assert.are.same({ type = "event", comm = 'a"b\\\\c\\x0a\\xff', dev = "e\\x09f\\x1b[2J" },
                             cjson.decode(line))
+        end)
+
+        it("escapes comm and dev in text the same way, so no line can be forged", function()
+            local _, p = make_event{ comm = "x\nfake line", dev = "\27]0;t\7" }
+            local line = output.text{ fields = { "comm", "dev", "len" } }:format(p)
+            assert.are.equal("x\\x0afake line \\x1b]0;t\\x07 1514", line)
+            assert.is_nil(line:find("[%z\1-\31\127-\255]"))
         end)
 
         it("writes integers of 15 and more digits exactly", function()
@@ -208,18 +219,22 @@ describe("netdevq.output #unit", function()
             local out, err = sink(), sink()
             local w = output.json{ file = out, err_file = err }
             assert.is_true(w:lost(5))
-            assert.is_true(w:summary{ events = 100, matched = 40, lost = 5, duration_s = 2.5 })
+            assert.is_true(w:summary{ events = 100, matched = 40, lost = 5, duration_s = 2.5,
+                                      kfiltered = 55, agg_overflow = 0 })
+            local text = out:text():gsub('"time":"[^"]*",', "")
             assert.are.equal('{"type":"lost","count":5}\n'
                              .. '{"type":"summary","events":100,"matched":40,"lost":5,'
-                             .. '"duration_s":2.500}\n', out:text())
+                             .. '"kfiltered":55,"agg_overflow":0,"duration_s":2.500}\n', text)
+            assert.matches('"time":"%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d+Z"', out:text())
             assert.are.equal("netdevq: 100 events, 40 matched, 5 lost\n", err:text())
             local lines = {}
             for line in out:text():gmatch("[^\n]+") do
                 lines[#lines + 1] = cjson.decode(line)
             end
             assert.are.same({ type = "lost", count = 5 }, lines[1])
+            lines[2].time = nil
             assert.are.same({ type = "summary", events = 100, matched = 40, lost = 5,
-                              duration_s = 2.5 }, lines[2])
+                              kfiltered = 55, agg_overflow = 0, duration_s = 2.5 }, lines[2])
         end)
 
         it("writes one object per line", function()
@@ -298,9 +313,9 @@ describe("netdevq.output #unit", function()
     describe("DEFAULT_FIELDS", function()
         it("names what the default line reads, all of them catalogue fields", function()
             assert.are.same({ "time", "comm", "pid", "dev", "len", "proto", "saddr", "sport",
-                              "daddr", "dport", "ethertype" }, output.DEFAULT_FIELDS)
+                              "daddr", "dport", "ethertype", "tcp_flags" }, output.DEFAULT_FIELDS)
             -- headers, the task (comm, pid), the device name and the timestamp
-            assert.are.equal(1 + 16 + 32 + 64, fields.needs(output.DEFAULT_FIELDS))
+            assert.are.equal(1 + 16 + 32 + 64, catalogue.needs(output.DEFAULT_FIELDS))
         end)
     end)
 end)

@@ -19,7 +19,7 @@ local bor = bit.bor
 local concat = table.concat
 
 
-local _M = { _VERSION = "0.1.0" }
+local _M = {}
 
 
 local TYPEDEFS = [[
@@ -112,38 +112,12 @@ _M.AGG_KEYS_MAX = ffi_C.NDQ_AGG_KEYS_MAX
 _M.AGG_KEY_SLOT = ffi_C.NDQ_AGG_KEY_SLOT
 _M.AGG_SLOTS = ffi_C.NDQ_AGG_SLOTS
 
--- Field name (as in the catalogue of contract.md) -> NDQ_F_*. ts, time and skb have no id.
-_M.F = {
-    cpu = ffi_C.NDQ_F_CPU,
-    pid = ffi_C.NDQ_F_PID,
-    tid = ffi_C.NDQ_F_TID,
-    comm = ffi_C.NDQ_F_COMM,
-    cgroup = ffi_C.NDQ_F_CGROUP,
-    dev = ffi_C.NDQ_F_DEV,
-    ifindex = ffi_C.NDQ_F_IFINDEX,
-    netns = ffi_C.NDQ_F_NETNS,
-    len = ffi_C.NDQ_F_LEN,
-    data_len = ffi_C.NDQ_F_DATA_LEN,
-    mac_len = ffi_C.NDQ_F_MAC_LEN,
-    hdr_len = ffi_C.NDQ_F_HDR_LEN,
-    queue = ffi_C.NDQ_F_QUEUE,
-    priority = ffi_C.NDQ_F_PRIORITY,
-    mark = ffi_C.NDQ_F_MARK,
-    hash = ffi_C.NDQ_F_HASH,
-    gso_size = ffi_C.NDQ_F_GSO_SIZE,
-    gso_segs = ffi_C.NDQ_F_GSO_SEGS,
-    ethertype = ffi_C.NDQ_F_ETHERTYPE,
-    saddr = ffi_C.NDQ_F_SADDR,
-    daddr = ffi_C.NDQ_F_DADDR,
-    proto = ffi_C.NDQ_F_PROTO,
-    sport = ffi_C.NDQ_F_SPORT,
-    dport = ffi_C.NDQ_F_DPORT,
-    tcp_flags = ffi_C.NDQ_F_TCP_FLAGS,
-    ttl = ffi_C.NDQ_F_TTL,
-    tos = ffi_C.NDQ_F_TOS,
+-- struct netdevq_field_loc kinds.
+_M.LOC = {
+    NUMBER = ffi_C.NDQ_LOC_NUMBER,
+    BYTES = ffi_C.NDQ_LOC_BYTES,
+    ADDRESS = ffi_C.NDQ_LOC_ADDRESS,
 }
-_M.F_NONE = ffi_C.NDQ_F_NONE
-_M.F_MAX = ffi_C.NDQ_F_MAX
 
 -- netdevq_config.need bits.
 _M.NEED = {

@@ -1,13 +1,15 @@
 -- netdevq.cli: the command line (scripts/netdevq.lua and the installed `netdevq` command).
--- Argument parsing and wiring only: tracing, filtering, aggregation and output live in the
--- other netdevq modules, so Lua scripts get the same powers through require("netdevq").
+-- Parsing options and wiring the library together; the decisions (what the kernel reads, where
+-- aggregations run, validation of values) are the library's (netdevq.plan), so Lua scripts get
+-- the same powers through require("netdevq").
 local argparse = require("argparse")
 local netdevq = require("netdevq")
-local fields = require("netdevq.fields")
+local catalogue = require("netdevq.catalogue")
+local clock = require("netdevq.clock")
 local output = require("netdevq.output")
+local plan = require("netdevq.plan")
 local words = require("netdevq.words")
-local bit = require("bit")
-local ffi = require("ffi")
+local status = require("netdevq.status")
 
 local core = netdevq.core
 local format = string.format
@@ -15,23 +17,16 @@ local concat = table.concat
 local io_stderr = io.stderr
 local io_stdout = io.stdout
 
-local _M = { _VERSION = netdevq._VERSION }
+local _M = {}
 
 local EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-local PCAP_SNAPLEN = 128 -- -w without -s: enough for Ethernet + IPv6 + TCP with options
-local RINGBUF_MIN, RINGBUF_MAX = 4096, 2 ^ 30 -- what netdevq.core accepts
-local STATUS_PERIOD = 5 -- seconds between status lines on a stderr that is not a terminal
-
-ffi.cdef [[ int ndq_cli_isatty(int fd) __asm__("isatty"); ]]
-local function isatty(fd)
-    return ffi.C.ndq_cli_isatty(fd) == 1
-end
 
 local EXAMPLES = [[
 Examples:
   netdevq                                   every packet queued for transmit
   netdevq -I eth0 tcp port 443              tcpdump expression, one device
   netdevq -f 'proto == "udp" and len > 1000' -o comm,pid,dev,len
+  netdevq -o +mark,queue                    the default line and two more fields
   netdevq -o comm,pid,dev,mac_len,hdr_len   what the Aya raw tracepoint example logs
   netdevq --count comm,dev -d 10            packets per process and device (like @[comm] = count())
   netdevq --hist len --by dev -i 1          size histogram per device, every second
@@ -41,6 +36,13 @@ Examples:
   netdevq myscript.lua                      run a Lua script that uses require("netdevq")
 ]]
 
+-- options that take a number: "-d -1" is the value -1 for them, not an option "-1"
+local NUMBER_OPTIONS = {
+    ["-d"] = true, ["--duration"] = true, ["-i"] = true, ["--interval"] = true,
+    ["-n"] = true, ["--max-events"] = true, ["-p"] = true, ["--pid"] = true,
+    ["-s"] = true, ["--snaplen"] = true, ["--ringbuf-size"] = true, ["--max-keys"] = true,
+}
+
 local function build_parser()
     local p = argparse("netdevq", "Trace net_dev_queue: every packet a network device is asked "
         .. "to transmit.")
@@ -49,34 +51,42 @@ local function build_parser()
         :epilog(EXAMPLES)
         :add_help("-h --help")
         :help_max_width(100)
+        :help_usage_margin(2)
+        :help_description_margin(30)
     p:argument("expression",
         "tcpdump/pcap-filter expression, e.g. tcp port 443 and host 198.18.0.2"):args("*")
-    p:option("-f --filter", "field filter, e.g. 'dev == \"eth0\" and dport == 443 and len > 1000'")
-    p:option("-I --dev", "only this device (repeatable)"):count("*")
-    p:option("-p --pid", "only this process id"):convert(tonumber)
-    p:option("--comm", "only tasks with this comm")
+    p:option("-f --filter", "field filter, e.g. 'dev == \"eth0\" and dport == 443'")
+        :argname("EXPR")
+    p:option("-I --dev", "only this device (repeatable)"):count("*"):argname("IFNAME")
+    p:option("-p --pid", "only this process (the socket owner when known)"):argname("PID")
+    p:option("--comm", "only tasks with this comm"):argname("NAME")
     p:option("-c --cmd", "run CMD, trace only it and its children, stop when it exits")
-    p:option("-o --fields", "comma list of fields to print (see --list-fields)")
+        :argname("CMD")
+    p:option("-o --fields", "comma list of fields to print; +LIST adds to the default line")
+        :argname("LIST")
     p:flag("-l --list-fields", "list the fields and exit")
     p:option("-F --format", "output format: text or json", "text"):choices({ "text", "json" })
-    p:option("-w --write", "write packets to a pcapng FILE (- = stdout)")
-    p:option("-s --snaplen", "header bytes kept per packet (0-256)"):convert(tonumber)
-    p:option("--count", "count events per key (comma list of fields)"):args("?")
-    p:option("--sum", "sum FIELD per --by key")
-    p:option("--avg", "average FIELD per --by key")
-    p:option("--min", "minimum FIELD per --by key")
-    p:option("--max", "maximum FIELD per --by key")
-    p:option("--stats", "count, average and total of FIELD per --by key")
-    p:option("--hist", "power-of-2 histogram of FIELD per --by key")
-    p:option("--lhist", "linear histogram FIELD:MIN:MAX:STEP per --by key")
-    p:option("--by", "key fields for the aggregations (comma list)")
-    p:option("-i --interval", "print and reset aggregations every SEC"):convert(tonumber)
-    p:option("-d --duration", "stop after SEC seconds"):convert(tonumber)
-    p:option("-n --max-events", "stop after N matching events"):convert(tonumber)
-    p:option("--mode", "raw (raw_tp, bpf_probe_read_kernel) or btf (tp_btf)", "raw")
-        :choices({ "raw", "btf" })
-    p:option("--ringbuf-size", "ring buffer size in bytes (power of two)"):convert(tonumber)
-    p:option("--object", "load this BPF object instead of the embedded one")
+        :argname("FMT")
+    p:option("-w --write", "write packets to a pcapng FILE (- = stdout)"):argname("FILE")
+    p:option("-s --snaplen", "header bytes kept per packet in -w (0-256)"):argname("N")
+    p:option("--count", "count events per key (comma list of fields)"):args("?"):argname("KEYS")
+    p:option("--sum", "sum FIELD per --by key"):argname("FIELD")
+    p:option("--avg", "average FIELD per --by key"):argname("FIELD")
+    p:option("--min", "minimum FIELD per --by key"):argname("FIELD")
+    p:option("--max", "maximum FIELD per --by key"):argname("FIELD")
+    p:option("--stats", "count, average and total of FIELD per --by key"):argname("FIELD")
+    p:option("--hist", "power-of-2 histogram of FIELD per --by key"):argname("FIELD")
+    p:option("--lhist", "linear histogram per --by key"):argname("FIELD:MIN:MAX:STEP")
+    p:option("--by", "key fields for the aggregations (comma list)"):argname("KEYS")
+    p:option("--max-keys", "keys per aggregation (default 65536; more are counted, not kept)")
+        :argname("N")
+    p:option("-i --interval", "print and reset aggregations every SEC"):argname("SEC")
+    p:option("-d --duration", "stop after SEC seconds"):argname("SEC")
+    p:option("-n --max-events", "stop after N matching events"):argname("N")
+    p:option("--mode", "raw (raw_tp) or btf (tp_btf)", "raw"):choices({ "raw", "btf" })
+        :argname("MODE")
+    p:option("--ringbuf-size", "ring buffer size in bytes (power of two)"):argname("BYTES")
+    p:option("--object", "load this BPF object instead of the embedded one"):argname("FILE")
     p:flag("-q --quiet", "no per-event output")
     p:flag("-v --verbose", "libbpf and loader diagnostics on stderr")
     p:flag("--version", "print the version and exit")
@@ -88,8 +98,70 @@ local function usage_error(msg)
     return EXIT_USAGE
 end
 
-local function check_fields(text, what)
-    local list, err = fields.parse_list(text)
+-- "-d -1" -> "-d-1", "--duration -1" -> "--duration=-1" for the options that take numbers
+local function join_negative_numbers(argv)
+    local out = {}
+    local i = 1
+    while i <= #argv do
+        local a = argv[i]
+        if NUMBER_OPTIONS[a] and argv[i + 1] and argv[i + 1]:match("^%-[%d.]") then
+            out[#out + 1] = a .. (a:sub(2, 2) == "-" and "=" or "") .. argv[i + 1]
+            i = i + 2
+        else
+            out[#out + 1] = a
+            i = i + 1
+        end
+    end
+    return out
+end
+
+
+---------------------------------------------------------------------------------------------
+-- Option values
+---------------------------------------------------------------------------------------------
+
+-- numbers: { option name, allow zero, whole numbers only }
+local NUMBERS = {
+    { "duration", false, false }, { "interval", false, false }, { "max_events", false, true },
+    { "pid", false, true }, { "snaplen", true, true }, { "ringbuf_size", false, true },
+    { "max_keys", false, true },
+}
+
+local function spelled(name)
+    return "--" .. name:gsub("_", "-")
+end
+
+local function check_numbers(args)
+    for _, n in ipairs(NUMBERS) do
+        local name, allow_zero, whole = n[1], n[2], n[3]
+        local text = args[name]
+        if text ~= nil then
+            local v = tonumber(text)
+            if v == nil or v ~= v or v == math.huge or (allow_zero and v < 0)
+               or (not allow_zero and v <= 0) or (whole and v % 1 ~= 0) then
+                return nil, format("%s must be a %s%s number, not '%s'", spelled(name),
+                    allow_zero and "non-negative" or "positive", whole and " whole" or "", text)
+            end
+            args[name] = v
+        end
+    end
+    for _, name in ipairs({ "snaplen", "ringbuf_size", "max_keys" }) do
+        local _, err = plan.check(name, args[name], spelled(name))
+        if err then
+            return nil, err
+        end
+    end
+    if args.pid then
+        local _, err = plan.check("follow_pid", args.pid, "--pid")
+        if err then
+            return nil, err
+        end
+    end
+    return true
+end
+
+local function field_list(text, what)
+    local list, err = catalogue.parse_list(text)
     if not list then
         return nil, what .. ": " .. err
     end
@@ -114,7 +186,7 @@ local function combined_filter(args)
         parts[#parts + 1] = "(" .. concat(ors, " or ") .. ")"
     end
     if args.pid then
-        parts[#parts + 1] = "pid == " .. format("%d", args.pid)
+        parts[#parts + 1] = format("pid == %d", args.pid)
     end
     if args.comm then
         parts[#parts + 1] = "comm == " .. quote(args.comm)
@@ -131,12 +203,12 @@ end
 
 local AGG_OPTIONS = { "count", "sum", "avg", "min", "max", "stats", "hist", "lhist" }
 
--- Aggregation specs from the options, in option order.
+-- Aggregation specs from the options, in option order; the library checks them.
 local function aggregation_specs(args)
     local by = {}
     if args.by then
         local err
-        by, err = check_fields(args.by, "--by")
+        by, err = field_list(args.by, "--by")
         if not by then
             return nil, err
         end
@@ -145,57 +217,72 @@ local function aggregation_specs(args)
     for _, kind in ipairs(AGG_OPTIONS) do
         local v = args[kind]
         if v ~= nil then
-            local spec = { kind = kind, keys = by }
+            local spec = { kind = kind, keys = by, name = "@" .. kind }
             if kind == "count" then
                 local keys = type(v) == "table" and v[1] or nil
                 if keys then
-                    local list, err = check_fields(keys, "--count")
-                    if not list then
+                    local err
+                    spec.keys, err = field_list(keys, "--count")
+                    if not spec.keys then
                         return nil, err
                     end
-                    spec.keys = list
                 end
-                spec.name = "@count"
             elseif kind == "lhist" then
-                local f, lo, hi, step = v:match("^([%w_]+):(%-?%d+):(%-?%d+):(%d+)$")
+                local f, lo, hi, step = v:match("^([%w_%.]+):(%-?%d+):(%-?%d+):(%-?%d+)$")
                 if not f then
                     return nil, "--lhist wants FIELD:MIN:MAX:STEP, e.g. len:0:1500:100 (got '"
                         .. v .. "')"
                 end
                 spec.value, spec.min = f, tonumber(lo)
                 spec.max, spec.step = tonumber(hi), tonumber(step)
-                if spec.step <= 0 or spec.max <= spec.min then
-                    return nil, "--lhist: MAX must exceed MIN and STEP must be positive"
-                end
                 spec.name = "@lhist_" .. f
             else
                 spec.value = v
                 spec.name = "@" .. kind .. "_" .. v
             end
-            if spec.value then
-                local field = fields.by_name[spec.value]
-                if not field then
-                    return nil, "--" .. kind .. ": " .. fields.unknown_message(spec.value)
-                end
-                if field.type ~= "integer" then
-                    return nil, "--" .. kind .. ": '" .. spec.value .. "' is a " .. field.type
-                        .. " field; aggregate an integer field (len, gso_segs, ...)"
-                end
-            end
             specs[#specs + 1] = spec
         end
+    end
+    if args.by and #specs == 0 then
+        return nil, "--by names the keys of an aggregation: add --count, --sum, --hist, ..."
     end
     return specs
 end
 
-local function new_aggregator(spec)
-    local aggregate = require("netdevq.aggregate")
-    local opts = { name = spec.name, keys = spec.keys }
-    if spec.kind == "lhist" then
-        return aggregate.lhist(spec.min, spec.max, spec.step, opts)
+-- -o LIST or -o +LIST -> fields, extra
+local function output_fields(args)
+    if not args.fields then
+        return nil, nil
     end
-    return aggregate[spec.kind](opts)
+    local text = args.fields
+    local extra = text:sub(1, 1) == "+"
+    local list, err = field_list(extra and text:sub(2) or text, "--fields")
+    if not list then
+        return false, err
+    end
+    if extra then
+        return nil, list
+    end
+    return list, nil
 end
+
+-- -I IFNAME that names no device here: tell (the tracer still watches every namespace)
+local function warn_unknown_devices(devs)
+    for _, d in ipairs(devs) do
+        local f = io.open("/sys/class/net/" .. d:gsub("/", "_") .. "/ifindex", "r")
+        if f then
+            f:close()
+        else
+            io_stderr:write(format("netdevq: warning: no device '%s' in this network namespace "
+                .. "(packets of a device of that name in other namespaces still match)\n", d))
+        end
+    end
+end
+
+
+---------------------------------------------------------------------------------------------
+-- Running
+---------------------------------------------------------------------------------------------
 
 local function run_script(path, rest)
     local chunk, err = loadfile(path)
@@ -208,6 +295,7 @@ local function run_script(path, rest)
         _G.arg[i] = a
     end
     netdevq.catch_signals()
+    netdevq.announce = true -- the ready line when the script's tracer attaches
     local ok, res = xpcall(function() return chunk(unpack(rest)) end, debug.traceback)
     if not ok then
         -- the script's tracers are unreachable now: collecting them detaches them first
@@ -219,69 +307,151 @@ local function run_script(path, rest)
     return type(res) == "number" and res or EXIT_OK
 end
 
-local function positive(_, name, v, allow_zero)
-    if v == nil then
-        return true
+-- Everything the options ask for, checked: the run's settings, or nil, message.
+local function settings(args)
+    local ok, err = check_numbers(args)
+    if not ok then
+        return nil, err
     end
-    if v ~= v or (allow_zero and v < 0) or (not allow_zero and v <= 0) then
-        return nil, format("--%s must be a %s number, not %s", name,
-            allow_zero and "non-negative" or "positive", tostring(v))
+    local s = { args = args }
+    s.fields, s.extra = output_fields(args)
+    if s.fields == false then
+        return nil, s.extra
+    end
+    s.specs, err = aggregation_specs(args)
+    if not s.specs then
+        return nil, err
+    end
+    if args.write == "" then
+        return nil, "--write needs a file name (or - for standard output)"
+    end
+    if args.write == "/dev/stdout" then
+        args.write = "-"
+    end
+    s.pcap_expr = #args.expression > 0 and concat(args.expression, " ") or nil
+    s.filter = combined_filter(args)
+    if args.cmd then
+        s.cmd_argv, err = words.split(args.cmd)
+        if not s.cmd_argv then
+            return nil, "--cmd: " .. err
+        end
+    end
+    -- per-event lines: by default, unless -q, or aggregations without -o (like bpftrace), or
+    -- pcapng on stdout (which then carries nothing else)
+    s.print_events = not args.quiet and (#s.specs == 0 or args.fields ~= nil)
+        and args.write ~= "-"
+    -- with -w -, stdout is pcapng only: everything else goes to stderr
+    s.out = args.write == "-" and io_stderr or io_stdout
+    return s
+end
+
+-- writer_fields: what the text/JSON writer reads (nil: every field)
+local function open_tracer(s, writer_fields, child_pid)
+    local args = s.args
+    local read = {}
+    if s.print_events then
+        read = writer_fields and { unpack(writer_fields) } or nil
+    end
+    if args.write and read then
+        for _, f in ipairs(require("netdevq.pcapng").FIELDS) do
+            read[#read + 1] = f
+        end
+    end
+    return netdevq.open{
+        mode = args.mode,
+        filter = s.filter,
+        pcap = s.pcap_expr,
+        fields = read,
+        -- -n counts events exactly: aggregations then take them in Lua
+        events = s.print_events or args.write ~= nil or args.max_events ~= nil,
+        snaplen = args.write and (args.snaplen or plan.DEFAULT_SNAPLEN) or nil,
+        aggregations = s.specs,
+        max_keys = args.max_keys,
+        follow_pid = child_pid,
+        ringbuf_size = args.ringbuf_size,
+        object = args.object,
+        btf_path = os.getenv("NETDEVQ_BTF_PATH"),
+        verbose = args.verbose,
+    }
+end
+
+-- per-event work: the pcapng writer and the text/JSON line; write errors stick in `failed`
+local function wire_outputs(t, s, writer, pcap_writer, failed)
+    if pcap_writer then
+        local unix_ns = clock.unix_ns
+        t:on_event(function(ev)
+            local p = ev._p
+            local ok, err = pcap_writer:write_event(p, unix_ns(p.ts))
+            if not ok then
+                failed.err = failed.err or err
+            end
+        end)
+    end
+    if s.print_events then
+        t:on_event(function(ev)
+            local ok, err = writer:event(ev)
+            if not ok then
+                failed.err = failed.err or err
+            end
+        end)
+    end
+end
+
+-- The aggregations, printed to s.out (text like bpftrace, or JSON lines); an interval gets a
+-- header line with its time first. Returns true or nil, write error.
+local function print_aggregations(t, s, reset, interval)
+    local aggs, err = t:aggregations(reset)
+    if not aggs then
+        return nil, err
+    end
+    local out, json = s.out, s.args.format == "json"
+    local now = clock.now_rfc3339()
+    local ok, werr = true, nil
+    if interval then
+        if json then
+            ok, werr = out:write(format('{"type":"interval","time":"%s","interval_s":%s}\n', now,
+                tostring(s.args.interval)))
+        else
+            ok, werr = out:write(os.date("%H:%M:%S"), "\n")
+        end
+    end
+    for _, agg in ipairs(aggs) do
+        if not ok then
+            break
+        end
+        if json then
+            ok, werr = agg:write_json(out, interval and now or nil)
+        else
+            ok, werr = agg:print(out)
+        end
+        if reset and not t.agg_spec then
+            agg:clear()
+        end
+    end
+    if ok then
+        ok, werr = out:flush()
+    end
+    if not ok then
+        return nil, tostring(werr)
     end
     return true
 end
 
--- Shows that a long run is alive: a status on stderr, unless events stream to a terminal (they
--- show it themselves). On a terminal stderr one line is rewritten in place every tick (second,
--- or --interval) and erased before anything else is printed; otherwise a plain line every
--- --interval, or every STATUS_PERIOD seconds:
---   netdevq: 12345 events/s, 100 matched, 0 lost
--- Returns nil when there is no status to show, else an object with :tick(tracer) and :clear().
-local Status = {}
-Status.__index = Status
-
-local function status_reporter(args, print_events)
-    if print_events and isatty(1) then
+local function start_child(s)
+    if not s.cmd_argv then
         return nil
     end
-    local rewrite = isatty(2)
-    return setmetatable({
-        rewrite = rewrite,
-        every = (rewrite or args.interval) and 1 or STATUS_PERIOD, -- in ticks
-        ticks = 0,
-        shown = false,
-        last_events = 0,
-        last_ns = core.monotonic_ns(),
-    }, Status)
+    local pid, gate_fd, status_fd = core.spawn(s.cmd_argv)
+    if not pid then
+        return nil, gate_fd
+    end
+    return { pid = pid, gate = gate_fd, status = status_fd, done = false }
 end
 
-function Status:tick(t)
-    self.ticks = self.ticks + 1
-    if self.ticks % self.every ~= 0 then
-        return
-    end
-    local st = t:stats()
-    if not st then
-        return
-    end
-    local now = core.monotonic_ns()
-    local rate = (st.events - self.last_events) * 1e9 / math.max(now - self.last_ns, 1)
-    self.last_events, self.last_ns = st.events, now
-    local line = format("netdevq: %d events/s, %d matched, %d lost", math.floor(rate + 0.5),
-        st.matched, st.lost)
-    if self.rewrite then
-        io_stderr:write("\r\27[K", line)
-        self.shown = true
-    else
-        io_stderr:write(line, "\n")
-    end
-    io_stderr:flush()
-end
-
-function Status:clear()
-    if self.shown then
-        io_stderr:write("\r\27[K")
-        io_stderr:flush()
-        self.shown = false
+local function stop_child(child)
+    if child and not child.done then
+        core.waitpid(child.pid, false)
+        child.done = true
     end
 end
 
@@ -292,7 +462,7 @@ function _M.main(argv)
         return run_script(argv[1], { select(2, unpack(argv)) })
     end
     local parser = build_parser()
-    local ok, args = parser:pparse(argv)
+    local ok, args = parser:pparse(join_negative_numbers(argv))
     if not ok then
         io_stderr:write(parser:get_usage(), "\n\nnetdevq: ", args, "\n")
         return EXIT_USAGE
@@ -302,217 +472,70 @@ function _M.main(argv)
         return EXIT_OK
     end
     if args.list_fields then
-        for _, line in ipairs(fields.list()) do
+        for _, line in ipairs(catalogue.list()) do
             io_stdout:write(line, "\n")
         end
         return EXIT_OK
     end
-    for _, check in ipairs({ { "duration", false }, { "interval", false }, { "max_events", false },
-                             { "pid", false }, { "snaplen", true }, { "ringbuf_size", false } }) do
-        local okv, err = positive(args, check[1]:gsub("_", "-"), args[check[1]], check[2])
-        if not okv then
-            return usage_error(err)
-        end
+    local s, serr = settings(args)
+    if not s then
+        return usage_error(serr)
     end
-    for _, name in ipairs({ "max_events", "pid", "snaplen", "ringbuf_size" }) do
-        local v = args[name]
-        if v and (v ~= math.floor(v) or v >= 2 ^ 53) then
-            return usage_error(format("--%s must be a whole number, not %s", (name:gsub("_", "-")),
-                tostring(v)))
-        end
-    end
-    local rb = args.ringbuf_size
-    if rb and (rb < RINGBUF_MIN or rb > RINGBUF_MAX or rb % 1 ~= 0
-        or bit.band(rb, rb - 1) ~= 0) then
-        return usage_error(format("--ringbuf-size must be a power of two from %d to %d, not %s",
-            RINGBUF_MIN, RINGBUF_MAX, tostring(rb)))
-    end
-    if args.snaplen and args.snaplen > 256 then
-        return usage_error("--snaplen must be at most 256 (header bytes)")
-    end
+    return _M.run(s)
+end
 
-    local out_fields
-    if args.fields then
-        local err
-        out_fields, err = check_fields(args.fields, "--fields")
-        if not out_fields then
-            return usage_error(err)
-        end
-    end
-    local specs, aerr = aggregation_specs(args)
-    if not specs then
-        return usage_error(aerr)
-    end
-    local pcap_expr = #args.expression > 0 and concat(args.expression, " ") or nil
-    if pcap_expr and args.snaplen == 0 then
-        return usage_error("--snaplen 0 leaves the pcap-filter expression no header bytes to "
-            .. "match: give at least 64, or leave --snaplen out")
-    end
-    local filter_expr = combined_filter(args)
-
-    -- per-event lines: by default, unless -q, or aggregations without -o (like bpftrace)
-    local print_events = not args.quiet and (#specs == 0 or out_fields ~= nil)
-    if args.write == "-" then
-        print_events = false
-    end
-
-    -- one aggregation whose keys and value are kernel fields, a filter the kernel checks whole,
-    -- and nothing else that needs events: the kernel aggregates and no event crosses over
-    local kernel_spec
-    if #specs == 1 and not print_events and not args.write and not pcap_expr
-        and netdevq.kernel_aggregatable(specs[1])
-        and netdevq.kernel_filter_complete(filter_expr) then
-        kernel_spec = specs[1]
-    end
-
-    local cmd_argv
-    if args.cmd then
-        local err
-        cmd_argv, err = words.split(args.cmd)
-        if not cmd_argv then
-            return usage_error("--cmd: " .. err)
-        end
-    end
-
-    -- outputs
-    local writer
-    if print_events then
-        writer = output.new(args.format, { fields = out_fields })
-    elseif args.format == "json" then
-        writer = output.json({ fields = out_fields })
-    else
-        writer = output.text({ fields = out_fields })
-    end
+-- The run itself, once the options are known to be good.
+function _M.run(s)
+    local args = s.args
+    warn_unknown_devices(args.dev)
+    local writer = output.new(args.format, { fields = s.fields, extra = s.extra, file = s.out })
     local pcap_writer
     if args.write then
-        local pcapng = require("netdevq.pcapng")
-        -- the interface blocks carry the snap length, like tcpdump's file header
-        local w, err = pcapng.open(args.write, { snaplen = args.snaplen or PCAP_SNAPLEN })
-        if not w then
+        local err
+        pcap_writer, err = require("netdevq.pcapng").open(args.write,
+            { snaplen = args.snaplen or plan.DEFAULT_SNAPLEN })
+        if not pcap_writer then
             io_stderr:write("netdevq: ", err, "\n")
             return EXIT_FAIL
         end
-        pcap_writer = w
     end
-
     core.ignore_sigpipe()
     netdevq.catch_signals()
 
-    local child_pid, gate_fd, status_fd
-    if cmd_argv then
-        child_pid, gate_fd, status_fd = core.spawn(cmd_argv)
-        if not child_pid then
-            io_stderr:write("netdevq: --cmd: ", gate_fd, "\n")
+    local child, cerr = start_child(s)
+    if s.cmd_argv and not child then
+        io_stderr:write("netdevq: --cmd: ", cerr, "\n")
+        return EXIT_FAIL
+    end
+    local t, err, info = open_tracer(s, s.print_events and output.fields_read(args.format,
+        { fields = s.fields, extra = s.extra }) or nil, child and child.pid)
+    if not t then
+        io_stderr:write(err, "\n")
+        if info and info.caret then
+            io_stderr:write(info.caret, "\n")
+        end
+        if child then
+            core.release(child.gate, child.status) -- closing the gate: the child exits unexecuted
+            stop_child(child)
+        end
+        return info and info.kind == "usage" and EXIT_USAGE or EXIT_FAIL
+    end
+
+    local failed = {}
+    wire_outputs(t, s, writer, pcap_writer, failed)
+
+    -- the probe is attached; a --cmd that cannot run is one error line, not a start and an error
+    if child then
+        local okr, rerr = core.release(child.gate, child.status)
+        if not okr then
+            t:close()
+            stop_child(child)
+            io_stderr:write("netdevq: --cmd: cannot run '", s.cmd_argv[1], "': ", rerr, "\n")
             return EXIT_FAIL
         end
     end
-
-    -- the fields the kernel must read: what is printed and what Lua aggregations key on
-    local read_fields = {}
-    if print_events then
-        if out_fields then
-            read_fields = out_fields
-        elseif args.format == "text" then
-            read_fields = output.DEFAULT_FIELDS
-        else
-            read_fields = nil -- JSON without --fields: every field
-        end
-    end
-    if read_fields and not kernel_spec then
-        read_fields = { unpack(read_fields) }
-        for _, spec in ipairs(specs) do
-            for _, k in ipairs(spec.keys) do
-                read_fields[#read_fields + 1] = k
-            end
-            read_fields[#read_fields + 1] = spec.value
-        end
-    end
-    if pcap_writer and read_fields then
-        -- link type (from the parsed headers), interface (dev, netns), timestamp, comment
-        for _, f in ipairs({ "smac", "dev", "netns", "ts", "comm", "pid" }) do
-            read_fields[#read_fields + 1] = f
-        end
-    end
-    local snaplen = args.snaplen
-    if pcap_writer and snaplen == nil then
-        snaplen = PCAP_SNAPLEN
-    end
-    local t, err, caret = netdevq.open{
-        mode = args.mode,
-        filter = filter_expr,
-        pcap = pcap_expr,
-        fields = read_fields,
-        snaplen = snaplen,
-        aggregate = kernel_spec,
-        follow_pid = child_pid,
-        ringbuf_size = args.ringbuf_size,
-        object = args.object,
-        btf_path = os.getenv("NETDEVQ_BTF_PATH"),
-        verbose = args.verbose,
-    }
-    if not t then
-        io_stderr:write(err, "\n")
-        if caret then
-            io_stderr:write(caret, "\n")
-        end
-        if child_pid then
-            core.release(gate_fd, status_fd) -- closing the gate lets the child exit unexecuted
-            core.waitpid(child_pid, false)
-        end
-        -- bad filters are usage errors; everything else is a runtime failure
-        return (err:match("^netdevq: filter") or err:match("^netdevq: pcap filter")) and EXIT_USAGE
-            or EXIT_FAIL
-    end
-
-    local aggs = {}
-    for i, spec in ipairs(specs) do
-        aggs[i] = new_aggregator(spec)
-    end
-
-    -- per-event work: the Lua aggregations, the pcapng writer, the text/JSON line
-    local write_error
-    if not kernel_spec then
-        for i, spec in ipairs(specs) do
-            t:on_event(require("netdevq.aggregate").feeder(aggs[i], spec.keys, spec.value))
-        end
-    end
-    if pcap_writer then
-        local unix_ns = fields.unix_ns
-        t:on_event(function(ev)
-            local p = ev._p
-            local okw, werr = pcap_writer:write_event(p, unix_ns(p.ts))
-            if not okw then
-                write_error = write_error or werr
-            end
-        end)
-    end
-    if print_events then
-        t:on_event(function(ev)
-            local okw, werr = writer:event(ev)
-            if not okw then
-                write_error = write_error or werr
-            end
-        end)
-    end
-
-    local function print_aggregations(reset)
-        if kernel_spec then
-            local agg = aggs[1]
-            agg:clear()
-            t:read_aggregate(agg, reset)
-        end
-        for _, agg in ipairs(aggs) do
-            if args.format == "json" then
-                agg:write_json(io_stdout)
-            else
-                agg:print(io_stdout)
-            end
-            if reset and not kernel_spec then
-                agg:clear()
-            end
-        end
-        io_stdout:flush()
-    end
+    io_stderr:write(format("netdevq: tracing net_dev_queue (%s) ... Ctrl-C to stop\n", args.mode))
+    io_stderr:flush()
 
     local reported_lost = 0
     local function report_lost()
@@ -523,94 +546,81 @@ function _M.main(argv)
         end
     end
 
-    -- the probe is attached; a --cmd that cannot run is one error line, not a start and an error
-    if child_pid then
-        local okr, rerr = core.release(gate_fd, status_fd)
-        if not okr then
-            t:close()
-            core.waitpid(child_pid, false)
-            io_stderr:write("netdevq: --cmd: cannot run '", cmd_argv[1], "': ", rerr, "\n")
-            return EXIT_FAIL
-        end
-    end
-    io_stderr:write(format("netdevq: tracing net_dev_queue (%s) ... Ctrl-C to stop\n", args.mode))
-    io_stderr:flush()
-
-    local child_done = false
-    local status_line = status_reporter(args, print_events)
+    local status_line = status.new(args, s.print_events)
     local stats, rerr = t:run{
         duration = args.duration,
         max_events = args.max_events,
         interval = args.interval or 1,
         on_tick = function()
-            if status_line then
-                status_line:clear()
-            end
-            if args.interval and #aggs > 0 then
-                print_aggregations(true)
+            if status_line then status_line:clear() end
+            if args.interval and #s.specs > 0 and not failed.err then
+                local pok, perr = print_aggregations(t, s, true, true)
+                if not pok then failed.err = perr end
             end
             report_lost()
-            if pcap_writer then
-                pcap_writer:flush()
-            end
-            if status_line then
-                status_line:tick(t)
-            end
+            if pcap_writer then pcap_writer:flush() end
+            if status_line then status_line:tick(t) end
         end,
         stop = function()
             -- a flush per batch: a closed pipe (| head -1) shows at once, not buffers later
-            if print_events and not write_error then
+            if s.print_events and not failed.err then
                 local okf, ferr = writer:flush()
-                if not okf then
-                    write_error = ferr
-                end
+                if not okf then failed.err = ferr end
             end
-            if write_error then
+            if failed.err then
                 return true
             end
-            if child_pid and not child_done then
-                local r = core.waitpid(child_pid, true)
+            if child and not child.done then
+                local r = core.waitpid(child.pid, true)
                 if r and r ~= 0 then
-                    child_done = true
+                    child.done = true
                     return true
                 end
             end
             return false
         end,
     }
-    -- stop tracing first: the aggregations and the summary printed below then agree exactly
+    return _M.finish(t, s, { stats = stats, err = rerr, writer = writer, pcap = pcap_writer,
+        failed = failed, child = child, status_line = status_line, report_lost = report_lost })
+end
+
+-- After the run: stop tracing first, so that the aggregations and the summary agree exactly;
+-- then print what was gathered, and the summary. Returns the exit status.
+function _M.finish(t, s, r)
     t:detach()
-    if status_line then
-        status_line:clear()
+    if r.status_line then r.status_line:clear() end
+    local exit = EXIT_OK
+    if not r.stats then
+        io_stderr:write(r.err, "\n")
+        exit = EXIT_FAIL
     end
-    local status = EXIT_OK
-    if not stats then
-        io_stderr:write(rerr, "\n")
-        status = EXIT_FAIL
-    end
-    if child_pid and not child_done then
-        core.waitpid(child_pid, false)
-    end
-    if write_error and not write_error:match("[Bb]roken pipe") then
-        io_stderr:write("netdevq: writing output failed: ", write_error, "\n")
-        status = EXIT_FAIL
-    end
-    if not write_error then
-        report_lost()
-        if #aggs > 0 then
-            print_aggregations(false)
+    stop_child(r.child)
+    local failed = r.failed
+    local closed_pipe = failed.err and failed.err:match("[Bb]roken pipe")
+    if not failed.err then
+        r.report_lost()
+        if #s.specs > 0 then
+            local ok, err = print_aggregations(t, s, false, false)
+            if not ok then failed.err = err end
         end
-        writer:flush()
+        local ok, err = r.writer:flush()
+        if not ok then failed.err = failed.err or err end
     end
-    if pcap_writer then
-        pcap_writer:close()
+    if r.pcap then
+        local ok, err = r.pcap:close()
+        if not ok then failed.err = failed.err or err end
     end
-    local final = t:stats() or stats or { events = 0, matched = 0, lost = 0 }
-    if not write_error then -- a closed pipe ends quietly, whichever writer noticed it
-        writer:summary(final)
+    local final = t:stats() or r.stats or { events = 0, matched = 0, lost = 0 }
+    if not failed.err then -- a closed pipe ends quietly, whichever writer noticed it
+        local ok, err = r.writer:summary(final)
+        if not ok then failed.err = err end
+    end
+    if failed.err and not closed_pipe then
+        io_stderr:write("netdevq: writing output failed: ", tostring(failed.err), "\n")
+        exit = EXIT_FAIL
     end
     t:close()
-    return status
+    return exit
 end
 
 return _M

@@ -9,13 +9,14 @@
 --
 -- open() loads and attaches the BPF object; the kernel part of the filter is written into the
 -- object's .rodata before load, the rest runs here on each delivered event. Events reach
--- callbacks as one reused view (fields.view): read what you need inside the callback, or keep
--- ev:totable().
+-- callbacks as one reused view (netdevq.event): read what you need inside the callback, or keep
+-- ev:totable(). What the kernel reads and where aggregations run is decided by netdevq.plan.
 local ffi = require("ffi")
-local bit = require("bit")
 local core = require("netdevq.core")
 local abi = require("netdevq.abi")
-local fields = require("netdevq.fields")
+local catalogue = require("netdevq.catalogue")
+local event = require("netdevq.event")
+local plan = require("netdevq.plan")
 -- filter and aggregate load on first use: a plain run starts faster without them
 local lazy = setmetatable({}, { __index = function(t, name)
     local m = require("netdevq." .. name)
@@ -23,37 +24,31 @@ local lazy = setmetatable({}, { __index = function(t, name)
     return m
 end })
 
-local ffi_new = ffi.new
 local ffi_cast = ffi.cast
-local ffi_string = ffi.string
-local bor = bit.bor
 local type = type
 local error = error
 local setmetatable = setmetatable
 local tostring = tostring
+local pairs = pairs
+local ipairs = ipairs
 local math_max = math.max
 local math_min = math.min
 local monotonic_ns = core.monotonic_ns
 
 local event_ptr_t = abi.event_ptr_t
-local agg_key_ptr_t = ffi.typeof("const struct netdevq_agg_key *")
-local agg_value_ptr_t = ffi.typeof("const struct netdevq_agg_value *")
-local NEED = abi.NEED
-local F = abi.F
-
-local DEFAULT_WAKEUP_BYTES = 256 * 1024
-local PCAP_SNAPLEN = 256
 
 local _M = {
     _VERSION = core._VERSION,
     core = core,
-    fields = fields,
+    fields = catalogue,
 }
 
 -- netdevq.filter and netdevq.aggregate, and the aggregation objects a script feeds itself,
 -- printed like bpftrace (netdevq.count() ... netdevq.lhist(min, max, step)): loaded on first use.
-local AGGREGATIONS = { count = true, sum = true, avg = true, min = true, max = true, stats = true,
-                       hist = true, lhist = true }
+local AGGREGATIONS = {}
+for _, kind in ipairs({ "count", "sum", "avg", "min", "max", "stats", "hist", "lhist" }) do
+    AGGREGATIONS[kind] = true
+end
 setmetatable(_M, { __index = function(_, name)
     if name == "filter" or name == "aggregate" then
         return lazy[name]
@@ -65,196 +60,131 @@ end })
 local Tracer = {}
 Tracer.__index = Tracer
 
--- Which aggregations the kernel computes: every key and the value must be kernel fields.
-local KERNEL_AGG_KINDS = {
-    count = true, sum = true, avg = true, min = true, max = true, stats = true, hist = true,
-    lhist = true,
-}
-
-function _M.kernel_aggregatable(spec)
-    if not KERNEL_AGG_KINDS[spec.kind] then
-        return false
-    end
-    local keys = spec.keys or {}
-    if #keys > abi.AGG_KEYS_MAX then
-        return false
-    end
-    for _, k in ipairs(keys) do
-        if not F[k] then
-            return false
-        end
-    end
-    if spec.kind ~= "count" then
-        local f = F[spec.value]
-        if not f or fields.by_name[spec.value].type ~= "integer" then
-            return false
-        end
-    end
-    if spec.kind == "lhist" and (spec.max - spec.min) / spec.step > abi.AGG_SLOTS - 2 then
-        return false
-    end
-    return true
-end
-
-local function set_agg_config(cfg, spec)
-    cfg.agg_on = 1
-    local keys = spec.keys or {}
-    cfg.agg_nkeys = #keys
-    for i, k in ipairs(keys) do
-        cfg.agg_key[i - 1] = F[k]
-    end
-    cfg.agg_value = spec.kind == "count" and 0 or F[spec.value]
-    if spec.kind == "hist" then
-        cfg.agg_hist = abi.HIST.LOG2
-    elseif spec.kind == "lhist" then
-        cfg.agg_hist = abi.HIST.LINEAR
-        cfg.lhist_min, cfg.lhist_max, cfg.lhist_step = spec.min, spec.max, spec.step
-    end
-end
-
--- true when the kernel checks all of expr (nil or empty: nothing to check)
-function _M.kernel_filter_complete(expr)
-    if expr == nil or expr == "" then
-        return true
-    end
-    local filter = lazy.filter
-    local tree = filter.parse(expr)
-    if not tree then
-        return false
-    end
-    return filter.pushdown(tree, ffi_new(abi.config_t)) == nil
-end
-
 local function fail(msg)
     return nil, "netdevq: " .. msg
 end
 
--- opts:
---   mode        "raw" (default) | "btf"
---   filter      field expression (contract grammar); its kernel part is pushed into the object
---   pcap        tcpdump/pcap-filter expression, run on captured header bytes before Lua
---   where       function(ev) -> boolean, run after filter
---   fields      names the caller will read (decides what the kernel parses); default all
---   snaplen     header bytes each event carries (0..256; pcapng output and pcap filters need them)
---   aggregate   { kind=, keys=, value=, min=, max=, step= } computed in the kernel (see
---               kernel_aggregatable); events are then not streamed unless emit = true
---   emit        stream events to Lua (default: true unless aggregate is set)
---   follow_pid  trace only this process and its descendants
---   ringbuf_size, batch, wakeup_bytes, agg_max_keys, verbose, object, btf_path, attach (true)
--- Returns a tracer, or nil and a one-line message (multi-line for filter errors with a caret).
+-- The keys open() takes (anything else is a mistake worth telling).
+local OPEN_KEYS = {
+    mode = true, filter = true, pcap = true, where = true, fields = true, snaplen = true,
+    aggregate = true, aggregations = true, emit = true, events = true, follow_pid = true,
+    ringbuf_size = true, batch = true, wakeup_bytes = true, max_keys = true, agg_max_keys = true,
+    verbose = true, object = true, object_bytes = true, btf_path = true, attach = true,
+}
+
+-- true when the kernel can compute this aggregation spec (keys and value read by the kernel)
+function _M.kernel_aggregatable(spec)
+    return (require("netdevq.aggregate.kernel").supports(spec))
+end
+
+-- true when the kernel checks all of expr (nil or empty: nothing to check)
+function _M.kernel_filter_complete(expr)
+    return lazy.filter.kernel_complete(expr, ffi.new(abi.config_t))
+end
+
+local function new_lua_aggregations(self, specs, max_keys)
+    local aggregate = lazy.aggregate
+    for i, spec in ipairs(specs) do
+        local opts = { name = spec.name, keys = spec.keys, value = spec.value,
+                       max_keys = max_keys }
+        local agg = spec.kind == "lhist" and aggregate.lhist(spec.min, spec.max, spec.step, opts)
+                    or aggregate[spec.kind](opts)
+        self.aggs[i] = agg
+        self:on_event(aggregate.feeder(agg, spec.keys or {}, spec.value))
+    end
+end
+
+-- opts: see netdevq.plan (mode, filter, pcap, where, fields, aggregations, aggregate, events,
+-- snaplen, max_keys, follow_pid, ringbuf_size, batch, wakeup_bytes), and verbose, object,
+-- object_bytes, btf_path, attach (default true). Returns a tracer, or nil, a one-line message
+-- and { kind = "usage" | "runtime", caret = text under a filter error }.
 function _M.open(opts)
     opts = opts or {}
     if type(opts) ~= "table" then
         error("netdevq.open: expected an options table", 2)
     end
+    for k in pairs(opts) do
+        if not OPEN_KEYS[k] then
+            return plan.usage("open: unknown option '" .. tostring(k) .. "'")
+        end
+    end
     local mode = opts.mode or "raw"
     if mode ~= "raw" and mode ~= "btf" then
-        error("netdevq.open: mode must be 'raw' or 'btf', not '" .. tostring(mode) .. "'", 2)
+        return plan.usage("mode must be 'raw' or 'btf', not '" .. tostring(mode) .. "'")
     end
     if opts.where ~= nil and type(opts.where) ~= "function" then
-        error("netdevq.open: 'where' must be a function", 2)
+        return plan.usage("open: 'where' must be a function")
+    end
+    local popts = {}
+    for k, v in pairs(opts) do
+        popts[k] = v
+    end
+    popts.max_keys = opts.max_keys or opts.agg_max_keys
+    popts.agg_max_keys = nil
+    if popts.events == nil and opts.emit ~= nil then
+        popts.events = opts.emit
+    end
+    popts.emit = nil
+    local p, err, info = plan.make(popts)
+    if not p then
+        return nil, err, info
     end
 
-    local cfg = ffi_new(abi.config_t)
-    local need = 0
-    local remainder_match
-    if opts.filter and opts.filter ~= "" then
-        local filter = lazy.filter
-        local tree, err, col = filter.parse(opts.filter)
-        if not tree then
-            return nil, "netdevq: " .. err, col and filter.caret(opts.filter, col)
-        end
-        local remainder, kneed = filter.pushdown(tree, cfg)
-        need = bor(need, kneed or 0)
-        if remainder then
-            remainder_match = filter.compile(remainder)
-            need = bor(need, filter.needs and filter.needs(remainder) or NEED.ALL)
-        end
-    end
-    if opts.fields then
-        need = bor(need, fields.needs(opts.fields))
-    else
-        need = NEED.ALL
-    end
-
-    local snaplen = opts.snaplen or 0
-    if opts.pcap then
-        snaplen = math_max(snaplen, opts.snaplen or PCAP_SNAPLEN)
-    end
-    if opts.pcap and snaplen == 0 then
-        return fail("snaplen 0 leaves the pcap filter no header bytes to match: give at least 64")
-    end
-    if snaplen < 0 or snaplen > abi.SNAP_MAX then
-        return fail("snaplen " .. tostring(snaplen) .. " is out of range (0.." .. abi.SNAP_MAX
-            .. ")")
-    end
-    if remainder_match or opts.where then
-        -- the Lua side reads fields the caller did not name
-        need = NEED.ALL
-    end
-    cfg.snaplen = snaplen
-    cfg.need = need
-    local emit = opts.emit
-    if emit == nil then
-        emit = opts.aggregate == nil
-    end
-    cfg.emit = emit and 1 or 0
-    cfg.wakeup_bytes = opts.wakeup_bytes or DEFAULT_WAKEUP_BYTES
-    cfg.follow_pid = opts.follow_pid or 0
-    if opts.aggregate then
-        if not _M.kernel_aggregatable(opts.aggregate) then
-            error("netdevq.open: this aggregation cannot run in the kernel (keys and value must be "
-                .. "kernel integer fields); aggregate in Lua instead", 2)
-        end
-        if remainder_match or opts.where or opts.pcap then
-            error("netdevq.open: in-kernel aggregation needs a filter the kernel checks "
-                .. "completely", 2)
-        end
-        set_agg_config(cfg, opts.aggregate)
-        local used = { unpack(opts.aggregate.keys or {}) }
-        used[#used + 1] = opts.aggregate.value
-        need = bor(need, fields.needs(used))
-        cfg.need = need
-    end
-
-    local t, err = core.open{
-        mode = mode,
-        config = ffi_string(cfg, ffi.sizeof(cfg)),
-        object = opts.object,
-        object_bytes = opts.object_bytes,
-        btf_path = opts.btf_path,
-        pcap = opts.pcap,
-        pcap_snaplen = opts.pcap and snaplen or nil,
-        ringbuf_size = opts.ringbuf_size,
-        batch = opts.batch,
-        agg_max_keys = opts.agg_max_keys,
-        verbose = opts.verbose,
-    }
+    local t, cerr = core.open(p.core)
     if not t then
-        return fail(err)
+        return nil, "netdevq: " .. cerr, { kind = "runtime" }
     end
     local self = setmetatable({
         t = t,
         mode = mode,
-        view = fields.view(),
-        match = remainder_match,
+        plan = p,
+        view = event.view(),
+        match = p.match,
         where = opts.where,
         callbacks = {},
         ncallbacks = 0,
-        agg_spec = opts.aggregate,
+        agg_spec = p.kernel_agg,
+        aggs = {},
         matched = 0,
         lua_filtered = 0,
         started_ns = monotonic_ns(),
         attached = false,
     }, Tracer)
+    if p.kernel_agg and opts.aggregations then
+        self.aggs[1] = lazy.aggregate.new(p.kernel_agg)
+    end
+    new_lua_aggregations(self, p.lua_aggs, p.max_keys)
     if opts.attach ~= false then
         local ok, aerr = self:attach()
         if not ok then
             self:close()
-            return nil, aerr
+            return nil, aerr, { kind = "runtime" }
         end
     end
     return self
+end
+
+-- The aggregations of open{aggregations=}, up to date, in the order given; reset = true starts
+-- them over (the kernel map is cleared as it is read). Kernel and Lua ones print alike.
+function Tracer:aggregations(reset)
+    local aggs = self.aggs
+    if self.agg_spec and aggs[1] then
+        aggs[1]:clear()
+        local ok, err = self:read_aggregate(aggs[1], reset)
+        if not ok then
+            return nil, err
+        end
+    end
+    return aggs
+end
+
+-- Events that found no room in an aggregation (kernel map full, or a Lua one at max_keys).
+function Tracer:agg_overflow()
+    local n = 0
+    for _, agg in ipairs(self.aggs) do
+        n = n + (agg.overflow or 0)
+    end
+    return n
 end
 
 function Tracer:attach()
@@ -264,6 +194,10 @@ function Tracer:attach()
     end
     self.attached = true
     self.started_ns = monotonic_ns()
+    if _M.announce then -- scripts run by the CLI get its ready line too
+        io.stderr:write("netdevq: tracing net_dev_queue (", self.mode, ") ... Ctrl-C to stop\n")
+        io.stderr:flush()
+    end
     return true
 end
 
@@ -308,7 +242,7 @@ function Tracer:poll(timeout_ms)
             break -- max_events reached: the rest of the batch is not delivered
         end
         view:_set(evs + i)
-        if (match == nil or match(view)) and (where == nil or where(view)) then
+        if (match == nil or match(evs + i)) and (where == nil or where(view)) then
             delivered = delivered + 1
             for c = 1, ncb do
                 callbacks[c](view)
@@ -338,6 +272,7 @@ function Tracer:stats()
         c.matched = self.matched
     end
     c.lua_filtered = self.lua_filtered
+    c.agg_overflow = (c.agg_overflow or 0) + self:agg_overflow()
     c.duration_s = (monotonic_ns() - self.started_ns) / 1e9
     return c
 end
@@ -353,13 +288,7 @@ function Tracer:read_aggregate(agg, reset)
     if not n then
         return nil, "netdevq: " .. tostring(keys)
     end
-    keys = ffi_cast(agg_key_ptr_t, keys)
-    vals = ffi_cast(agg_value_ptr_t, vals)
-    local records = {}
-    for i = 0, n - 1 do
-        records[i + 1] = { key = keys + i, value = vals + i }
-    end
-    return lazy.aggregate.from_kernel(spec, records, agg)
+    return require("netdevq.aggregate.kernel").read(spec, n, keys, vals, agg)
 end
 
 -- Runs until duration (s), max_events, stop() returning true, an error, or SIGINT/SIGTERM

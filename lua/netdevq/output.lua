@@ -8,10 +8,14 @@
 local bit = require("bit")
 local cjson = require("cjson")
 local abi = require("netdevq.abi")
-local fields = require("netdevq.fields")
+local catalogue = require("netdevq.catalogue")
+local clock = require("netdevq.clock")
+local event = require("netdevq.event")
 
 local band = bit.band
 local format = string.format
+local find = string.find
+local gsub = string.gsub
 local concat = table.concat
 local encode_string = cjson.encode
 local type = type
@@ -23,13 +27,14 @@ local io_stdout = io.stdout
 local io_stderr = io.stderr
 
 local EV_L4 = abi.EV.L4
-local by_name = fields.by_name
-local unknown_message = fields.unknown_message
+local EV_TCP = abi.EV.TCP
+local format_date = clock.format_date
+local by_name = catalogue.by_name
+local unknown_message = catalogue.unknown_message
+local event_pointer = event.pointer
 
 local get_time = by_name.time.get
-local get_comm = by_name.comm.get
 local get_pid = by_name.pid.get
-local get_dev = by_name.dev.get
 local get_len = by_name.len.get
 local get_proto = by_name.proto.get
 local get_saddr = by_name.saddr.get
@@ -37,18 +42,35 @@ local get_daddr = by_name.daddr.get
 local get_sport = by_name.sport.get
 local get_dport = by_name.dport.get
 local get_ethertype = by_name.ethertype.get
+local get_tcp_flags = by_name.tcp_flags.get
 
 -- Doubles print exactly with %.14g (what tostring and table.concat use) below this; ts in ns
 -- passes it after ~28 hours of uptime.
 local EXACT_BELOW = 1e14
 
 
-local _M = { _VERSION = "0.1.0" }
+local _M = {}
 
--- The fields the default text line reads (for fields.needs()).
+-- The fields the default text line reads (what the tracer's plan asks the kernel for).
 _M.DEFAULT_FIELDS = {
     "time", "comm", "pid", "dev", "len", "proto", "saddr", "sport", "daddr", "dport", "ethertype",
+    "tcp_flags",
 }
+
+-- The fields a writer made with these options reads (nil: every field).
+function _M.fields_read(format_name, opts)
+    opts = opts or {}
+    if opts.fields then
+        return opts.fields
+    elseif format_name == "json" then
+        return nil
+    end
+    local list = { unpack(_M.DEFAULT_FIELDS) }
+    for _, name in ipairs(opts.extra or {}) do
+        list[#list + 1] = name
+    end
+    return list
+end
 
 
 local function check_opts(opts, who)
@@ -72,15 +94,49 @@ local function check_opts(opts, who)
     return opts
 end
 
-local function event_pointer(ev)
-    if type(ev) == "table" then
-        ev = ev._p
-        if not ev then
-            error("event view has no event (used outside its callback?)", 3)
-        end
+-- Names from outside (task comm, device names) can hold any byte: a newline would forge a line,
+-- an escape sequence retitle the terminal, invalid UTF-8 break JSON. They are printed with every
+-- byte outside printable ASCII as \xNN and a backslash as \\ (as tcpdump and bpftrace do), the
+-- same text in JSON strings.
+local function escape_byte(c)
+    if c == "\\" then
+        return "\\\\"
     end
-    return ev
+    return format("\\x%02x", c:byte())
 end
+
+local UNSAFE = "[%z\1-\31\\\127-\255]"
+local escaped = {}          -- memo: names repeat
+local escaped_n = 0
+local function escape_name(v)
+    if not find(v, UNSAFE) then
+        return v
+    end
+    local e = escaped[v]
+    if not e then
+        e = gsub(v, UNSAFE, escape_byte)
+        if escaped_n >= 4096 then
+            escaped, escaped_n = {}, 0
+        end
+        escaped[v], escaped_n = e, escaped_n + 1
+    end
+    return e
+end
+_M.escape_name = escape_name
+
+-- the getter a writer uses for a field: names from outside come escaped
+local function printable_getter(field)
+    local get = field.get
+    if not field.untrusted then
+        return get
+    end
+    return function(p)
+        local v = get(p)
+        if v ~= nil then return escape_name(v) end
+    end
+end
+local get_comm = printable_getter(by_name.comm)
+local get_dev = printable_getter(by_name.dev)
 
 local function integer_text(v)
     if v >= EXACT_BELOW or v <= -EXACT_BELOW then
@@ -116,9 +172,17 @@ local function flush(self)
     return true
 end
 
+-- "netdevq: N events, M matched, L lost", and the events no aggregation had room for when there
+-- were any (never silent: a larger --max-keys helps)
 local function summary_text(stats)
-    return format("netdevq: %d events, %d matched, %d lost",
-                  stats.events or 0, stats.matched or 0, stats.lost or 0)
+    local text = format("netdevq: %d events, %d matched, %d lost",
+                        stats.events or 0, stats.matched or 0, stats.lost or 0)
+    local overflow = stats.agg_overflow or 0
+    if overflow > 0 then
+        text = text .. format(", %d not aggregated (aggregation full: raise --max-keys)",
+                              overflow)
+    end
+    return text
 end
 _M.summary_text = summary_text
 
@@ -176,6 +240,10 @@ local function default_line(p, parts)
     parts[7] = saddr
     parts[8] = ">"
     parts[9] = daddr
+    if band(p.flags, EV_TCP) ~= 0 then -- tcpdump's "Flags [S.]"
+        parts[10] = "[" .. get_tcp_flags(p) .. "]"
+        return 10
+    end
     return 9
 end
 
@@ -185,7 +253,12 @@ function Text:format(ev)
     local parts = self.parts
     local getters = self.getters
     if not getters then
-        return concat(parts, " ", 1, default_line(p, parts))
+        local n = default_line(p, parts)
+        local extra = self.extra
+        for i = 1, #extra do
+            parts[n + i] = text_value(extra[i](p))
+        end
+        return concat(parts, " ", 1, n + #extra)
     end
     local n = #getters
     for i = 1, n do
@@ -205,21 +278,26 @@ Text.flush = flush
 Text.lost = text_lost
 Text.summary = text_summary
 
--- opts: fields (array of names; default: the default layout), file (io.stdout),
--- err_file (io.stderr: lost-event notices and the summary).
+-- opts: fields (array of names; default: the default layout), extra (names printed after the
+-- default layout), file (io.stdout), err_file (io.stderr: lost-event notices and the summary).
 function _M.text(opts)
     opts = check_opts(opts, "output.text")
+    local extra = {}
+    for i, name in ipairs(opts.extra or {}) do
+        extra[i] = printable_getter(by_name[name])
+    end
     local getters
     if opts.fields then
         getters = {}
         for i, name in ipairs(opts.fields) do
-            getters[i] = by_name[name].get
+            getters[i] = printable_getter(by_name[name])
         end
     end
     return setmetatable({
         file = opts.file or io_stdout,
         err_file = opts.err_file or io_stderr,
         getters = getters,
+        extra = extra,
         parts = {},
         err = nil,
     }, Text)
@@ -238,7 +316,6 @@ local Json = {}
 Json.__index = Json
 
 local KIND_INTEGER, KIND_SAFE_STRING, KIND_ESCAPED_STRING = 1, 2, 3
-local NEEDS_ESCAPING = { comm = true, dev = true }
 
 function Json:format(ev)
     local p = event_pointer(ev)
@@ -285,8 +362,10 @@ end
 -- summary text to err_file (the contract wants both).
 function Json:summary(stats)
     local ok, err = write_line(self, self.file,
-        format('{"type":"summary","events":%d,"matched":%d,"lost":%d,"duration_s":%.3f}',
-               stats.events or 0, stats.matched or 0, stats.lost or 0, stats.duration_s or 0),
+        format('{"type":"summary","time":"%s","events":%d,"matched":%d,"lost":%d,'
+               .. '"kfiltered":%d,"agg_overflow":%d,"duration_s":%.3f}', clock.now_rfc3339(),
+               stats.events or 0, stats.matched or 0, stats.lost or 0, stats.kfiltered or 0,
+               stats.agg_overflow or 0, stats.duration_s or 0),
         "\n")
     if not ok then
         return nil, err
@@ -299,18 +378,24 @@ Json.flush = flush
 -- opts: fields (array of names; default: every catalogue field), file, err_file.
 function _M.json(opts)
     opts = check_opts(opts, "output.json")
-    local list = opts.fields or fields.names
+    local list = opts.fields or catalogue.names
     local getters, kinds, keys = {}, {}, {}
     for i, name in ipairs(list) do
         local field = by_name[name]
-        getters[i] = field.get
+        getters[i] = printable_getter(field)
         keys[i] = ',"' .. name .. '":'
-        if field.type == "integer" then
+        if field.value_type == "integer" then
             kinds[i] = KIND_INTEGER
-        elseif NEEDS_ESCAPING[name] then
+        elseif field.untrusted or field.dynamic then
             kinds[i] = KIND_ESCAPED_STRING
         else
             kinds[i] = KIND_SAFE_STRING
+        end
+    end
+    -- JSON lines carry the date: `time` is RFC 3339 in UTC there
+    for i, name in ipairs(list) do
+        if name == "time" then
+            getters[i] = function(p) return format_date(p.ts) end
         end
     end
     return setmetatable({

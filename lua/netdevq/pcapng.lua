@@ -27,8 +27,8 @@
 --
 -- Timestamps: write_packet takes ts_ns as unix-epoch nanoseconds, a Lua number (exact only to
 -- 2^53, i.e. about a quarter of a microsecond today) or a uint64_t cdata (exact). write_event takes
--- unix_ns the same way; without it, ev.ts (CLOCK_MONOTONIC, bpf_ktime_get_ns) is shifted by the
--- realtime - monotonic offset measured once at open().
+-- unix_ns the same way; without it, ev.ts (CLOCK_MONOTONIC, bpf_ktime_get_ns) becomes wall time
+-- through netdevq.clock.
 --
 -- Buffering: blocks are collected in memory and written with one write(2) per 16 KiB or so; call
 -- flush() to push out what is pending (e.g. after each poll batch when a reader waits on a pipe).
@@ -40,6 +40,8 @@
 
 local ffi = require("ffi")
 local bit = require("bit")
+local abi = require("netdevq.abi")
+local clock = require("netdevq.clock")
 
 local ffi_cast, ffi_copy, ffi_string, ffi_gc = ffi.cast, ffi.copy, ffi.string, ffi.gc
 local ffi_errno = ffi.errno
@@ -50,22 +52,21 @@ local io_type = io.type
 
 -- Own names (asm redirects), so that no other module's declaration of open/write can clash.
 ffi.cdef [[
-typedef struct { long tv_sec; long tv_nsec; } ndq_pcapng_timespec;
 int ndq_pcapng_open(const char *path, int flags, int mode) __asm__("open");
 long ndq_pcapng_write(int fd, const void *buf, size_t count) __asm__("write");
 int ndq_pcapng_close(int fd) __asm__("close");
 char *ndq_pcapng_strerror(int errnum) __asm__("strerror");
-int ndq_pcapng_clock_gettime(int clk, ndq_pcapng_timespec *tp) __asm__("clock_gettime");
 ]]
 local C = ffi.C
 
 local _M = {
-  _VERSION = "0.1.0",
   LINKTYPE_ETHERNET = 1,
   LINKTYPE_RAW = 101,
+  -- what write_event reads of an event (the tracer's plan asks the kernel for them)
+  FIELDS = { "smac", "dev", "ifindex", "netns", "ts", "comm", "pid", "tid", "queue", "mark" },
 }
 
-local NDQ_EV_MAC, NDQ_SNAP_MAX = 1, 256   -- bpf/netdevq.h
+local NDQ_EV_MAC, NDQ_SNAP_MAX = abi.EV.MAC, abi.SNAP_MAX
 local BT_SHB, BT_IDB, BT_EPB = 0x0A0D0D0A, 1, 6
 local OPT_ENDOFOPT, OPT_COMMENT = 0, 1
 local SHB_USERAPPL = 4
@@ -73,7 +74,6 @@ local IF_NAME, IF_DESCRIPTION, IF_TSRESOL = 2, 3, 9
 local FLUSH_AT = 16384          -- write(2) once this much is pending
 local BUF_INITIAL = 65536
 local EINTR, ELOOP = 4, 40
-local CLOCK_REALTIME, CLOCK_MONOTONIC = 0, 1
 
 -- open(2) flags differ between architectures (asm-generic vs the arm/powerpc/mips overrides).
 local O_WRONLY, O_CREAT, O_TRUNC, O_NOFOLLOW, O_CLOEXEC = 1, 64, 512, 131072, 524288
@@ -88,9 +88,7 @@ local MODE_0600 = 384
 local u32p_t = ffi.typeof("uint32_t *")
 local u16p_t = ffi.typeof("uint16_t *")
 local u8buf_t = ffi.typeof("uint8_t[?]")
-local u64_t = ffi.typeof("uint64_t")
 local fdbox_t = ffi.typeof("int[1]")
-local timespec_t = ffi.typeof("ndq_pcapng_timespec")
 
 local function strerror(e)
   return ffi_string(C.ndq_pcapng_strerror(e))
@@ -105,17 +103,6 @@ local function close_fdbox(box)
     C.ndq_pcapng_close(box[0])
     box[0] = -1
   end
-end
-
--- realtime - monotonic in ns (uint64), so that bpf_ktime_get_ns() values become wall time.
-local function mono_to_unix_offset()
-  local t1, t2, r = timespec_t(), timespec_t(), timespec_t()
-  C.ndq_pcapng_clock_gettime(CLOCK_MONOTONIC, t1)
-  C.ndq_pcapng_clock_gettime(CLOCK_REALTIME, r)
-  C.ndq_pcapng_clock_gettime(CLOCK_MONOTONIC, t2)
-  local mono = (u64_t(t1.tv_sec) + t2.tv_sec) * 500000000ULL + (u64_t(t1.tv_nsec) + t2.tv_nsec) / 2
-  local real = u64_t(r.tv_sec) * 1000000000ULL + r.tv_nsec
-  return real - mono
 end
 
 local Writer = {}
@@ -279,7 +266,7 @@ local function put_epb_head(self, ifid, ts, caplen, origlen)
     put_u32(self, hi)
     put_u32(self, ts - hi * 4294967296)
   else
-    ts = u64_t(ts)
+    ts = ffi.new("uint64_t", ts)
     put_u32(self, rshift(ts, 32))
     put_u32(self, ts)   -- truncates to the low 32 bits
   end
@@ -319,7 +306,6 @@ function _M.open(target, opts)
     buf = u8buf_t(BUF_INITIAL), cap = BUF_INITIAL, pos = 0,
     snaplen = snaplen, comments = opts.comments ~= false,
     nif = 0, by_name = {}, by_netns = {},
-    mono_offset = mono_to_unix_offset(),
   }, Writer)
 
   if target == "-" then
@@ -468,7 +454,7 @@ function Writer:write_event(ev, unix_ns)
   if not ok then return nil, err end
 
   local start = self.pos
-  put_epb_head(self, ifid, unix_ns or (ev.ts + self.mono_offset), caplen, origlen)
+  put_epb_head(self, ifid, unix_ns or clock.unix_ns(ev.ts), caplen, origlen)
   ffi_copy(self.buf + self.pos, ev.snap + skip, caplen)
   self.pos = self.pos + caplen
   put_pad(self)

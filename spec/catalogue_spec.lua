@@ -63,44 +63,59 @@ local function make_event(o)
     return ev, ffi.cast("const struct netdevq_event *", ev)
 end
 
-describe("netdevq.fields #unit", function()
-    local abi, fields
+describe("netdevq.catalogue #unit", function()
+    local abi, catalogue, names, clock, event
 
     setup(function()
         abi = require("netdevq.abi")
-        fields = require("netdevq.fields")
+        catalogue = require("netdevq.catalogue")
+        names = require("netdevq.names")
+        clock = require("netdevq.clock")
+        event = require("netdevq.event")
     end)
 
     -- Fixed offset: unix time = ts + 1700000000 s.
     before_each(function()
-        fields.calibrate(1700000000000000000LL)
+        clock.calibrate(1700000000000000000LL)
     end)
 
     describe("catalogue", function()
         it("lists the contract's fields in its order with its types", function()
-            assert.are.equal(#CONTRACT, #fields.catalogue)
+            assert.are.equal(#CONTRACT, #catalogue.fields)
             for i, row in ipairs(CONTRACT) do
-                local field = fields.catalogue[i]
+                local field = catalogue.fields[i]
                 assert.are.equal(row[1], field.name)
-                assert.are.equal(row[2], field.type)
+                assert.are.equal(row[2], field.value_type)
                 assert.are.equal(i, field.index)
                 assert.are.equal("string", type(field.description))
                 assert.are.equal("function", type(field.get))
-                assert.are.equal(field, fields.by_name[row[1]])
-                assert.are.equal(row[1], fields.names[i])
+                assert.are.equal(field, catalogue.by_name[row[1]])
+                assert.are.equal(row[1], catalogue.names[i])
             end
         end)
 
-        it("gives every field but ts, time and skb its NDQ_F_* id", function()
-            for _, field in ipairs(fields.catalogue) do
-                if field.name == "ts" or field.name == "time" or field.name == "skb" then
-                    assert.is_nil(field.id)
+        it("gives the kernel a location for every field with an event member", function()
+            local function loc(name) return catalogue.by_name[name].loc end
+            for _, field in ipairs(catalogue.fields) do
+                if field.name == "time" or field.name == "skb" then
+                    assert.is_nil(field.loc, field.name)
                 else
-                    assert.are.equal(abi.F[field.name], field.id)
+                    assert.is_table(field.loc, field.name)
+                    assert.are.equal(ffi.offsetof("struct netdevq_event", field.at), field.loc.off)
                 end
             end
-            assert.are.equal(1, fields.by_name.cpu.id)
-            assert.are.equal(27, fields.by_name.tos.id)
+            assert.are.same({ off = ffi.offsetof("struct netdevq_event", "sport"), size = 2,
+                              kind = abi.LOC.NUMBER, when_flags = abi.EV.L4, when_l3 = 0,
+                              when_nonzero = 0 }, loc("sport"))
+            assert.are.same({ off = ffi.offsetof("struct netdevq_event", "saddr"), size = 16,
+                              kind = abi.LOC.ADDRESS, when_flags = 0, when_l3 = 1,
+                              when_nonzero = 0 }, loc("saddr"))
+            assert.are.same({ off = ffi.offsetof("struct netdevq_event", "comm"), size = 16,
+                              kind = abi.LOC.BYTES, when_flags = 0, when_l3 = 0,
+                              when_nonzero = 0 }, loc("comm"))
+            assert.are.equal(8, loc("ts").size)
+            assert.are.equal(1, loc("ethertype").when_nonzero)
+            assert.are.equal(6, loc("smac").size)
         end)
 
         it("needs HEADERS for the parsed fields, TASK, DEV, TS, NETNS, GSO, CGROUP for theirs, nothing else", function()
@@ -113,8 +128,8 @@ describe("netdevq.fields #unit", function()
                 comm = abi.NEED.TASK, dev = abi.NEED.DEV, ifindex = abi.NEED.DEV,
                 ts = abi.NEED.TS, time = abi.NEED.TS,
             }
-            for _, field in ipairs(fields.catalogue) do
-                assert.are.equal(expect[field.name] or 0, field.need, field.name)
+            for _, field in ipairs(catalogue.fields) do
+                assert.are.equal(expect[field.name] or 0, field.need_bits, field.name)
             end
         end)
     end)
@@ -132,7 +147,7 @@ describe("netdevq.fields #unit", function()
                 saddr = "198.18.0.1", daddr = "198.18.0.2", proto = "tcp", sport = 40000,
                 dport = 443, tcp_flags = "P.", ttl = 64, tos = 16,
             }
-            for _, field in ipairs(fields.catalogue) do
+            for _, field in ipairs(catalogue.fields) do
                 local v = field.get(p)
                 assert.are.equal(want[field.name], v, field.name)
                 assert.are.equal(field.type == "integer" and "number" or "string", type(v),
@@ -144,32 +159,32 @@ describe("netdevq.fields #unit", function()
             local _, p = make_event{ l3 = 0, ethertype = 0x0806, flags = 1 }
             for _, name in ipairs{ "saddr", "daddr", "proto", "ttl", "tos", "sport", "dport",
                                    "tcp_flags" } do
-                assert.is_nil(fields.by_name[name].get(p), name)
+                assert.is_nil(catalogue.by_name[name].get(p), name)
             end
-            assert.are.equal("arp", fields.by_name.ethertype.get(p))
-            assert.are.equal("02:03:04:05:06:07", fields.by_name.smac.get(p))
+            assert.are.equal("arp", catalogue.by_name.ethertype.get(p))
+            assert.are.equal("02:03:04:05:06:07", catalogue.by_name.smac.get(p))
         end)
 
         it("leave ports absent without NDQ_EV_L4 and tcp_flags without NDQ_EV_TCP", function()
             local _, p = make_event{ proto = 1, flags = abi.EV.MAC }
-            assert.is_nil(fields.by_name.sport.get(p))
-            assert.is_nil(fields.by_name.dport.get(p))
-            assert.is_nil(fields.by_name.tcp_flags.get(p))
-            assert.are.equal("icmp", fields.by_name.proto.get(p))
+            assert.is_nil(catalogue.by_name.sport.get(p))
+            assert.is_nil(catalogue.by_name.dport.get(p))
+            assert.is_nil(catalogue.by_name.tcp_flags.get(p))
+            assert.are.equal("icmp", catalogue.by_name.proto.get(p))
             local _, q = make_event{ proto = 17, flags = abi.EV.L4 }
-            assert.are.equal(40000, fields.by_name.sport.get(q))
-            assert.is_nil(fields.by_name.tcp_flags.get(q))
+            assert.are.equal(40000, catalogue.by_name.sport.get(q))
+            assert.is_nil(catalogue.by_name.tcp_flags.get(q))
         end)
 
         it("leave smac and dmac absent without NDQ_EV_MAC", function()
             local _, p = make_event{ flags = abi.EV.L4 + abi.EV.TCP }
-            assert.is_nil(fields.by_name.smac.get(p))
-            assert.is_nil(fields.by_name.dmac.get(p))
+            assert.is_nil(catalogue.by_name.smac.get(p))
+            assert.is_nil(catalogue.by_name.dmac.get(p))
         end)
 
         it("leave ethertype absent when the kernel left it 0", function()
             local _, p = make_event{ ethertype = 0, l3 = 0 }
-            assert.is_nil(fields.by_name.ethertype.get(p))
+            assert.is_nil(catalogue.by_name.ethertype.get(p))
         end)
 
         it("decode IPv6 addresses", function()
@@ -179,32 +194,32 @@ describe("netdevq.fields #unit", function()
                 daddr = { 0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x02, 0x11, 0x22, 0xff, 0xfe, 0x33,
                           0x44, 0x55 },
             }
-            assert.are.equal("2001:db8::1", fields.by_name.saddr.get(p))
-            assert.are.equal("fe80::211:22ff:fe33:4455", fields.by_name.daddr.get(p))
-            assert.are.equal("udp", fields.by_name.proto.get(p))
-            assert.are.equal("ipv6", fields.by_name.ethertype.get(p))
+            assert.are.equal("2001:db8::1", catalogue.by_name.saddr.get(p))
+            assert.are.equal("fe80::211:22ff:fe33:4455", catalogue.by_name.daddr.get(p))
+            assert.are.equal("udp", catalogue.by_name.proto.get(p))
+            assert.are.equal("ipv6", catalogue.by_name.ethertype.get(p))
         end)
 
         it("never read past a comm or dev that fills its array", function()
             local ev, p = make_event()
             ffi.copy(ev.comm, ("c"):rep(16), 16)
             ffi.copy(ev.dev, ("d"):rep(16), 16)
-            assert.are.equal(("c"):rep(16), fields.by_name.comm.get(p))
-            assert.are.equal(("d"):rep(16), fields.by_name.dev.get(p))
+            assert.are.equal(("c"):rep(16), catalogue.by_name.comm.get(p))
+            assert.are.equal(("d"):rep(16), catalogue.by_name.dev.get(p))
         end)
 
         it("return ts and cgroup as Lua numbers, exactly below 2^53", function()
             local _, p = make_event{ ts = 9007199254740991ULL, cgroup = 123456789012ULL }
-            assert.are.equal(9007199254740991, fields.by_name.ts.get(p))
-            assert.are.equal(123456789012, fields.by_name.cgroup.get(p))
+            assert.are.equal(9007199254740991, catalogue.by_name.ts.get(p))
+            assert.are.equal(123456789012, catalogue.by_name.cgroup.get(p))
         end)
     end)
 
     describe("format_ipv4", function()
         it("writes a dotted quad", function()
-            assert.are.equal("198.18.0.1", fields.format_ipv4(bytes{ 198, 18, 0, 1 }))
-            assert.are.equal("0.0.0.0", fields.format_ipv4(bytes{ 0, 0, 0, 0 }))
-            assert.are.equal("255.255.255.255", fields.format_ipv4(bytes{ 255, 255, 255, 255 }))
+            assert.are.equal("198.18.0.1", names.format_ipv4(bytes{ 198, 18, 0, 1 }))
+            assert.are.equal("0.0.0.0", names.format_ipv4(bytes{ 0, 0, 0, 0 }))
+            assert.are.equal("255.255.255.255", names.format_ipv4(bytes{ 255, 255, 255, 255 }))
         end)
     end)
 
@@ -228,7 +243,7 @@ describe("netdevq.fields #unit", function()
         }
         for _, case in ipairs(cases) do
             it("writes " .. case[2] .. " per RFC 5952", function()
-                assert.are.equal(case[2], fields.format_ipv6(ip6(case[1])))
+                assert.are.equal(case[2], names.format_ipv6(ip6(case[1])))
             end)
         end
     end)
@@ -236,7 +251,7 @@ describe("netdevq.fields #unit", function()
     describe("format_mac", function()
         it("writes six lowercase hex pairs", function()
             assert.are.equal("aa:bb:cc:00:0e:ff",
-                             fields.format_mac(bytes{ 0xaa, 0xbb, 0xcc, 0, 0x0e, 0xff }))
+                             names.format_mac(bytes{ 0xaa, 0xbb, 0xcc, 0, 0x0e, 0xff }))
         end)
     end)
 
@@ -249,7 +264,7 @@ describe("netdevq.fields #unit", function()
         }
         for _, case in ipairs(cases) do
             it(("writes 0x%02x as %s like tcpdump"):format(case[1], case[2]), function()
-                assert.are.equal(case[2], fields.format_tcp_flags(case[1]))
+                assert.are.equal(case[2], names.format_tcp_flags(case[1]))
             end)
         end
     end)
@@ -260,16 +275,16 @@ describe("netdevq.fields #unit", function()
                             [47] = "gre", [50] = "esp", [51] = "ah", [58] = "icmpv6",
                             [132] = "sctp", [136] = "udplite", [253] = "253", [99] = "99" }
             for n, name in pairs(cases) do
-                assert.are.equal(name, fields.format_proto(n))
+                assert.are.equal(name, names.format_proto(n))
             end
         end)
 
         it("maps names and numbers back with proto_number", function()
-            assert.are.equal(6, fields.proto_number("tcp"))
-            assert.are.equal(58, fields.proto_number("icmpv6"))
-            assert.are.equal(253, fields.proto_number("253"))
-            assert.is_nil(fields.proto_number("tcpx"))
-            assert.is_nil(fields.proto_number("256"))
+            assert.are.equal(6, names.proto_number("tcp"))
+            assert.are.equal(58, names.proto_number("icmpv6"))
+            assert.are.equal(253, names.proto_number("253"))
+            assert.is_nil(names.proto_number("tcpx"))
+            assert.is_nil(names.proto_number("256"))
         end)
     end)
 
@@ -280,60 +295,60 @@ describe("netdevq.fields #unit", function()
                             [0x88cc] = "lldp", [0x1234] = "0x1234", [0x00ab] = "0x00ab",
                             [0xABCD] = "0xabcd" }
             for n, name in pairs(cases) do
-                assert.are.equal(name, fields.format_ethertype(n))
+                assert.are.equal(name, names.format_ethertype(n))
             end
         end)
 
         it("maps names and 0xNNNN back with ethertype_number", function()
-            assert.are.equal(0x86dd, fields.ethertype_number("ipv6"))
-            assert.are.equal(0x0806, fields.ethertype_number("arp"))
-            assert.are.equal(0x88cc, fields.ethertype_number("0x88CC"))
-            assert.are.equal(0x00ab, fields.ethertype_number("0x00ab"))
-            assert.is_nil(fields.ethertype_number("ip4"))
-            assert.is_nil(fields.ethertype_number("0x12345"))
+            assert.are.equal(0x86dd, names.ethertype_number("ipv6"))
+            assert.are.equal(0x0806, names.ethertype_number("arp"))
+            assert.are.equal(0x88cc, names.ethertype_number("0x88CC"))
+            assert.are.equal(0x00ab, names.ethertype_number("0x00ab"))
+            assert.is_nil(names.ethertype_number("ip4"))
+            assert.is_nil(names.ethertype_number("0x12345"))
         end)
     end)
 
     describe("time", function()
         it("adds the calibrated offset exactly", function()
-            local sec, nsec = fields.unix_time(5000123456ULL)
+            local sec, nsec = clock.unix_time(5000123456ULL)
             assert.are.equal(1700000005, sec)
             assert.are.equal(123456, nsec)
-            assert.are.equal(1700000005000123456ULL, fields.unix_ns(5000123456ULL))
-            assert.are.equal("cdata", type(fields.unix_ns(1)))
+            assert.are.equal(1700000005000123456ULL, clock.unix_ns(5000123456ULL))
+            assert.are.equal("cdata", type(clock.unix_ns(1)))
         end)
 
         it("carries nanoseconds into seconds", function()
-            fields.calibrate(1999999999LL)
-            local sec, nsec = fields.unix_time(3000000002ULL)
+            clock.calibrate(1999999999LL)
+            local sec, nsec = clock.unix_time(3000000002ULL)
             assert.are.equal(5, sec)
             assert.are.equal(1, nsec)
-            assert.are.equal(5000000001ULL, fields.unix_ns(3000000002ULL))
+            assert.are.equal(5000000001ULL, clock.unix_ns(3000000002ULL))
         end)
 
         it("takes a number ts as well as a u64", function()
-            local sec, nsec = fields.unix_time(5000123456)
+            local sec, nsec = clock.unix_time(5000123456)
             assert.are.equal(1700000005, sec)
             assert.are.equal(123456, nsec)
         end)
 
         it("accepts a negative offset", function()
-            local sec, nsec = fields.calibrate(-1)
+            local sec, nsec = clock.calibrate(-1)
             assert.are.equal(-1, sec)
             assert.are.equal(999999999, nsec)
-            local s2, ns2 = fields.calibrate(-1LL)
+            local s2, ns2 = clock.calibrate(-1LL)
             assert.are.equal(-1, s2)
             assert.are.equal(999999999, ns2)
-            local s3, ns3 = fields.unix_time(2000000000ULL)
+            local s3, ns3 = clock.unix_time(2000000000ULL)
             assert.are.equal(1, s3)
             assert.are.equal(999999999, ns3)
         end)
 
         it("formats HH:MM:SS.micro in local time, truncating to the microsecond", function()
             assert.are.equal(os.date("%H:%M:%S", 1700000005) .. ".000123",
-                             fields.format_time(5000123999ULL))
+                             clock.format_time(5000123999ULL))
             assert.are.equal(os.date("%H:%M:%S", 1700000006) .. ".999999",
-                             fields.format_time(6999999999ULL))
+                             clock.format_time(6999999999ULL))
         end)
 
         it("measures realtime - monotonic when called without an offset", function()
@@ -341,17 +356,17 @@ describe("netdevq.fields #unit", function()
                 typedef struct { long tv_sec; long tv_nsec; } ndq_spec_timespec;
                 int ndq_spec_clock_gettime(int, ndq_spec_timespec *) __asm__("clock_gettime");
             ]]
-            local sec = fields.calibrate()
+            local sec = clock.calibrate()
             assert.is_number(sec)
             local mono = ffi.new("ndq_spec_timespec")
             assert.are.equal(0, ffi.C.ndq_spec_clock_gettime(1, mono))
             local now_mono = ffi.new("uint64_t", mono.tv_sec) * 1000000000ULL + mono.tv_nsec
-            local unix_sec = fields.unix_time(now_mono)
+            local unix_sec = clock.unix_time(now_mono)
             assert.is_true(math.abs(unix_sec - os.time()) <= 1)
         end)
 
         it("rejects an offset that is not a number", function()
-            assert.has_error(function() fields.calibrate("1") end,
+            assert.has_error(function() clock.calibrate("1") end,
                              "calibrate: offset_ns must be a number or an integer cdata")
         end)
     end)
@@ -360,7 +375,7 @@ describe("netdevq.fields #unit", function()
         it("reads any field by name from the event it points at", function()
             local _, p1 = make_event()
             local _, p2 = make_event{ pid = 99, dport = 53, proto = 17, flags = 3, dev = "lo" }
-            local ev = fields.view()
+            local ev = event.view()
             ev:_set(p1)
             assert.are.equal(1234, ev.pid)
             assert.are.equal(443, ev.dport)
@@ -373,13 +388,13 @@ describe("netdevq.fields #unit", function()
             assert.are.equal("udp", ev.proto)
             assert.are.equal("lo", ev.dev)
             assert.is_nil(ev.tcp_flags)
-            assert.is_true(fields.is_view(ev))
-            assert.is_false(fields.is_view({}))
+            assert.is_true(event.is_view(ev))
+            assert.is_false(event.is_view({}))
         end)
 
         it("raises for an unknown field name", function()
             local _, p = make_event()
-            local ev = fields.view(p)
+            local ev = event.view(p)
             assert.has_error(function() return ev.xyz end)
             local ok, err = pcall(function() return ev.dprot end)
             assert.is_false(ok)
@@ -387,14 +402,14 @@ describe("netdevq.fields #unit", function()
         end)
 
         it("raises on assignment", function()
-            local ev = fields.view(select(2, make_event()))
+            local ev = event.view(select(2, make_event()))
             local ok, err = pcall(function() ev.pid = 1 end)
             assert.is_false(ok)
             assert.truthy(err:find("event fields are read-only", 1, true))
         end)
 
         it("raises when read without an event", function()
-            local ev = fields.view()
+            local ev = event.view()
             local ok, err = pcall(function() return ev.pid end)
             assert.is_false(ok)
             assert.truthy(err:find("event view has no event", 1, true))
@@ -402,7 +417,7 @@ describe("netdevq.fields #unit", function()
 
         it("copies the present fields into a plain table with totable", function()
             local _, p = make_event{ l3 = 0, ethertype = 0x0806, flags = 0 }
-            local ev = fields.view(p)
+            local ev = event.view(p)
             local t = ev:totable()
             assert.are.same({
                 ts = 5000123456, time = os.date("%H:%M:%S", 1700000005) .. ".000123",
@@ -419,7 +434,7 @@ describe("netdevq.fields #unit", function()
         it("allocates nothing to switch events and read numeric fields", function()
             local _, p1 = make_event()
             local _, p2 = make_event{ pid = 7 }
-            local ev = fields.view()
+            local ev = event.view()
             local sum = 0
             local function run(n)
                 for i = 1, n do
@@ -441,40 +456,40 @@ describe("netdevq.fields #unit", function()
 
     describe("parse_list", function()
         it("splits a comma list and trims blanks", function()
-            assert.are.same({ "comm", "pid", "dev" }, fields.parse_list("comm,pid,dev"))
-            assert.are.same({ "ts", "saddr" }, fields.parse_list(" ts , saddr "))
+            assert.are.same({ "comm", "pid", "dev" }, catalogue.parse_list("comm,pid,dev"))
+            assert.are.same({ "ts", "saddr" }, catalogue.parse_list(" ts , saddr "))
         end)
 
         it("returns nil and the nearest names first for an unknown field", function()
-            local list, err = fields.parse_list("comm,dve")
+            local list, err = catalogue.parse_list("comm,dve")
             assert.is_nil(list)
             assert.truthy(err:find("^unknown field 'dve' %(known: dev, "), err)
             -- every name is listed once
-            for _, name in ipairs(fields.names) do
+            for _, name in ipairs(catalogue.names) do
                 local _, count = err:gsub("[ (]" .. name .. "[,)]", "")
                 assert.are.equal(1, count, name)
             end
-            local _, err2 = fields.parse_list("sadr")
+            local _, err2 = catalogue.parse_list("sadr")
             assert.truthy(err2:find("^unknown field 'sadr' %(known: saddr, daddr, "), err2)
         end)
 
         it("returns nil for an empty item", function()
-            local list, err = fields.parse_list("comm,,pid")
+            local list, err = catalogue.parse_list("comm,,pid")
             assert.is_nil(list)
             assert.are.equal("empty field name in list 'comm,,pid'", err)
-            assert.is_nil((fields.parse_list("")))
+            assert.is_nil((catalogue.parse_list("")))
         end)
 
         it("raises for a non-string", function()
-            assert.has_error(function() fields.parse_list(nil) end,
+            assert.has_error(function() catalogue.parse_list(nil) end,
                              "parse_list: expected a string, got nil")
         end)
     end)
 
     describe("field", function()
         it("returns the descriptor or nil and the unknown-field message", function()
-            assert.are.equal(fields.by_name.dport, fields.field("dport"))
-            local f, err = fields.field("dprt")
+            assert.are.equal(catalogue.by_name.dport, catalogue.field("dport"))
+            local f, err = catalogue.field("dprt")
             assert.is_nil(f)
             assert.truthy(err:find("^unknown field 'dprt' %(known: dport, "))
         end)
@@ -482,22 +497,22 @@ describe("netdevq.fields #unit", function()
 
     describe("needs", function()
         it("ORs the NEED bits of the named fields", function()
-            assert.are.equal(0, fields.needs{ "len", "skb", "cpu", "mark" })
-            assert.are.equal(abi.NEED.TASK + abi.NEED.TS, fields.needs{ "pid", "comm", "time" })
-            assert.are.equal(abi.NEED.HEADERS + abi.NEED.NETNS, fields.needs{ "saddr", "netns" })
-            assert.are.equal(abi.NEED.ALL, fields.needs{ "cgroup", "gso_segs", "tcp_flags",
+            assert.are.equal(0, catalogue.needs{ "len", "skb", "cpu", "mark" })
+            assert.are.equal(abi.NEED.TASK + abi.NEED.TS, catalogue.needs{ "pid", "comm", "time" })
+            assert.are.equal(abi.NEED.HEADERS + abi.NEED.NETNS, catalogue.needs{ "saddr", "netns" })
+            assert.are.equal(abi.NEED.ALL, catalogue.needs{ "cgroup", "gso_segs", "tcp_flags",
                                                          "netns", "dport", "comm", "dev", "ts" })
-            assert.are.equal(0, fields.needs{})
+            assert.are.equal(0, catalogue.needs{})
         end)
 
         it("raises for an unknown name", function()
-            assert.has_error(function() fields.needs{ "pid", "bogus" } end)
+            assert.has_error(function() catalogue.needs{ "pid", "bogus" } end)
         end)
     end)
 
     describe("list", function()
         it("returns one aligned line per field: name, type, description", function()
-            local lines = fields.list()
+            local lines = catalogue.list()
             assert.are.equal(#CONTRACT, #lines)
             for i, row in ipairs(CONTRACT) do
                 local want = ("%-10s %-8s "):format(row[1], row[2])
