@@ -255,6 +255,7 @@ function _M.make(opts)
     cfg.emit = (events or #lua_aggs > 0) and 1 or 0
     cfg.wakeup_bytes = opts.wakeup_bytes or _M.DEFAULT_WAKEUP_BYTES
     cfg.follow_pid = opts.follow_pid or 0
+    require("netdevq.skbpath").configure(cfg) -- the member paths and kstack fields in use
 
     return {
         cfg = cfg,

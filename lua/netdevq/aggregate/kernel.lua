@@ -142,7 +142,7 @@ function _M.decode_key_field(field, key, slot)
     end
     if absent then return ABSENT end
     local f = by_name[field]
-    local decode = f and TYPE_DECODERS[f.type] or decode_u64
+    local decode = f and (f.decode_key or TYPE_DECODERS[f.type]) or decode_u64
     return decode(p, off)
 end
 local decode_key_field = _M.decode_key_field
