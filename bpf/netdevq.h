@@ -68,12 +68,12 @@ enum {
 };
 
 struct netdevq_field_loc {
-	__u16 off;	    /* offsetof(struct netdevq_event, member) */
-	__u8 size;	    /* bytes of the member */
-	__u8 kind;	    /* NDQ_LOC_* */
-	__u16 when_flags;   /* present only when ev->flags has all of these bits (0: always) */
-	__u8 when_l3;	    /* present only when ev->l3 != 0 */
-	__u8 when_nonzero;  /* present only when the value is not 0 */
+	__u16 off;	   /* offsetof(struct netdevq_event, member) */
+	__u8 size;	   /* bytes of the member */
+	__u8 kind;	   /* NDQ_LOC_* */
+	__u16 when_flags;  /* present only when ev->flags has all of these bits (0: always) */
+	__u8 when_l3;	   /* present only when ev->l3 != 0 */
+	__u8 when_nonzero; /* present only when the value is not 0 */
 };
 
 /* Which optional parts the kernel side reads for output (netdevq_config.need). What a kernel
@@ -179,8 +179,8 @@ struct netdevq_config {
 	/* in-kernel aggregation (agg_on = 1) */
 	__u32 agg_on;
 	__u32 agg_nkeys;
-	__u32 agg_has_value; /* 0: count only */
-	__u32 agg_hist;	     /* NDQ_HIST_* */
+	__u32 agg_has_value;		     /* 0: count only */
+	__u32 agg_hist;			     /* NDQ_HIST_* */
 	struct netdevq_field_loc agg_key[6]; /* NDQ_AGG_KEYS_MAX */
 	struct netdevq_field_loc agg_value;
 	__s64 lhist_min, lhist_max, lhist_step;

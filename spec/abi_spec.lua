@@ -33,10 +33,14 @@ describe("netdevq.abi #unit", function()
             assert.are.equal(ffi.sizeof(abi.event_t), abi.EVENT_SIZE)
         end)
 
-        it("put the snap bytes last (before the tail padding) and size them NDQ_SNAP_MAX", function()
+        it("put the snap bytes last but for the member-path block, and size them NDQ_SNAP_MAX",
+           function()
             assert.are.equal(256, abi.SNAP_MAX)
             assert.are.equal(abi.SNAP_MAX, ffi.sizeof(ffi.new(abi.event_t).snap))
-            local tail = abi.EVENT_SIZE - ffi.offsetof(abi.event_t, "snap") - abi.SNAP_MAX
+            -- after snap: only what runs with sk_buff member paths or kstack send (skbpath.h)
+            local snap_end = ffi.offsetof(abi.event_t, "snap") + abi.SNAP_MAX
+            assert.are.equal(snap_end, ffi.offsetof(abi.event_t, "path_present"))
+            local tail = abi.EVENT_SIZE - ffi.offsetof(abi.event_t, "path") - 16 * 8
             assert.is_true(tail >= 0 and tail < 8)
             assert.are.equal(0, ffi.offsetof(abi.event_t, "ts"))
             assert.are.equal(0, abi.EVENT_SIZE % 8)
