@@ -66,14 +66,14 @@ describe("netdevq gives everything back #root", function()
             t:close()
             t:close() -- idempotent
         end
-        -- what one tracer holds: its program(s), link(s) and the six maps
-        assert.same({ { 1, 1, 6 }, { 1, 1, 6 }, { 1, 1, 6 }, { 2, 2, 6 } }, per_variant)
+        -- what one tracer holds: its program(s), link(s) and the seven maps (kstacks among them)
+        assert.same({ { 1, 1, 7 }, { 1, 1, 7 }, { 1, 1, 7 }, { 2, 2, 7 } }, per_variant)
         assert.same({}, bpfobjs.diff(before, bpfobjs.fds()))
         assert.same({ prog = {}, map = {}, link = {} }, bpfobjs.held(pid))
         assert.same({}, bpfobjs.still_loaded(ids))
         -- ids are never reused: every cycle loaded its own objects
         assert.equal(CYCLES + CYCLES / 4, count(ids.prog))
-        assert.equal(CYCLES * 6, count(ids.map))
+        assert.equal(CYCLES * 7, count(ids.map))
     end)
 
     it("when a tracer is only dropped: the garbage collector closes it", function()
@@ -154,8 +154,8 @@ describe("netdevq gives everything back #root", function()
         assert.is_true(run:wait_err("Ctrl%-C to stop\n", 20), run:err_text())
         clirun.sleep(1)
         local held = bpfobjs.held(run.pid)
-        assert.same({ 1, 1, 6 }, { count(held.prog), count(held.link), count(held.map) })
-        assert.equal(#bpfobjs.still_loaded(held, 0), 8) -- bpftool sees them all while it runs
+        assert.same({ 1, 1, 7 }, { count(held.prog), count(held.link), count(held.map) })
+        assert.equal(#bpfobjs.still_loaded(held, 0), 9) -- bpftool sees them all while it runs
         assert.is_true(run:kill("KILL"))
         local r = run:wait(10)
         assert.equal(137, r.code) -- 128 + SIGKILL
