@@ -13,11 +13,11 @@
 #ifndef NETDEVQ_SKBPATH_H
 #define NETDEVQ_SKBPATH_H
 
-/* Kernel stacks of matching events (cfg.kstack): ids in the event, frames here. The loader sizes
- * the map (1 entry when unused). */
+/* Kernel stacks of matching events (cfg.kstack): ids in the event, frames here. One entry unless
+ * the loader asks for kstack (csrc/kstack.c sizes it then). */
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 1);
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, NDQ_KSTACK_DEPTH * sizeof(__u64));
 } kstacks SEC(".maps");
