@@ -44,6 +44,8 @@ struct sk_buff {
 	__u16 transport_header;
 	__u16 network_header;
 	__u16 mac_header;
+	__be16 vlan_proto; /* the offloaded VLAN tag (0: none) */
+	__u16 vlan_tci;
 	unsigned int tail; /* sk_buff_data_t: an offset from head on 64-bit kernels */
 	unsigned int end;
 	unsigned char *head;

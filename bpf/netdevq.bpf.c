@@ -20,17 +20,10 @@
 #include <bpf/bpf_endian.h>
 #include "kernel.h"
 #include "netdevq.h"
+#include "decode.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-#define ARPHRD_ETHER 1
-#define ARPHRD_LOOPBACK 772
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define IPPROTO_SCTP 132
-#define PARSE_BYTES 128 /* L2 (<= 64) + IPv4 with options (<= 60) + ports; IPv6 fixed header fits */
 #define SKB_COPY_MAX 512
 #define DEV_SPAN_MAX 320
 #define EVENT_HEAD_SIZE __builtin_offsetof(struct netdevq_event, snap)
@@ -279,66 +272,6 @@ static __always_inline void aggregate(struct scratch *s, struct counters *cnt)
 	cnt->c[NDQ_CNT_AGGREGATED]++;
 }
 
-/* Parse Ethernet/IPv4/IPv6/L4 from the header bytes already in ev->snap. */
-static __always_inline void parse_headers(struct netdevq_event *ev, __u32 l2, __u32 avail)
-{
-	__u32 l4 = 0;
-	__u8 *ip;
-
-	/* Ethernet (and loopback, which fakes one): a 14-byte link header. dev_type is known only
-	 * in btf mode; a 14-byte header of another kind is rare enough to be taken for Ethernet. */
-	if (l2 == 14 &&
-	    (!ev->dev_type || ev->dev_type == ARPHRD_ETHER || ev->dev_type == ARPHRD_LOOPBACK)) {
-		__builtin_memcpy(ev->dmac, ev->snap, 6);
-		__builtin_memcpy(ev->smac, ev->snap + 6, 6);
-		ev->flags |= NDQ_EV_MAC;
-	}
-	if (l2 > 64)
-		return;
-	barrier_var(
-		l2); /* keep the mask: the compiler proves it redundant, the verifier needs it */
-	ip = ev->snap + (l2 & 63);
-	if (ev->ethertype == ETH_P_IP && avail >= l2 + 20 && (ip[0] >> 4) == 4) {
-		__u32 ihl = (ip[0] & 0xf) * 4;
-		if (ihl < 20)
-			return;
-		ev->l3 = 4;
-		ev->tos = ip[1];
-		ev->ttl = ip[8];
-		ev->proto = ip[9];
-		__builtin_memcpy(ev->saddr, ip + 12, 4);
-		__builtin_memcpy(ev->daddr, ip + 16, 4);
-		if (((ip[6] << 8) | ip[7]) & 0x1fff) {
-			ev->flags |= NDQ_EV_FRAG;
-			return;
-		}
-		l4 = l2 + ihl;
-	} else if (ev->ethertype == ETH_P_IPV6 && avail >= l2 + 40 && (ip[0] >> 4) == 6) {
-		ev->l3 = 6;
-		ev->tos = (__u8)(((ip[0] & 0xf) << 4) | (ip[1] >> 4));
-		ev->proto = ip[6];
-		ev->ttl = ip[7];
-		__builtin_memcpy(ev->saddr, ip + 8, 16);
-		__builtin_memcpy(ev->daddr, ip + 24, 16);
-		l4 = l2 + 40; /* extension headers are not walked: proto names the first one */
-	} else {
-		return;
-	}
-	if (ev->proto != IPPROTO_TCP && ev->proto != IPPROTO_UDP && ev->proto != IPPROTO_SCTP)
-		return;
-	if (l4 > PARSE_BYTES || avail < l4 + 4)
-		return;
-	barrier_var(l4);
-	__u8 *th = ev->snap + (l4 & (PARSE_BYTES - 1));
-	ev->sport = (th[0] << 8) | th[1];
-	ev->dport = (th[2] << 8) | th[3];
-	ev->flags |= NDQ_EV_L4;
-	if (ev->proto == IPPROTO_TCP && avail >= l4 + 14) {
-		ev->tcp_flags = th[13];
-		ev->flags |= NDQ_EV_TCP;
-	}
-}
-
 static __always_inline int l3l4_filter(const struct netdevq_event *ev)
 {
 	if (cfg.proto.n && (!ev->l3 || !in_u32_set(&cfg.proto, ev->proto)))
@@ -389,7 +322,7 @@ static __always_inline struct net *read_dev(struct scratch *s, struct net_device
 		return net;
 	}
 	/* type lies far from the others (536 vs 224..296 on 6.18): raw mode does not read it and
-	 * tells Ethernet from the link header's length (parse_headers) */
+	 * tells Ethernet from the link header (decode.h) */
 	__u32 lo =
 		MIN(OFF(net_device, ifindex), MIN(OFF(net_device, name), OFF(net_device, nd_net)));
 	__u32 hi =
@@ -453,7 +386,8 @@ static __always_inline void read_headers(struct scratch *s, struct sk_buff *skb,
 		ev->snap_len = avail < cfg.snaplen ? avail : cfg.snaplen;
 		ev->l2_len = net >= start ? net - start : 0;
 		if (parse)
-			parse_headers(ev, ev->l2_len, avail < want ? avail : want);
+			decode_headers(ev, ev->l2_len, avail < want ? avail : want,
+				       bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci));
 	}
 }
 

@@ -95,7 +95,13 @@ enum {
 	NDQ_EV_MAC = 1,	 /* smac/dmac valid: the device has an Ethernet header */
 	NDQ_EV_L4 = 2,	 /* sport/dport valid (TCP, UDP, SCTP) */
 	NDQ_EV_TCP = 4,	 /* tcp_flags valid */
-	NDQ_EV_FRAG = 8, /* non-first IPv4 fragment: no L4 header */
+	NDQ_EV_FRAG = 8, /* non-first IPv4/IPv6 fragment: no L4 header */
+	/* decoding: ICMP, VLAN, fragments */
+	NDQ_EV_ICMP = 16,    /* icmp_type/icmp_code valid (ICMP, ICMPv6) */
+	NDQ_EV_VLAN = 32,    /* vlan_* valid: the outermost 802.1Q/802.1ad tag */
+	NDQ_EV_VLAN_HW = 64, /* that tag is the skb's offloaded one (not in snap) */
+	NDQ_EV_IPFRAG = 128, /* an IP fragment, first or not: frag_off valid */
+	NDQ_EV_IP6 = 256,    /* IPv6: ip6_ext valid */
 };
 
 /* Histogram kinds (netdevq_config.agg_hist). */
@@ -119,7 +125,7 @@ struct netdevq_event {
 	__u16 l3;		   /* 0 none, 4 IPv4, 6 IPv6 */
 	__u8 saddr[16], daddr[16]; /* IPv4 in the first 4 bytes, network order */
 	__u16 sport, dport;	   /* host order */
-	__u8 proto;		   /* IP protocol number (IPv6: next header of the fixed header) */
+	__u8 proto;		   /* IP protocol number (IPv6: after the extension headers) */
 	__u8 tcp_flags;		   /* TCP header byte 13 (CWR ECE URG ACK PSH RST SYN FIN) */
 	__u8 ttl, tos;
 	__u8 smac[6], dmac[6];
@@ -127,6 +133,15 @@ struct netdevq_event {
 	__u16 snap_len; /* bytes valid in snap */
 	__u16 l2_len;	/* bytes of link header in snap before the network header */
 	__u16 pad0;
+	/* decoding: ICMP, VLAN, fragments, IPv6 extension headers */
+	__u8 icmp_type, icmp_code;
+	__u16 vlan_tci;	  /* PCP (3 bits), DEI, VID (12 bits), host order */
+	__u16 vlan_proto; /* TPID: 0x8100 (802.1Q) or 0x88a8 (802.1ad), host order */
+	__u16 frag_off;	  /* fragment offset in bytes (IPv4 and IPv6) */
+	__u16 vlan_id;	  /* vlan_tci's VID and PCP, apart: what aggregation keys read */
+	__u8 vlan_pcp;
+	__u8 ip6_ext; /* IPv6 extension headers walked before the upper layer */
+	__u8 pad1[4];
 	char comm[16];
 	char dev[16];
 	__u8 snap[256]; /* NDQ_SNAP_MAX bytes from the start of the link header */

@@ -132,14 +132,7 @@ static struct tracer *check_tracer(lua_State *L)
 
 static bool pcap_match(struct tracer *t, const struct netdevq_event *ev)
 {
-	bool ethernet = ev->flags & NDQ_EV_MAC;
-	__u32 off = ethernet ? 0 :
-			       ev->l2_len; /* other link headers: hand over from the IP header */
-
-	if (off > ev->snap_len)
-		return false;
-	return ndq_pcap_match(t->pcap, ethernet, ev->snap + off, ev->snap_len - off,
-			      ev->len > off ? ev->len - off : ev->snap_len - off);
+	return ndq_pcap_match_event(t->pcap, ev);
 }
 
 static int on_sample(void *ctx, void *data, size_t size)

@@ -1,7 +1,11 @@
 /* pcap_filter.c - see pcap_filter.h */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <linux/types.h>
 #include <pcap/pcap.h>
+
+#include "netdevq.h"
 
 #include "pcap_filter.h"
 
@@ -58,6 +62,30 @@ int ndq_pcap_match(const struct ndq_pcap *p, int ethernet, const unsigned char *
 	if (!(ethernet ? p->have_eth : p->have_raw))
 		return 0;
 	return pcap_offline_filter(ethernet ? &p->eth : &p->raw, &hdr, pkt) != 0;
+}
+
+/* As libpcap hands packets to a filter on a live capture: from the link header on, an offloaded
+ * VLAN tag (skb metadata) written back into the frame after the MACs, the way tcpdump sees it. */
+int ndq_pcap_match_event(const struct ndq_pcap *p, const struct netdevq_event *ev)
+{
+	unsigned char frame[NDQ_SNAP_MAX + 4];
+	int ethernet = ev->flags & NDQ_EV_MAC;
+	__u32 off = ethernet ? 0 : ev->l2_len; /* other link headers: from the IP header */
+	__u32 caplen = ev->snap_len, len = ev->len;
+
+	if (caplen > NDQ_SNAP_MAX || off > caplen)
+		return 0;
+	if (ethernet && (ev->flags & NDQ_EV_VLAN_HW) && caplen >= 12) {
+		memcpy(frame, ev->snap, 12);
+		frame[12] = ev->vlan_proto >> 8;
+		frame[13] = ev->vlan_proto & 0xff;
+		frame[14] = ev->vlan_tci >> 8;
+		frame[15] = ev->vlan_tci & 0xff;
+		memcpy(frame + 16, ev->snap + 12, caplen - 12);
+		return ndq_pcap_match(p, 1, frame, caplen + 4, (len > caplen ? len : caplen) + 4);
+	}
+	return ndq_pcap_match(p, ethernet, ev->snap + off, caplen - off,
+			      len > off ? len - off : caplen - off);
 }
 
 void ndq_pcap_free(struct ndq_pcap *p)

@@ -12,6 +12,10 @@ struct ndq_pcap *ndq_pcap_compile(const char *expr, int snaplen, char *err, size
 /* 1 when the packet matches; pkt starts at the link header (ethernet) or the IP header. */
 int ndq_pcap_match(const struct ndq_pcap *p, int ethernet, const unsigned char *pkt,
 		   unsigned int caplen, unsigned int len);
+/* ndq_pcap_match on an event's snap bytes as a live capture shows them (offloaded VLAN tag
+ * written back into the frame, other link headers skipped). */
+struct netdevq_event;
+int ndq_pcap_match_event(const struct ndq_pcap *p, const struct netdevq_event *ev);
 void ndq_pcap_free(struct ndq_pcap *p);
 
 #endif

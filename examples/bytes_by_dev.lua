@@ -14,7 +14,6 @@ local t = assert(netdevq.open{
   filter = filter,
   aggregate = { kind = "sum", keys = { "dev" }, value = "len", name = "@bytes" },
 })
-io.stderr:write("netdevq: tracing net_dev_queue (raw) ... Ctrl-C to stop\n")
 t:run{ duration = seconds }
 assert(t:read_aggregate()):print()
 t:close()

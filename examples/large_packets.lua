@@ -27,7 +27,6 @@ t:on_event(function(ev)
   bytes:add(key, ev.len)
 end)
 
-io.stderr:write("netdevq: tracing net_dev_queue (raw) ... Ctrl-C to stop\n")
 local st = assert(t:run{ duration = seconds })
 t:close()
 if st.lost > 0 then io.stderr:write("netdevq: ", st.lost, " events lost\n") end

@@ -83,7 +83,6 @@ local function print_table()
   tables = tables + 1
 end
 
-io.stderr:write("netdevq: tracing net_dev_queue (raw) ... Ctrl-C to stop\n")
 local st = assert(t:run{
   interval = interval,
   on_tick = print_table,

@@ -15,7 +15,6 @@ local t = assert(netdevq.open{
   filter = filter,
   aggregate = { kind = "count", keys = { "mark" }, name = "@" },
 })
-io.stderr:write("netdevq: tracing net_dev_queue (raw) ... Ctrl-C to stop\n")
 t:run{ duration = seconds }
 assert(t:read_aggregate()):print()
 t:close()

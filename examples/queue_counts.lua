@@ -24,7 +24,6 @@ local function print_and_clear()
   io.stdout:flush()
 end
 
-io.stderr:write("netdevq: tracing net_dev_queue (raw) ... Ctrl-C to stop\n")
 t:run{ duration = seconds, interval = interval, on_tick = print_and_clear }
 print_and_clear()
 t:close()

@@ -22,7 +22,6 @@ local syn = netdevq.count{ name = "@syn", keys = { "dport" } }
 local t = assert(netdevq.open{ filter = filter, fields = { "dport" } })
 t:on_event(function(ev) syn:add(ev.dport) end)
 
-io.stderr:write("netdevq: tracing net_dev_queue (raw) ... Ctrl-C to stop\n")
 local st = assert(t:run{ duration = seconds })
 t:close()
 if st.lost > 0 then io.stderr:write("netdevq: ", st.lost, " events lost\n") end

@@ -24,7 +24,6 @@ local bytes = netdevq.sum{ name = "@bytes", keys = keys, value = "len" }
 local t = assert(netdevq.open{ filter = filter, fields = { "len", unpack(keys) } })
 t:on_event(netdevq.aggregate.feeder(bytes, keys, "len"))
 
-io.stderr:write("netdevq: tracing net_dev_queue (raw) ... Ctrl-C to stop\n")
 local st = assert(t:run{ duration = seconds })
 t:close()
 if st.lost > 0 then io.stderr:write("netdevq: ", st.lost, " events lost\n") end

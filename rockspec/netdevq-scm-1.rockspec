@@ -1,4 +1,5 @@
--- netdevq as a rock: the C module netdevq.core (with the BPF object embedded), the Lua modules,
+-- netdevq as a rock: the C modules netdevq.core (with the BPF object embedded) and netdevq.http
+-- (the Prometheus exporter's libmicrohttpd server), the Lua modules,
 -- the BPF object and its ABI header (share/netdevq in the rock's directory) and the `netdevq`
 -- command. From a source tree, as root or into your own tree:
 --
@@ -43,6 +44,7 @@ external_dependencies = {
    LIBBPF = { header = "bpf/libbpf.h", library = "bpf" },
    LIBELF = { header = "libelf.h", library = "elf" },
    LIBPCAP = { header = "pcap/pcap.h", library = "pcap" },
+   LIBMICROHTTPD = { header = "microhttpd.h", library = "microhttpd" }, -- netdevq.http
    LUAJIT = { header = "luajit-2.1/luajit.h", library = "luajit-5.1" },
    CLANG = { program = "clang" },
    CMAKE = { program = "cmake" },

@@ -5,7 +5,8 @@ local bit = require("bit")
 local CONTRACT = {
     { "ts", "integer" }, { "time", "string" }, { "cpu", "integer" }, { "pid", "integer" },
     { "tid", "integer" }, { "comm", "string" }, { "cgroup", "integer" }, { "skb", "string" },
-    { "dev", "string" }, { "ifindex", "integer" }, { "netns", "integer" }, { "len", "integer" },
+    { "dev", "string" }, { "ifindex", "integer" }, { "netns", "integer" },
+    { "netns_name", "string" }, { "len", "integer" },
     { "data_len", "integer" }, { "mac_len", "integer" }, { "hdr_len", "integer" },
     { "queue", "integer" }, { "priority", "integer" }, { "mark", "integer" },
     { "hash", "integer" }, { "gso_size", "integer" }, { "gso_segs", "integer" },
@@ -13,6 +14,9 @@ local CONTRACT = {
     { "saddr", "string" }, { "daddr", "string" }, { "proto", "string" },
     { "sport", "integer" }, { "dport", "integer" }, { "tcp_flags", "string" },
     { "ttl", "integer" }, { "tos", "integer" },
+    { "icmp_type", "integer" }, { "icmp_code", "integer" }, { "vlan_id", "integer" },
+    { "vlan_pcp", "integer" }, { "vlan_proto", "integer" }, { "frag_off", "integer" },
+    { "ip6_ext", "integer" },
 }
 
 local function bytes(t)
@@ -97,7 +101,7 @@ describe("netdevq.catalogue #unit", function()
         it("gives the kernel a location for every field with an event member", function()
             local function loc(name) return catalogue.by_name[name].loc end
             for _, field in ipairs(catalogue.fields) do
-                if field.name == "time" or field.name == "skb" then
+                if field.name == "time" or field.name == "skb" or field.name == "netns_name" then
                     assert.is_nil(field.loc, field.name)
                 else
                     assert.is_table(field.loc, field.name)
@@ -116,14 +120,22 @@ describe("netdevq.catalogue #unit", function()
             assert.are.equal(8, loc("ts").size)
             assert.are.equal(1, loc("ethertype").when_nonzero)
             assert.are.equal(6, loc("smac").size)
+            assert.are.same({ off = ffi.offsetof("struct netdevq_event", "vlan_id"), size = 2,
+                              kind = abi.LOC.NUMBER, when_flags = abi.EV.VLAN, when_l3 = 0,
+                              when_nonzero = 0 }, loc("vlan_id"))
+            assert.are.equal(abi.EV.ICMP, loc("icmp_code").when_flags)
+            assert.are.equal(abi.EV.IPFRAG, loc("frag_off").when_flags)
+            assert.are.equal(abi.EV.IP6, loc("ip6_ext").when_flags)
         end)
 
         it("needs HEADERS for the parsed fields, TASK, DEV, TS, NETNS, GSO, CGROUP for theirs, nothing else", function()
             local H = abi.NEED.HEADERS
             local expect = {
                 ethertype = H, smac = H, dmac = H, saddr = H, daddr = H, proto = H, sport = H,
-                dport = H, tcp_flags = H, ttl = H, tos = H,
-                netns = abi.NEED.NETNS, gso_size = abi.NEED.GSO, gso_segs = abi.NEED.GSO,
+                dport = H, tcp_flags = H, ttl = H, tos = H, icmp_type = H, icmp_code = H,
+                vlan_id = H, vlan_pcp = H, vlan_proto = H, frag_off = H, ip6_ext = H,
+                netns = abi.NEED.NETNS, netns_name = abi.NEED.NETNS, gso_size = abi.NEED.GSO,
+                gso_segs = abi.NEED.GSO,
                 cgroup = abi.NEED.CGROUP, pid = abi.NEED.TASK, tid = abi.NEED.TASK,
                 comm = abi.NEED.TASK, dev = abi.NEED.DEV, ifindex = abi.NEED.DEV,
                 ts = abi.NEED.TS, time = abi.NEED.TS,
@@ -147,11 +159,54 @@ describe("netdevq.catalogue #unit", function()
                 saddr = "198.18.0.1", daddr = "198.18.0.2", proto = "tcp", sport = 40000,
                 dport = 443, tcp_flags = "P.", ttl = 64, tos = 16,
             }
+            -- ICMP, VLAN, fragment and IPv6 fields are absent from an untagged IPv4 TCP event
+            local absent = { icmp_type = true, icmp_code = true, vlan_id = true, vlan_pcp = true,
+                             vlan_proto = true, frag_off = true, ip6_ext = true }
             for _, field in ipairs(catalogue.fields) do
                 local v = field.get(p)
                 assert.are.equal(want[field.name], v, field.name)
-                assert.are.equal(field.type == "integer" and "number" or "string", type(v),
-                                 field.name)
+                -- netns_name: 4026531840 has no /run/netns name here
+                if not absent[field.name] and field.name ~= "netns_name" then
+                    assert.are.equal(field.type == "integer" and "number" or "string", type(v),
+                                     field.name)
+                end
+            end
+        end)
+
+        it("decode ICMP type and code (numbers; names in text), VLAN tags, fragments and the "
+           .. "IPv6 extension header count", function()
+            local EV = abi.EV
+            local _, p = make_event{ proto = 58, l3 = 6, ethertype = 0x86dd,
+                                     flags = EV.ICMP + EV.VLAN + EV.IPFRAG + EV.IP6 }
+            local ev = ffi.cast("struct netdevq_event *", p)
+            ev.icmp_type, ev.icmp_code = 1, 4
+            ev.vlan_tci, ev.vlan_proto, ev.vlan_id, ev.vlan_pcp = 0x6064, 0x88a8, 100, 3
+            ev.frag_off, ev.ip6_ext = 1432, 3
+            local get = function(name) return catalogue.by_name[name].get(p) end
+            local text = function(name) return catalogue.by_name[name].text(p) end
+            assert.are.same({ 1, 4, 100, 3, 0x88a8, 1432, 3 },
+                            { get("icmp_type"), get("icmp_code"), get("vlan_id"),
+                              get("vlan_pcp"), get("vlan_proto"), get("frag_off"),
+                              get("ip6_ext") })
+            assert.are.equal("destination unreachable", text("icmp_type"))
+            assert.are.equal("port unreachable", text("icmp_code"))
+            ev.icmp_type, ev.icmp_code = 135, 0
+            assert.are.equal("neighbor solicitation", text("icmp_type"))
+            assert.are.equal("0", text("icmp_code"))
+            ev.proto, ev.l3, ev.icmp_type, ev.icmp_code = 1, 4, 3, 3
+            assert.are.equal("unreachable", text("icmp_type"))
+            assert.are.equal("port unreachable", names.icmp_text(4, 3, 3))
+            assert.are.equal("echo request", names.icmp_text(4, 8, 0))
+            assert.are.equal("echo reply", names.icmp_text(6, 129, 0))
+            assert.are.equal("router solicitation", names.icmp_text(6, 133, 0))
+            assert.are.equal("neighbor advertisement", names.icmp_text(6, 136, 0))
+            assert.are.equal("200", names.icmp_text(6, 200, 0))
+            ev.flags = EV.ICMP
+            assert.is_nil(get("ip6_ext"))
+            ev.flags = 0
+            for _, name in ipairs{ "icmp_type", "icmp_code", "vlan_id", "vlan_pcp", "vlan_proto",
+                                   "frag_off" } do
+                assert.is_nil(get(name), name)
             end
         end)
 

@@ -78,7 +78,8 @@ describe("netdevq CLI #root", function()
         local expected_keys = {
             "comm", "cpu", "cgroup", "daddr", "data_len", "dev", "dmac", "dport", "ethertype",
             "gso_segs", "gso_size", "hash", "hdr_len", "ifindex", "len", "mac_len", "mark",
-            "netns", "pid", "priority", "proto", "queue", "saddr", "skb", "smac", "sport", "tid",
+            "netns", "netns_name", "pid", "priority", "proto", "queue", "saddr", "skb", "smac",
+            "sport", "tid",
             "time", "tos", "ts", "ttl", "type",
         }
         table.sort(expected_keys)

@@ -5,12 +5,14 @@
 -- tracer saw of the same traffic, and its counters tell the kernel's rejections apart from Lua's.
 --
 -- One namespace pair; a fixed mixed traffic script (UDP v4/v6 on several ports and sizes, TCP
--- handshakes v4/v6, ICMP echo v4/v6, ICMP errors, --mark, --tos, --ttl, --priority variants) is
--- sent once per filter. The unfiltered tracer (scoped to the pair's two namespaces) stays attached
--- for the whole spec, so it sees the very skbs the filtered tracer sees: signatures can then
+-- handshakes v4/v6, ICMP echo v4/v6, ICMP errors, --mark, --tos, --ttl, --priority variants,
+-- UDPv6 behind destination options and fragmented, 802.1Q and QinQ frames) is sent once per
+-- filter. The unfiltered tracer (scoped to the pair's two namespaces) stays attached for the whole
+-- spec, so it sees the very skbs the filtered tracer sees: signatures can then
 -- include pid, cpu and the skb address, and process-dependent filters (pid, comm) stay exact.
 -- Every filter is and-ed with that scope, so other traffic on the machine never counts.
 local netns = require("support.netns")
+local frames = require("support.frames")
 
 local SEED = 20261126
 local GENERATED = 26
@@ -102,6 +104,20 @@ local function send_traffic(pair, dir, round, on_pid)
         local sok, out = pair:exec(s[1], argv)
         assert(sok, table.concat(argv, " ") .. ": " .. out)
     end
+    -- decoding: UDPv6 behind destination options (and fragmented), tagged frames (802.1Q
+    -- UDPv4, QinQ TCPv6) written with AF_PACKET
+    local ftool = tool:gsub("ndq_send$", "ndq_frames")
+    local extra = {
+        { ftool, "udp6", pair.ip6_a, pair.ip6_b, "7003", "40005", "30,2000", "dst" },
+        { ftool, "frames", pair.veth_a,
+          frames.eth(pair, "8100" .. "600a" .. "0800" .. frames.ipv4(pair, 17, frames.udp(40006, 7004, 20))),
+          frames.eth(pair, "88a8" .. "4014" .. "8100" .. "801e" .. "86dd"
+                     .. frames.ipv6(pair, 6, frames.tcp_syn(40007, 7005))) },
+    }
+    for _, argv in ipairs(extra) do
+        local eok, out = pair:exec("a", argv)
+        assert(eok, table.concat(argv, " ") .. ": " .. out)
+    end
     for _, l in ipairs({ listen4, listen6 }) do
         local lok, lcode, llines = l:wait()
         assert(lok, "tcplisten: exit " .. tostring(lcode) .. " " .. table.concat(llines, " | "))
@@ -140,6 +156,12 @@ local HAND_PICKED = {
     "tos == 16", "ttl < 10", 'tcp_flags == "S."', 'dev == "{da}" and tcp_flags == "."', "not dport == 7000",
     "len == 52 or len == 542", 'smac == "02:6e:64:71:00:02"', "mark == 7 and tos == 16", "hash ~= 0 and len > 100",
     'saddr == "198.18.0.1" or daddr == "2001:db8::1"', 'not (proto == "udp")', "data_len == 0 and mac_len == 14",
+    -- decoding: the upper layer behind IPv6 extension headers and VLAN tags (kernel: proto, ports),
+    -- ICMP type/code, fragments, tags (Lua)
+    'proto == "udp" and dport == 7003', "sport == 40005", 'proto == "udp" and not port > 0', "dport == 7004",
+    'port == 7005 and proto == "tcp"', "vlan_id == 10", "vlan_proto == 0x88a8 or vlan_pcp == 3", "frag_off > 0",
+    "frag_off == 0 and dport == 7003", "ip6_ext >= 1", 'icmp_type == 128 or icmp_type == 129',
+    'proto == "icmp" and icmp_type == 8', 'ethertype == "vlan" or ethertype == "qinq"',
 }
 
 -- A seeded generator like the equivalence corpus's (spec/filter_spec.lua), over the values the
@@ -147,7 +169,6 @@ local HAND_PICKED = {
 local function generator(seed, recorded)
     math.randomseed(seed)
     local rnd = math.random
-    local filter = require("netdevq.filter")
     local function pick(list)
         return list[rnd(#list)]
     end
@@ -482,7 +503,8 @@ describe("filter pushdown on live traffic #root", function()
             if #problems > 0 then
                 failures[#failures + 1] = ("filter %d (%s): %s\n  kernel: %s\n  remainder: %s\n  %d events of the "
                     .. "pair, %d pass the kernel part, %d selected, %d delivered\n%s")
-                    :format(i, mode, whole, require("support.kernel_model").kernel_summary(cfg), rest and filter.format(rest) or "(none)",
+                    :format(i, mode, whole, require("support.kernel_model").kernel_summary(cfg),
+                        rest and filter.format(rest) or "(none)",
                         #seen, kernel_pass, #expected, #delivered, table.concat(problems, "\n"))
             end
             checked = checked + 1

@@ -108,7 +108,7 @@ describe("netdevq gives everything back #root", function()
             { "filter syntax error", { filter = "len >" }, "syntax error at column" },
             { "unknown field", { filter = "lenn > 1" }, "unknown field 'lenn'" },
             { "pcap syntax error", { pcap = "udp portt 9" }, "pcap filter" },
-            { "ring buffer not a power of two", { ringbuf_size = 12288 }, "not a power of two" },
+            { "ring buffer not a power of two", { ringbuf_size = 12288 }, "must be a power of two" },
             { "pcap error after a kernel filter", { filter = "len > 1", pcap = "(" }, "pcap filter" },
         }
         collectgarbage()
@@ -121,10 +121,15 @@ describe("netdevq gives everything back #root", function()
             assert.truthy(err:find(f[3], 1, true), f[1] .. ": " .. tostring(err))
             assert.same({}, bpfobjs.diff(before, bpfobjs.fds()), f[1])
         end
-        -- misuse raises, and leaves nothing behind either
-        assert.has_error(function() netdevq.open{ ringbuf_size = 1 } end)
-        assert.has_error(function() netdevq.open{ mode = "kprobe" } end)
-        assert.same({}, bpfobjs.diff(before, bpfobjs.fds()), "misuse")
+        -- bad option values are usage errors (nil, message, { kind = "usage" }): nothing left
+        for _, bad in ipairs({ { ringbuf_size = 1 }, { mode = "kprobe" }, { follow_pid = 2 ^ 40 },
+                               { max_keys = 0 }, { snaplen = 257 } }) do
+            local t, err, info = netdevq.open(bad)
+            assert.is_nil(t)
+            assert.matches("^netdevq: ", err)
+            assert.equal("usage", info.kind)
+        end
+        assert.same({}, bpfobjs.diff(before, bpfobjs.fds()), "bad option values")
 
         -- a callback that raises inside run(): the error reaches the caller, close() still works
         local port = 20000 + pid % 20000

@@ -159,7 +159,8 @@ describe("netdevq.output #unit", function()
             assert.are.equal('{"type":"event","ts":5000123456,"time":"', line:sub(1, 40))
             assert.are.same({
                 type = "event",
-                ts = 5000123456, time = "2023-11-14T22:13:25.000123456Z", cpu = 1, pid = 1234, tid = 1235, comm = "curl",
+                ts = 5000123456, time = "2023-11-14T22:13:25.000123456Z", cpu = 1, pid = 1234,
+                tid = 1235, comm = "curl",
                 cgroup = 4242, skb = "0xffff888012345678", dev = "veth0", ifindex = 7,
                 netns = 4026531840, len = 1514, data_len = 1000, mac_len = 14, hdr_len = 66,
                 queue = 3, priority = 6, mark = 0xdeadbeef, hash = 0x12345678, gso_size = 1448,
@@ -313,7 +314,8 @@ describe("netdevq.output #unit", function()
     describe("DEFAULT_FIELDS", function()
         it("names what the default line reads, all of them catalogue fields", function()
             assert.are.same({ "time", "comm", "pid", "dev", "len", "proto", "saddr", "sport",
-                              "daddr", "dport", "ethertype", "tcp_flags" }, output.DEFAULT_FIELDS)
+                              "daddr", "dport", "ethertype", "tcp_flags", "icmp_type",
+                              "icmp_code" }, output.DEFAULT_FIELDS)
             -- headers, the task (comm, pid), the device name and the timestamp
             assert.are.equal(1 + 16 + 32 + 64, catalogue.needs(output.DEFAULT_FIELDS))
         end)

@@ -64,11 +64,12 @@ describe("rockspec: luarocks make into a fresh tree #root", function()
             "--tree", tree, ROCKSPEC })
         assert(ok, "luarocks make failed:\n" .. out)
         for _, m in ipairs({ "init", "cli", "abi", "fields", "filter", "aggregate", "output",
-                "pcapng", "words" }) do
+                "pcapng", "words", "prometheus" }) do
             assert.equal(read_all(source_top .. "/lua/netdevq/" .. m .. ".lua"),
                 read_all(tree .. "/share/lua/5.1/netdevq/" .. m .. ".lua"), m .. ".lua")
         end
         assert.truthy(read_all(tree .. "/lib/lua/5.1/netdevq/core.so"))
+        assert.truthy(read_all(tree .. "/lib/lua/5.1/netdevq/http.so"))
         local share = tree .. "/lib/luarocks/rocks-5.1/netdevq/scm-1/share/netdevq/"
         local obj = assert(read_all(share .. "netdevq.bpf.o"), "no installed BPF object")
         assert.equal("\127ELF", obj:sub(1, 4))

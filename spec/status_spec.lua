@@ -4,7 +4,7 @@
 local netns = require("support.netns")
 
 local ETH, IP4, UDP = 14, 20, 8
-local STATUS = "^netdevq: %d+ events/s, (%d+) matched, (%d+) lost$"
+local STATUS = "^netdevq: %d+ events/s now; (%d+) matched, (%d+) lost in all$"
 local READY = "^netdevq: tracing net_dev_queue %(raw%) %.%.%. Ctrl%-C to stop$"
 
 local function read_all(path)

@@ -137,6 +137,11 @@ _M.EV = {
     L4 = ffi_C.NDQ_EV_L4,
     TCP = ffi_C.NDQ_EV_TCP,
     FRAG = ffi_C.NDQ_EV_FRAG,
+    ICMP = ffi_C.NDQ_EV_ICMP,
+    VLAN = ffi_C.NDQ_EV_VLAN,
+    VLAN_HW = ffi_C.NDQ_EV_VLAN_HW,
+    IPFRAG = ffi_C.NDQ_EV_IPFRAG,
+    IP6 = ffi_C.NDQ_EV_IP6,
 }
 
 -- Per-CPU counter indexes (array map "counters").

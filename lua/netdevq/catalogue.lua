@@ -14,8 +14,11 @@
 --   either        pseudo-fields (port, host): true when either of these two fields matches
 --   example, description
 --   at, when      the struct netdevq_event member that holds it and when the event carries it
---                 (IP, L4, TCP, MAC, NONZERO): from these come raw(p) and `loc`, where the
---                 kernel's aggregation finds it (struct netdevq_field_loc, offsetof on the ABI)
+--                 (IP, L4, TCP, MAC, ICMP, VLAN, IPFRAG, IP6, NONZERO): from these come raw(p)
+--                 and `loc`, where the kernel's aggregation finds it (struct netdevq_field_loc,
+--                 offsetof on the ABI)
+--   text(p)       optional: the text output's form where it differs from the value (ICMP type
+--                 and code names; JSON, filters and aggregations keep the number)
 -- Adding a kernel-read field is the ABI member, the kernel read, and one row here.
 local ffi = require("ffi")
 local bit = require("bit")
@@ -59,6 +62,19 @@ local function format_address(l3, a)
 end
 
 
+-- text(p) of icmp_type / icmp_code: the name from the ICMP or ICMPv6 table (by proto)
+local function icmp_text_of(which)
+    local EV_ICMP = abi.EV.ICMP
+    local type_text, code_text = names.icmp_type_text, names.icmp_code_text
+    return function(p)
+        if band(p.flags, EV_ICMP) == 0 then return nil end
+        local family = p.proto == 58 and 6 or 4
+        if which == "type" then return type_text(family, p.icmp_type) end
+        return code_text(family, p.icmp_type, p.icmp_code)
+    end
+end
+
+
 ---------------------------------------------------------------------------------------------
 -- The rows, in the order fields are listed and printed
 ---------------------------------------------------------------------------------------------
@@ -86,7 +102,12 @@ local ROWS = {
     { name = "ifindex", type = "integer", at = "ifindex", need = "DEV", member = "ifindex",
       example = "2", description = "ifindex of that device" },
     { name = "netns", type = "integer", at = "netns", need = "NETNS", member = "netns",
-      example = "4026531840", description = "inode number of the device's network namespace" },
+      example = '4026531840 or "blue"', resolve = function(name)
+          return require("netdevq.netns").inode(name)
+      end, description = "inode number of the device's network namespace (filters take names)" },
+    { name = "netns_name", type = "string", need = "NETNS", example = '"blue"',
+      untrusted = true, description = "name of that namespace in /run/netns (ip netns), if any",
+      raw = function(p) return require("netdevq.netns").name(p.netns) end },
     { name = "len", type = "integer", at = "len", member = "len", example = "1500",
       description = "skb->len" },
     { name = "data_len", type = "integer", at = "data_len", example = "0",
@@ -137,6 +158,27 @@ local ROWS = {
       description = "IPv4 TTL / IPv6 hop limit" },
     { name = "tos", type = "integer", at = "tos", when = "IP", need = "HEADERS", example = "0",
       description = "IPv4 TOS / IPv6 traffic class" },
+    -- decoding: ICMP, VLAN, fragments, IPv6 extension headers
+    { name = "icmp_type", type = "integer", at = "icmp_type", when = "ICMP", need = "HEADERS",
+      example = "8", text = icmp_text_of("type"),
+      description = "ICMP / ICMPv6 type (names in text: echo request, ...)" },
+    { name = "icmp_code", type = "integer", at = "icmp_code", when = "ICMP", need = "HEADERS",
+      example = "3", text = icmp_text_of("code"),
+      description = "ICMP / ICMPv6 code (names in text: port unreachable, ...)" },
+    { name = "vlan_id", type = "integer", at = "vlan_id", when = "VLAN", need = "HEADERS",
+      example = "100",
+      description = "VLAN id of the outermost 802.1Q/802.1ad tag (offloaded or in the frame)" },
+    { name = "vlan_pcp", type = "integer", at = "vlan_pcp", when = "VLAN", need = "HEADERS",
+      example = "3", description = "priority code point (0..7) of that tag" },
+    { name = "vlan_proto", type = "integer", at = "vlan_proto", when = "VLAN", need = "HEADERS",
+      example = "0x8100",
+      description = "TPID of that tag: 33024 (0x8100, 802.1Q) or 34984 (0x88a8, 802.1ad)" },
+    { name = "frag_off", type = "integer", at = "frag_off", when = "IPFRAG", need = "HEADERS",
+      example = "0",
+      description = "IP fragment offset in bytes (0: the first); absent when not a fragment" },
+    { name = "ip6_ext", type = "integer", at = "ip6_ext", when = "IP6", need = "HEADERS",
+      example = "1",
+      description = "IPv6 extension headers before the upper layer; absent when not IPv6" },
 }
 
 -- Filter-only names: true when either of two fields matches (`port == 53`: sport or dport).
@@ -154,11 +196,18 @@ local PSEUDO = {
 ---------------------------------------------------------------------------------------------
 
 -- `when`: the event carries the field only if ... (as Lua source on p, and for the kernel)
+local function flag(bitv)
+    return { lua = format("band(p.flags, %d) ~= 0", bitv), flags = bitv }
+end
 local WHEN = {
     IP = { lua = "p.l3 ~= 0", l3 = 1 },
-    L4 = { lua = format("band(p.flags, %d) ~= 0", EV_L4), flags = EV_L4 },
-    TCP = { lua = format("band(p.flags, %d) ~= 0", EV_TCP), flags = EV_TCP },
-    MAC = { lua = format("band(p.flags, %d) ~= 0", EV_MAC), flags = EV_MAC },
+    L4 = flag(EV_L4),
+    TCP = flag(EV_TCP),
+    MAC = flag(EV_MAC),
+    ICMP = flag(abi.EV.ICMP),
+    VLAN = flag(abi.EV.VLAN),
+    IPFRAG = flag(abi.EV.IPFRAG),
+    IP6 = flag(abi.EV.IP6),
     NONZERO = { lua = "v ~= 0", nonzero = 1 },
 }
 

@@ -50,9 +50,9 @@ local function build_parser()
             .. "       netdevq SCRIPT.lua [script args]")
         :epilog(EXAMPLES)
         :add_help("-h --help")
+
         :help_max_width(100)
-        :help_usage_margin(2)
-        :help_description_margin(30)
+        :help_description_margin(31)
     p:argument("expression",
         "tcpdump/pcap-filter expression, e.g. tcp port 443 and host 198.18.0.2"):args("*")
     p:option("-f --filter", "field filter, e.g. 'dev == \"eth0\" and dport == 443'")
@@ -60,6 +60,8 @@ local function build_parser()
     p:option("-I --dev", "only this device (repeatable)"):count("*"):argname("IFNAME")
     p:option("-p --pid", "only this process (the socket owner when known)"):argname("PID")
     p:option("--comm", "only tasks with this comm"):argname("NAME")
+    p:option("--netns", "only devices in this network namespace (ip netns name or inode)")
+        :argname("NAME")
     p:option("-c --cmd", "run CMD, trace only it and its children, stop when it exits")
         :argname("CMD")
     p:option("-o --fields", "comma list of fields to print; +LIST adds to the default line")
@@ -88,9 +90,23 @@ local function build_parser()
         :argname("MODE")
     p:option("--ringbuf-size", "ring buffer size in bytes (power of two)"):argname("BYTES")
     p:option("--object", "load this BPF object instead of the embedded one"):argname("FILE")
+    p:option("--prometheus", "serve aggregations and counters on http://[ADDR:]PORT/metrics "
+        .. "(ADDR default 127.0.0.1)"):argname("[ADDR:]PORT")
     p:flag("-q --quiet", "no per-event output")
     p:flag("-v --verbose", "libbpf and loader diagnostics on stderr")
     p:flag("--version", "print the version and exit")
+    -- one line per option ("-f, --filter EXPR") instead of argparse's stacked aliases
+    for _, o in ipairs(p._options or {}) do
+        local args = o._argname and (type(o._argname) == "table" and concat(o._argname, " ")
+            or o._argname)
+        if args and #o._aliases > 1 then
+            if o._maxargs == 1 and o._minargs == 0 then
+                args = "[" .. args .. "]"
+            end
+            local label = concat(o._aliases, ", ") .. " " .. args
+            o._get_label_lines = function() return { label } end
+        end
+    end
     return p
 end
 
@@ -139,9 +155,11 @@ local function check_numbers(args)
         if text ~= nil then
             local v = tonumber(text)
             if v == nil or v ~= v or v == math.huge or (allow_zero and v < 0)
-               or (not allow_zero and v <= 0) or (whole and v % 1 ~= 0) then
-                return nil, format("%s must be a %s%s number, not '%s'", spelled(name),
-                    allow_zero and "non-negative" or "positive", whole and " whole" or "", text)
+               or (not allow_zero and v <= 0) then
+                return nil, format("%s must be a %s number, not %s", spelled(name),
+                    allow_zero and "non-negative" or "positive", text)
+            elseif whole and v % 1 ~= 0 then
+                return nil, format("%s must be a whole number, not %s", spelled(name), text)
             end
             args[name] = v
         end
@@ -191,6 +209,9 @@ local function combined_filter(args)
     end
     if args.comm then
         parts[#parts + 1] = "comm == " .. quote(args.comm)
+    end
+    if args.netns then
+        parts[#parts + 1] = "netns == " .. quote(args.netns)
     end
     if #parts == 0 then
         return nil
@@ -323,6 +344,12 @@ local function settings(args)
     if not s.specs then
         return nil, err
     end
+    if args.prometheus then
+        local host, why = netdevq.prometheus.parse_listen(args.prometheus)
+        if not host then
+            return nil, "--prometheus: " .. why
+        end
+    end
     if args.write == "" then
         return nil, "--write needs a file name (or - for standard output)"
     end
@@ -425,7 +452,9 @@ local function print_aggregations(t, s, reset, interval)
         else
             ok, werr = agg:print(out)
         end
-        if reset and not t.agg_spec then
+        if reset and s.exporter then
+            s.exporter:fold(agg) -- the exported totals stay cumulative
+        elseif reset and not t.agg_spec then
             agg:clear()
         end
     end
@@ -512,12 +541,22 @@ function _M.run(s)
             return EXIT_FAIL
         end
     end
+    if args.prometheus then
+        local perr
+        s.exporter, perr = netdevq.prometheus{ listen = args.prometheus }
+        if not s.exporter then
+            io_stderr:write(perr, "\n")
+            return EXIT_FAIL
+        end
+        io_stderr:write("netdevq: serving metrics on ", s.exporter:url(), "\n")
+    end
     core.ignore_sigpipe()
     netdevq.catch_signals()
 
     local child, cerr = start_child(s)
     if s.cmd_argv and not child then
         io_stderr:write("netdevq: --cmd: ", cerr, "\n")
+        if s.exporter then s.exporter:close() end
         return EXIT_FAIL
     end
     local t, err, info = open_tracer(s, s.print_events and output.fields_read(args.format,
@@ -531,7 +570,14 @@ function _M.run(s)
             core.release(child.gate, child.status) -- closing the gate: the child exits unexecuted
             stop_child(child)
         end
+        if s.exporter then s.exporter:close() end
         return info and info.kind == "usage" and EXIT_USAGE or EXIT_FAIL
+    end
+    if s.exporter then
+        for i, agg in ipairs(t.aggs) do
+            s.exporter:add(agg, { value = s.specs[i].value, kernel = t.agg_spec and t or nil })
+        end
+        s.exporter:add_tracer(t) -- t:run() refreshes it every second
     end
 
     local failed = {}
@@ -542,6 +588,7 @@ function _M.run(s)
         local okr, rerr = core.release(child.gate, child.status)
         if not okr then
             t:close()
+            if s.exporter then s.exporter:close() end
             stop_child(child)
             io_stderr:write("netdevq: --cmd: cannot run '", s.cmd_argv[1], "': ", rerr, "\n")
             return EXIT_FAIL
@@ -626,6 +673,9 @@ function _M.finish(t, s, r)
     local final = t:stats() or r.stats or { events = 0, matched = 0, lost = 0 }
     if not failed.err then -- a closed pipe ends quietly, whichever writer noticed it
         local ok, err = r.writer:summary(final)
+        if ok then
+            ok, err = r.writer:flush()
+        end
         if not ok then failed.err = err end
     end
     if failed.err and not closed_pipe then
@@ -633,6 +683,7 @@ function _M.finish(t, s, r)
         exit = EXIT_FAIL
     end
     t:close()
+    if s.exporter then s.exporter:close() end
     return exit
 end
 

@@ -50,7 +50,7 @@ for _, kind in ipairs({ "count", "sum", "avg", "min", "max", "stats", "hist", "l
     AGGREGATIONS[kind] = true
 end
 setmetatable(_M, { __index = function(_, name)
-    if name == "filter" or name == "aggregate" then
+    if name == "filter" or name == "aggregate" or name == "prometheus" then
         return lazy[name]
     elseif AGGREGATIONS[name] then
         return lazy.aggregate[name]
@@ -295,8 +295,9 @@ function Tracer:read_aggregate(agg, reset)
 end
 
 -- Runs until duration (s), max_events, stop() returning true, an error, or SIGINT/SIGTERM
--- (when catch_signals was called). on_tick(now_s) runs every `interval` seconds.
--- Returns the stats table, or nil, err.
+-- (when catch_signals was called). on_tick(now_s) runs every `interval` seconds; an exporter
+-- attached to the tracer (netdevq.prometheus{ tracer = t }) is refreshed every exporter.period
+-- seconds and at the end. Returns the stats table, or nil, err.
 function Tracer:run(opts)
     opts = opts or {}
     local deadline = opts.duration and (monotonic_ns() + opts.duration * 1e9)
@@ -308,6 +309,9 @@ function Tracer:run(opts)
     local next_tick = interval_ns and monotonic_ns() + interval_ns
     local poll_ms = opts.poll_ms or 100
     local stop = opts.stop
+    local exporter = self.exporter
+    local export_ns = exporter and exporter.period * 1e9
+    local next_export = export_ns and monotonic_ns() + export_ns
     while true do
         if core.interrupted() then
             break
@@ -322,6 +326,9 @@ function Tracer:run(opts)
         end
         if next_tick then
             wait = math_min(wait, math_max(1, (next_tick - now) / 1e6))
+        end
+        if next_export then
+            wait = math_min(wait, math_max(1, (next_export - now) / 1e6))
         end
         local n, err = self:poll(wait)
         if not n then
@@ -339,6 +346,10 @@ function Tracer:run(opts)
                 opts.on_tick(self)
             end
         end
+        if next_export and monotonic_ns() >= next_export then
+            next_export = monotonic_ns() + export_ns
+            exporter:refresh()
+        end
     end
     -- what the kernel handed over before the stop still counts (a Ctrl-C cuts a poll short)
     while not self:limit_reached() do
@@ -349,6 +360,9 @@ function Tracer:run(opts)
         if taken == 0 then
             break
         end
+    end
+    if exporter then
+        exporter:refresh()
     end
     return self:stats()
 end

@@ -1,5 +1,6 @@
 -- netdevq.names: the words and texts netdevq prints and reads, both ways, in one place —
--- IP protocol names, ethertype names, TCP flag letters, and IPv4 / IPv6 / MAC address text.
+-- IP protocol names, ethertype names, TCP flag letters, ICMP/ICMPv6 type and code names, and
+-- IPv4 / IPv6 / MAC address text.
 -- The catalogue's formatters, the filter's literals, the aggregation key decoders and the pcapng
 -- comments all use these tables; nothing else spells a protocol name.
 local bit = require("bit")
@@ -381,6 +382,112 @@ function _M.prefix_text(p, whole)
         return text
     end
     return text .. "/" .. p.bits
+end
+
+
+---------------------------------------------------------------------------------------------
+-- ICMP (RFC 792 and successors) and ICMPv6 (RFC 4443, 4861, 3810) types and codes, worded as
+-- tcpdump prints them. Text output only: JSON and filters use the numbers.
+---------------------------------------------------------------------------------------------
+
+local ICMP_TYPES = {
+    [4] = {
+        [0] = "echo reply", [3] = "unreachable", [4] = "source quench", [5] = "redirect",
+        [8] = "echo request", [9] = "router advertisement", [10] = "router solicitation",
+        [11] = "time exceeded", [12] = "parameter problem", [13] = "timestamp request",
+        [14] = "timestamp reply", [17] = "address mask request", [18] = "address mask reply",
+    },
+    [6] = {
+        [1] = "destination unreachable", [2] = "packet too big", [3] = "time exceeded",
+        [4] = "parameter problem", [128] = "echo request", [129] = "echo reply",
+        [130] = "multicast listener query", [131] = "multicast listener report",
+        [132] = "multicast listener done", [133] = "router solicitation",
+        [134] = "router advertisement", [135] = "neighbor solicitation",
+        [136] = "neighbor advertisement", [137] = "redirect",
+        [143] = "multicast listener report v2",
+    },
+}
+local ICMP_CODES = {
+    [4] = {
+        [3] = {
+            [0] = "net unreachable", [1] = "host unreachable", [2] = "protocol unreachable",
+            [3] = "port unreachable", [4] = "fragmentation needed", [5] = "source route failed",
+            [6] = "net unknown", [7] = "host unknown", [9] = "net prohibited",
+            [10] = "host prohibited", [11] = "net unreachable for tos",
+            [12] = "host unreachable for tos", [13] = "communication prohibited",
+        },
+        [5] = { [0] = "net redirect", [1] = "host redirect", [2] = "tos net redirect",
+                [3] = "tos host redirect" },
+        [11] = { [0] = "ttl exceeded in transit", [1] = "fragment reassembly time exceeded" },
+    },
+    [6] = {
+        [1] = {
+            [0] = "no route", [1] = "administratively prohibited", [2] = "beyond scope",
+            [3] = "address unreachable", [4] = "port unreachable",
+            [5] = "source address failed policy", [6] = "reject route",
+        },
+        [3] = { [0] = "hop limit exceeded", [1] = "fragment reassembly time exceeded" },
+        [4] = { [0] = "erroneous header field", [1] = "unrecognized next header",
+                [2] = "unrecognized option" },
+    },
+}
+
+-- family: 4 (ICMP) or 6 (ICMPv6). (6, 135) -> "neighbor solicitation"; unnamed: the number
+local function icmp_type_text(family, icmp_type)
+    local names = ICMP_TYPES[family]
+    return names and names[icmp_type] or tostring(icmp_type)
+end
+_M.icmp_type_text = icmp_type_text
+
+-- (4, 3, 3) -> "port unreachable"; a type without named codes: the number
+function _M.icmp_code_text(family, icmp_type, code)
+    local codes = ICMP_CODES[family]
+    local names = codes and codes[icmp_type]
+    return names and names[code] or tostring(code)
+end
+
+-- One phrase for the message, as tcpdump's one-line form: the code's name when the type has
+-- named codes ("port unreachable"), else the type's ("echo request").
+function _M.icmp_text(family, icmp_type, code)
+    local codes = ICMP_CODES[family]
+    local names = codes and codes[icmp_type]
+    if names and names[code] then
+        return names[code]
+    end
+    return icmp_type_text(family, icmp_type)
+end
+
+
+---------------------------------------------------------------------------------------------
+-- Names from outside: printable text
+---------------------------------------------------------------------------------------------
+
+-- Task comms and device names can hold any byte: a newline would forge a line, an escape
+-- sequence retitle a terminal, invalid UTF-8 break JSON. printable() writes every byte outside
+-- printable ASCII as \xNN and a backslash as \\ (as tcpdump and bpftrace do); text, JSON and
+-- aggregation keys all show this text.
+local UNSAFE = "[%z\1-\31\\\127-\255]"
+local function escape_byte(c)
+    if c == "\\" then
+        return "\\\\"
+    end
+    return format("\\x%02x", byte(c))
+end
+
+local escaped, escaped_n = {}, 0 -- memo: names repeat
+function _M.printable(v)
+    if not find(v, UNSAFE) then
+        return v
+    end
+    local e = escaped[v]
+    if not e then
+        e = v:gsub(UNSAFE, escape_byte)
+        if escaped_n >= 4096 then
+            escaped, escaped_n = {}, 0
+        end
+        escaped[v], escaped_n = e, escaped_n + 1
+    end
+    return e
 end
 
 

@@ -11,11 +11,10 @@ local abi = require("netdevq.abi")
 local catalogue = require("netdevq.catalogue")
 local clock = require("netdevq.clock")
 local event = require("netdevq.event")
+local names = require("netdevq.names")
 
 local band = bit.band
 local format = string.format
-local find = string.find
-local gsub = string.gsub
 local concat = table.concat
 local encode_string = cjson.encode
 local type = type
@@ -28,6 +27,8 @@ local io_stderr = io.stderr
 
 local EV_L4 = abi.EV.L4
 local EV_TCP = abi.EV.TCP
+local EV_ICMP = abi.EV.ICMP
+local icmp_text = names.icmp_text
 local format_date = clock.format_date
 local by_name = catalogue.by_name
 local unknown_message = catalogue.unknown_message
@@ -54,7 +55,7 @@ local _M = {}
 -- The fields the default text line reads (what the tracer's plan asks the kernel for).
 _M.DEFAULT_FIELDS = {
     "time", "comm", "pid", "dev", "len", "proto", "saddr", "sport", "daddr", "dport", "ethertype",
-    "tcp_flags",
+    "tcp_flags", "icmp_type", "icmp_code",
 }
 
 -- The fields a writer made with these options reads (nil: every field).
@@ -94,39 +95,13 @@ local function check_opts(opts, who)
     return opts
 end
 
--- Names from outside (task comm, device names) can hold any byte: a newline would forge a line,
--- an escape sequence retitle the terminal, invalid UTF-8 break JSON. They are printed with every
--- byte outside printable ASCII as \xNN and a backslash as \\ (as tcpdump and bpftrace do), the
--- same text in JSON strings.
-local function escape_byte(c)
-    if c == "\\" then
-        return "\\\\"
-    end
-    return format("\\x%02x", c:byte())
-end
-
-local UNSAFE = "[%z\1-\31\\\127-\255]"
-local escaped = {}          -- memo: names repeat
-local escaped_n = 0
-local function escape_name(v)
-    if not find(v, UNSAFE) then
-        return v
-    end
-    local e = escaped[v]
-    if not e then
-        e = gsub(v, UNSAFE, escape_byte)
-        if escaped_n >= 4096 then
-            escaped, escaped_n = {}, 0
-        end
-        escaped[v], escaped_n = e, escaped_n + 1
-    end
-    return e
-end
+local escape_name = require("netdevq.names").printable
 _M.escape_name = escape_name
 
--- the getter a writer uses for a field: names from outside come escaped
-local function printable_getter(field)
-    local get = field.get
+-- the getter a writer uses for a field: names from outside come escaped; text output takes a
+-- row's text form where it has one (ICMP type and code names), JSON the value
+local function printable_getter(field, text)
+    local get = text and field.text or field.get
     if not field.untrusted then
         return get
     end
@@ -243,6 +218,9 @@ local function default_line(p, parts)
     if band(p.flags, EV_TCP) ~= 0 then -- tcpdump's "Flags [S.]"
         parts[10] = "[" .. get_tcp_flags(p) .. "]"
         return 10
+    elseif band(p.flags, EV_ICMP) ~= 0 then -- as tcpdump: "echo request", "port unreachable"
+        parts[10] = icmp_text(p.proto == 58 and 6 or 4, p.icmp_type, p.icmp_code)
+        return 10
     end
     return 9
 end
@@ -284,13 +262,13 @@ function _M.text(opts)
     opts = check_opts(opts, "output.text")
     local extra = {}
     for i, name in ipairs(opts.extra or {}) do
-        extra[i] = printable_getter(by_name[name])
+        extra[i] = printable_getter(by_name[name], true)
     end
     local getters
     if opts.fields then
         getters = {}
         for i, name in ipairs(opts.fields) do
-            getters[i] = printable_getter(by_name[name])
+            getters[i] = printable_getter(by_name[name], true)
         end
     end
     return setmetatable({

@@ -16,7 +16,9 @@
 -- Link types: LINKTYPE_ETHERNET (1) when the event has an Ethernet header (flags & NDQ_EV_MAC),
 -- LINKTYPE_RAW (101: the packet starts with the IPv4/IPv6 header) otherwise. For a device without
 -- an Ethernet header any other link-layer bytes (ev.l2_len) are skipped, so raw packets start at
--- the network header; the original length shrinks by the same amount.
+-- the network header; the original length shrinks by the same amount. An offloaded VLAN tag (skb
+-- metadata, flags & NDQ_EV_VLAN_HW) is written back into an Ethernet frame after the MACs, as
+-- libpcap does on a live capture: frames and lengths equal tcpdump's.
 --
 -- Per-packet comment written by write_event (opt_comment, like ptcpdump does), exactly:
 --
@@ -63,10 +65,11 @@ local _M = {
   LINKTYPE_ETHERNET = 1,
   LINKTYPE_RAW = 101,
   -- what write_event reads of an event (the tracer's plan asks the kernel for them)
-  FIELDS = { "smac", "dev", "ifindex", "netns", "ts", "comm", "pid", "tid", "queue", "mark" },
+  FIELDS = { "smac", "vlan_proto", "dev", "ifindex", "netns", "ts", "comm", "pid", "tid", "queue",
+             "mark" },
 }
 
-local NDQ_EV_MAC, NDQ_SNAP_MAX = abi.EV.MAC, abi.SNAP_MAX
+local NDQ_EV_MAC, NDQ_EV_VLAN_HW, NDQ_SNAP_MAX = abi.EV.MAC, abi.EV.VLAN_HW, abi.SNAP_MAX
 local BT_SHB, BT_IDB, BT_EPB = 0x0A0D0D0A, 1, 6
 local OPT_ENDOFOPT, OPT_COMMENT = 0, 1
 local SHB_USERAPPL = 4
@@ -426,6 +429,19 @@ local function event_ifid(self, ev, linktype)
   return id
 end
 
+-- caplen bytes of the frame with the offloaded tag (TPID, TCI) after the MACs, at dst.
+local function put_vlan_frame(dst, ev, caplen)
+  if caplen <= 12 then
+    ffi_copy(dst, ev.snap, caplen)
+    return
+  end
+  ffi_copy(dst, ev.snap, 12)
+  local proto, tci = ev.vlan_proto, ev.vlan_tci
+  dst[12], dst[13] = rshift(proto, 8), band(proto, 0xff)   -- bytes past caplen: overwritten by
+  dst[14], dst[15] = rshift(tci, 8), band(tci, 0xff)       -- the padding or the next block
+  if caplen > 16 then ffi_copy(dst + 16, ev.snap + 12, caplen - 16) end
+end
+
 local COMMENT_MAX = 4 + 6 + 16 + 7 + 10 + 7 + 10 + 9 + 5 + 8 + 10 + 3
 
 --- Writes one event: linktype from flags & NDQ_EV_MAC, data = snap, caplen = snap_len,
@@ -444,6 +460,10 @@ function Writer:write_event(ev, unix_ns)
     caplen = caplen - skip
     origlen = origlen >= skip and origlen - skip or 0
   end
+  local tag = mac and caplen >= 12 and band(ev.flags, NDQ_EV_VLAN_HW) ~= 0
+  if tag then
+    caplen, origlen = caplen + 4, origlen + 4
+  end
   if self.snaplen > 0 and caplen > self.snaplen then caplen = self.snaplen end
   if origlen < caplen then origlen = caplen end
 
@@ -455,7 +475,11 @@ function Writer:write_event(ev, unix_ns)
 
   local start = self.pos
   put_epb_head(self, ifid, unix_ns or clock.unix_ns(ev.ts), caplen, origlen)
-  ffi_copy(self.buf + self.pos, ev.snap + skip, caplen)
+  if tag then
+    put_vlan_frame(self.buf + self.pos, ev, caplen)
+  else
+    ffi_copy(self.buf + self.pos, ev.snap + skip, caplen)
+  end
   self.pos = self.pos + caplen
   put_pad(self)
   if self.comments then

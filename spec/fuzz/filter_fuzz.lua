@@ -17,7 +17,16 @@ common.setup_paths(arg[0])
 local ffi = require("ffi")
 require("netdevq.abi") -- struct netdevq_config
 local filter = require("netdevq.filter")
+local catalogue = require("netdevq.catalogue")
+local model = require("support.kernel_model")
+local decoded = require("support.decoded")
 local traffic = require("fixtures.traffic")
+
+-- field name -> filter type: the catalogue's fields and the pseudo-fields port, host
+local FIELD_TYPES = {}
+for name, f in pairs(catalogue.by_name) do
+    FIELD_TYPES[name] = f.type
+end
 
 local random, pick, chance = math.random, common.pick, common.chance
 local format = string.format
@@ -40,7 +49,7 @@ local STRINGS = { string = {}, time = { '"12:00:00"', '"12:00:00.000257"', '"25:
 local seen = {}
 for _, ev in ipairs(traffic) do
     for k, v in pairs(ev) do
-        local def = filter.FIELDS[k]
+        local def = FIELD_TYPES[k]
         local key = k .. "=" .. tostring(v)
         if def and not seen[key] then
             seen[key] = true
@@ -58,7 +67,7 @@ STRINGS.string[#STRINGS.string + 1] = '"\\x41\\0"'
 STRINGS.string[#STRINGS.string + 1] = '"' .. ("x"):rep(40) .. '"'
 
 local FIELD_NAMES = {}
-for name in pairs(filter.FIELDS) do
+for name in pairs(FIELD_TYPES) do
     FIELD_NAMES[#FIELD_NAMES + 1] = name
 end
 table.sort(FIELD_NAMES)
@@ -77,7 +86,7 @@ end
 
 local function comparison()
     local name = chance(0.03) and pick(BAD_FIELDS) or pick(FIELD_NAMES)
-    local ftype = filter.FIELDS[name] or "integer"
+    local ftype = FIELD_TYPES[name] or "integer"
     local op = pick(OPS)
     return name .. " " .. op .. " " .. literal(ftype)
 end
@@ -138,16 +147,18 @@ local function check(text)
     end
     local cfg = ffi.new("struct netdevq_config")
     local rest = filter.pushdown(tree, cfg)
-    local whole, again, remainder = filter.compile(tree), filter.compile(tree2), filter.compile(rest)
-    filter.kernel_summary(cfg)
+    local g = decoded.getters
+    local whole, again, remainder = filter.compile(tree, g), filter.compile(tree2, g),
+        filter.compile(rest, g)
+    model.kernel_summary(cfg)
     for i, ev in ipairs(traffic) do
         local w = whole(ev)
         if w ~= again(ev) then
             return nil, "format() changed the meaning on event " .. i .. ": " .. text2
         end
-        if w ~= (filter.kernel_model(cfg, ev) and remainder(ev)) then
+        if w ~= (model.kernel_model(cfg, ev) and remainder(ev)) then
             return nil, "kernel part + remainder disagree with the whole filter on event " .. i
-                .. " (kernel: " .. filter.kernel_summary(cfg) .. "; remainder: "
+                .. " (kernel: " .. model.kernel_summary(cfg) .. "; remainder: "
                 .. (rest and filter.format(rest) or "none") .. ")"
         end
     end

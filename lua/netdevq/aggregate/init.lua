@@ -243,6 +243,7 @@ function methods.hist.add(self, key, v)
   local e = lookup(self, key)
   if e == nil then return end
   e.count = e.count + 1
+  e.sum = e.sum + v -- exported as the Prometheus histogram _sum
   local slots = e.slots
   local s = log2_slot(v)
   slots[s] = slots[s] + 1
@@ -253,6 +254,7 @@ function methods.lhist.add(self, key, v)
   local e = lookup(self, key)
   if e == nil then return end
   e.count = e.count + 1
+  e.sum = e.sum + v -- exported as the Prometheus histogram _sum
   local slots = e.slots
   local s = linear_slot(v, self.lmin, self.lmax, self.step)
   slots[s] = slots[s] + 1
@@ -297,8 +299,9 @@ end
 --- Entries sorted like bpftrace prints them: by value ascending (count, sum, min, max: the value;
 -- avg, stats: the average; hist, lhist: the total count), equal values by key parts.
 -- Each entry: { key = {parts...}, text = "[lo, udp]" (as printed after the name), value = the
--- printed value (hist, lhist: total), count = events, sum (sum, avg, stats), average (avg, stats),
--- total and slots = {[i] = count} (hist: -1..67, lhist: 0..n+1) }.
+-- printed value (hist, lhist: total), count = events, sum (sum, avg, stats; hist, lhist: the
+-- sum of the values), average (avg, stats), total and slots = {[i] = count} (hist: -1..67,
+-- lhist: 0..n+1) }.
 -- Entries belong to the aggregation: read them, don't change them.
 function common.entries(self)
   local list, n = {}, 0
@@ -470,6 +473,14 @@ function _M.feeder(agg, keys, value)
     end
   end
   local key = {}
+  -- names from outside (comm, dev) are keyed by their printable text, as the kernel path does
+  local by_name = require("netdevq.catalogue").by_name
+  local printable = require("netdevq.names").printable
+  local escape = {}
+  for j = 1, nkeys do
+    local f = by_name[keys[j]]
+    escape[j] = f ~= nil and f.untrusted == true
+  end
   return function(ev)
     local v = 1
     if value ~= nil then
@@ -478,7 +489,11 @@ function _M.feeder(agg, keys, value)
     end
     for j = 1, nkeys do
       local kv = ev[keys[j]]
-      if kv == nil then kv = ABSENT end
+      if kv == nil then
+        kv = ABSENT
+      elseif escape[j] then
+        kv = printable(kv)
+      end
       key[j] = kv
     end
     agg:add(nkeys == 1 and key[1] or key, v)

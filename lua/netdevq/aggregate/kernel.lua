@@ -122,7 +122,7 @@ end
 
 -- by catalogue type; the rest are numbers
 local TYPE_DECODERS = {
-    string = decode_cstring,
+    string = function(p, off) return names.printable(decode_cstring(p, off)) end,
     address = decode_addr,
     protocol = function(p, off) return names.format_proto(decode_u64(p, off)) end,
     ethertype = function(p, off) return names.format_ethertype(decode_u64(p, off)) end,
@@ -169,6 +169,7 @@ local function merge_record(self, fields, nfields, parts, key, v)
         local m = tonumber(v.max)
         if e.value == nil or m > e.value then e.value = m end
     else
+        e.sum = e.sum + tonumber(v.sum) -- the kernel sums histogram values too
         local slots = e.slots
         local top = AGG_SLOTS - 1
         if kind == "lhist" then top = self.nbuckets + 1 end

@@ -130,12 +130,21 @@ end
 -- count, sum, min, max: "@name[k1, k2]: v" lines; avg: "@name[k]: avg" lines and a blank line;
 -- stats: "@name[k]: count N, average A, total T" lines and a blank line;
 -- hist, lhist: per key "@name[k]: " then the rows, each key followed by a blank line.
-function _M.text(self)
+-- top (optional): only the top entries, the largest values, like bpftrace's print(@map, top).
+function _M.text(self, top)
   if self.size == 0 then return "" end
   local kind, name = self.kind, self.name
   local buf, n = {}, 0
   local list = self:entries()
-  for i = 1, #list do
+  local from = 1
+  if top ~= nil then
+    if type(top) ~= "number" or top < 0 or top % 1 ~= 0 then
+      error("netdevq.aggregate: print's top must be a whole number", 2)
+    end
+    from = #list - top + 1
+    if from < 1 then from = 1 end
+  end
+  for i = from, #list do
     local e = list[i]
     n = n + 1
     if is_hist[kind] then
@@ -156,9 +165,9 @@ function _M.text(self)
   return concat(buf, "", 1, n)
 end
 
---- Write text() to fh (default io.stdout).
-function _M.print(self, fh)
-  return (fh or io_stdout):write(self:text())
+--- Write text(top) to fh (default io.stdout): agg:print(), agg:print(io.stderr, 10).
+function _M.print(self, fh, top)
+  return (fh or io_stdout):write(_M.text(self, top))
 end
 
 local function json_buckets(self, slots)

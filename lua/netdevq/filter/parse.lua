@@ -200,6 +200,13 @@ local function typed_value(expr, ftok, optok, vtok)
     local written = sub(expr, vtok.col, vtok.stop)
     local col = vtok.col
     local v = vtok.v
+    if def.resolve and vtok.t == "str" then -- a name for a number (netns == "blue")
+        local n, why = def.resolve(v)
+        if not n then
+            fail(col, format("filter: %s at column %d: %s", written, col, why))
+        end
+        return n
+    end
     if ACCEPTS[ty] ~= "any" and ACCEPTS[ty] ~= vtok.t then
         fail(col, format("filter: '%s' is %s: compare it with %s (%s), not %s",
                          name, TYPE_WORDS[ty], LITERAL_WORDS[ty], def.example, written))
