@@ -162,6 +162,8 @@ static __always_inline int loc_present(const struct netdevq_event *ev,
 		return 0;
 	if (l->when_nonzero && !loc_number(ev, l))
 		return 0;
+	if (l->when_path && !((ev->path_present >> ((l->when_path - 1) & 7)) & 1))
+		return 0;
 	return 1;
 }
 

@@ -31,7 +31,6 @@ enum {
 };
 enum { NDQ_PK_UINT = 0, NDQ_PK_SINT = 1, NDQ_PK_STR = 2 }; /* how the kernel treats a value */
 enum { NDQ_PC_RANGE = 1, NDQ_PC_NE = 2 }; /* kernel filter on a path (netdevq_path.cmp) */
-enum { NDQ_EV_PATH0 = 0x100 }; /* event flag of path i: NDQ_EV_PATH0 << i (the flags' high byte) */
 
 struct netdevq_path {
 	__u8 hops;     /* pointers followed (0..NDQ_PATH_HOPS) */
@@ -74,6 +73,8 @@ struct netdevq_field_loc {
 	__u16 when_flags;  /* present only when ev->flags has all of these bits (0: always) */
 	__u8 when_l3;	   /* present only when ev->l3 != 0 */
 	__u8 when_nonzero; /* present only when the value is not 0 */
+	__u8 when_path; /* present only when sk_buff member path when_path - 1 was read (0: always) */
+	__u8 pad;
 };
 
 /* Which optional parts the kernel side reads for output (netdevq_config.need). What a kernel
@@ -146,8 +147,8 @@ struct netdevq_event {
 	char dev[16];
 	__u8 snap[256]; /* NDQ_SNAP_MAX bytes from the start of the link header */
 	/* sk_buff member paths and kstack, after snap: only an event of a run that asks for them
-	 * carries them (it is then sent up to its last path). Bit i of path_present (and, in a
-	 * matching event, flags & NDQ_EV_PATH0 << i): path i was read, no NULL pointer on the way.
+	 * carries them (it is then sent up to its last path). Bit i of path_present: path i was
+	 * read, no NULL pointer on the way (netdevq_field_loc.when_path looks there).
 	 * path[i]: integers as a 64-bit number (sign-extended, bitfields extracted), strings as
 	 * their bytes. */
 	__u32 path_present;

@@ -127,8 +127,7 @@ static __always_inline int filter_paths(struct netdevq_event *ev, void *skb, con
 	return 1;
 }
 
-/* For a matching event: the paths no filter read, its kernel stack, and the present paths as
- * flags (NDQ_EV_PATH0 << i, where aggregation keys and values look for presence). */
+/* For a matching event: the paths no filter read, and its kernel stack. */
 static __always_inline void finish_paths(void *ctx, struct netdevq_event *ev, void *skb,
 					 const __u8 *copy)
 {
@@ -139,7 +138,6 @@ static __always_inline void finish_paths(void *ctx, struct netdevq_event *ev, vo
 		if (i < cfg.n_paths && !cfg.path[i].cmp && read_path(ev, (__u64)skb, copy, i))
 			ev->path_present |= 1u << i;
 	ev->kstack = id >= 0 ? (__u32)id + 1 : 0;
-	ev->flags |= (__u16)(ev->path_present * NDQ_EV_PATH0);
 }
 
 #endif /* NETDEVQ_SKBPATH_H */

@@ -53,7 +53,7 @@ describe("netdevq.abi #unit", function()
 
         it("give the field location kinds, NEED and event flag bits of netdevq.h", function()
             assert.are.same({ NUMBER = 0, BYTES = 1, ADDRESS = 2 }, abi.LOC)
-            assert.are.equal(8, ffi.sizeof("struct netdevq_field_loc"))
+            assert.are.equal(10, ffi.sizeof("struct netdevq_field_loc")) -- with when_path
             assert.are.equal(6, abi.AGG_KEYS_MAX)
             assert.are.equal(24, abi.AGG_KEY_SLOT)
             assert.are.same({ HEADERS = 1, NETNS = 2, GSO = 4, CGROUP = 8, TASK = 16, DEV = 32,

@@ -253,12 +253,12 @@ describe("netdevq.skbpath #unit", function()
             assert.same({ "integer", "integer", "string", "string", "string" },
                         { mtu.type, rcv.type, name.type, dev.type, state.type })
             -- where the kernel's aggregation finds slot 1, and when it is there
-            assert.same({ ffi.offsetof("struct netdevq_event", "path") + 16, 8, 0x200 },
-                        { rcv.loc.off, rcv.loc.size, rcv.loc.when_flags })
+            assert.same({ ffi.offsetof("struct netdevq_event", "path") + 16, 8, 2, 0 },
+                        { rcv.loc.off, rcv.loc.size, rcv.loc.when_path, rcv.loc.when_flags })
 
             local ev = ffi.new("struct netdevq_event")
             assert.is_nil(mtu.raw(ev)) -- not present
-            ev.flags = 0x1f00 + 0x3 -- paths 0..4 present, other flags too
+            ev.path_present = 0x1f
             ev.path[0][0] = 1400
             ffi.cast("int64_t *", ev.path[1])[0] = -5
             ffi.copy(ev.path[2], "veth0", 5)
@@ -266,7 +266,7 @@ describe("netdevq.skbpath #unit", function()
             ev.path[4][0] = 3
             assert.same({ 1400, -5, "veth0", "0xffff888012345678", "SS_CONNECTED" },
                         { mtu.raw(ev), rcv.raw(ev), name.raw(ev), dev.raw(ev), state.raw(ev) })
-            ev.flags = 0x1e00
+            ev.path_present = 0x1e
             assert.is_nil(mtu.raw(ev))
         end)
 

@@ -36,7 +36,6 @@ local PATH_HOPS = C.NDQ_PATH_HOPS
 local PATH_STR = C.NDQ_PATH_STR
 local PK = { UINT = C.NDQ_PK_UINT, SINT = C.NDQ_PK_SINT, STR = C.NDQ_PK_STR }
 local PC_RANGE, PC_NE = C.NDQ_PC_RANGE, C.NDQ_PC_NE
-local EV_PATH0 = C.NDQ_EV_PATH0
 local LOC_NUMBER, LOC_BYTES = C.NDQ_LOC_NUMBER, C.NDQ_LOC_BYTES
 local PATH_OFF = ffi.offsetof("struct netdevq_event", "path")
 local u64_ptr_t = ffi.typeof("const uint64_t *")
@@ -289,7 +288,7 @@ function _M.row(name)
     local numeric = info.kind == "signed" or info.kind == "unsigned"
     local what = info.kind == "string" and format("%s, first %d bytes", info.ctype, info.size)
         or info.bit_size > 0 and format("%s :%d", info.ctype, info.bit_size) or info.ctype
-    local flag = lshift(EV_PATH0, slot)
+    local bit_of_slot = lshift(1, slot) -- in ev.path_present: the path was read
     local decode = decoder(info)
     return {
         name = name,
@@ -298,13 +297,13 @@ function _M.row(name)
         example = numeric and "0" or '"x"',
         untrusted = info.kind == "string" or nil,
         raw = function(p)
-            if band(p.flags, flag) ~= 0 then
+            if band(p.path_present, bit_of_slot) ~= 0 then
                 return decode(ffi_cast(u8_ptr_t, p.path[slot]))
             end
         end,
         loc = { off = PATH_OFF + slot * 16, size = info.kind == "string" and 16 or 8,
-                kind = info.kind == "string" and LOC_BYTES or LOC_NUMBER, when_flags = flag,
-                when_l3 = 0, when_nonzero = 0 },
+                kind = info.kind == "string" and LOC_BYTES or LOC_NUMBER, when_flags = 0,
+                when_l3 = 0, when_nonzero = 0, when_path = slot + 1 },
         decode_key = function(b, off) return decode(b + off) end,
         path = info,
         slot = slot,

@@ -71,6 +71,7 @@ end
 local function set_loc(c, loc)
     c.off, c.size, c.kind = loc.off, loc.size, loc.kind
     c.when_flags, c.when_l3, c.when_nonzero = loc.when_flags, loc.when_l3, loc.when_nonzero
+    c.when_path = loc.when_path or 0
 end
 
 -- Writes spec into cfg (struct netdevq_config) for the loader; returns the field names the
