@@ -185,7 +185,7 @@ if raw and raw.ratio then
     target(raw.ratio >= 0.85, format("stream raw: workload keeps %.0f%% of its untraced rate "
                                      .. "(>= 85%%)", 100 * raw.ratio))
 end
-for _, key in ipairs({ "raw_all", "raw_4", "raw_len", "btf_all", "btf_4" }) do
+for _, key in ipairs({ "raw_all", "raw_4", "raw_len", "raw_owner", "btf_all", "btf_4" }) do
     local r = by_key[key]
     if r and type(r.lost) == "number" then
         target(r.lost == 0, format("%s: %s events lost at the flood rate, default ring buffer (0)",
@@ -203,6 +203,18 @@ if nq and bt then
         local m = nq.rss_kb / bt.rss_kb
         target(m <= 0.25, format("peak RSS: netdevq/bpftrace = %.2f (<= 0.25)", m))
     end
+end
+local r4, ro = by_key.raw_4, by_key.raw_owner
+if r4 and ro and r4.ns and ro.ns then
+    -- owner_read per event; the learning programs (sock tracepoints, softirq entry/exit) run
+    -- outside net_dev_queue and are not in this figure
+    target(ro.ns <= 1.5 * r4.ns, format("owner fields: %.0f ns/event vs %.0f without them "
+                                        .. "(<= 1.5x)", ro.ns, r4.ns))
+end
+local kc0 = by_key.count
+if kc0 and type(kc0.progs) == "string" then
+    target(not kc0.progs:find("ndq_owner", 1, true),
+           format("no owner field asked: no owner program loaded (count row: %s)", kc0.progs))
 end
 local f = by_key.filter
 if f and f.x_empty then

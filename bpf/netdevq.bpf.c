@@ -393,11 +393,13 @@ static __always_inline void read_headers(struct scratch *s, struct sk_buff *skb,
 	}
 }
 
+#include "owner.bpf.h" /* socket owner: maps, learning programs, owner_read, owner_who_filter */
+
 static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf)
 {
 	/* Filters run first, each reading only what it checks; what the output needs and no filter
 	 * read comes after. cfg members are constants to the verifier: untaken branches vanish. */
-	const bool filter_task = cfg.follow_pid || cfg.pid.n || cfg.tid.n;
+	const bool filter_task = cfg.pid.n || cfg.tid.n; /* follow_pid: owner_who_filter */
 	const bool filter_dev = cfg.ifindex.n || cfg.n_dev || cfg.netns.n;
 	const bool filter_l3l4 = cfg.proto.n || cfg.saddr.n || cfg.daddr.n || cfg.host.n ||
 				 cfg.sport.n || cfg.dport.n || cfg.port.n;
@@ -416,8 +418,6 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 
 	if (filter_task) {
 		read_task(ev);
-		if (cfg.follow_pid && !bpf_map_lookup_elem(&tracked, &ev->pid))
-			goto filtered;
 		if (cfg.pid.n && !in_u32_set(&cfg.pid, ev->pid))
 			goto filtered;
 		if (cfg.tid.n && !in_u32_set(&cfg.tid, ev->tid))
@@ -435,6 +435,11 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 			size = SKB_COPY_MAX;
 		if (bpf_probe_read_kernel(s->skb, size, skb))
 			return 0;
+	}
+	if (cfg.need & NDQ_NEED_OWNER) {
+		owner_read(ev, OWNER_SKB_SK(skb, s->skb, btf), btf);
+		if (!owner_who_filter(ev))
+			goto filtered;
 	}
 	ev->len = SKB(len);
 	if (cfg.len_set && (ev->len < cfg.len_min || ev->len > cfg.len_max))
@@ -492,6 +497,8 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 		goto filtered;
 
 	/* matched: the rest of what the output asks for */
+	if ((cfg.need & NDQ_NEED_OWNER) && ev->owner_pid)
+		ev->flags |= NDQ_EV_OWNER; /* read_headers reset the flags */
 	if (!filter_task && (cfg.need & NDQ_NEED_TASK))
 		read_task(ev);
 	if (!cfg.n_comm && (cfg.need & NDQ_NEED_TASK))

@@ -88,7 +88,10 @@ enum {
 	NDQ_NEED_TASK = 16, /* pid, tid, comm */
 	NDQ_NEED_DEV = 32,  /* dev, ifindex, dev_type */
 	NDQ_NEED_TS = 64,   /* ts (bpf_ktime_get_ns costs ~40 ns: only when shown) */
-	NDQ_NEED_ALL = 127,
+	/* owner_*: loads and attaches the socket-owner programs (bpf/owner.bpf.h); the loader sets
+	 * it too when who_pid, who_comm or follow_pid ask for the owner */
+	NDQ_NEED_OWNER = 128,
+	NDQ_NEED_ALL = 255,
 };
 
 /* Event flags (netdevq_event.flags). */
@@ -103,6 +106,8 @@ enum {
 	NDQ_EV_VLAN_HW = 64, /* that tag is the skb's offloaded one (not in snap) */
 	NDQ_EV_IPFRAG = 128, /* an IP fragment, first or not: frag_off valid */
 	NDQ_EV_IP6 = 256,    /* IPv6: ip6_ext valid */
+	/* owner_* valid (bpf/owner.bpf.h); a high bit, so header-decoding flags keep the low ones */
+	NDQ_EV_OWNER = 0x8000,
 };
 
 /* Histogram kinds (netdevq_config.agg_hist). */
@@ -145,6 +150,14 @@ struct netdevq_event {
 	__u8 pad1[4];
 	char comm[16];
 	char dev[16];
+	/* socket owner (NDQ_NEED_OWNER): the process that last sent, received, connected, accepted
+	 * or listened on skb->sk (a request sock: its listener). owner_pid 0: no socket or owner
+	 * unknown, and then every owner_* member is 0 */
+	__u64 owner_cgroup; /* the sock's cgroup v2 id (sk->sk_cgrp_data) */
+	__u32 owner_pid, owner_tid;
+	__u32 owner_uid; /* sk->sk_uid */
+	__u32 owner_pad;
+	char owner_comm[16];
 	__u8 snap[256]; /* NDQ_SNAP_MAX bytes from the start of the link header */
 	/* sk_buff member paths and kstack, after snap: only an event of a run that asks for them
 	 * carries them (it is then sent up to its last path). Bit i of path_present: path i was
@@ -200,6 +213,11 @@ struct netdevq_config {
 	struct netdevq_field_loc agg_key[6]; /* NDQ_AGG_KEYS_MAX */
 	struct netdevq_field_loc agg_value;
 	__s64 lhist_min, lhist_max, lhist_step;
+	/* -p, --comm: the socket owner's pid/comm when known, the task's otherwise (these and
+	 * follow_pid check it that way) */
+	struct netdevq_u32_set who_pid;
+	__u32 n_who_comm;
+	char who_comm[8][16];
 	/* sk_buff member paths read into every event (and checked when cmp is set) */
 	__u32 n_paths;
 	__u32 kstack;		     /* 1: capture the kernel stack of every matching event */
@@ -217,6 +235,17 @@ struct netdevq_agg_value {
 	__u64 count, sum, min, max;
 	__u64 slot[68]; /* NDQ_AGG_SLOTS: log2 slot i = [2^(i-1), 2^i), slot 0 = 0;
 	                           linear: 0 = below min, 1..n = buckets, n+1 = at or above max */
+};
+
+/* Socket owner as the owner maps keep it (bpf/owner.bpf.h; the loader fills owner_inodes from
+ * /proc at attach). */
+struct netdevq_owner {
+	__u64 ino; /* inode number of the socket when learned (0: none yet): tells reused socks */
+	__u64 cgroup; /* the sock's cgroup v2 id and uid (sock_read: 1), read once per owner */
+	__u32 uid;
+	__u32 sock_read; /* 0 in entries of the /proc scan: cgroup and uid still to be read */
+	__u32 pid, tid;
+	char comm[16];
 };
 
 #endif /* NETDEVQ_H */

@@ -29,6 +29,7 @@
 #include <lua.h>
 
 #include "netdevq.h"
+#include "owner.h"
 #include "pcap_filter.h"
 #include "btf_path.h"
 #include "kstack.h"
@@ -72,6 +73,7 @@ struct tracer {
 	__u32 follow_pid;
 	__u32 agg_value_size;
 	struct ndq_pcap *pcap;
+	struct ndq_owner *owner; /* socket-owner links (owner.c) */
 	__u64 pcap_dropped;
 	__u64 received;
 	char mode[8];
@@ -113,6 +115,7 @@ static void tracer_free(struct tracer *t)
 	ring_buffer__free(t->rb);
 	bpf_link__destroy(t->link);
 	bpf_link__destroy(t->fork_link);
+	ndq_owner_free(t->owner);
 	bpf_object__close(t->obj);
 	ndq_pcap_free(t->pcap);
 	free(t->batch);
@@ -346,6 +349,7 @@ static int core_open(lua_State *L)
 			(int)config_len, (int)sizeof(cfg));
 	if (config)
 		memcpy(&cfg, config, sizeof(cfg));
+	ndq_owner_config(&cfg);
 
 	t = calloc(1, sizeof(*t));
 	if (!t)
@@ -459,6 +463,7 @@ static int core_open(lua_State *L)
 			bpf_program__set_autoload(p, p == t->prog ||
 							     (p == t->fork_prog && cfg.follow_pid));
 	}
+	ndq_owner_select(t->obj, &cfg);
 	t->follow_pid = cfg.follow_pid;
 	bpf_map__set_max_entries(events, ringbuf_size);
 	if (cfg.agg_on) {
@@ -521,6 +526,7 @@ fail:
 static int tracer_attach(lua_State *L)
 {
 	struct tracer *t = check_tracer(L);
+	char msg[256];
 	int err;
 
 	if (t->link)
@@ -538,6 +544,8 @@ static int tracer_attach(lua_State *L)
 					 strerror(err));
 		}
 	}
+	if (!t->owner && ndq_owner_attach(&t->owner, t->obj, msg, sizeof(msg)))
+		return push_fail(L, "%s", msg);
 	t->link = bpf_program__attach(t->prog);
 	if (!t->link) {
 		err = errno;
@@ -565,6 +573,8 @@ static int tracer_detach(lua_State *L)
 	bpf_link__destroy(t->link);
 	bpf_link__destroy(t->fork_link);
 	t->link = t->fork_link = NULL;
+	ndq_owner_free(t->owner);
+	t->owner = NULL;
 	return 0;
 }
 
@@ -938,6 +948,11 @@ static void push_layout(lua_State *L)
 	OFF(l2_len);
 	OFF(comm);
 	OFF(dev);
+	OFF(owner_cgroup);
+	OFF(owner_pid);
+	OFF(owner_tid);
+	OFF(owner_uid);
+	OFF(owner_comm);
 	OFF(snap);
 	lua_setfield(L, -2, "offsets");
 	lua_createtable(L, 0, 4);

@@ -17,6 +17,8 @@ local CONTRACT = {
     { "icmp_type", "integer" }, { "icmp_code", "integer" }, { "vlan_id", "integer" },
     { "vlan_pcp", "integer" }, { "vlan_proto", "integer" }, { "frag_off", "integer" },
     { "ip6_ext", "integer" },
+    { "owner_pid", "integer" }, { "owner_tid", "integer" }, { "owner_comm", "string" },
+    { "owner_cgroup", "integer" }, { "owner_uid", "integer" },
 }
 
 local function bytes(t)
@@ -61,7 +63,9 @@ local function make_event(o)
         ev.smac[i] = 0x02 + i
         ev.dmac[i] = 0xa0 + i
     end
-    ev.flags = o.flags or 7
+    ev.flags = o.flags or 7 + 0x8000 -- MAC, L4, TCP, OWNER
+    ev.owner_pid, ev.owner_tid, ev.owner_uid, ev.owner_cgroup = 4321, 4322, 1000, 77
+    ffi.copy(ev.owner_comm, "wget")
     ffi.copy(ev.comm, o.comm or "curl")
     ffi.copy(ev.dev, o.dev or "veth0")
     return ev, ffi.cast("const struct netdevq_event *", ev)
@@ -128,7 +132,7 @@ describe("netdevq.catalogue #unit", function()
             assert.are.equal(abi.EV.IP6, loc("ip6_ext").when_flags)
         end)
 
-        it("needs HEADERS for the parsed fields, TASK, DEV, TS, NETNS, GSO, CGROUP for theirs, nothing else", function()
+        it("needs HEADERS for the parsed fields, TASK, DEV, TS, NETNS, GSO, CGROUP, OWNER for theirs", function()
             local H = abi.NEED.HEADERS
             local expect = {
                 ethertype = H, smac = H, dmac = H, saddr = H, daddr = H, proto = H, sport = H,
@@ -139,6 +143,9 @@ describe("netdevq.catalogue #unit", function()
                 cgroup = abi.NEED.CGROUP, pid = abi.NEED.TASK, tid = abi.NEED.TASK,
                 comm = abi.NEED.TASK, dev = abi.NEED.DEV, ifindex = abi.NEED.DEV,
                 ts = abi.NEED.TS, time = abi.NEED.TS,
+                owner_pid = abi.NEED.OWNER, owner_tid = abi.NEED.OWNER,
+                owner_comm = abi.NEED.OWNER, owner_cgroup = abi.NEED.OWNER,
+                owner_uid = abi.NEED.OWNER,
             }
             for _, field in ipairs(catalogue.fields) do
                 assert.are.equal(expect[field.name] or 0, field.need_bits, field.name)
@@ -158,6 +165,8 @@ describe("netdevq.catalogue #unit", function()
                 ethertype = "ipv4", smac = "02:03:04:05:06:07", dmac = "a0:a1:a2:a3:a4:a5",
                 saddr = "198.18.0.1", daddr = "198.18.0.2", proto = "tcp", sport = 40000,
                 dport = 443, tcp_flags = "P.", ttl = 64, tos = 16,
+                owner_pid = 4321, owner_tid = 4322, owner_comm = "wget", owner_cgroup = 77,
+                owner_uid = 1000,
             }
             -- ICMP, VLAN, fragment and IPv6 fields are absent from an untagged IPv4 TCP event
             local absent = { icmp_type = true, icmp_code = true, vlan_id = true, vlan_pcp = true,
@@ -235,6 +244,17 @@ describe("netdevq.catalogue #unit", function()
             local _, p = make_event{ flags = abi.EV.L4 + abi.EV.TCP }
             assert.is_nil(catalogue.by_name.smac.get(p))
             assert.is_nil(catalogue.by_name.dmac.get(p))
+        end)
+
+        it("leave every owner field absent without NDQ_EV_OWNER, owner_uid 0 present with it", function()
+            local _, p = make_event{ flags = 7 }
+            for _, name in ipairs{ "owner_pid", "owner_tid", "owner_comm", "owner_cgroup",
+                                   "owner_uid" } do
+                assert.is_nil(catalogue.by_name[name].get(p), name)
+            end
+            local ev, q = make_event()
+            ev.owner_uid = 0
+            assert.are.equal(0, catalogue.by_name.owner_uid.get(q))
         end)
 
         it("leave ethertype absent when the kernel left it 0", function()
@@ -556,7 +576,8 @@ describe("netdevq.catalogue #unit", function()
             assert.are.equal(abi.NEED.TASK + abi.NEED.TS, catalogue.needs{ "pid", "comm", "time" })
             assert.are.equal(abi.NEED.HEADERS + abi.NEED.NETNS, catalogue.needs{ "saddr", "netns" })
             assert.are.equal(abi.NEED.ALL, catalogue.needs{ "cgroup", "gso_segs", "tcp_flags",
-                                                         "netns", "dport", "comm", "dev", "ts" })
+                                                         "netns", "dport", "comm", "dev", "ts",
+                                                         "owner_uid" })
             assert.are.equal(0, catalogue.needs{})
         end)
 
@@ -569,12 +590,12 @@ describe("netdevq.catalogue #unit", function()
         it("returns one aligned line per field: name, type, description", function()
             local lines = catalogue.list()
             assert.are.equal(#CONTRACT, #lines)
-            for i, row in ipairs(CONTRACT) do
-                local want = ("%-10s %-8s "):format(row[1], row[2])
+            for i, row in ipairs(CONTRACT) do -- names padded to the longest, owner_cgroup
+                local want = ("%-12s %-8s "):format(row[1], row[2])
                 assert.are.equal(want, lines[i]:sub(1, #want))
                 assert.is_true(#lines[i] > #want)
             end
-            assert.are.equal("cgroup     integer  current task's cgroup v2 id", lines[7])
+            assert.are.equal("cgroup       integer  current task's cgroup v2 id", lines[7])
         end)
     end)
 end)

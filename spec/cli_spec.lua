@@ -81,6 +81,7 @@ describe("netdevq CLI #root", function()
             "netns", "netns_name", "pid", "priority", "proto", "queue", "saddr", "skb", "smac",
             "sport", "tid",
             "time", "tos", "ts", "ttl", "type",
+            "owner_pid", "owner_tid", "owner_comm", "owner_cgroup", "owner_uid", -- a direct send
         }
         table.sort(expected_keys)
         for i, size in ipairs({ 10, 200, 1200 }) do
@@ -92,6 +93,7 @@ describe("netdevq CLI #root", function()
                 { ev.type, ev.comm, ev.pid, ev.tid, ev.dev, ev.ifindex, ev.netns, ev.len, ev.proto,
                     ev.saddr, ev.daddr, ev.sport, ev.dport, ev.ttl, ev.tos, ev.ethertype, ev.smac,
                     ev.dmac, ev.mark, ev.data_len })
+            assert.same({ pid, pid, "ndq_send", 0 }, { ev.owner_pid, ev.owner_tid, ev.owner_comm, ev.owner_uid })
             -- JSON lines carry the date: RFC 3339 in UTC, nanoseconds, today
             assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%d%d%d%d%d%d%dZ$", ev.time)
             assert.equal(os.date("!%Y-%m-%d"), ev.time:sub(1, 10))

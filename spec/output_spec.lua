@@ -315,9 +315,10 @@ describe("netdevq.output #unit", function()
         it("names what the default line reads, all of them catalogue fields", function()
             assert.are.same({ "time", "comm", "pid", "dev", "len", "proto", "saddr", "sport",
                               "daddr", "dport", "ethertype", "tcp_flags", "icmp_type",
-                              "icmp_code" }, output.DEFAULT_FIELDS)
-            -- headers, the task (comm, pid), the device name and the timestamp
-            assert.are.equal(1 + 16 + 32 + 64, catalogue.needs(output.DEFAULT_FIELDS))
+                              "icmp_code", "owner_comm", "owner_pid" }, output.DEFAULT_FIELDS)
+            -- headers, the task (comm, pid), the device name, the timestamp and the socket
+            -- owner (comm and pid are its when known)
+            assert.are.equal(1 + 16 + 32 + 64 + 128, catalogue.needs(output.DEFAULT_FIELDS))
         end)
     end)
 end)

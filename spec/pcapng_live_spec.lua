@@ -210,17 +210,20 @@ local function wait_ready(proc)
     end
 end
 
--- Text lines from `-o time,pid,tid,queue,mark,len,dev,comm` (comm last: it may hold spaces).
-local TEXT_FIELDS = "time,pid,tid,queue,mark,len,dev,comm"
+-- Text lines from `-o TEXT_FIELDS` (comm last: it may hold spaces). The pcapng comment names the
+-- socket owner when the kernel knows it (owner_*, "-" when absent), so the events do too.
+local TEXT_FIELDS = "time,pid,tid,queue,mark,len,dev,owner_pid,owner_tid,owner_comm,comm"
 local function parse_text(lines)
     local events, other = {}, {}
     for _, l in ipairs(lines) do
-        local time, pid, tid, queue, mark, len, dev, comm =
-            l:match("^(%d%d:%d%d:%d%d%.%d%d%d%d%d%d) (%d+) (%d+) (%d+) (%d+) (%d+) (%S+) (.+)$")
+        local time, pid, tid, queue, mark, len, dev, opid, otid, ocomm, comm =
+            l:match("^(%d%d:%d%d:%d%d%.%d%d%d%d%d%d) (%d+) (%d+) (%d+) (%d+) (%d+) (%S+) (%S+) "
+                .. "(%S+) (%S+) (.+)$")
         if time then
-            events[#events + 1] = { time = time, comm = comm, pid = tonumber(pid),
-                tid = tonumber(tid), queue = tonumber(queue), mark = tonumber(mark),
-                len = tonumber(len), dev = dev }
+            local owner = opid ~= "-"
+            events[#events + 1] = { time = time, comm = owner and ocomm or comm,
+                pid = tonumber(owner and opid or pid), tid = tonumber(owner and otid or tid),
+                queue = tonumber(queue), mark = tonumber(mark), len = tonumber(len), dev = dev }
         else
             other[#other + 1] = l
         end

@@ -4,7 +4,7 @@
 local netns = require("support.netns")
 
 local ROCKSPEC = "rockspec/netdevq-scm-1.rockspec"
-local SOURCES = { "CMakeLists.txt", "bpf", "csrc", "lua", "scripts", "rockspec" }
+local SOURCES = { "CMakeLists.txt", "bpf", "csrc", "lua", "scripts", "rockspec", "contrib" }
 local EM_BPF = 247
 
 local function read_all(path)

@@ -128,6 +128,7 @@ _M.NEED = {
     TASK = ffi_C.NDQ_NEED_TASK,
     DEV = ffi_C.NDQ_NEED_DEV,
     TS = ffi_C.NDQ_NEED_TS,
+    OWNER = ffi_C.NDQ_NEED_OWNER,
     ALL = ffi_C.NDQ_NEED_ALL,
 }
 
@@ -142,6 +143,7 @@ _M.EV = {
     VLAN_HW = ffi_C.NDQ_EV_VLAN_HW,
     IPFRAG = ffi_C.NDQ_EV_IPFRAG,
     IP6 = ffi_C.NDQ_EV_IP6,
+    OWNER = ffi_C.NDQ_EV_OWNER,
 }
 
 -- Per-CPU counter indexes (array map "counters").
@@ -164,7 +166,7 @@ _M.HIST = {
 
 -- Sanity: the NEED bits really do cover NEED_ALL (a header edit that adds a bit must add it here).
 if bor(_M.NEED.HEADERS, _M.NEED.NETNS, _M.NEED.GSO, _M.NEED.CGROUP, _M.NEED.TASK, _M.NEED.DEV,
-       _M.NEED.TS) ~= _M.NEED.ALL then
+       _M.NEED.TS, _M.NEED.OWNER) ~= _M.NEED.ALL then
     error("netdevq.abi: NDQ_NEED_ALL has bits this module does not know; update abi.lua")
 end
 

@@ -179,6 +179,18 @@ local ROWS = {
     { name = "ip6_ext", type = "integer", at = "ip6_ext", when = "IP6", need = "HEADERS",
       example = "1",
       description = "IPv6 extension headers before the upper layer; absent when not IPv6" },
+    -- the socket's owner (bpf/owner.bpf.h): present when the kernel knows it
+    { name = "owner_pid", type = "integer", at = "owner_pid", when = "OWNER", need = "OWNER",
+      example = "1234", description = "tgid of the process owning the packet's socket (in softirq "
+      .. "too); absent: no socket, a kernel socket, or owner unknown" },
+    { name = "owner_tid", type = "integer", at = "owner_tid", when = "OWNER", need = "OWNER",
+      example = "1234", description = "tid of the thread that last used the socket" },
+    { name = "owner_comm", type = "string", at = "owner_comm", when = "OWNER", need = "OWNER",
+      example = '"curl"', untrusted = true, description = "comm of the socket's owner" },
+    { name = "owner_cgroup", type = "integer", at = "owner_cgroup", when = "OWNER",
+      need = "OWNER", example = "1", description = "the socket's cgroup v2 id (sk_cgrp_data)" },
+    { name = "owner_uid", type = "integer", at = "owner_uid", when = "OWNER", need = "OWNER",
+      example = "0", description = "the socket's uid (sk_uid)" },
 }
 
 -- Filter-only names: true when either of two fields matches (`port == 53`: sport or dport).
@@ -208,6 +220,7 @@ local WHEN = {
     VLAN = flag(abi.EV.VLAN),
     IPFRAG = flag(abi.EV.IPFRAG),
     IP6 = flag(abi.EV.IP6),
+    OWNER = flag(abi.EV.OWNER),
     NONZERO = { lua = "v ~= 0", nonzero = 1 },
 }
 
@@ -538,9 +551,13 @@ end
 
 -- Lines for --list-fields: "name  type  description", aligned.
 function _M.list()
-    local lines = {}
+    local lines, width = {}, 0
+    for _, field in ipairs(fields) do
+        width = math.max(width, #field.name)
+    end
     for i, field in ipairs(fields) do
-        lines[i] = format("%-10s %-8s %s", field.name, field.value_type, field.description)
+        lines[i] = format("%-" .. width .. "s %-8s %s", field.name, field.value_type,
+                          field.description)
     end
     return lines
 end

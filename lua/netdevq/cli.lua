@@ -59,7 +59,7 @@ local function build_parser()
         :argname("EXPR")
     p:option("-I --dev", "only this device (repeatable)"):count("*"):argname("IFNAME")
     p:option("-p --pid", "only this process (the socket owner when known)"):argname("PID")
-    p:option("--comm", "only tasks with this comm"):argname("NAME")
+    p:option("--comm", "only this process name (the socket owner's when known)"):argname("NAME")
     p:option("--netns", "only devices in this network namespace (ip netns name or inode)")
         :argname("NAME")
     p:option("-c --cmd", "run CMD, trace only it and its children, stop when it exits")
@@ -191,7 +191,8 @@ local function quote(s)
     return '"' .. s:gsub('[\\"]', "\\%0") .. '"'
 end
 
--- --filter, -I, -p, --comm: one expression, every part and-ed.
+-- --filter, -I, --netns: one expression, every part and-ed (-p and --comm go to the kernel as
+-- such: they check the socket owner when known, which no field expression says).
 local function combined_filter(args)
     local parts = {}
     if args.filter then
@@ -203,12 +204,6 @@ local function combined_filter(args)
             ors[i] = "dev == " .. quote(d)
         end
         parts[#parts + 1] = "(" .. concat(ors, " or ") .. ")"
-    end
-    if args.pid then
-        parts[#parts + 1] = format("pid == %d", args.pid)
-    end
-    if args.comm then
-        parts[#parts + 1] = "comm == " .. quote(args.comm)
     end
     if args.netns then
         parts[#parts + 1] = "netns == " .. quote(args.netns)
@@ -396,6 +391,8 @@ local function open_tracer(s, writer_fields, child_pid)
         aggregations = s.specs,
         max_keys = args.max_keys,
         follow_pid = child_pid,
+        pid = args.pid,
+        comm = args.comm,
         ringbuf_size = args.ringbuf_size,
         object = args.object,
         btf_path = os.getenv("NETDEVQ_BTF_PATH"),

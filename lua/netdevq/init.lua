@@ -68,6 +68,7 @@ end
 local OPEN_KEYS = {
     mode = true, filter = true, pcap = true, where = true, fields = true, snaplen = true,
     aggregate = true, aggregations = true, emit = true, events = true, follow_pid = true,
+    pid = true, comm = true,
     ringbuf_size = true, batch = true, wakeup_bytes = true, max_keys = true, agg_max_keys = true,
     verbose = true, object = true, object_bytes = true, btf_path = true, attach = true,
 }
@@ -95,9 +96,9 @@ local function new_lua_aggregations(self, specs, max_keys)
 end
 
 -- opts: see netdevq.plan (mode, filter, pcap, where, fields, aggregations, aggregate, events,
--- snaplen, max_keys, follow_pid, ringbuf_size, batch, wakeup_bytes), and verbose, object,
--- object_bytes, btf_path, attach (default true). Returns a tracer, or nil, a one-line message
--- and { kind = "usage" | "runtime", caret = text under a filter error }.
+-- snaplen, max_keys, follow_pid, pid, comm, ringbuf_size, batch, wakeup_bytes), and verbose,
+-- object, object_bytes, btf_path, attach (default true). Returns a tracer, or nil, a one-line
+-- message and { kind = "usage" | "runtime", caret = text under a filter error }.
 function _M.open(opts)
     opts = opts or {}
     if type(opts) ~= "table" then

@@ -52,10 +52,11 @@ local EXACT_BELOW = 1e14
 
 local _M = {}
 
--- The fields the default text line reads (what the tracer's plan asks the kernel for).
+-- The fields the default text line reads (what the tracer's plan asks the kernel for). Its comm
+-- and pid columns are the socket owner's when the kernel knows it, the task's otherwise.
 _M.DEFAULT_FIELDS = {
     "time", "comm", "pid", "dev", "len", "proto", "saddr", "sport", "daddr", "dport", "ethertype",
-    "tcp_flags", "icmp_type", "icmp_code",
+    "tcp_flags", "icmp_type", "icmp_code", "owner_comm", "owner_pid",
 }
 
 -- The fields a writer made with these options reads (nil: every field).
@@ -112,6 +113,8 @@ local function printable_getter(field, text)
 end
 local get_comm = printable_getter(by_name.comm)
 local get_dev = printable_getter(by_name.dev)
+local get_owner_comm = printable_getter(by_name.owner_comm)
+local get_owner_pid = by_name.owner_pid.get
 
 local function integer_text(v)
     if v >= EXACT_BELOW or v <= -EXACT_BELOW then
@@ -192,8 +195,14 @@ end
 -- in place of proto and no addresses.
 local function default_line(p, parts)
     parts[1] = get_time(p)
-    parts[2] = text_value(get_comm(p))
-    parts[3] = get_pid(p)
+    local owner = get_owner_pid(p) -- the socket owner when known (owner.bpf.h), else the task
+    if owner then
+        parts[2] = text_value(get_owner_comm(p))
+        parts[3] = owner
+    else
+        parts[2] = text_value(get_comm(p))
+        parts[3] = get_pid(p)
+    end
     parts[4] = text_value(get_dev(p))
     parts[5] = get_len(p)
     local l3 = p.l3

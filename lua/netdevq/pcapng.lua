@@ -25,7 +25,9 @@
 --     comm: <comm>, pid: <pid>, tid: <tid>, queue: <queue>, mark: <mark>
 --
 -- e.g. "comm: curl, pid: 5130, tid: 5130, queue: 0, mark: 0" (numbers in decimal; bytes of comm
--- outside printable ASCII become '?'). Pass `comments = false` to open() to leave them out.
+-- outside printable ASCII become '?'). comm, pid and tid are the socket owner's when the kernel
+-- knows it (ev.flags has NDQ_EV_OWNER: a TCP ACK sent from softirq names its process), the task's
+-- on the CPU otherwise. Pass `comments = false` to open() to leave them out.
 --
 -- Timestamps: write_packet takes ts_ns as unix-epoch nanoseconds, a Lua number (exact only to
 -- 2^53, i.e. about a quarter of a microsecond today) or a uint64_t cdata (exact). write_event takes
@@ -66,10 +68,11 @@ local _M = {
   LINKTYPE_RAW = 101,
   -- what write_event reads of an event (the tracer's plan asks the kernel for them)
   FIELDS = { "smac", "vlan_proto", "dev", "ifindex", "netns", "ts", "comm", "pid", "tid", "queue",
-             "mark" },
+             "mark", "owner_comm", "owner_pid", "owner_tid" },
 }
 
 local NDQ_EV_MAC, NDQ_EV_VLAN_HW, NDQ_SNAP_MAX = abi.EV.MAC, abi.EV.VLAN_HW, abi.SNAP_MAX
+local EV_OWNER = abi.EV.OWNER
 local BT_SHB, BT_IDB, BT_EPB = 0x0A0D0D0A, 1, 6
 local OPT_ENDOFOPT, OPT_COMMENT = 0, 1
 local SHB_USERAPPL = 4
@@ -486,7 +489,8 @@ function Writer:write_event(ev, unix_ns)
     local opt = self.pos
     self.pos = opt + 4
     put_lit(self, "comm: ")
-    local comm, buf = ev.comm, self.buf
+    local owner = band(ev.flags, EV_OWNER) ~= 0
+    local comm, buf = owner and ev.owner_comm or ev.comm, self.buf
     for i = 0, 15 do
       local c = comm[i]
       if c == 0 then break end
@@ -495,9 +499,9 @@ function Writer:write_event(ev, unix_ns)
       self.pos = self.pos + 1
     end
     put_lit(self, ", pid: ")
-    put_dec(self, ev.pid)
+    put_dec(self, owner and ev.owner_pid or ev.pid)
     put_lit(self, ", tid: ")
-    put_dec(self, ev.tid)
+    put_dec(self, owner and ev.owner_tid or ev.tid)
     put_lit(self, ", queue: ")
     put_dec(self, ev.queue)
     put_lit(self, ", mark: ")

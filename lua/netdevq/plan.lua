@@ -17,6 +17,8 @@
 --   snaplen       header bytes each event carries for the consumers (pcapng)
 --   max_keys      keys per aggregation (kernel map and Lua alike; overflow is counted)
 --   follow_pid, ringbuf_size, batch, wakeup_bytes
+--   pid, comm     only this process / process name (the CLI's -p, --comm): the socket owner's
+--                 when the kernel knows it, the task on the CPU otherwise (follow_pid too)
 local ffi = require("ffi")
 local bit = require("bit")
 local abi = require("netdevq.abi")
@@ -71,6 +73,16 @@ local CHECKS = {
     follow_pid = function(v)
         if whole(v) and v >= 1 and v <= _M.PID_MAX then return v end
         return nil, format("must be a process id from 1 to %d", _M.PID_MAX)
+    end,
+    pid = function(v)
+        if whole(v) and v >= 0 and v <= _M.PID_MAX then return v end
+        return nil, format("must be a process id from 0 to %d", _M.PID_MAX)
+    end,
+    comm = function(v)
+        if type(v) == "string" and #v >= 1 and #v < abi.COMM_LEN and not v:find("\0", 1, true) then
+            return v
+        end
+        return nil, format("must be a process name of 1 to %d bytes", abi.COMM_LEN - 1)
     end,
     batch = function(v)
         if whole(v) and v >= 1 and v <= 2 ^ 20 then return v end
@@ -145,7 +157,7 @@ end
 
 local function check_options(opts)
     for _, name in ipairs({ "snaplen", "ringbuf_size", "max_keys", "follow_pid", "batch",
-                            "wakeup_bytes" }) do
+                            "wakeup_bytes", "pid", "comm" }) do
         local v, err = _M.check(name, opts[name])
         if err then
             return usage(err)
@@ -222,7 +234,8 @@ function _M.make(opts)
 
     -- what the kernel reads: what consumers read, what Lua filters and aggregates
     local need
-    if opts.fields == nil and (opts.events ~= false) then
+    -- every field for events nobody narrowed down; a kernel aggregation alone reads its own
+    if opts.fields == nil and opts.events ~= false and not (kernel_agg and opts.events == nil) then
         need = abi.NEED.ALL
     else
         need = catalogue.needs(agg_fields(lua_aggs, { unpack(opts.fields or {}) }))
@@ -250,11 +263,23 @@ function _M.make(opts)
     if events == nil then
         events = kernel_agg == nil
     end
+    if opts.pid or opts.comm or opts.follow_pid then
+        need = bor(need, abi.NEED.OWNER) -- they check the socket owner (csrc/owner.c does too)
+    end
     cfg.snaplen = snaplen
     cfg.need = need
     cfg.emit = (events or #lua_aggs > 0) and 1 or 0
     cfg.wakeup_bytes = opts.wakeup_bytes or _M.DEFAULT_WAKEUP_BYTES
     cfg.follow_pid = opts.follow_pid or 0
+    -- -p, --comm: the kernel checks the socket owner (or the task) itself; the loader then adds
+    -- NDQ_NEED_OWNER and the owner programs (csrc/owner.c)
+    if opts.pid then
+        cfg.who_pid.n, cfg.who_pid.v[0] = 1, opts.pid
+    end
+    if opts.comm then
+        cfg.n_who_comm = 1
+        ffi.copy(cfg.who_comm[0], opts.comm)
+    end
     require("netdevq.skbpath").configure(cfg) -- the member paths and kstack fields in use
 
     return {

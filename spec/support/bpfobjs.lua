@@ -23,6 +23,18 @@ _M.MAP_NAMES = {
     events = true, counters = true, scratch = true, aggs = true, tracked = true,
     ["netdevq.rodata"] = true,
 }
+-- the socket-owner programs and maps (bpf/owner.bpf.h), loaded only when owners are asked for
+_M.OWNER_PROG_NAMES = {
+    ndq_owner_send = true, ndq_owner_recv = true, ndq_owner_state = true,
+    ndq_owner_destroy = true, ndq_owner_softirq_entry = true, ndq_owner_softirq_exit = true,
+    ndq_owner_softi = true, -- both, where bpftool shows the kernel's 15-character name
+}
+for name in pairs(_M.OWNER_PROG_NAMES) do
+    _M.PROG_NAMES[name] = true
+end
+for _, name in ipairs({ "owners", "owner_inodes", "owner_listeners", "owner_softirq" }) do
+    _M.MAP_NAMES[name] = true
+end
 
 local function sh_quote(s)
     return "'" .. tostring(s):gsub("'", "'\\''") .. "'"

@@ -13,6 +13,8 @@
  *   --tos N          IP_TOS / IPV6_TCLASS (0..255)
  *   --ttl N          IP_TTL / IPV6_UNICAST_HOPS (1..255)
  *   --rcvbuf N       SO_RCVBUF on the sending socket (the kernel keeps 2N in sk->sk_rcvbuf)
+ *   --name NAME      the process's comm (prctl PR_SET_NAME, at most 15 bytes): tells the
+ *                    processes of one spec apart by name
  *
  * MODES
  *   udp4 SRC DST DPORT SPORT SIZE[,SIZE...] [COUNT]   UDP payloads of the given sizes (each COUNT
@@ -30,6 +32,17 @@
  *   udprecv ADDR PORT COUNT TIMEOUT_MS                bind, print "ready", then one line per
  *                                                     datagram: "recv SIZE SRCADDR SRCPORT"; exits
  *                                                     0 after COUNT datagrams, 3 on timeout
+ *   tcpsink ADDR PORT TIMEOUT_MS                      accept one connection, write the 1-byte go
+ *                                                     "g", read to EOF, print "received N", close
+ *   tcpbulk SRC DST DPORT SPORT BYTES                 connect, read the go byte, write BYTES
+ *                                                     (1..100000000), shut down writing, read to
+ *                                                     EOF, print "sent N", close
+ *   tcppush ADDR PORT TIMEOUT_MS BYTES                accept one connection, print "accepted",
+ *                                                     (--wait-file), write BYTES, print "pushed",
+ *                                                     read to EOF
+ *   tcphold SRC DST DPORT SPORT                       connect, print "connected", (--wait-file),
+ *                                                     close without reading: whatever arrives
+ *                                                     meanwhile is acknowledged by the kernel only
  *
  * Every mode first prints "pid N" (flushed) and, when it is done, "done". Errors: one line on
  * stderr starting with "ndq_send:", exit status 1 (usage 2).
@@ -50,6 +63,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <time.h>
@@ -93,7 +107,9 @@ static void usage(const char *msg)
 		"  tcplisten ADDR PORT [TIMEOUT_MS]\n"
 		"  icmp4|icmp6 SRC DST COUNT\n"
 		"  flood DST PORT SECONDS [SIZE]\n"
-		"  udprecv ADDR PORT COUNT TIMEOUT_MS\n", msg);
+		"  udprecv ADDR PORT COUNT TIMEOUT_MS\n"
+		"  tcpsink ADDR PORT TIMEOUT_MS | tcppush ADDR PORT TIMEOUT_MS BYTES\n"
+		"  tcpbulk SRC DST DPORT SPORT BYTES | tcphold SRC DST DPORT SPORT\n", msg);
 	exit(2);
 }
 
@@ -539,6 +555,146 @@ static int mode_udprecv(int argc, char **argv)
 	return 0;
 }
 
+/* Reads until EOF (bounded by the deadline); returns the bytes read, -1 on timeout. */
+static long long read_to_eof(int fd, double deadline)
+{
+	static char buf[65536];
+	long long total = 0;
+
+	for (;;) {
+		int left = (int)((deadline - now_s()) * 1000);
+		struct pollfd pfd = { fd, POLLIN, 0 };
+		ssize_t n;
+
+		if (left <= 0)
+			return -1;
+		if (poll(&pfd, 1, left) <= 0)
+			continue;
+		n = read(fd, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return total;
+		total += n;
+	}
+}
+
+static void write_all(int fd, long long bytes)
+{
+	static char buf[16384];
+
+	memset(buf, 'x', sizeof(buf));
+	while (bytes > 0) {
+		ssize_t n = write(fd, buf, bytes < (long long)sizeof(buf) ? (size_t)bytes : sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			die("write: %s", strerror(errno));
+		bytes -= n;
+	}
+}
+
+/* tcpsink (push 0: write the go byte, read to EOF) and tcppush (push 1: wait, write BYTES, read
+ * to EOF): one connection each. */
+static int mode_tcpserve(int argc, char **argv, int push)
+{
+	struct sockaddr_storage addr;
+	socklen_t alen;
+	long port, timeout_ms;
+	long long bytes = 0, got;
+	struct pollfd pfd;
+	int fd, cfd;
+	double deadline;
+
+	if (argc != 3 + push)
+		usage(push ? "tcppush takes ADDR PORT TIMEOUT_MS BYTES" :
+			     "tcpsink takes ADDR PORT TIMEOUT_MS");
+	port = parse_num(argv[1], 1, 65535, "PORT");
+	timeout_ms = parse_num(argv[2], 1, 600000, "TIMEOUT_MS");
+	if (push)
+		bytes = parse_num(argv[3], 1, 100000000, "BYTES");
+	alen = parse_addr(argv[0], (int)port, 0, &addr);
+	fd = open_socket(addr.ss_family, SOCK_STREAM, IPPROTO_TCP);
+	bind_or_die(fd, &addr, alen, argv[0]);
+	if (listen(fd, 1))
+		die("listen: %s", strerror(errno));
+	say("listening");
+	deadline = now_s() + timeout_ms / 1000.0;
+	pfd.fd = fd;
+	pfd.events = POLLIN;
+	if (poll(&pfd, 1, (int)timeout_ms) <= 0) {
+		say("timeout");
+		return 3;
+	}
+	cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+	if (cfd < 0)
+		die("accept: %s", strerror(errno));
+	if (push) {
+		say("accepted");
+		pause_before_sending();
+		write_all(cfd, bytes);
+		say("pushed");
+	} else {
+		write_all(cfd, 1);
+	}
+	got = read_to_eof(cfd, deadline);
+	if (got < 0) {
+		say("timeout");
+		return 3;
+	}
+	if (!push)
+		say("received %lld", got);
+	close(cfd);
+	close(fd);
+	say("done");
+	return 0;
+}
+
+/* tcpbulk (bulk 1: wait for the go byte, write BYTES, read to EOF) and tcphold (bulk 0: wait,
+ * close without reading). */
+static int mode_tcpclient(int argc, char **argv, int bulk)
+{
+	struct sockaddr_storage src, dst;
+	socklen_t slen, dlen;
+	long dport, sport;
+	long long bytes = 0;
+	char go;
+	int fd;
+
+	if (argc != 4 + bulk)
+		usage(bulk ? "tcpbulk takes SRC DST DPORT SPORT BYTES" :
+			     "tcphold takes SRC DST DPORT SPORT");
+	dport = parse_num(argv[2], 1, 65535, "DPORT");
+	sport = parse_num(argv[3], 0, 65535, "SPORT");
+	if (bulk)
+		bytes = parse_num(argv[4], 1, 100000000, "BYTES");
+	slen = parse_addr(argv[0], (int)sport, 0, &src);
+	dlen = parse_addr(argv[1], (int)dport, src.ss_family, &dst);
+	fd = open_socket(src.ss_family, SOCK_STREAM, IPPROTO_TCP);
+	bind_or_die(fd, &src, slen, argv[0]);
+	if (connect(fd, (struct sockaddr *)&dst, dlen))
+		die("connect %s port %ld: %s", argv[1], dport, strerror(errno));
+	if (!bulk) {
+		say("connected");
+		pause_before_sending();
+		close(fd);
+		say("done");
+		return 0;
+	}
+	if (read(fd, &go, 1) != 1)
+		die("no go byte from %s port %ld", argv[1], dport);
+	pause_before_sending();
+	write_all(fd, bytes);
+	if (shutdown(fd, SHUT_WR))
+		die("shutdown: %s", strerror(errno));
+	if (read_to_eof(fd, now_s() + 60) < 0)
+		die("no EOF from %s port %ld within 60 s", argv[1], dport);
+	close(fd);
+	say("sent %lld", bytes);
+	say("done");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int i = 1;
@@ -562,6 +718,10 @@ int main(int argc, char **argv)
 			g_opts.ttl = parse_num(argv[i + 1], 1, 255, "--ttl");
 		else if (!strcmp(o, "--rcvbuf"))
 			g_opts.rcvbuf = parse_num(argv[i + 1], 0, 0x7fffffff, "--rcvbuf");
+		else if (!strcmp(o, "--name")) {
+			if (strlen(argv[i + 1]) > 15 || prctl(PR_SET_NAME, argv[i + 1], 0, 0, 0))
+				usage("--name takes 1..15 bytes");
+		}
 		else
 			usage("unknown option");
 		i += 2;
@@ -591,6 +751,14 @@ int main(int argc, char **argv)
 		return mode_flood(argc, argv);
 	if (!strcmp(mode, "udprecv"))
 		return mode_udprecv(argc, argv);
+	if (!strcmp(mode, "tcpsink"))
+		return mode_tcpserve(argc, argv, 0);
+	if (!strcmp(mode, "tcppush"))
+		return mode_tcpserve(argc, argv, 1);
+	if (!strcmp(mode, "tcpbulk"))
+		return mode_tcpclient(argc, argv, 1);
+	if (!strcmp(mode, "tcphold"))
+		return mode_tcpclient(argc, argv, 0);
 	usage("unknown MODE");
 	return 2;
 }
