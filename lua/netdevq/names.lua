@@ -474,19 +474,18 @@ local function escape_byte(c)
     return format("\\x%02x", byte(c))
 end
 
-local escaped, escaped_n = {}, 0 -- memo: names repeat
+-- memo: names repeat, and a table lookup is what LuaJIT compiles (a pattern find is not)
+local escaped, escaped_n = {}, 0
 function _M.printable(v)
-    if not find(v, UNSAFE) then
-        return v
-    end
     local e = escaped[v]
-    if not e then
-        e = v:gsub(UNSAFE, escape_byte)
-        if escaped_n >= 4096 then
-            escaped, escaped_n = {}, 0
-        end
-        escaped[v], escaped_n = e, escaped_n + 1
+    if e then
+        return e
     end
+    e = find(v, UNSAFE) and v:gsub(UNSAFE, escape_byte) or v
+    if escaped_n >= 4096 then
+        escaped, escaped_n = {}, 0
+    end
+    escaped[v], escaped_n = e, escaped_n + 1
     return e
 end
 
