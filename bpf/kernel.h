@@ -57,9 +57,16 @@ struct skb_shared_info {
 	unsigned short gso_segs;
 };
 
+struct signal_struct {
+	struct {
+		int counter;
+	} live; /* atomic_t: threads of the group not yet through do_exit */
+};
+
 struct task_struct {
 	int pid;
 	int tgid;
+	struct signal_struct *signal;
 };
 
 #pragma clang attribute pop

@@ -71,13 +71,29 @@ struct {
 	__type(value, struct netdevq_agg_value);
 } aggs SEC(".maps");
 
-/* tgids of the process tree followed with -c (cfg.follow_pid); fed by handle_fork. */
+/* tgids of the live processes of the tree followed with -c (cfg.follow_pid): added by
+ * netdevq_fork, moved to `exited` by netdevq_exit. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u32);
 	__type(value, __u8);
 } tracked SEC(".maps");
+
+/* tgids of tree processes whose last thread has exited: what the kernel still sends for them
+ * on their way out (the FIN of a socket left open is sent after sched_process_exit) belongs to
+ * the tree. Bounded (least recently used go first); a recycled pid leaves at its fork. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} exited SEC(".maps");
+
+static __always_inline bool in_tree(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&tracked, &tgid) || bpf_map_lookup_elem(&exited, &tgid);
+}
 
 #include "skbpath.h" /* sk_buff member paths: reads cfg */
 
@@ -433,8 +449,10 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 		__u32 size = bpf_core_type_size(struct sk_buff);
 		if (size > SKB_COPY_MAX)
 			size = SKB_COPY_MAX;
-		if (bpf_probe_read_kernel(s->skb, size, skb))
+		if (bpf_probe_read_kernel(s->skb, size, skb)) {
+			cnt->c[NDQ_CNT_READ_FAILED]++;
 			return 0;
+		}
 	}
 	if (cfg.need & NDQ_NEED_OWNER) {
 		owner_read(ev, OWNER_SKB_SK(skb, s->skb, btf), btf);
@@ -568,7 +586,9 @@ int BPF_PROG(netdevq_btf, struct sk_buff *skb)
 	return handle(ctx, skb, true);
 }
 
-/* Follows the -c process tree: a child of a tracked process is tracked. */
+/* Follows the -c process tree: a child of a tracked process is tracked. A new process whose
+ * parent is not tracked got a pid that a tracked process held once (pids are recycled): it is
+ * not part of the tree, whatever netdevq_exit missed. Threads (same tgid) change nothing. */
 SEC("raw_tp/sched_process_fork")
 int netdevq_fork(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -578,7 +598,30 @@ int netdevq_fork(struct bpf_raw_tracepoint_args *ctx)
 	__u32 ctgid = BPF_CORE_READ(child, tgid);
 	__u8 one = 1;
 
-	if (ptgid != ctgid && bpf_map_lookup_elem(&tracked, &ptgid))
+	if (ptgid == ctgid)
+		return 0;
+	if (bpf_map_lookup_elem(&tracked, &ptgid)) {
 		bpf_map_update_elem(&tracked, &ctgid, &one, BPF_ANY);
+	} else {
+		bpf_map_delete_elem(&tracked, &ctgid);
+		bpf_map_delete_elem(&exited, &ctgid);
+	}
+	return 0;
+}
+
+/* Prunes the tree: a process whose last thread exits moves from `tracked` (fixed size, live
+ * processes) to `exited` (bounded, see there). The exit tracepoint fires after the thread
+ * group's count (signal->live) is decremented: 0 means this was the last thread. */
+SEC("raw_tp/sched_process_exit")
+int netdevq_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx->args[0];
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	__u8 one = 1;
+
+	if (BPF_CORE_READ(task, signal, live.counter) != 0 || !bpf_map_lookup_elem(&tracked, &tgid))
+		return 0;
+	bpf_map_update_elem(&exited, &tgid, &one, BPF_ANY);
+	bpf_map_delete_elem(&tracked, &tgid);
 	return 0;
 }

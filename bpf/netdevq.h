@@ -54,7 +54,8 @@ enum netdevq_counter {
 	NDQ_CNT_LOST = 3,	  /* ring buffer full: not handed over */
 	NDQ_CNT_AGGREGATED = 4,	  /* folded into the in-kernel aggregation */
 	NDQ_CNT_AGG_OVERFLOW = 5, /* aggregation map full: key not added */
-	NDQ_CNT_MAX = 6,
+	NDQ_CNT_READ_FAILED = 6,  /* raw mode: the sk_buff could not be read (seen, then dropped) */
+	NDQ_CNT_MAX = 7,
 };
 
 /* Where the kernel finds one aggregation key or value in struct netdevq_event, and when the event

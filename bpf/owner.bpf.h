@@ -400,7 +400,7 @@ static __always_inline int owner_who_filter(struct netdevq_event *ev)
 
 	if (!pid)
 		pid = bpf_get_current_pid_tgid() >> 32;
-	if (cfg.follow_pid && !bpf_map_lookup_elem(&tracked, &pid))
+	if (cfg.follow_pid && !in_tree(pid))
 		return 0;
 	if (cfg.who_pid.n && !in_u32_set(&cfg.who_pid, pid))
 		return 0;

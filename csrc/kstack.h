@@ -11,8 +11,9 @@
  * Returns 0, or -errno (an object without the map can still run without kstack). */
 int ndq_kstack_setup(struct bpf_object *obj, const struct netdevq_config *cfg);
 
-/* t:kstack(id) -> the stack's instruction pointers as a string of native __u64s (innermost
- * first, zeros cut), or nil when the map has no such stack. */
-int ndq_kstack_push(lua_State *L, struct bpf_object *obj, lua_Integer id);
+/* Adds t:kstack(id) to the tracer metatable (registered already): the stack's instruction
+ * pointers as a string of native __u64s (innermost first, zeros cut), or nil when the map has no
+ * such stack. */
+void ndq_kstack_register(lua_State *L);
 
 #endif /* NETDEVQ_KSTACK_H */

@@ -3,12 +3,19 @@
 #ifndef NETDEVQ_PCAP_FILTER_H
 #define NETDEVQ_PCAP_FILTER_H
 
+#include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 struct ndq_pcap;
 
-/* One program per link type (Ethernet and raw IP); NULL and a message in err on failure. */
-struct ndq_pcap *ndq_pcap_compile(const char *expr, int snaplen, char *err, size_t errlen);
+/* One program per link type (Ethernet and raw IP); NULL and a message in err on failure, with
+ * *bad_expr set when the expression is at fault (it does not compile, or not within budget_ms)
+ * rather than the system or a signal. Long expressions compile in a child process within
+ * budget_ms, given up when *stop (may be NULL) is set. */
+struct ndq_pcap *ndq_pcap_compile(const char *expr, int snaplen, int budget_ms,
+				  volatile sig_atomic_t *stop, char *err, size_t errlen,
+				  bool *bad_expr);
 /* 1 when the packet matches; pkt starts at the link header (ethernet) or the IP header. */
 int ndq_pcap_match(const struct ndq_pcap *p, int ethernet, const unsigned char *pkt,
 		   unsigned int caplen, unsigned int len);

@@ -10,6 +10,7 @@ local output = require("netdevq.output")
 local plan = require("netdevq.plan")
 local words = require("netdevq.words")
 local status = require("netdevq.status")
+local ffi = require("ffi")
 
 local core = netdevq.core
 local format = string.format
@@ -20,6 +21,7 @@ local io_stdout = io.stdout
 local _M = {}
 
 local EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+local CHILD_GRACE_MS = 2000 -- -c: from SIGTERM to SIGKILL when the run ends before the command
 
 local EXAMPLES = [[
 Examples:
@@ -400,26 +402,54 @@ local function open_tracer(s, writer_fields, child_pid)
     }
 end
 
--- per-event work: the pcapng writer and the text/JSON line; write errors stick in `failed`
+-- per-event work: the pcapng writer and the text/JSON line; write errors stick in `failed`.
+-- failed.unflushed: events handed to a writer since its last good flush; failed.unwritten:
+-- those plus the events a failed writer refused (what a stop with a blocked output lost).
 local function wire_outputs(t, s, writer, pcap_writer, failed)
+    failed.unflushed, failed.unwritten = 0, 0
+    local function written(ok, err)
+        if ok then
+            failed.unflushed = failed.unflushed + 1
+            return
+        end
+        if not failed.err then
+            failed.unwritten = failed.unflushed
+        end
+        failed.err = failed.err or err
+        failed.unwritten = failed.unwritten + 1
+    end
     if pcap_writer then
         local unix_ns = clock.unix_ns
         t:on_event(function(ev)
             local p = ev._p
-            local ok, err = pcap_writer:write_event(p, unix_ns(p.ts))
-            if not ok then
-                failed.err = failed.err or err
-            end
+            written(pcap_writer:write_event(p, unix_ns(p.ts)))
         end)
     end
     if s.print_events then
+        local interrupted = ffi.cast("volatile int *", core.interrupted_flag)
         t:on_event(function(ev)
             local ok, err = writer:event(ev)
-            if not ok then
-                failed.err = failed.err or err
+            if ok and interrupted[0] ~= 0 then
+                -- stopping: a reader that does not read must not hold the stop up
+                ok, err = writer:flush()
+                failed.unflushed = ok and -1 or failed.unflushed
             end
+            written(ok, err)
         end)
     end
+end
+
+-- A signal stopped a run whose output was blocked (a reader that does not read): one line
+-- that says so, and true (the run then ends like any signal stop).
+local function report_blocked(failed)
+    local sig = core.interrupted()
+    if not (sig and failed.err and tostring(failed.err):match("[Ii]nterrupted")) then
+        return false
+    end
+    io_stderr:write(format("netdevq: output blocked (the reader does not read), stopped by "
+        .. "signal %d: up to %d events not written (%s)\n", sig, failed.unwritten,
+        tostring(failed.err)))
+    return true
 end
 
 -- The aggregations, printed to s.out (text like bpftrace, or JSON lines); an interval gets a
@@ -475,9 +505,11 @@ local function start_child(s)
     return { pid = pid, gate = gate_fd, status = status_fd, done = false }
 end
 
+-- The run ended first (-d, -n, a signal, a failed start): the command ends with it (SIGTERM,
+-- SIGKILL after CHILD_GRACE_MS) and is reaped.
 local function stop_child(child)
     if child and not child.done then
-        core.waitpid(child.pid, false)
+        core.terminate(child.pid, CHILD_GRACE_MS)
         child.done = true
     end
 end
@@ -532,7 +564,7 @@ function _M.run(s)
     if args.write then
         local err
         pcap_writer, err = require("netdevq.pcapng").open(args.write,
-            { snaplen = args.snaplen or plan.DEFAULT_SNAPLEN })
+            { snaplen = args.snaplen or plan.DEFAULT_SNAPLEN, interrupted = core.interrupted })
         if not pcap_writer then
             io_stderr:write("netdevq: ", err, "\n")
             return EXIT_FAIL
@@ -564,10 +596,13 @@ function _M.run(s)
             io_stderr:write(info.caret, "\n")
         end
         if child then
-            core.release(child.gate, child.status) -- closing the gate: the child exits unexecuted
+            core.release(child.gate, child.status, false) -- the child exits unexecuted
             stop_child(child)
         end
         if s.exporter then s.exporter:close() end
+        if core.interrupted() then -- a signal stopped the start (a long pcap compile)
+            return EXIT_OK
+        end
         return info and info.kind == "usage" and EXIT_USAGE or EXIT_FAIL
     end
     if s.exporter then
@@ -622,7 +657,10 @@ function _M.run(s)
             -- a flush per batch: a closed pipe (| head -1) shows at once, not buffers later
             if s.print_events and not failed.err then
                 local okf, ferr = writer:flush()
-                if not okf then failed.err = ferr end
+                if not okf then
+                    failed.err, failed.unwritten = ferr, failed.unflushed
+                end
+                failed.unflushed = 0
             end
             if failed.err then
                 return true
@@ -653,7 +691,8 @@ function _M.finish(t, s, r)
     end
     stop_child(r.child)
     local failed = r.failed
-    local closed_pipe = failed.err and failed.err:match("[Bb]roken pipe")
+    local blocked = report_blocked(failed)
+    local closed_pipe = blocked or failed.err and failed.err:match("[Bb]roken pipe")
     if not failed.err then
         r.report_lost()
         if #s.specs > 0 then
@@ -668,7 +707,9 @@ function _M.finish(t, s, r)
         if not ok then failed.err = failed.err or err end
     end
     local final = t:stats() or r.stats or { events = 0, matched = 0, lost = 0 }
-    if not failed.err then -- a closed pipe ends quietly, whichever writer noticed it
+    if blocked then -- the summary (what was lost too) where it can still be read
+        io_stderr:write(output.summary_text(final), "\n")
+    elseif not failed.err then -- a closed pipe ends quietly, whichever writer noticed it
         local ok, err = r.writer:summary(final)
         if ok then
             ok, err = r.writer:flush()

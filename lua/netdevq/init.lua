@@ -131,9 +131,9 @@ function _M.open(opts)
         return nil, err, info
     end
 
-    local t, cerr = core.open(p.core)
+    local t, cerr, ckind = core.open(p.core)
     if not t then
-        return nil, "netdevq: " .. cerr, { kind = "runtime" }
+        return nil, "netdevq: " .. cerr, { kind = ckind or "runtime" }
     end
     if p.cfg.kstack ~= 0 then
         require("netdevq.kstack").use(t) -- kstack ids now refer to this tracer's stack map
@@ -153,6 +153,12 @@ function _M.open(opts)
         lua_filtered = 0,
         started_ns = monotonic_ns(),
         attached = false,
+        pend = false, -- the batch being delivered (see Tracer:poll), its size, the next index
+        pend_n = 0,
+        pend_i = 0,
+        delivering = false,
+        d_start = 0, -- pend_i and lua_filtered when deliver() started (see matched_now)
+        d_filtered = 0,
     }, Tracer)
     if p.kernel_agg and opts.aggregations then
         self.aggs[1] = lazy.aggregate.new(p.kernel_agg)
@@ -166,6 +172,15 @@ function _M.open(opts)
         end
     end
     return self
+end
+
+-- The core tracer, or the "tracer is closed" error (for the caller of the method).
+local function live(self)
+    local t = self.t
+    if not t then
+        error("netdevq: tracer is closed", 3)
+    end
+    return t
 end
 
 -- The aggregations of open{aggregations=}, up to date, in the order given; reset = true starts
@@ -192,7 +207,7 @@ function Tracer:agg_overflow()
 end
 
 function Tracer:attach()
-    local ok, err = self.t:attach()
+    local ok, err = live(self):attach()
     if not ok then
         return fail(err)
     end
@@ -208,7 +223,8 @@ end
 -- Stops tracing; counters, aggregations and events already in the ring buffer stay readable
 -- (poll drains them), so final figures add up. attach() may follow. Idempotent.
 function Tracer:detach()
-    if self.t and self.attached then
+    live(self)
+    if self.attached then
         self.t:detach()
         self.attached = false
     end
@@ -217,6 +233,7 @@ end
 
 -- fn(ev) for every matching event; several callbacks run in registration order.
 function Tracer:on_event(fn)
+    live(self)
     if type(fn) ~= "function" then
         error("on_event: expected a function", 2)
     end
@@ -226,24 +243,41 @@ function Tracer:on_event(fn)
     return self
 end
 
--- Deliver what is pending (waiting up to timeout_ms when nothing is). Returns the number of
--- events delivered to callbacks and the number taken from the kernel, or nil, err.
-function Tracer:poll(timeout_ms)
-    local n, batch = self.t:poll(timeout_ms or 100)
-    if not n then
-        return nil, "netdevq: " .. tostring(batch)
+-- While deliver() runs (or a coroutine is suspended in one of its callbacks), where it is: the
+-- view points at the event being delivered, so the batch index after it is read from there
+-- rather than stored for every event.
+local function position(self)
+    if not self.delivering then
+        return self.pend_i
     end
-    if n == 0 then
-        return 0, 0
+    return tonumber(ffi_cast(event_ptr_t, rawget(self.view, "_p"))
+        - ffi_cast(event_ptr_t, self.pend)) + 1
+end
+
+-- matched, with what the batch being delivered has delivered so far (deliver() counts those in a
+-- local; poll() adds them up when it returns, whether a callback raised or not)
+local function matched_now(self)
+    if self.delivering then
+        local handled = position(self) - self.d_start
+        return self.matched + handled - (self.lua_filtered - self.d_filtered)
     end
-    local evs = ffi_cast(event_ptr_t, batch)
+    return self.matched
+end
+
+-- Delivers events[pend_i .. pend_n-1] of the batch being delivered and moves pend_i on. Whatever
+-- a callback does (raise, close the tracer, yield) leaves the rest of the batch in place and the
+-- figures exact (see position and matched_now).
+local function deliver(self)
+    local evs = ffi_cast(event_ptr_t, self.pend)
+    local n, limit = self.pend_n, self.limit
+    local room = limit and limit - self.matched or n
     local view, match, where = self.view, self.match, self.where
     local callbacks, ncb = self.callbacks, self.ncallbacks
-    local room = self.limit and self.limit - self.matched or n
-    local delivered, filtered = 0, 0
-    for i = 0, n - 1 do
+    local delivered = 0
+    for i = self.pend_i, n - 1 do
         if delivered >= room then
-            break -- max_events reached: the rest of the batch is not delivered
+            self.pend_i = i
+            return -- max_events reached: the rest stays pending
         end
         view:_set(evs + i)
         if (match == nil or match(evs + i)) and (where == nil or where(view)) then
@@ -251,21 +285,72 @@ function Tracer:poll(timeout_ms)
             for c = 1, ncb do
                 callbacks[c](view)
             end
+            if not self.t then
+                self.pend_i = i + 1
+                return -- closed by a callback: nothing more is delivered
+            end
         else
-            filtered = filtered + 1
+            self.lua_filtered = self.lua_filtered + 1
         end
     end
-    self.matched = self.matched + delivered
-    self.lua_filtered = self.lua_filtered + filtered
-    return delivered, n
+    self.pend_i = n
+end
+
+-- Deliver what is pending (waiting up to timeout_ms when nothing is). Returns the number of
+-- events delivered to callbacks and the number of events handled (taken from the kernel, or
+-- left from a batch a callback's error interrupted), or nil, err.
+-- Callbacks may close the tracer (no event is delivered after that) or raise (the error goes
+-- on to the caller; the rest of the batch is delivered by the next poll: stats().pending counts
+-- it meanwhile). Calling poll from a callback raises: the batch is being delivered.
+function Tracer:poll(timeout_ms)
+    local t = live(self)
+    if self.delivering then
+        error("netdevq: poll() called while a batch is being delivered (from an on_event "
+            .. "callback, or a coroutine suspended in one): return from the callback first", 2)
+    end
+    local start = self.pend_i
+    if start >= self.pend_n then
+        local n, batch = t:poll(timeout_ms or 100)
+        if not n then
+            return nil, "netdevq: " .. tostring(batch)
+        end
+        if n == 0 then
+            return 0, 0
+        end
+        -- the batch memory stays valid while the view or the tracer holds it, closed or not
+        if rawget(self.view, "_batch") ~= batch then
+            rawset(self.view, "_batch", batch)
+        end
+        self.pend, self.pend_n, self.pend_i, start = batch, n, 0, 0
+    end
+    local matched = self.matched
+    self.d_start, self.d_filtered = start, self.lua_filtered
+    self.delivering = true
+    local ok, err = pcall(deliver, self)
+    if not ok then
+        self.pend_i = position(self) -- the event whose callback raised counts as delivered
+    end
+    self.matched = matched + (self.pend_i - start) - (self.lua_filtered - self.d_filtered)
+    self.delivering = false
+    local handled = self.pend_i - start
+    if not self.t then
+        self.pend, self.pend_n, self.pend_i = false, 0, 0 -- closed meanwhile
+    end
+    if not ok then
+        error(err, 0)
+    end
+    return self.matched - matched, handled
 end
 
 -- Kernel counters and what happened here:
 --   seen (net_dev_queue hits), kfiltered (dropped by the kernel filter), emitted (to the ring
 --   buffer), lost (ring buffer full), pcap_dropped, lua_filtered, matched (delivered to
---   callbacks), aggregated, agg_overflow; events = seen.
+--   callbacks), aggregated, agg_overflow, read_failed (raw mode: the sk_buff could not be read),
+--   pending (taken from the kernel, not yet delivered: see poll); events = seen.
+-- With events streamed: seen == kfiltered + emitted + lost + read_failed, and
+-- received == matched + lua_filtered + pending.
 function Tracer:stats()
-    local c, err = self.t:counters()
+    local c, err = live(self):counters()
     if not c then
         return nil, "netdevq: " .. err
     end
@@ -273,9 +358,10 @@ function Tracer:stats()
     if self.agg_spec and self.ncallbacks == 0 then
         c.matched = c.aggregated
     else
-        c.matched = self.matched
+        c.matched = matched_now(self)
     end
     c.lua_filtered = self.lua_filtered
+    c.pending = self.pend_n - position(self)
     c.agg_overflow = (c.agg_overflow or 0) + self:agg_overflow()
     c.duration_s = (monotonic_ns() - self.started_ns) / 1e9
     return c
@@ -288,7 +374,7 @@ function Tracer:read_aggregate(agg, reset)
     if not spec then
         error("read_aggregate: this tracer was opened without 'aggregate'", 2)
     end
-    local n, keys, vals = self.t:agg_read(reset)
+    local n, keys, vals = live(self):agg_read(reset)
     if not n then
         return nil, "netdevq: " .. tostring(keys)
     end
@@ -300,6 +386,7 @@ end
 -- attached to the tracer (netdevq.prometheus{ tracer = t }) is refreshed every exporter.period
 -- seconds and at the end. Returns the stats table, or nil, err.
 function Tracer:run(opts)
+    live(self)
     opts = opts or {}
     local deadline = opts.duration and (monotonic_ns() + opts.duration * 1e9)
     local max_events = opts.max_events
@@ -338,7 +425,7 @@ function Tracer:run(opts)
         if max_events and self.matched >= max_events then
             break
         end
-        if stop and stop() then
+        if not self.t or (stop and stop()) then
             break
         end
         if next_tick and monotonic_ns() >= next_tick then
@@ -347,13 +434,16 @@ function Tracer:run(opts)
                 opts.on_tick(self)
             end
         end
+        if not self.t then
+            break
+        end
         if next_export and monotonic_ns() >= next_export then
             next_export = monotonic_ns() + export_ns
             exporter:refresh()
         end
     end
     -- what the kernel handed over before the stop still counts (a Ctrl-C cuts a poll short)
-    while not self:limit_reached() do
+    while self.t and not self:limit_reached() do
         local delivered, taken = self:poll(0)
         if not delivered then
             return nil, taken
@@ -361,6 +451,9 @@ function Tracer:run(opts)
         if taken == 0 then
             break
         end
+    end
+    if not self.t then
+        return self.final_stats -- closed by a callback: the figures at close
     end
     if exporter then
         exporter:refresh()
@@ -373,10 +466,19 @@ function Tracer:limit_reached()
     return self.limit ~= nil and self.matched >= self.limit
 end
 
+-- Detaches and frees the kernel objects at once, also from inside a callback (the batch being
+-- delivered stays valid memory; no event is delivered after this). Idempotent; every other
+-- method raises "tracer is closed" afterwards. run() then returns the figures of this moment.
 function Tracer:close()
-    if self.t then
-        self.t:close()
+    local t = self.t
+    if t then
+        self.final_stats = self:stats()
         self.t = false
+        self.attached = false
+        if not self.delivering then -- else poll() drops the batch when deliver() returns
+            self.pend, self.pend_n, self.pend_i = false, 0, 0
+        end
+        t:close()
     end
 end
 -- (no __gc here: LuaJIT tables have none; the core userdata closes itself when collected)

@@ -60,6 +60,13 @@ int ndq_pcapng_open(const char *path, int flags, int mode) __asm__("open");
 long ndq_pcapng_write(int fd, const void *buf, size_t count) __asm__("write");
 int ndq_pcapng_close(int fd) __asm__("close");
 char *ndq_pcapng_strerror(int errnum) __asm__("strerror");
+typedef struct {
+  uint32_t stx_mask, stx_blksize; uint64_t stx_attributes;
+  uint32_t stx_nlink, stx_uid, stx_gid; uint16_t stx_mode, pad; uint64_t rest[30];
+} ndq_pcapng_statx;
+int ndq_pcapng_statx_at(int dirfd, const char *path, int flags, unsigned mask,
+                     ndq_pcapng_statx *buf) __asm__("statx");
+int ndq_pcapng_fchmod(int fd, unsigned mode) __asm__("fchmod");
 ]]
 local C = ffi.C
 
@@ -90,11 +97,16 @@ elseif ffi.arch:match("^mips") then
   O_CREAT, O_TRUNC, O_NOFOLLOW = 256, 512, 131072
 end
 local MODE_0600 = 384
+local AT_EMPTY_PATH, STATX_TYPE, S_IFMT, S_IFREG = 0x1000, 1, 0xf000, 0x8000 -- the same everywhere
+-- names of this process's standard output: written like "-" (a path would refuse the symlink)
+local STDOUT_NAMES = { ["-"] = true, ["/dev/stdout"] = true, ["/dev/fd/1"] = true,
+                       ["/proc/self/fd/1"] = true }
 
 local u32p_t = ffi.typeof("uint32_t *")
 local u16p_t = ffi.typeof("uint16_t *")
 local u8buf_t = ffi.typeof("uint8_t[?]")
 local fdbox_t = ffi.typeof("int[1]")
+local statx_t = ffi.typeof("ndq_pcapng_statx")
 
 local function strerror(e)
   return ffi_string(C.ndq_pcapng_strerror(e))
@@ -131,7 +143,12 @@ local function drain(self)
       local n = tonumber(C.ndq_pcapng_write(self.fdbox[0], self.buf + off, pos - off))
       if n < 0 then
         local e = ffi_errno()
-        if e ~= EINTR then
+        if e == EINTR and self.interrupted and self.interrupted() then
+          -- a stop signal while the reader does not read: give up, the caller reports it
+          self.err = "pcapng: write to " .. self.name .. " interrupted: "
+            .. (pos - off) .. " bytes not written (the reader does not read)"
+          return nil, self.err
+        elseif e ~= EINTR then
           self.err = "pcapng: write to " .. self.name .. " failed: " .. strerror(e)
             .. " (disk full or reader gone?)"
           return nil, self.err
@@ -293,10 +310,32 @@ end
 
 -- Public API ---------------------------------------------------------------------------------
 
+--- True when target names this process's standard output ("-", /dev/stdout, /dev/fd/1).
+function _M.is_stdout(target)
+  return STDOUT_NAMES[target] == true
+end
+
+-- An existing regular file keeps its mode through O_TRUNC: make it 0600 like a new one (only
+-- regular files: never /dev/null or a FIFO). nil, err when that fails.
+local function private_mode(fd, target)
+  local st = statx_t()
+  if C.ndq_pcapng_statx_at(fd, "", AT_EMPTY_PATH, STATX_TYPE, st) ~= 0 then
+    return nil, "pcapng: cannot inspect " .. target .. ": " .. strerror(ffi_errno())
+  end
+  if band(st.stx_mode, S_IFMT) == S_IFREG and C.ndq_pcapng_fchmod(fd, MODE_0600) ~= 0 then
+    return nil, "pcapng: cannot make " .. target .. " private (mode 0600): "
+      .. strerror(ffi_errno())
+  end
+  return true
+end
+
 --- Opens a writer on a path, "-" (stdout) or an io file handle.
 -- opts.snaplen (0..2^31-1; 0 = no limit, the default): written into every IDB, longer captures
 -- are cut to it. opts.comments (default true): per-event comments from write_event.
--- opts.application: shb_userappl (default "netdevq").
+-- opts.application: shb_userappl (default "netdevq"). opts.interrupted: a function, true once
+-- the process is stopping (netdevq.interrupted): a write interrupted by a signal then fails
+-- instead of blocking again on a reader that does not read.
+-- "/dev/stdout" (and /dev/fd/1) is "-"; an existing regular file ends up mode 0600 too.
 -- Returns the writer, or nil, err.
 function _M.open(target, opts)
   opts = opts or {}
@@ -312,13 +351,16 @@ function _M.open(target, opts)
     buf = u8buf_t(BUF_INITIAL), cap = BUF_INITIAL, pos = 0,
     snaplen = snaplen, comments = opts.comments ~= false,
     nif = 0, by_name = {}, by_netns = {},
+    interrupted = opts.interrupted,
   }, Writer)
 
-  if target == "-" then
+  if target == "" then
+    return nil, "pcapng: the file name is empty: give a path, or - for standard output"
+  elseif STDOUT_NAMES[target] then
     self.name, self.fdbox = "standard output", fdbox_t(1)
   elseif io_type(target) == "file" then
     self.name, self.fh = "file handle", target
-  elseif type(target) == "string" and target ~= "" then
+  elseif type(target) == "string" then
     local flags = bor(O_WRONLY, O_CREAT, O_TRUNC, O_NOFOLLOW, O_CLOEXEC)
     local fd = C.ndq_pcapng_open(target, flags, MODE_0600)
     if fd < 0 then
@@ -332,6 +374,11 @@ function _M.open(target, opts)
     self.name = target
     self.fdbox = ffi_gc(fdbox_t(fd), close_fdbox)
     self.owns_fd = true
+    local ok, err = private_mode(fd, target)
+    if not ok then
+      self:close()
+      return nil, err
+    end
   else
     error("pcapng.open: expects a path, \"-\" or an io file handle", 2)
   end

@@ -18,9 +18,10 @@ local cjson = require("cjson")
 local _M = {}
 
 -- netdevq's object names as bpftool shows them (names are cut at 15 characters)
-_M.PROG_NAMES = { netdevq_raw = true, netdevq_btf = true, netdevq_fork = true }
+_M.PROG_NAMES = { netdevq_raw = true, netdevq_btf = true, netdevq_fork = true,
+                  netdevq_exit = true }
 _M.MAP_NAMES = {
-    events = true, counters = true, scratch = true, aggs = true, tracked = true,
+    events = true, counters = true, scratch = true, aggs = true, tracked = true, exited = true,
     ["netdevq.rodata"] = true,
 }
 -- the socket-owner programs and maps (bpf/owner.bpf.h), loaded only when owners are asked for
@@ -56,6 +57,9 @@ local function read_file(path)
     f:close()
     return s
 end
+
+--- A file's whole text, or nil when it cannot be read.
+_M.read_file = read_file
 
 function _M.getpid()
     local s = assert(read_file("/proc/self/stat"))

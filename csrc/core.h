@@ -1,0 +1,92 @@
+/* core.h - what the parts of the C Lua module `netdevq.core` share (internal; one module):
+ *
+ *   module.c   luaopen_netdevq_core: registration, metatables, layout, libbpf logging
+ *   loader.c   core.open: options, the object (embedded, bytes or path; trial load in a child),
+ *              its configuration and load
+ *   tracer.c   tracer methods: attach/detach, ring buffer polling into the batch, counters,
+ *              aggregation map reads, close
+ *   proc.c     the -c child: spawn, release, waitpid, terminate
+ *   signals.c  SIGINT/SIGTERM as a flag; blocked writes give up once it is set
+ *   owner.c    the socket-owner programs (which load, attaching them, the /proc scan)
+ *   pcap_filter.c  tcpdump expressions (libpcap), kept apart: its struct bpf_program collides
+ *
+ * Expected failures return nil, "what failed: why; what to do". Misuse raises.
+ */
+#ifndef NETDEVQ_CORE_H
+#define NETDEVQ_CORE_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <linux/types.h>
+#include <bpf/libbpf.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "netdevq.h"
+
+#define TRACER_MT "netdevq.Tracer"
+#define NETDEVQ_VERSION "0.1.0"
+#define DEFAULT_RINGBUF (8u << 20)
+#define DEFAULT_BATCH 4096
+#define DEFAULT_AGG_KEYS 4096
+#define KERNEL_BTF "/sys/kernel/btf/vmlinux"
+
+struct ndq_pcap;
+struct ndq_owner;
+
+struct tracer {
+	struct bpf_object *obj;
+	struct bpf_link *link;
+	struct bpf_link *fork_link;
+	struct bpf_link *exit_link;
+	struct bpf_program *prog;
+	struct bpf_program *fork_prog;
+	struct bpf_program *exit_prog;
+	struct ring_buffer *rb;
+	struct netdevq_event *batch; /* the payload of a userdata the tracer's userdata keeps */
+	size_t batch_n, batch_cap;
+	struct netdevq_agg_key *agg_keys;
+	struct netdevq_agg_value *agg_vals;
+	size_t agg_cap;
+	void *percpu_buf;
+	int counters_fd, aggs_fd, tracked_fd;
+	__u32 follow_pid;
+	__u32 agg_value_size;
+	struct ndq_pcap *pcap;
+	struct ndq_owner *owner; /* socket-owner links (owner.c) */
+	__u64 pcap_dropped;
+	__u64 received;
+	char mode[8];
+};
+
+/* The tracer's userdata; its environment table holds the batch userdata at [1], so that a
+ * batch Lua still walks stays valid when the tracer is closed meanwhile (from a callback, or
+ * while a coroutine that was delivering it is suspended). */
+struct tracer_ud {
+	struct tracer *t;
+};
+
+/* module.c */
+extern int ndq_verbose;
+int ndq_push_fail(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ndq_set_funcs(lua_State *L, const luaL_Reg *l);
+
+/* loader.c */
+int ndq_core_open(lua_State *L);
+
+/* tracer.c */
+void ndq_tracer_free(struct tracer *t);
+int ndq_on_sample(void *ctx, void *data, size_t size);
+void ndq_tracer_register(lua_State *L);
+
+/* proc.c */
+extern const luaL_Reg ndq_proc_funcs[];
+
+/* signals.c */
+extern volatile sig_atomic_t ndq_interrupted;
+void ndq_signals_register(lua_State *L);
+
+#endif

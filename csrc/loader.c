@@ -1,0 +1,476 @@
+/* loader.c - core.open: the options, the BPF object (embedded, bytes or a path; a user's object
+ * is trial-loaded in a child first), its configuration (.rodata config, map sizes, which programs
+ * load) and the load. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+
+#include "core.h"
+#include "kstack.h"
+#include "owner.h"
+#include "pcap_filter.h"
+
+#define PCAP_BUDGET_MS 10000 /* libpcap's optimizer is slow on long expressions */
+
+/* The BPF object, embedded by bpf_blobs.S (see CMakeLists.txt). */
+extern const unsigned char netdevq_bpf_object[];
+extern const unsigned long long netdevq_bpf_object_size;
+
+/* What core.open was given. Strings belong to the options table (kept on the stack). */
+struct open_opts {
+	const char *mode, *object, *object_bytes, *btf_path, *pcap;
+	size_t object_len, pcap_len;
+	int ringbuf_size, batch, agg_keys, pcap_snaplen;
+	struct netdevq_config cfg;
+};
+
+static int opt_int(lua_State *L, int idx, const char *key, lua_Integer def, lua_Integer lo,
+		   lua_Integer hi)
+{
+	lua_Integer v = def;
+
+	lua_getfield(L, idx, key);
+	if (!lua_isnil(L, -1)) {
+		if (!lua_isnumber(L, -1))
+			luaL_error(L, "netdevq.core.open: option '%s' must be a number", key);
+		v = lua_tointeger(L, -1);
+		if (v < lo || v > hi)
+			luaL_error(L, "netdevq.core.open: option '%s' out of range (%d..%d)", key,
+				   (int)lo, (int)hi);
+	}
+	lua_pop(L, 1);
+	return (int)v;
+}
+
+/* A string option; binary ones (object_bytes, config) give len, text ones must hold no NUL. */
+static const char *opt_str(lua_State *L, int idx, const char *key, size_t *len)
+{
+	const char *s;
+	size_t n;
+
+	lua_getfield(L, idx, key);
+	if (lua_isnil(L, -1)) {
+		lua_pop(L, 1);
+		return NULL;
+	}
+	if (!lua_isstring(L, -1))
+		luaL_error(L, "netdevq.core.open: option '%s' must be a string", key);
+	s = lua_tolstring(L, -1, &n);
+	lua_pop(L, 1); /* the options table keeps the string alive */
+	if (len)
+		*len = n;
+	else if (strlen(s) != n)
+		luaL_error(L, "netdevq.core.open: option '%s' contains a NUL byte", key);
+	return s;
+}
+
+static void read_options(lua_State *L, struct open_opts *o)
+{
+	size_t config_len = 0;
+	const char *config;
+
+	luaL_checktype(L, 1, LUA_TTABLE);
+	memset(o, 0, sizeof(*o));
+	o->mode = opt_str(L, 1, "mode", NULL);
+	if (!o->mode)
+		o->mode = "raw";
+	if (strcmp(o->mode, "raw") != 0 && strcmp(o->mode, "btf") != 0)
+		luaL_error(L, "netdevq.core.open: mode must be 'raw' or 'btf', not '%s'", o->mode);
+	o->object = opt_str(L, 1, "object", NULL);
+	o->object_bytes = opt_str(L, 1, "object_bytes", &o->object_len);
+	config = opt_str(L, 1, "config", &config_len);
+	o->btf_path = opt_str(L, 1, "btf_path", NULL);
+	o->pcap = opt_str(L, 1, "pcap", &o->pcap_len); /* a NUL inside: a clean error in open */
+	o->ringbuf_size = opt_int(L, 1, "ringbuf_size", DEFAULT_RINGBUF, 4096, 1 << 30);
+	o->batch = opt_int(L, 1, "batch", DEFAULT_BATCH, 1, 1 << 20);
+	o->agg_keys = opt_int(L, 1, "agg_max_keys", DEFAULT_AGG_KEYS, 1, 1 << 20);
+	o->pcap_snaplen = opt_int(L, 1, "pcap_snaplen", NDQ_SNAP_MAX, 1, 65535);
+	lua_getfield(L, 1, "verbose");
+	ndq_verbose = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	if (config && config_len != sizeof(o->cfg))
+		luaL_error(L, "netdevq.core.open: config is %d bytes, struct netdevq_config is %d",
+			   (int)config_len, (int)sizeof(o->cfg));
+	if (config)
+		memcpy(&o->cfg, config, sizeof(o->cfg));
+	ndq_owner_config(&o->cfg);
+}
+
+static const char *object_name(const struct open_opts *o)
+{
+	return o->object ? o->object : o->object_bytes ? "(object_bytes)" : "(embedded)";
+}
+
+/* libbpf 1.1 crashes on some malformed objects (bad BTF above all) while it opens or loads them
+ * (spec/fuzz/elf_fuzz.lua finds such objects). An object the user names, unlike the embedded one,
+ * is therefore opened and loaded once in a child process first: when that child dies, the object
+ * is refused with a clean error and this process never parses it. The child loads the program
+ * of o->mode only, like the real load. */
+static void trial_child(const struct open_opts *o, const struct bpf_object_open_opts *oopts)
+{
+	const char *prog_name = strcmp(o->mode, "raw") == 0 ? "netdevq_raw" : "netdevq_btf";
+	struct bpf_object *obj;
+	struct bpf_program *p, *want;
+
+	/* a crash here is the expected outcome for some objects: let the signal end the child
+	 * plainly (no sanitizer or debugger handler reporting it as an error of its own) */
+	signal(SIGSEGV, SIG_DFL);
+	signal(SIGBUS, SIG_DFL);
+	signal(SIGFPE, SIG_DFL);
+	signal(SIGILL, SIG_DFL);
+	signal(SIGABRT, SIG_DFL);
+	ndq_verbose = 0;
+	obj = o->object ? bpf_object__open_file(o->object, oopts) :
+			  bpf_object__open_mem(o->object_bytes, o->object_len, oopts);
+	if (!obj)
+		_exit(3);
+	want = bpf_object__find_program_by_name(obj, prog_name);
+	if (want)
+		bpf_object__for_each_program(p, obj)
+			bpf_program__set_autoload(p, p == want);
+	_exit(bpf_object__load(obj) ? 3 : 0);
+}
+
+static bool is_elf(const struct open_opts *o)
+{
+	unsigned char magic[4] = { 0 };
+
+	if (o->object) {
+		FILE *f = fopen(o->object, "rb");
+
+		if (f) {
+			if (fread(magic, 1, sizeof(magic), f) != sizeof(magic))
+				magic[0] = 0;
+			fclose(f);
+		}
+	} else if (o->object_len >= sizeof(magic)) {
+		memcpy(magic, o->object_bytes, sizeof(magic));
+	}
+	return memcmp(magic, "\177ELF", sizeof(magic)) == 0;
+}
+
+/* 0 (go on: the real open reports any failure) or -1 with msg set */
+static int trial_load(const struct open_opts *o, const struct bpf_object_open_opts *oopts,
+		      char *msg, size_t msglen)
+{
+	int st = 0;
+	pid_t pid, r;
+
+	/* what is not ELF at all, libbpf refuses before parsing anything: no child needed */
+	if (!is_elf(o))
+		return 0;
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0) {
+		snprintf(msg, msglen, "fork failed (%s)", strerror(errno));
+		return -1;
+	}
+	if (pid == 0)
+		trial_child(o, oopts);
+	do {
+		r = waitpid(pid, &st, 0);
+	} while (r < 0 && errno == EINTR);
+	if (r == pid && WIFEXITED(st) && (WEXITSTATUS(st) == 0 || WEXITSTATUS(st) == 3))
+		return 0;
+	if (r == pid && WIFSIGNALED(st))
+		snprintf(msg, msglen,
+			 "BPF object %s is malformed: libbpf crashed on it (signal %d in a trial "
+			 "load): rebuild with scripts/setup",
+			 object_name(o), WTERMSIG(st));
+	else
+		snprintf(msg, msglen,
+			 "BPF object %s is malformed: libbpf failed on it (status %d in a trial "
+			 "load): rebuild with scripts/setup",
+			 object_name(o), r == pid ? WEXITSTATUS(st) : -1);
+	return -1;
+}
+
+static int check_btf(const struct open_opts *o, struct bpf_object_open_opts *oopts, char *msg,
+		     size_t msglen)
+{
+	const char *path = o->btf_path ? o->btf_path : KERNEL_BTF;
+
+	if (access(path, R_OK) != 0) {
+		snprintf(msg, msglen,
+			 "kernel BTF not found at %s (%s): netdevq needs a kernel built with "
+			 "CONFIG_DEBUG_INFO_BTF=y",
+			 path, strerror(errno));
+		return -1;
+	}
+	oopts->btf_custom_path = o->btf_path;
+	return 0;
+}
+
+static int open_object(struct tracer *t, const struct open_opts *o,
+		       struct bpf_object_open_opts *oopts, char *msg, size_t msglen)
+{
+	char why[128];
+	int err;
+
+	oopts->object_name = "netdevq";
+	if (o->object && access(o->object, R_OK) != 0) {
+		snprintf(msg, msglen,
+			 "cannot read BPF object %s (%s): give the path of a netdevq.bpf.o, or "
+			 "none for the embedded one",
+			 o->object, strerror(errno));
+		return -1;
+	}
+	if ((o->object || o->object_bytes) && trial_load(o, oopts, msg, msglen))
+		return -1;
+	if (o->object)
+		t->obj = bpf_object__open_file(o->object, oopts);
+	else if (o->object_bytes)
+		t->obj = bpf_object__open_mem(o->object_bytes, o->object_len, oopts);
+	else
+		t->obj = bpf_object__open_mem(netdevq_bpf_object, netdevq_bpf_object_size, oopts);
+	if (t->obj)
+		return 0;
+	err = -errno;
+	libbpf_strerror(err, why, sizeof(why)); /* knows libbpf's own codes (4000+) too */
+	snprintf(msg, msglen,
+		 "BPF object %s is not a valid netdevq object (%s): rebuild with scripts/setup",
+		 object_name(o), why);
+	return -1;
+}
+
+static int rodata_config_offset(struct bpf_object *obj, size_t *off)
+{
+	const struct btf *btf = bpf_object__btf(obj);
+	const struct btf_type *sec;
+	const struct btf_var_secinfo *vs;
+	int id;
+
+	if (!btf)
+		return -ENOENT;
+	id = btf__find_by_name_kind(btf, ".rodata", BTF_KIND_DATASEC);
+	if (id < 0)
+		return -ENOENT;
+	sec = btf__type_by_id(btf, id);
+	vs = btf_var_secinfos(sec);
+	for (int i = 0; i < btf_vlen(sec); i++, vs++) {
+		const struct btf_type *var = btf__type_by_id(btf, vs->type);
+
+		if (strcmp(btf__name_by_offset(btf, var->name_off), "cfg") == 0) {
+			if (vs->size != sizeof(struct netdevq_config))
+				return -EPROTO;
+			*off = vs->offset;
+			return 0;
+		}
+	}
+	return -ENOENT;
+}
+
+static struct bpf_map *map_by_suffix(struct bpf_object *obj, const char *suffix)
+{
+	struct bpf_map *map;
+	size_t sl = strlen(suffix);
+
+	bpf_object__for_each_map(map, obj) {
+		const char *name = bpf_map__name(map);
+		size_t nl = strlen(name);
+
+		if (nl >= sl && strcmp(name + nl - sl, suffix) == 0)
+			return map;
+	}
+	return NULL;
+}
+
+/* The config into the object's .rodata `cfg` (its initial value): -1 with msg set */
+static int write_config(struct bpf_map *rodata, size_t cfg_off, const struct netdevq_config *cfg,
+			char *msg, size_t msglen)
+{
+	size_t size = 0;
+	const void *initial = bpf_map__initial_value(rodata, &size);
+	char *init = NULL;
+	int err = -EPROTO;
+
+	if (!initial || cfg_off + sizeof(*cfg) > size)
+		goto cleanup;
+	init = malloc(size);
+	err = -ENOMEM;
+	if (!init)
+		goto cleanup;
+	memcpy(init, initial, size);
+	memcpy(init + cfg_off, cfg, sizeof(*cfg));
+	err = bpf_map__set_initial_value(rodata, init, size);
+cleanup:
+	free(init);
+	if (err == -EPROTO)
+		return 1; /* not an object of this version: the caller says so */
+	if (err)
+		snprintf(msg, msglen, "setting the kernel filter failed (%s)", strerror(-err));
+	return err ? -1 : 0;
+}
+
+/* (configure_object checked that the maps are there) */
+static void size_maps(struct tracer *t, const struct open_opts *o)
+{
+	const struct netdevq_config *cfg = &o->cfg;
+	struct bpf_map *events = bpf_object__find_map_by_name(t->obj, "events");
+	struct bpf_map *aggs = bpf_object__find_map_by_name(t->obj, "aggs");
+
+	bpf_map__set_max_entries(events, o->ringbuf_size);
+	if (cfg->agg_on) {
+		/* hash only the key slots in use: the BPF side builds a full, zero-padded key */
+		bpf_map__set_key_size(aggs,
+				      (cfg->agg_nkeys ? cfg->agg_nkeys : 1) * NDQ_AGG_KEY_SLOT);
+		bpf_map__set_max_entries(aggs, o->agg_keys);
+		t->agg_value_size = cfg->agg_hist ? sizeof(struct netdevq_agg_value) :
+						    offsetof(struct netdevq_agg_value, slot);
+	} else {
+		bpf_map__set_max_entries(aggs, 1);
+		t->agg_value_size = offsetof(struct netdevq_agg_value, slot);
+	}
+	bpf_map__set_value_size(aggs, t->agg_value_size);
+	if (!cfg->follow_pid) {
+		bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "tracked"), 1);
+		bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "exited"), 1);
+	}
+}
+
+/* Config, map sizes and programs of the opened object: -1 with msg set */
+static int configure_object(struct tracer *t, const struct open_opts *o, char *msg, size_t msglen)
+{
+	static const char *maps[] = { "events", "aggs", "tracked", "exited", "counters" };
+	struct bpf_map *rodata = map_by_suffix(t->obj, ".rodata");
+	struct bpf_program *p;
+	size_t cfg_off = 0;
+	bool complete = rodata != NULL;
+	int rc = 1;
+
+	for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++)
+		complete = complete && bpf_object__find_map_by_name(t->obj, maps[i]);
+	t->prog = bpf_object__find_program_by_name(
+		t->obj, strcmp(o->mode, "raw") == 0 ? "netdevq_raw" : "netdevq_btf");
+	t->fork_prog = bpf_object__find_program_by_name(t->obj, "netdevq_fork");
+	t->exit_prog = bpf_object__find_program_by_name(t->obj, "netdevq_exit");
+	if (complete && t->prog && t->fork_prog && t->exit_prog &&
+	    rodata_config_offset(t->obj, &cfg_off) == 0)
+		rc = write_config(rodata, cfg_off, &o->cfg, msg, msglen);
+	if (rc > 0)
+		snprintf(msg, msglen,
+			 "BPF object %s is not a netdevq object of this version (maps, programs or "
+			 "config missing): rebuild with scripts/setup",
+			 object_name(o));
+	if (rc)
+		return -1;
+	bpf_object__for_each_program(p, t->obj) {
+		bool follow = (p == t->fork_prog || p == t->exit_prog) && o->cfg.follow_pid;
+
+		bpf_program__set_autoload(p, p == t->prog || follow);
+	}
+	ndq_owner_select(t->obj, &o->cfg);
+	t->follow_pid = o->cfg.follow_pid;
+	size_maps(t, o);
+	if (ndq_kstack_setup(t->obj, &o->cfg)) {
+		snprintf(msg, msglen, "this BPF object cannot capture kernel stacks: rebuild it");
+		return -1;
+	}
+	return 0;
+}
+
+static int load_object(struct tracer *t, char *msg, size_t msglen)
+{
+	char why[128];
+	int err = bpf_object__load(t->obj);
+
+	if (err) {
+		libbpf_strerror(err, why, sizeof(why));
+		if (err == -EPERM)
+			snprintf(msg, msglen,
+				 "permission denied loading the BPF program (%s): run as root, or "
+				 "with CAP_BPF and CAP_PERFMON",
+				 why);
+		else
+			snprintf(msg, msglen,
+				 "loading the BPF program failed (%s%s): run with -v for libbpf's "
+				 "log",
+				 why, err == -EACCES ? ", the verifier rejected it" : "");
+		return -1;
+	}
+	t->counters_fd = bpf_map__fd(bpf_object__find_map_by_name(t->obj, "counters"));
+	t->aggs_fd = bpf_map__fd(bpf_object__find_map_by_name(t->obj, "aggs"));
+	t->tracked_fd = bpf_map__fd(bpf_object__find_map_by_name(t->obj, "tracked"));
+	t->rb = ring_buffer__new(bpf_map__fd(bpf_object__find_map_by_name(t->obj, "events")),
+				 ndq_on_sample, t, NULL);
+	if (!t->rb) {
+		snprintf(msg, msglen, "ring buffer setup failed (%s)", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* The tracer userdata (on the stack) with its batch userdata in its environment. */
+static struct tracer_ud *push_tracer(lua_State *L, int batch)
+{
+	struct tracer_ud *ud = lua_newuserdata(L, sizeof(*ud));
+
+	ud->t = NULL;
+	luaL_getmetatable(L, TRACER_MT);
+	lua_setmetatable(L, -2);
+	lua_createtable(L, 1, 0);
+	lua_newuserdata(L, (size_t)batch * sizeof(struct netdevq_event));
+	lua_rawseti(L, -2, 1);
+	lua_setfenv(L, -2);
+	return ud;
+}
+
+/* core.open{ mode=, object=, object_bytes=, config=, ringbuf_size=, batch=, agg_max_keys=,
+ *            btf_path=, pcap=, pcap_snaplen=, verbose= } -> tracer | nil, err, kind
+ * kind: "usage" (the pcap expression is wrong or over its compile budget) or "runtime" */
+int ndq_core_open(lua_State *L)
+{
+	LIBBPF_OPTS(bpf_object_open_opts, oopts);
+	struct open_opts o;
+	struct tracer *t = NULL;
+	struct tracer_ud *ud;
+	char msg[512] = "out of memory";
+	bool usage = false;
+
+	read_options(L, &o);
+	if (o.pcap && strlen(o.pcap) != o.pcap_len) {
+		ndq_push_fail(
+			L, "pcap filter: the expression contains a NUL byte (byte %d): remove it",
+			(int)strlen(o.pcap) + 1);
+		lua_pushliteral(L, "usage");
+		return 3;
+	}
+	if (o.ringbuf_size & (o.ringbuf_size - 1))
+		return ndq_push_fail(L, "ring buffer size %d is not a power of two: pick e.g. %d",
+				     o.ringbuf_size,
+				     1 << (31 - __builtin_clz((unsigned)o.ringbuf_size)));
+	ud = push_tracer(L, o.batch); /* may raise: before anything is allocated here */
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		goto cleanup;
+	t->counters_fd = t->aggs_fd = t->tracked_fd = -1;
+	snprintf(t->mode, sizeof(t->mode), "%s", o.mode);
+	t->batch_cap = (size_t)o.batch;
+	lua_getfenv(L, -1);
+	lua_rawgeti(L, -1, 1);
+	t->batch = lua_touserdata(L, -1);
+	lua_pop(L, 2);
+	if (o.pcap && !(t->pcap = ndq_pcap_compile(o.pcap, o.pcap_snaplen, PCAP_BUDGET_MS,
+						   &ndq_interrupted, msg, sizeof(msg), &usage)))
+		goto cleanup;
+	if (check_btf(&o, &oopts, msg, sizeof(msg)) ||
+	    open_object(t, &o, &oopts, msg, sizeof(msg)) ||
+	    configure_object(t, &o, msg, sizeof(msg)) || load_object(t, msg, sizeof(msg)))
+		goto cleanup;
+	ud->t = t;
+	return 1;
+cleanup:
+	ndq_tracer_free(t);
+	lua_pop(L, 1);
+	ndq_push_fail(L, "%s", msg);
+	lua_pushstring(L, usage ? "usage" : "runtime");
+	return 3;
+}
