@@ -1,7 +1,7 @@
 local ffi = require("ffi")
 local bit = require("bit")
 
--- The catalogue of contract.md, in its order, with its types.
+-- The field catalogue (docs/reference.md), in its order, with its types.
 local CONTRACT = {
     { "ts", "integer" }, { "time", "string" }, { "cpu", "integer" }, { "pid", "integer" },
     { "tid", "integer" }, { "comm", "string" }, { "cgroup", "integer" }, { "skb", "string" },
@@ -88,7 +88,7 @@ describe("netdevq.catalogue #unit", function()
     end)
 
     describe("catalogue", function()
-        it("lists the contract's fields in its order with its types", function()
+        it("lists the documented fields in its order with its types", function()
             assert.are.equal(#CONTRACT, #catalogue.fields)
             for i, row in ipairs(CONTRACT) do
                 local field = catalogue.fields[i]

@@ -1,4 +1,4 @@
--- Failure modes of the CLI, each with its exact message and exit status (contract.md: errors are
+-- Failure modes of the CLI, each with its exact message and exit status (docs/reference.md: errors are
 -- one line on stderr that says what is wrong and what to do, exit 1; usage errors exit 2), and
 -- the ways a run ends that are not errors: a closed pipe, SIGINT, SIGTERM. Runs the real CLI
 -- (`luajit scripts/netdevq.lua`) as a child process; no BPF object may outlive any of them.

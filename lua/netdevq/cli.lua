@@ -3,16 +3,19 @@
 -- aggregations run, validation of values) are the library's (netdevq.plan), so Lua scripts get
 -- the same powers through require("netdevq").
 local argparse = require("argparse")
-local netdevq = require("netdevq")
 local catalogue = require("netdevq.catalogue")
 local clock = require("netdevq.clock")
 local output = require("netdevq.output")
 local plan = require("netdevq.plan")
 local words = require("netdevq.words")
-local status = require("netdevq.status")
 local ffi = require("ffi")
 
-local core = netdevq.core
+-- the library and its C module load once the options are parsed: --help and -l need neither
+local netdevq, core
+local function load_library()
+    netdevq = require("netdevq")
+    core = netdevq.core
+end
 local format = string.format
 local concat = table.concat
 local io_stderr = io.stderr
@@ -168,6 +171,12 @@ local function check_numbers(args)
     end
     for _, name in ipairs({ "snaplen", "ringbuf_size", "max_keys" }) do
         local _, err = plan.check(name, args[name], spelled(name))
+        if err then
+            return nil, err
+        end
+    end
+    if args.comm then
+        local _, err = plan.check("comm", args.comm, "--comm")
         if err then
             return nil, err
         end
@@ -342,7 +351,7 @@ local function settings(args)
         return nil, err
     end
     if args.prometheus then
-        local host, why = netdevq.prometheus.parse_listen(args.prometheus)
+        local host, why = require("netdevq.prometheus").parse_listen(args.prometheus)
         if not host then
             return nil, "--prometheus: " .. why
         end
@@ -518,6 +527,7 @@ end
 function _M.main(argv)
     -- a script as first positional: everything after it is the script's
     if argv[1] and argv[1]:match("%.lua$") then
+        load_library()
         return run_script(argv[1], { select(2, unpack(argv)) })
     end
     local parser = build_parser()
@@ -525,10 +535,6 @@ function _M.main(argv)
     if not ok then
         io_stderr:write(parser:get_usage(), "\n\nnetdevq: ", args, "\n")
         return EXIT_USAGE
-    end
-    if args.version then
-        io_stdout:write("netdevq ", netdevq._VERSION, "\n")
-        return EXIT_OK
     end
     if args.list_fields then
         local skbpath = require("netdevq.skbpath")
@@ -546,6 +552,11 @@ function _M.main(argv)
         for _, line in ipairs(lines) do
             io_stdout:write(line, "\n")
         end
+        return EXIT_OK
+    end
+    load_library()
+    if args.version then
+        io_stdout:write("netdevq ", netdevq._VERSION, "\n")
         return EXIT_OK
     end
     local s, serr = settings(args)
@@ -638,7 +649,7 @@ function _M.run(s)
         end
     end
 
-    local status_line = status.new(args, s.print_events)
+    local status_line = require("netdevq.status").new(args, s.print_events)
     local stats, rerr = t:run{
         duration = args.duration,
         max_events = args.max_events,

@@ -357,6 +357,8 @@ function Tracer:stats()
     c.events = c.seen
     if self.agg_spec and self.ncallbacks == 0 then
         c.matched = c.aggregated
+    elseif self.plan.cfg.emit == 0 then -- nothing crosses: the kernel's figures say it all
+        c.matched = c.seen - c.kfiltered - (c.read_failed or 0)
     else
         c.matched = matched_now(self)
     end
@@ -382,7 +384,7 @@ function Tracer:read_aggregate(agg, reset)
 end
 
 -- Runs until duration (s), max_events, stop() returning true, an error, or SIGINT/SIGTERM
--- (when catch_signals was called). on_tick(now_s) runs every `interval` seconds; an exporter
+-- (when catch_signals was called). on_tick(t) runs every `interval` seconds; an exporter
 -- attached to the tracer (netdevq.prometheus{ tracer = t }) is refreshed every exporter.period
 -- seconds and at the end. Returns the stats table, or nil, err.
 function Tracer:run(opts)

@@ -268,7 +268,11 @@ function _M.make(opts)
     end
     cfg.snaplen = snaplen
     cfg.need = need
-    cfg.emit = (events or #lua_aggs > 0) and 1 or 0
+    -- events cross to Lua when someone reads them, or when Lua must still decide them (a filter
+    -- remainder, where, a pcap expression): matched then counts what passed. Otherwise the kernel
+    -- counts alone (Tracer:stats: matched = seen - kfiltered - read_failed).
+    local lua_decides = filter_plan.match ~= nil or opts.where ~= nil or opts.pcap ~= nil
+    cfg.emit = (events or #lua_aggs > 0 or (lua_decides and not kernel_agg)) and 1 or 0
     cfg.wakeup_bytes = opts.wakeup_bytes or _M.DEFAULT_WAKEUP_BYTES
     cfg.follow_pid = opts.follow_pid or 0
     -- -p, --comm: the kernel checks the socket owner (or the task) itself; the loader then adds

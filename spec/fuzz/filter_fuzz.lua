@@ -6,7 +6,7 @@
 --   * returns nil, "filter: ...", column (a clean error; the caret line can be built), or
 --   * returns a tree, and then: format() gives text that parses to the same meaning, pushdown()
 --     fills a kernel config, and on every event of spec/fixtures/traffic.lua the whole filter
---     decides exactly what kernel part + Lua remainder decide (contract.md: "the result is the
+--     decides exactly what kernel part + Lua remainder decide (docs/reference.md: "the result is the
 --     same either way").
 -- Anything else (a raised error, a malformed message, a disagreement) is a failure.
 local here = (arg[0] or ""):match("^(.*)/[^/]*$") or "."
