@@ -28,6 +28,7 @@ local tostring = tostring
 local type = type
 local ipairs = ipairs
 local pairs = pairs
+local pcall = pcall
 local math_min = math.min
 local C = ffi.C
 
@@ -74,7 +75,10 @@ end
 
 local function handle()
     if not btf and not btf_err then
-        local core = require("netdevq.core")
+        local ok, core = pcall(require, "netdevq.core")
+        if not ok then
+            return nil, "member paths need the C module netdevq.core: build it (scripts/setup)"
+        end
         btf, btf_err = core.btf_open(btf_file)
     end
     return btf, btf_err
