@@ -10,10 +10,11 @@
 -- Filters name this pair's netns inode (veth names repeat in other namespaces) and a protocol:
 -- the pair's veth also carries the odd IPv6 MLD report of the kernel.
 local netns = require("support.netns")
+local clirun = require("support.clirun")
+local live = require("support.live")
 local cjson = require("cjson")
 
-local CLI = "scripts/netdevq.lua"
-local READY = "netdevq: tracing net_dev_queue (raw) ... Ctrl-C to stop"
+local READY = live.READY
 
 -- One of each kind, as the CLI names them.
 local SPECS = {
@@ -36,9 +37,7 @@ local function hist_row(label, count, bar)
   return string.format("%-16s%8d |%-52s|\n", label, count, string.rep("@", bar))
 end
 
-local function sleep(s)
-  netns.run({ "sleep", tostring(s) })
-end
+local sleep = clirun.sleep
 
 -- The "@..." lines of a CLI run (the -c command's own "pid N" / "done" lines are mixed in).
 local function at_lines(lines)
@@ -55,38 +54,29 @@ describe("aggregations on real traffic #root", function()
 
   teardown(function()
     for _, f in ipairs(cleanup) do pcall(f) end
-    if pair then pair:destroy() end
   end)
 
+  local the_pair = live.pair_once{ name = "ndqag" }
   local function setup()
-    netns.require_root()
-    if not pair then pair = assert(netns.pair{ name = "ndqag" }) end
+    pair = the_pair()
     return pair
   end
 
   local function send(argv)
-    local full = { netns.ndq_send() }
-    for _, a in ipairs(argv) do full[#full + 1] = a end
-    local ok, out = pair:exec("a", full)
-    assert(ok, out)
-    return tonumber(out:match("pid (%d+)")), out
+    return live.send(pair, "a", argv)
   end
 
   local function udp_traffic(with_mark)
-    local n = with_mark and 6 or 5
-    local rx = pair:spawn("b", { netns.ndq_send(), "udprecv", pair.ip4_b, "9000", tostring(n), "5000" })
-    repeat local l = rx:line() until l == nil or l == "ready"
+    local rx = live.receiver(pair, "b", pair.ip4_b, 9000, with_mark and 6 or 5)
     send({ "udp4", pair.ip4_a, pair.ip4_b, "9000", "40000", "8,100,600,1000,1400" })
     if with_mark then
       send({ "--mark", "42", "udp4", pair.ip4_a, pair.ip4_b, "9000", "40001", "200" })
     end
-    local ok, code, lines = rx:wait()
-    assert(ok, "udprecv exit " .. tostring(code) .. ": " .. table.concat(lines, "; "))
+    live.wait_all({ rx }, "udprecv")
   end
 
   local function tcp_traffic()
-    local listener = pair:spawn("b", { netns.ndq_send(), "tcplisten", pair.ip4_b, "8080", "3000" })
-    repeat local l = listener:line() until l == nil or l == "listening"
+    local listener = live.listener(pair, "b", pair.ip4_b, 8080)
     send({ "tcp4", pair.ip4_a, pair.ip4_b, "8080", "41000" })
     assert(listener:wait())
   end
@@ -211,9 +201,7 @@ describe("aggregations on real traffic #root", function()
 
   describe("the CLI", function()
     local function cli(args)
-      local argv = { "luajit", CLI }
-      for _, a in ipairs(args) do argv[#argv + 1] = tostring(a) end
-      local p = netns.spawn(argv)
+      local p = live.spawn_cli(args)
       cleanup[#cleanup + 1] = function() p:stop() end
       return p
     end

@@ -7,31 +7,15 @@
 -- packets move between the counters. seen and kfiltered also count the rest of the machine's
 -- traffic (every net_dev_queue hit): for them the spec checks what holds whatever else runs.
 local netns = require("support.netns")
-
-local function monotonic_ms()
-    return require("netdevq.core").monotonic_ns() / 1e6
-end
+local live = require("support.live")
 
 describe("netdevq.open with filter, pcap and where on live traffic #root", function()
     local pair
-
-    before_each(function()
-        if netns.is_root() then
-            pair = assert(netns.pair{ name = "ndqapi" })
-        end
-    end)
-
-    after_each(function()
-        if pair then
-            pair:destroy()
-            pair = nil
-        end
-    end)
+    live.pair_each_test({ name = "ndqapi" }, function(p) pair = p end)
 
     it("counts each stage's drops apart and delivers exactly what passes all three", function()
         netns.require_root()
         local netdevq = require("netdevq")
-        local tool = netns.ndq_send()
         local scope = ("netns == %d"):format(pair.netns_a)
         -- kernel: netns, proto, len; Lua remainder: ttl
         local full_filter = scope .. ' and proto == "udp" and len > 100 and ttl > 10'
@@ -68,15 +52,10 @@ describe("netdevq.open with filter, pcap and where on live traffic #root", funct
 
         -- receivers, so that namespace b sends nothing back to the UDP
         local rx = {
-            pair:spawn("b", { tool, "udprecv", pair.ip4_b, "7000", "5", "5000" }),
-            pair:spawn("b", { tool, "udprecv", pair.ip4_b, "7001", "1", "5000" }),
-            pair:spawn("b", { tool, "udprecv", pair.ip6_b, "7000", "1", "5000" }),
+            live.receiver(pair, "b", pair.ip4_b, 7000, 5),
+            live.receiver(pair, "b", pair.ip4_b, 7001, 1),
+            live.receiver(pair, "b", pair.ip6_b, 7000, 1),
         }
-        for _, r in ipairs(rx) do
-            repeat
-                local l = r:line()
-            until l == nil or l == "ready"
-        end
         local steps = {
             -- 92 bytes: the kernel drops it (len); 242: no mark, where drops it
             { "udp4", pair.ip4_a, pair.ip4_b, "7000", "40000", "50,200" },
@@ -92,22 +71,12 @@ describe("netdevq.open with filter, pcap and where on live traffic #root", funct
             { "icmp4", pair.ip4_a, pair.ip4_b, "1" },
         }
         for _, s in ipairs(steps) do
-            local argv = { tool }
-            for i = 1, #s do
-                argv[#argv + 1] = s[i]
-            end
-            local ok, out = pair:exec("a", argv)
-            assert(ok, table.concat(argv, " ") .. ": " .. out)
+            live.send(pair, "a", s)
         end
         for _, r in ipairs(rx) do
             assert(r:wait())
         end
-        local deadline = monotonic_ms() + 400
-        while monotonic_ms() < deadline do
-            for _, t in pairs(tracers) do
-                assert(t:poll(10))
-            end
-        end
+        live.poll_all(tracers, 400)
         local stats = {}
         for name, t in pairs(tracers) do
             t:detach()

@@ -2,29 +2,11 @@
 -- fields (mac_len, hdr_len) checked against bpftrace reading the same sk_buff members.
 local cjson = require("cjson")
 local netns = require("support.netns")
+local live = require("support.live")
 
 local ETH, IP4, UDP = 14, 20, 8
 
-local function cli(argv)
-    local full = { "luajit", "scripts/netdevq.lua" }
-    for _, a in ipairs(argv) do
-        full[#full + 1] = a
-    end
-    return netns.spawn(full)
-end
-
--- Reads lines until the ready line; returns the lines seen before it.
-local function wait_ready(proc)
-    local before = {}
-    while true do
-        local l = proc:line()
-        assert(l, "the CLI ended before its ready line: " .. table.concat(before, "\n"))
-        if l:match("^netdevq: tracing net_dev_queue %((%a+)%) %.%.%. Ctrl%-C to stop$") then
-            return before
-        end
-        before[#before + 1] = l
-    end
-end
+local cli, wait_ready = live.spawn_cli, live.wait_ready
 
 local function json_lines(lines)
     local out = {}
@@ -45,26 +27,16 @@ local function keys_of(t)
     return ks
 end
 
+-- Every run is scoped to the pair's namespace too: device names like ndqa1 repeat in other
+-- specs' namespaces (other runs on the machine).
 describe("netdevq CLI #root", function()
     local pair
-
-    before_each(function()
-        -- outside root each test goes pending (a failure in CI) through require_root below
-        if netns.is_root() then
-            pair = assert(netns.pair{ name = "ndqc" })
-        end
-    end)
-
-    after_each(function()
-        if pair then
-            pair:destroy()
-            pair = nil
-        end
-    end)
+    live.pair_each_test({ name = "ndqc" }, function(p) pair = p end)
 
     it("prints JSON lines with every present field, then a summary equal to what was sent", function()
         netns.require_root()
-        local proc = cli({ "-F", "json", "-I", pair.veth_a, "-n", "3", "-d", "10" })
+        local proc = cli({ "-F", "json", "-I", pair.veth_a, "-f", "netns == " .. pair.netns_a, "-n", "3",
+            "-d", "10" })
         finally(function() proc:kill("INT") end)
         wait_ready(proc)
         local ok, out = pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b,
@@ -114,8 +86,8 @@ describe("netdevq CLI #root", function()
 
     it("restricts JSON keys to --fields", function()
         netns.require_root()
-        local proc = cli({ "-F", "json", "-o", "comm,len,dport", "-I", pair.veth_a, "-n", "2",
-            "-d", "10" })
+        local proc = cli({ "-F", "json", "-o", "comm,len,dport", "-I", pair.veth_a, "-f", "netns == " .. pair.netns_a,
+            "-n", "2", "-d", "10" })
         finally(function() proc:kill("INT") end)
         wait_ready(proc)
         assert.is_true((pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b,
@@ -130,7 +102,7 @@ describe("netdevq CLI #root", function()
 
     it("prints the text line layout of the contract", function()
         netns.require_root()
-        local proc = cli({ "-I", pair.veth_a, "-n", "1", "-d", "10" })
+        local proc = cli({ "-I", pair.veth_a, "-f", "netns == " .. pair.netns_a, "-n", "1", "-d", "10" })
         finally(function() proc:kill("INT") end)
         wait_ready(proc)
         local ok, out = pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, "7002",
@@ -147,28 +119,31 @@ describe("netdevq CLI #root", function()
     it("shows comm, pid, dev, mac_len and hdr_len as bpftrace reads them from the sk_buff", function()
         netns.require_root()
         -- bpftrace's tracepoint probes need tracefs; mount it for this test when it is not
+        local mounted, bt, proc = false, nil, nil
+        -- busted keeps only the last finally of a test: this one undoes all the test started
+        finally(function()
+            if proc then proc:kill("INT") end
+            if bt then
+                bt:kill("INT")
+                bt:wait()
+            end
+            if mounted then netns.run({ "umount", "/sys/kernel/tracing" }) end
+        end)
         if not io.open("/sys/kernel/tracing/events/net/net_dev_queue/format") then
             assert.is_true((netns.run({ "mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing" })))
-            finally(function() netns.run({ "umount", "/sys/kernel/tracing" }) end)
+            mounted = true
         end
-        local bt = netns.spawn({ "bpftrace", "-e", string.format(
+        bt = netns.spawn({ "bpftrace", "-e", string.format(
             'tracepoint:net:net_dev_queue /str(args->name) == "%s" && ((struct sk_buff *)'
             .. 'args->skbaddr)->dev->nd_net.net->ns.inum == %d/ { $s = (struct sk_buff *)'
             .. 'args->skbaddr; printf("bt %%d %%d %%d\\n", args->len, $s->mac_len, $s->hdr_len); }',
             pair.veth_a, pair.netns_a) })
-        finally(function() bt:kill("INT") end)
-        repeat
-            local l = bt:line()
-        until l == nil or l:match("^Attaching")
+        live.wait_line(bt, "^Attaching")
         -- device names repeat across namespaces (other runs may have an ndqa1 too): scope both
-        local proc = cli({ "-o", "comm,pid,dev,len,mac_len,hdr_len", "-I", pair.veth_a,
+        proc = cli({ "-o", "comm,pid,dev,len,mac_len,hdr_len", "-I", pair.veth_a,
             "-f", "netns == " .. pair.netns_a, "-d", "3" })
-        finally(function() proc:kill("INT") end)
         wait_ready(proc)
-        local listener = pair:spawn("b", { netns.ndq_send(), "tcplisten", pair.ip4_b, "8081", "3000" })
-        repeat
-            local l = listener:line()
-        until l == nil or l == "listening"
+        local listener = live.listener(pair, "b", pair.ip4_b, 8081)
         assert.is_true((pair:exec("a", { netns.ndq_send(), "tcp4", pair.ip4_a, pair.ip4_b, "8081",
             "41001" })))
         assert.is_true((pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, "7003",

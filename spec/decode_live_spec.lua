@@ -8,6 +8,7 @@ local cjson = require("cjson.safe")
 local netns = require("support.netns")
 local oracle = require("support.decode_oracle")
 local clirun = require("support.clirun")
+local live = require("support.live")
 local frames = require("support.frames")
 
 local eth, ipv4, ipv6, udp = frames.eth, frames.ipv4, frames.ipv6, frames.udp
@@ -24,30 +25,23 @@ end
 -- Processes --------------------------------------------------------------------------------------
 
 local function cli_argv(mode, pcapng, filter, expr)
-    local argv = { "luajit", "scripts/netdevq.lua", "-d", "60", "--mode", mode, "-F", "json",
-        "-s", "256", "-f", filter }
+    local args = { "-d", "60", "--mode", mode, "-F", "json", "-s", "256", "-f", filter }
     if pcapng then
-        argv[#argv + 1] = "-w"
-        argv[#argv + 1] = pcapng
+        args[#args + 1] = "-w"
+        args[#args + 1] = pcapng
     end
-    if expr then argv[#argv + 1] = expr end
-    return argv
+    if expr then args[#args + 1] = expr end
+    return clirun.cli_argv(args)
 end
 
 local function start_tracer(mode, pcapng, filter, expr)
     local p = netns.spawn(cli_argv(mode, pcapng, filter, expr))
-    local ready = "^netdevq: tracing net_dev_queue %(" .. mode .. "%)"
-    local seen = {}
-    while true do
-        local l = p:line()
-        assert(l, "the tracer ended before its ready line:\n" .. table.concat(seen, "\n"))
-        if l:match(ready) then return p end
-        seen[#seen + 1] = l
-    end
+    live.wait_ready(p, mode)
+    return p
 end
 
 local function stop_tracer(p)
-    netns.run({ "sleep", "0.3" })   -- the ring's last events reach the consumer
+    clirun.sleep(0.3)   -- the ring's last events reach the consumer
     p:kill("INT")
     local _, _, lines = p:wait()
     local events = {}
@@ -122,28 +116,14 @@ local function count(list, pred)
     return n
 end
 
-local function rmtree(dir)
-    if dir then clirun.rmtree(dir) end
-end
-
 describe("decoding real traffic #root", function()
     local pair, dir
-
-    before_each(function()
-        netns.require_root()
-        pair = assert(netns.pair{ name = "ndqd" })
-        dir = clirun.tmpdir()
-    end)
-
-    after_each(function()
-        if pair then pair:destroy() end
-        rmtree(dir)
-        pair, dir = nil, nil
-    end)
+    live.pair_each_test({ name = "ndqd", tmpdir = true }, function(p, d) pair, dir = p, d end)
 
     for _, mode in ipairs(MODES) do
         it("IPv6 extension headers, fragments, MLD, ND and ICMP equal tshark's decoding (" .. mode
             .. ")", function()
+            netns.require_root()
             local pcapng = dir .. "/ours.pcapng"
             local cap = { a = dir .. "/a.pcap", b = dir .. "/b.pcap" }
             local filter = ("netns == %d or netns == %d"):format(pair.netns_a, pair.netns_b)
@@ -226,6 +206,7 @@ describe("decoding real traffic #root", function()
     for _, mode in ipairs(MODES) do
         it("VLAN tags, offloaded and in the frame (QinQ too): fields, pcapng frames and `vlan and "
             .. "udp port 9000` equal tcpdump's (" .. mode .. ")", function()
+            netns.require_root()
             local pcapng, cap = dir .. "/ours.pcapng", dir .. "/a.pcap"
             local filter = ("netns == %d"):format(pair.netns_a)
             local all = start_tracer(mode, pcapng, filter)
@@ -240,18 +221,12 @@ describe("decoding real traffic #root", function()
             tc("qdisc", "add", "dev", pair.veth_a, "clsact")
             tc("filter", "add", "dev", pair.veth_a, "egress", "bpf", "da", "obj",
                 tool("vlan_push.bpf.o"), "sec", "tc/dot1q")
-            ok, out = pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, "9000",
-                "40000", "20,30" })
-            assert(ok, out)
-            ok, out = pair:exec("a", { netns.ndq_send(), "udp6", pair.ip6_a, pair.ip6_b, "9001",
-                "40001", "10" })
-            assert(ok, out)
+            live.send(pair, "a", { "udp4", pair.ip4_a, pair.ip4_b, "9000", "40000", "20,30" })
+            live.send(pair, "a", { "udp6", pair.ip6_a, pair.ip6_b, "9001", "40001", "10" })
             tc("filter", "del", "dev", pair.veth_a, "egress")
             tc("filter", "add", "dev", pair.veth_a, "egress", "bpf", "da", "obj",
                 tool("vlan_push.bpf.o"), "sec", "tc/qinq")
-            ok, out = pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, "9000",
-                "40002", "40" })
-            assert(ok, out)
+            live.send(pair, "a", { "udp4", pair.ip4_a, pair.ip4_b, "9000", "40002", "40" })
             tc("qdisc", "del", "dev", pair.veth_a, "clsact")
             -- tags in the frame, written through AF_PACKET
             ok, out = pair:exec("a", { tool("ndq_frames"), "frames", pair.veth_a,
@@ -298,14 +273,11 @@ describe("decoding real traffic #root", function()
     end
 
     it("names ICMP and ICMPv6 types and codes in text output, numbers in JSON and filters", function()
+        netns.require_root()
         local filter = ("(netns == %d or netns == %d) and icmp_type >= 0"):format(pair.netns_a,
             pair.netns_b)
-        local text = netns.spawn({ "luajit", "scripts/netdevq.lua", "-d", "60", "-f", filter, "-o",
-            "dev,proto,icmp_type,icmp_code" })
-        repeat
-            local l = text:line()
-            assert(l, "the text tracer ended before its ready line")
-        until l:match("^netdevq: tracing")
+        local text = live.spawn_cli({ "-d", "60", "-f", filter, "-o", "dev,proto,icmp_type,icmp_code" })
+        live.wait_ready(text)
         local json = start_tracer("raw", nil, filter .. " and icmp_code == 0")
         -- an aggregation keyed by the decoded fields, behind a filter the kernel checks: the
         -- kernel folds it (open's `aggregate` refuses to run one in Lua), reading the keys at

@@ -12,9 +12,11 @@
 -- The examples get filters with this pair's netns inode (device names repeat across namespaces)
 -- and, except the SYN counter, proto == "udp": the TCP packets' count and comm depend on timing.
 local netns = require("support.netns")
+local clirun = require("support.clirun")
+local live = require("support.live")
 
 local CLI = "scripts/netdevq.lua"
-local READY = "netdevq: tracing net_dev_queue (raw) ... Ctrl-C to stop"
+local READY = live.READY
 local MQ = {
   dev_a = "ndqm1", dev_b = "ndqm2", ip_a = "198.19.0.1", ip_b = "198.19.0.2",
   mac_a = "02:6e:64:71:01:01", mac_b = "02:6e:64:71:01:02",
@@ -49,9 +51,7 @@ local function add_multiqueue_link(pair)
   return true
 end
 
-local function sleep(s)
-  netns.run({ "sleep", tostring(s) })
-end
+local sleep = clirun.sleep
 
 local function hist_row(label, count, bar)
   return string.format("%-16s%8d |%-52s|", label, count, string.rep("@", bar))
@@ -63,16 +63,12 @@ describe("examples #root", function()
 
   teardown(function()
     for p in pairs(procs) do p:stop() end
-    if pair then pair:destroy() end
   end)
 
   -- The namespaces and the quiet link, made by the first test that runs.
+  local the_pair = live.pair_once{ name = "ndqex", setup = function(p) assert(add_multiqueue_link(p)) end }
   local function setup()
-    netns.require_root()
-    if not pair then
-      pair = assert(netns.pair{ name = "ndqex" })
-      assert(add_multiqueue_link(pair))
-    end
+    pair = the_pair()
     return pair
   end
 
@@ -96,18 +92,15 @@ describe("examples #root", function()
 
   -- The known traffic of the header; returns the pids of the three UDP senders.
   local function known_traffic(with_tcp)
-    local rx = pair:spawn("b", { netns.ndq_send(), "udprecv", MQ.ip_b, "9000", "6", "5000" })
-    repeat local l = rx:line() until l == nil or l == "ready"
+    local rx = live.receiver(pair, "b", MQ.ip_b, 9000, 6)
     local pids = {
       small = udp(0, "8,100,600"),
       large = udp(1, "1000,1400"),
       mark = udp(0, "200", { mark = 42, sport = "40001" }),
     }
-    local ok, code, lines = rx:wait()
-    assert(ok, "udprecv exit " .. tostring(code) .. ": " .. table.concat(lines, "; "))
+    live.wait_all({ rx }, "udprecv")
     if with_tcp then
-      local listener = pair:spawn("b", { netns.ndq_send(), "tcplisten", MQ.ip_b, "8080", "3000" })
-      repeat local l = listener:line() until l == nil or l == "listening"
+      local listener = live.listener(pair, "b", MQ.ip_b, 8080)
       send("a", 0, { "tcp4", MQ.ip_a, MQ.ip_b, "8080", "41000" })
       assert(listener:wait())
     end

@@ -5,24 +5,10 @@
 local clirun = require("support.clirun")
 local bpfobjs = require("support.bpfobjs")
 local netns = require("support.netns")
+local live = require("support.live")
 
-local TRACING = "netdevq: tracing net_dev_queue (raw) ... Ctrl-C to stop\n"
-
-local function read_file(path)
-    local f = assert(io.open(path, "rb"))
-    local s = f:read("*a")
-    f:close()
-    return s
-end
-
-local function write_file(path, data, mode)
-    local f = assert(io.open(path, "wb"))
-    f:write(data)
-    f:close()
-    if mode then
-        os.execute("chmod " .. mode .. " " .. clirun.quote(path))
-    end
-end
+local TRACING = live.READY .. "\n"
+local read_file, write_file = clirun.read_file, clirun.write_file
 
 local function bpf_object_path()
     return clirun.build_dir() .. "/netdevq.bpf.o"
@@ -51,14 +37,7 @@ end
 
 describe("netdevq CLI failure modes #unit", function()
     local tmp
-
-    before_each(function()
-        tmp = clirun.tmpdir()
-    end)
-
-    after_each(function()
-        clirun.rmtree(tmp)
-    end)
+    live.tmpdir_each_test(function(d) tmp = d end)
 
     it("reports a missing kernel BTF with what to do, exit 1", function()
         local r = cli({ "-d", "1" }, { env = { NETDEVQ_BTF_PATH = "/nonexistent" } })
@@ -163,6 +142,7 @@ end)
 
 describe("netdevq CLI failure modes #root", function()
     local tmp, pair
+    live.no_leftovers()
 
     before_each(function()
         netns.require_root()

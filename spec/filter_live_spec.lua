@@ -12,6 +12,7 @@
 -- include pid, cpu and the skb address, and process-dependent filters (pid, comm) stay exact.
 -- Every filter is and-ed with that scope, so other traffic on the machine never counts.
 local netns = require("support.netns")
+local live = require("support.live")
 local frames = require("support.frames")
 
 local SEED = 20261126
@@ -34,26 +35,10 @@ end
 
 -- multiset difference: signatures in a (a list of events) missing from b, as text lines
 local function missing(a, b)
-    local count = {}
-    for _, ev in ipairs(b) do
-        local s = signature(ev)
-        count[s] = (count[s] or 0) + 1
-    end
-    local out = {}
-    for _, ev in ipairs(a) do
-        local s = signature(ev)
-        if (count[s] or 0) > 0 then
-            count[s] = count[s] - 1
-        else
-            out[#out + 1] = "    " .. s
-        end
-    end
-    return out
+    return live.missing(a, b, signature)
 end
 
-local function monotonic_ms()
-    return require("netdevq.core").monotonic_ns() / 1e6
-end
+local monotonic_ms = live.monotonic_ms
 
 ---------------------------------------------------------------------------------------------
 -- the traffic script
@@ -76,15 +61,9 @@ local function send_traffic(pair, dir, round, on_pid)
     assert(ok, "gated sender: exit " .. tostring(code) .. " " .. table.concat(lines, " | "))
     os.remove(go)
 
-    local listen4 = pair:spawn("b", { tool, "tcplisten", pair.ip4_b, "8080", "3000" })
-    local listen6 = pair:spawn("b", { tool, "tcplisten", pair.ip6_b, "8443", "3000" })
-    for _, l in ipairs({ listen4, listen6 }) do
-        repeat
-            local line = l:line()
-        until line == nil or line == "listening"
-    end
+    local listeners = { live.listener(pair, "b", pair.ip4_b, 8080), live.listener(pair, "b", pair.ip6_b, 8443) }
     local sport4, sport6 = tostring(41000 + round), tostring(42000 + round)
-    local steps = {
+    live.send_steps(pair, {
         { "a", "--mark", "7", "--tos", "16", "udp4", pair.ip4_a, pair.ip4_b, "7001", "40001", "100,300" },
         { "a", "--priority", "3", "udp4", pair.ip4_a, pair.ip4_b, "53", "40002", "60" },
         { "a", "--ttl", "5", "--tos", "32", "udp6", pair.ip6_a, pair.ip6_b, "7000", "40003", "20,600" },
@@ -95,15 +74,7 @@ local function send_traffic(pair, dir, round, on_pid)
         { "a", "icmp4", pair.ip4_a, pair.ip4_b, "2" },
         { "a", "icmp6", pair.ip6_a, pair.ip6_b, "1" },
         { "b", "--mark", "7", "icmp6", pair.ip6_b, pair.ip6_a, "1" },
-    }
-    for _, s in ipairs(steps) do
-        local argv = { tool }
-        for i = 2, #s do
-            argv[#argv + 1] = s[i]
-        end
-        local sok, out = pair:exec(s[1], argv)
-        assert(sok, table.concat(argv, " ") .. ": " .. out)
-    end
+    })
     -- decoding: UDPv6 behind destination options (and fragmented), tagged frames (802.1Q
     -- UDPv4, QinQ TCPv6) written with AF_PACKET
     local ftool = tool:gsub("ndq_send$", "ndq_frames")
@@ -118,10 +89,7 @@ local function send_traffic(pair, dir, round, on_pid)
         local eok, out = pair:exec("a", argv)
         assert(eok, table.concat(argv, " ") .. ": " .. out)
     end
-    for _, l in ipairs({ listen4, listen6 }) do
-        local lok, lcode, llines = l:wait()
-        assert(lok, "tcplisten: exit " .. tostring(lcode) .. " " .. table.concat(llines, " | "))
-    end
+    live.wait_all(listeners, "tcplisten")
     return pid
 end
 
@@ -306,30 +274,9 @@ end
 
 describe("filter pushdown on live traffic #root", function()
     local pair, dir
-
-    before_each(function()
-        if netns.is_root() then
-            pair = assert(netns.pair{ name = "ndqfl" })
-            -- ICMP errors every time, not at the rate limit's whim
-            for _, ns in ipairs({ "a", "b" }) do
-                assert(pair:exec(ns, { "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0" }))
-            end
-            local p = assert(io.popen("mktemp -d /tmp/ndqfl.XXXXXX"))
-            dir = p:read("*l")
-            p:close()
-        end
-    end)
-
-    after_each(function()
-        if pair then
-            pair:destroy()
-            pair = nil
-        end
-        if dir and dir:match("^/tmp/ndqfl%.%w+$") then
-            os.execute("rm -rf " .. dir)
-            dir = nil
-        end
-    end)
+    -- ICMP errors every time, not at the rate limit's whim
+    live.pair_each_test({ name = "ndqfl", icmp_unlimited = true, tmpdir = true },
+        function(p, d) pair, dir = p, d end)
 
     it("delivers exactly what the whole filter selects from an unfiltered view of the same skbs", function()
         netns.require_root()

@@ -4,6 +4,7 @@
 -- silently (-I nosuchdev, --by alone, unknown open() keys, -p abc, -d -1).
 local cjson = require("cjson")
 local netns = require("support.netns")
+local live = require("support.live")
 local clirun = require("support.clirun")
 
 local READY = "tracing net_dev_queue"
@@ -83,13 +84,7 @@ describe("the first hour", function()
 
     describe("on live traffic #root", function()
         local pair
-        before_each(function()
-            netns.require_root()
-            pair = assert(netns.pair{ name = "ndqh" })
-        end)
-        after_each(function()
-            if pair then pair:destroy() end
-        end)
+        live.pair_each_test({ name = "ndqh" }, function(p) pair = p end)
 
         local function udp(size, count)
             assert(pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, 7100, 40100,
@@ -97,6 +92,7 @@ describe("the first hour", function()
         end
 
         it("resolves namespace names in filters and --netns, and prints netns_name", function()
+            netns.require_root()
             local r = traced({ "--netns", pair.ns_a, "-F", "json", "-o", "netns,netns_name,len",
                 "-f", 'dport == 7100', "-d", 2 }, function() udp(100, 2) end)
             assert.equal(0, r.code, r.err)
@@ -112,10 +108,8 @@ describe("the first hour", function()
         end)
 
         it("prints TCP flags on the default line and -o +FIELD after it", function()
-            local rx = pair:spawn("b", { netns.ndq_send(), "tcplisten", pair.ip4_b, 7200, 3000 })
-            repeat
-                local l = rx:line()
-            until l == nil or l == "listening"
+            netns.require_root()
+            local rx = live.listener(pair, "b", pair.ip4_b, 7200)
             local r = traced({ "-f", ('netns == %d and (dport == 7200 or sport == 7200)')
                 :format(pair.netns_a), "-o", "+mark,queue", "-d", 2 }, function()
                 assert(pair:exec("a", { netns.ndq_send(), "tcp4", pair.ip4_a, pair.ip4_b, 7200,
@@ -130,6 +124,7 @@ describe("the first hour", function()
         end)
 
         it("starts every interval with its time, in text and JSON", function()
+            netns.require_root()
             local filter = ('netns == %d and dport == 7100'):format(pair.netns_a)
             local r = traced({ "--count", "dev", "-f", filter, "-i", 1, "-d", 2.5 },
                 function() udp(10, 3) end)

@@ -9,16 +9,11 @@
 local bpfobjs = require("support.bpfobjs")
 local clirun = require("support.clirun")
 local netns = require("support.netns")
+local live = require("support.live")
 
 local CYCLES = 200
 
-local function merge(into, held)
-    for _, kind in ipairs({ "prog", "map", "link" }) do
-        for id in pairs(held[kind]) do
-            into[kind][id] = true
-        end
-    end
-end
+local merge = bpfobjs.merge
 
 local function count(set)
     local n = 0
@@ -28,15 +23,11 @@ local function count(set)
     return n
 end
 
-local function read_file(path)
-    local f = assert(io.open(path, "rb"))
-    local s = f:read("*a")
-    f:close()
-    return s
-end
+local read_file = clirun.read_file
 
 describe("netdevq gives everything back #root", function()
     local netdevq
+    live.no_leftovers()
 
     before_each(function()
         netns.require_root()
@@ -152,12 +143,15 @@ describe("netdevq gives everything back #root", function()
     end)
 
     it("after the CLI is killed with SIGKILL: the kernel releases its objects", function()
-        local pair = assert(netns.pair{ name = "ndql" })
-        finally(function() pair:destroy() end)
+        local pair, run = assert(netns.pair{ name = "ndql" }), nil
+        -- busted keeps only the last finally of a test: one for everything this test made
+        finally(function()
+            if run then run:wait(10) end
+            pair:destroy()
+        end)
         local flood = pair:spawn("a", { netns.ndq_send(), "flood", pair.ip4_b, "9", "5", "18" })
-        local run = clirun.spawn_cli({ "-q", "--count", "dev", "--sum", "len",
+        run = clirun.spawn_cli({ "-q", "--count", "dev", "--sum", "len",
             "-f", "netns == " .. pair.netns_a })
-        finally(function() run:wait(10) end)
         assert.is_true(run:wait_err("Ctrl%-C to stop\n", 20), run:err_text())
         clirun.sleep(1)
         local held = bpfobjs.held(run.pid)

@@ -1,5 +1,7 @@
 -- The namespace helpers and the ndq_send tool, for real: namespaces, veth, traffic between them.
 local netns = require("support.netns")
+local clirun = require("support.clirun")
+local live = require("support.live")
 
 local function lines_of(s)
   local out = {}
@@ -9,6 +11,7 @@ end
 
 describe("spec.support.netns #root", function()
   local tool
+  live.no_leftovers()
 
   -- first line of every test: pending outside root (a failure in CI); busted allows pending only in `it`
   local function require_root()
@@ -126,6 +129,28 @@ describe("spec.support.netns #root", function()
       assert.same({}, netns.list("ndqns-"))
     end)
 
+    it("reports the namespaces and processes a spec file left behind, and removes them", function()
+      require_root()
+      local pair = assert(netns.pair{ name = "ndqns" })
+      local proc = netns.spawn({ "sleep", "30" })
+      local bg = clirun.spawn({ "sleep", "31" })
+      finally(function()
+        proc:stop()
+        bg:kill("KILL")
+        bg:wait(5)
+        pair:destroy()
+      end)
+      assert.same({ namespaces = { pair.ns_a, pair.ns_b }, processes = { "sleep 30" } }, netns.leftovers())
+      assert.same({ "sleep 31" }, clirun.leftovers())
+      assert.is_true(netns.clean_up())
+      clirun.clean_up()
+      assert.same({ namespaces = {}, processes = {} }, netns.leftovers())
+      assert.same({}, clirun.leftovers())
+      assert.same({}, netns.list(pair.ns_a))
+      assert.same(128 + 15, proc.code) -- ended by SIGTERM
+      assert.same(137, bg:wait(5).code) -- by SIGKILL
+    end)
+
     it("ends spawned processes that are still running on destroy", function()
       require_root()
       require_root()
@@ -172,15 +197,7 @@ describe("spec.support.netns #root", function()
 
   describe("ndq_send", function()
     local pair
-
-    before_each(function()
-      if netns.is_root() then pair = assert(netns.pair{ name = "ndqns" }) end
-    end)
-
-    after_each(function()
-      if pair then assert(pair:destroy()) end
-      pair = nil
-    end)
+    live.pair_each_test({ name = "ndqns" }, function(p) pair = p end)
 
     it("connects over TCP to its own listener (IPv4 and IPv6)", function()
       require_root()

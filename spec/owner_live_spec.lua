@@ -7,6 +7,7 @@
 -- cgroup (a cgroup v2 directory made for the run), so every owner field has one exact value.
 local netns = require("support.netns")
 local clirun = require("support.clirun")
+local live = require("support.live")
 local bpfobjs = require("support.bpfobjs")
 local cjson = require("cjson")
 
@@ -19,22 +20,16 @@ end
 -- tracers still running when a test ends (a failed assertion): stopped in after_each
 local running = {}
 
--- the CLI in the background, once it has attached
+-- the CLI in the background, once it has attached; Ctrl-C once its last events are in
 local function start_cli(args)
-    local bg = clirun.spawn_cli(args)
+    local bg = live.start_cli(args)
     running[bg] = true
-    assert(bg:wait_err("netdevq: tracing net_dev_queue", 30), "netdevq did not start: " .. bg:err_text())
     return bg
 end
 
--- Ctrl-C once the last events are surely in (the tracer drains on its poll timeout)
 local function stop_cli(bg)
-    clirun.sleep(0.3)
-    bg:kill("INT")
-    local r = bg:wait(20)
     running[bg] = nil
-    assert.are.equal(0, r.code, r.err)
-    return r
+    return live.stop_cli(bg)
 end
 
 -- JSON lines -> events (in order) and the other objects by type
@@ -81,6 +76,7 @@ end
 
 describe("socket owner attribution #root", function()
     local pair, dir, cg
+    live.no_leftovers()
 
     before_each(function()
         if netns.is_root() then

@@ -10,30 +10,12 @@
 -- packets. (systemd is not PID 1 on the machines this runs on, so systemd-run is not used;
 -- systemd-analyze verify checks the unit file.)
 local netns = require("support.netns")
+local live = require("support.live")
 local clirun = require("support.clirun")
 
 local SOURCES = { "CMakeLists.txt", "bpf", "csrc", "lua", "scripts", "contrib", "docs" }
 
-local function read_all(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
-local function sh(cmd)
-  local p = assert(io.popen(cmd))
-  local out = p:read("*a")
-  p:close()
-  return out
-end
+local read_all, write_file, sh = clirun.try_read, clirun.write_file, clirun.read_cmd
 
 -- systemd's unit-file view of the [Service] section: Environment= defaults, ExecStart, caps
 local function parse_unit(text)
@@ -70,6 +52,7 @@ local function expand(exec, env)
 end
 
 describe("the Debian package (CPack DEB) and the systemd unit #root", function()
+  live.no_leftovers()
   local tmp, deb, root, multiarch, source_top
 
   local function in_root_env(argv)
@@ -143,11 +126,14 @@ describe("the Debian package (CPack DEB) and the systemd unit #root", function()
     assert.equal(root .. "/usr/share/lua/5.1/netdevq/prometheus.lua\n" .. root .. "/usr/lib/"
       .. multiarch .. "/lua/5.1/netdevq/http.so\n", r.out)
 
-    local pair = assert(netns.pair{ name = "ndqdeb" })
-    finally(function() pair:destroy() end)
-    local bg = clirun.spawn(in_root_env({ root .. "/usr/bin/netdevq", "-n", "5", "-o", "dev,proto,len",
+    local pair, bg = assert(netns.pair{ name = "ndqdeb" }), nil
+    -- busted keeps only the last finally of a test: one for all this test starts
+    finally(function()
+      if bg then bg:kill("KILL"); bg:wait(5) end
+      pair:destroy()
+    end)
+    bg = clirun.spawn(in_root_env({ root .. "/usr/bin/netdevq", "-n", "5", "-o", "dev,proto,len",
       "-f", ('netns == %d and proto == "udp"'):format(pair.netns_a) }))
-    finally(function() bg:kill("KILL"); bg:wait(5) end)
     assert(bg:wait_err("tracing net_dev_queue", 30), bg:err_text())
     assert(pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, "9000", "40000", "58", "5" }))
     r = bg:wait(30)
@@ -170,8 +156,12 @@ describe("the Debian package (CPack DEB) and the systemd unit #root", function()
     assert.equal("journal", unit.StandardError)
     assert.equal("-/etc/default/netdevq", unit.EnvironmentFile)
 
-    local pair = assert(netns.pair{ name = "ndqunit" })
-    finally(function() pair:destroy() end)
+    local pair, bg = assert(netns.pair{ name = "ndqunit" }), nil
+    -- busted keeps only the last finally of a test: one for all this test starts
+    finally(function()
+      if bg then bg:kill("KILL"); bg:wait(5) end
+      pair:destroy()
+    end)
     local port = assert(require("netdevq.http").serve{ port = 0 })
     local free = port:port()
     port:close()
@@ -199,8 +189,7 @@ describe("the Debian package (CPack DEB) and the systemd unit #root", function()
       "mount -t overlay overlay -o lowerdir=" .. root .. "/etc:/etc /etc",
       "systemd-analyze verify /usr/lib/systemd/system/netdevq.service >&2",
       "exec " .. table.concat(quoted, " ") }, " && ")
-    local bg = clirun.spawn({ "unshare", "-m", "--propagation", "private", "sh", "-c", script })
-    finally(function() bg:kill("KILL"); bg:wait(5) end)
+    bg = clirun.spawn({ "unshare", "-m", "--propagation", "private", "sh", "-c", script })
     assert(bg:wait_err("netdevq: exporting on http://127%.0%.0%.1:" .. free .. "/metrics\n", 30),
       bg:err_text())
     assert.equal("netdevq: exporting on http://127.0.0.1:" .. free .. "/metrics\n", bg:err_text())

@@ -6,6 +6,7 @@
 -- set: protocol, addresses, ports and length (tshark's frame.len is skb->len on Ethernet).
 local netns = require("support.netns")
 local clirun = require("support.clirun")
+local live = require("support.live")
 local cjson = require("cjson")
 
 local PROTO_NUM = { icmp = 1, tcp = 6, udp = 17, icmpv6 = 58 }
@@ -69,42 +70,18 @@ local function tshark_keys(text, mac)
     return keys
 end
 
--- lines in a but not in b (multisets of sorted lists)
-local function minus(a, b)
-    local count, out = {}, {}
-    for _, k in ipairs(b) do
-        count[k] = (count[k] or 0) + 1
-    end
-    for _, k in ipairs(a) do
-        if (count[k] or 0) > 0 then
-            count[k] = count[k] - 1
-        else
-            out[#out + 1] = "    " .. k
-        end
-    end
-    return out
-end
-
-local function monotonic_ms()
-    return require("netdevq.core").monotonic_ns() / 1e6
-end
+local minus, monotonic_ms = live.missing, live.monotonic_ms
 
 -- The traffic: what namespace a transmits covers UDP v4/v6 (several ports and sizes, one with
 -- TOS 16), TCP v4 as client and as server, TCP v6 with traffic class 32, ICMP echo requests and
 -- replies, ICMP v4/v6 port unreachable errors (which quote a UDP header).
 local function send_traffic(pair)
-    local tool = netns.ndq_send()
     local listeners = {
-        pair:spawn("b", { tool, "tcplisten", pair.ip4_b, "8080", "3000" }),
-        pair:spawn("a", { tool, "tcplisten", pair.ip4_a, "8081", "3000" }),
-        pair:spawn("b", { tool, "tcplisten", pair.ip6_b, "8443", "3000" }),
+        live.listener(pair, "b", pair.ip4_b, 8080),
+        live.listener(pair, "a", pair.ip4_a, 8081),
+        live.listener(pair, "b", pair.ip6_b, 8443),
     }
-    for _, l in ipairs(listeners) do
-        repeat
-            local line = l:line()
-        until line == nil or line == "listening"
-    end
-    local steps = {
+    live.send_steps(pair, {
         { "a", "udp4", pair.ip4_a, pair.ip4_b, "7000", "40000", "10,500,1200" },
         { "a", "--tos", "16", "udp4", pair.ip4_a, pair.ip4_b, "7001", "40001", "100" },
         { "a", "udp6", pair.ip6_a, pair.ip6_b, "7000", "40003", "20,600" },
@@ -116,39 +93,13 @@ local function send_traffic(pair)
         { "a", "icmp4", pair.ip4_a, pair.ip4_b, "2" },
         { "a", "icmp6", pair.ip6_a, pair.ip6_b, "1" },
         { "b", "icmp4", pair.ip4_b, pair.ip4_a, "1" },
-    }
-    for _, s in ipairs(steps) do
-        local argv = { tool }
-        for i = 2, #s do
-            argv[#argv + 1] = s[i]
-        end
-        local ok, out = pair:exec(s[1], argv)
-        assert(ok, table.concat(argv, " ") .. ": " .. out)
-    end
-    for _, l in ipairs(listeners) do
-        local ok, code, lines = l:wait()
-        assert(ok, "tcplisten: exit " .. tostring(code) .. " " .. table.concat(lines, " | "))
-    end
+    })
+    live.wait_all(listeners, "tcplisten")
 end
 
 describe("pcap-filter expressions against tshark on live traffic #root", function()
     local pair
-
-    before_each(function()
-        if netns.is_root() then
-            pair = assert(netns.pair{ name = "ndqpc" })
-            for _, ns in ipairs({ "a", "b" }) do
-                assert(pair:exec(ns, { "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0" }))
-            end
-        end
-    end)
-
-    after_each(function()
-        if pair then
-            pair:destroy()
-            pair = nil
-        end
-    end)
+    live.pair_each_test({ name = "ndqpc", icmp_unlimited = true }, function(p) pair = p end)
 
     it("selects the packets tshark captures with the same expression", function()
         netns.require_root()
@@ -210,12 +161,7 @@ describe("pcap-filter expressions against tshark on live traffic #root", functio
         send_traffic(pair)
 
         -- everything is sent: let the tracers drain and the captures print
-        local deadline = monotonic_ms() + 500
-        while monotonic_ms() < deadline do
-            for _, t in pairs(tracers) do
-                assert(t:poll(10))
-            end
-        end
+        live.poll_all(tracers, 500)
         clirun.sleep(0.3)
         local results = {}
         for i, bg in pairs(captures) do

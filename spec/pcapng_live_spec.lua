@@ -4,6 +4,8 @@
 -- timestamp is checked exactly.
 local ffi = require("ffi")
 local netns = require("support.netns")
+local clirun = require("support.clirun")
+local live = require("support.live")
 
 local ETH, IP4, IP6, UDP, ICMP_ECHO4, ICMP_ECHO6 = 14, 20, 40, 8, 84, 104
 local DEFAULT_SNAPLEN = 128 -- what -w keeps per packet without -s
@@ -38,12 +40,7 @@ local function u64_text(v)
     return (tostring(v):gsub("ULL$", ""))
 end
 
-local function read_all(path)
-    local f = assert(io.open(path, "rb"))
-    local s = f:read("*a")
-    f:close()
-    return s
-end
+local read_all = clirun.read_file
 
 -- The pcapng blocks themselves (little-endian host): interfaces and packet headers.
 local function read_blocks(path)
@@ -119,13 +116,7 @@ local function parse_tshark(text)
 end
 
 local function tshark_file(path)
-    local argv = tshark_argv(path)
-    local cmd = {}
-    for i, a in ipairs(argv) do cmd[i] = "'" .. a .. "'" end
-    local p = assert(io.popen(table.concat(cmd, " ") .. " 2>/dev/null"))
-    local text = p:read("*a")
-    p:close()
-    return parse_tshark(text)
+    return parse_tshark(clirun.read_cmd(clirun.shell_line(tshark_argv(path)) .. " 2>/dev/null"))
 end
 
 local function comment(comm, pid, mark, tid)
@@ -193,22 +184,12 @@ end
 
 -- Every tracer here ends on SIGINT; -d bounds it should a failing spec never send one.
 local function cli_argv(args)
-    local argv = { "luajit", "scripts/netdevq.lua", "-d", "60" }
+    local argv = { "-d", "60" }
     for _, a in ipairs(args) do argv[#argv + 1] = a end
-    return argv
+    return clirun.cli_argv(argv)
 end
 
-local READY = "^netdevq: tracing net_dev_queue %(raw%) %.%.%. Ctrl%-C to stop$"
-
-local function wait_ready(proc)
-    local seen = {}
-    while true do
-        local l = proc:line()
-        assert(l, "the tracer ended before its ready line:\n" .. table.concat(seen, "\n"))
-        if l:match(READY) then return seen end
-        seen[#seen + 1] = l
-    end
-end
+local wait_ready = live.wait_ready
 
 -- Text lines from `-o TEXT_FIELDS` (comm last: it may hold spaces). The pcapng comment names the
 -- socket owner when the kernel knows it (owner_*, "-" when absent), so the events do too.
@@ -240,37 +221,21 @@ end
 
 describe("netdevq -w: pcapng from real traffic #root", function()
     local pair, dir
-
-    before_each(function()
-        netns.require_root()
-        pair = assert(netns.pair{ name = "ndqw" })
-        local ok, out = netns.run({ "mktemp", "-d", "/tmp/netdevq-pcapng.XXXXXX" })
-        assert(ok, out)
-        dir = out:match("^(%S+)")
-        -- a tun device in namespace a: no link-layer header (ARPHRD_NONE), no reader attached,
-        -- so it has no carrier and drops what it is given, after net_dev_queue saw it
-        local na = pair.ns_a
+    -- a tun device in namespace a: no link-layer header (ARPHRD_NONE), no reader attached, so it
+    -- has no carrier and drops what it is given, after net_dev_queue saw it; it goes with the
+    -- namespace
+    local function add_tun(p)
         for _, argv in ipairs({
-            { "ip", "-n", na, "tuntap", "add", "mode", "tun", "name", TUN },
-            { "ip", "-n", na, "addr", "add", TUN_IP4_A .. "/24", "dev", TUN },
-            { "ip", "-n", na, "addr", "add", TUN_IP6_A .. "/64", "dev", TUN, "nodad" },
-            { "ip", "-n", na, "link", "set", TUN, "up" },
+            { "ip", "tuntap", "add", "mode", "tun", "name", TUN },
+            { "ip", "addr", "add", TUN_IP4_A .. "/24", "dev", TUN },
+            { "ip", "addr", "add", TUN_IP6_A .. "/64", "dev", TUN, "nodad" },
+            { "ip", "link", "set", TUN, "up" },
         }) do
-            local okc, outc = netns.run(argv)
-            assert(okc, table.concat(argv, " ") .. ": " .. outc)
+            local ok, out = p:exec("a", argv)
+            assert(ok, table.concat(argv, " ") .. ": " .. out)
         end
-    end)
-
-    after_each(function()
-        if pair then
-            pair:destroy() -- the tun device goes with namespace a
-            pair = nil
-        end
-        if dir then
-            netns.run({ "rm", "-rf", "--", dir })
-            dir = nil
-        end
-    end)
+    end
+    live.pair_each_test({ name = "ndqw", tmpdir = true, setup = add_tun }, function(p, d) pair, dir = p, d end)
 
     -- Runs a traffic step in namespace a; returns its output and the wall-clock window around it.
     local function send(argv)
@@ -283,6 +248,7 @@ describe("netdevq -w: pcapng from real traffic #root", function()
 
     it("writes every packet of veth and tun traffic with interfaces, lengths, comments and "
         .. "timestamps, while printing text", function()
+        netns.require_root()
         local file = dir .. "/out.pcapng"
         local tool = netns.ndq_send()
         local tracer = netns.spawn(cli_argv({ "-w", file, "-I", pair.veth_a, "-I", TUN,
@@ -326,9 +292,7 @@ describe("netdevq -w: pcapng from real traffic #root", function()
         -- TCP: a connects and closes; SYN and FIN leave from the client's own context, the two
         -- ACKs from softirq (whichever task ran it: the text line says which)
         local listener = pair:spawn("b", { tool, "tcplisten", b4, "8080", "5000" })
-        repeat
-            local l = listener:line()
-        until l == nil or l == "listening"
+        live.wait_line(listener, "^listening$")
         out, t0, t1 = send({ tool, "tcp4", a4, b4, "8080", "41000" })
         local lok, lcode, llines = listener:wait()
         assert(lok, "listener exit " .. tostring(lcode) .. ": " .. table.concat(llines, "\n"))
@@ -392,17 +356,13 @@ describe("netdevq -w: pcapng from real traffic #root", function()
     end)
 
     it("streams pcapng to standard output with -w - and cuts packets at -s", function()
+        netns.require_root()
         local out_file, err_file = dir .. "/tshark.out", dir .. "/tshark.err"
         local tool = netns.ndq_send()
         local argv = cli_argv({ "-w", "-", "-s", "64", "-I", pair.veth_a,
             "-f", "netns == " .. pair.netns_a })
         -- sh: tracer | tshark -r - > out_file; the tracer's stderr stays on the spawn pipe
-        local quoted = {}
-        for i, a in ipairs(argv) do quoted[i] = "'" .. a:gsub("'", "'\\''") .. "'" end
-        local targv = tshark_argv("-")
-        local tquoted = {}
-        for i, a in ipairs(targv) do tquoted[i] = "'" .. a .. "'" end
-        local script = table.concat(quoted, " ") .. " | " .. table.concat(tquoted, " ")
+        local script = clirun.shell_line(argv) .. " | " .. clirun.shell_line(tshark_argv("-"))
             .. " >" .. out_file .. " 2>" .. err_file
         local pipeline = netns.spawn({ "sh", "-c", script })
         local tracer_pid

@@ -2,28 +2,13 @@
 -- capinfos and a small block parser of our own.
 local ffi = require("ffi")
 local bit = require("bit")
+local clirun = require("support.clirun")
 
 local band, rshift, bxor = bit.band, bit.rshift, bit.bxor
 
 -- Helpers ------------------------------------------------------------------------------------
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function run(cmd)
-  local p = assert(io.popen(cmd))
-  local out = p:read("*a")
-  p:close()
-  return out
-end
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local shell_quote, run, read_file = clirun.quote, clirun.read_cmd, clirun.read_file
 
 local function be16(n) return string.char(rshift(n, 8) % 256, n % 256) end
 local function be32(n) return be16(math.floor(n / 65536)) .. be16(n % 65536) end

@@ -9,6 +9,7 @@
 -- on a tracer that never prunes; they fail on one that prunes too eagerly.
 local cjson = require("cjson")
 local clirun = require("support.clirun")
+local live = require("support.live")
 local netns = require("support.netns")
 
 local TREE = [[
@@ -60,24 +61,7 @@ end
 
 describe("-c with recycled pids #root", function()
     local pair, dir
-
-    before_each(function()
-        dir = clirun.tmpdir()
-        if netns.is_root() then
-            pair = assert(netns.pair{ name = "ndqpr" })
-        end
-    end)
-
-    after_each(function()
-        if pair then
-            pair:destroy()
-            pair = nil
-        end
-        if dir then
-            clirun.rmtree(dir)
-            dir = nil
-        end
-    end)
+    live.pair_each_test({ name = "ndqpr", tmpdir = true }, function(p, d) pair, dir = p, d end)
 
     it("traces the tree's processes, never an unrelated process that got one of their pids",
         function()

@@ -8,18 +8,10 @@
 -- figures equal what was sent with nothing lost.
 local netns = require("support.netns")
 local clirun = require("support.clirun")
+local live = require("support.live")
 local cjson = require("cjson")
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd))
-  local out = p:read("*a")
-  p:close()
-  return out
-end
-
-local function sleep(s)
-  os.execute("sleep " .. s)
-end
+local sh, sleep = clirun.read_cmd, clirun.sleep
 
 -- a free loopback TCP port: bound by netdevq.http, then released
 local function free_port()
@@ -29,11 +21,7 @@ local function free_port()
   return port
 end
 
-local function write_file(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local write_file = clirun.write_file
 
 -- starts netdevq with args and --prometheus on a free port; returns the handle and its URL
 local function start_netdevq(args)
@@ -63,17 +51,17 @@ local function wait_for(what, fn, timeout_s)
 end
 
 describe("--prometheus scraped by a real Prometheus #root", function()
+  local pair, dir
+  live.pair_each_test({ name = "ndqprom", tmpdir = true }, function(p, d) pair, dir = p, d end)
+
   it("answers the exact count, histogram _count and a quantile in the right bucket", function()
     netns.require_root()
-    local pair = assert(netns.pair{ name = "ndqprom" })
-    local procs, dir = {}, clirun.tmpdir()
+    local procs = {}
     finally(function()
       for _, p in ipairs(procs) do
         p:kill("TERM")
         p:wait(10)
       end
-      pair:destroy()
-      clirun.rmtree(dir)
     end)
     local scope = ('netns == %d and proto == "udp"'):format(pair.netns_a)
     local counter, curl1 = start_netdevq({ "-f", scope, "--count", "dev,proto", "-i", "1" })
@@ -107,10 +95,7 @@ describe("--prometheus scraped by a real Prometheus #root", function()
 
     -- 100 UDP datagrams of 200 bytes payload: 242 bytes on the veth (Ethernet + IPv4 + UDP)
     local rx = pair:spawn("b", { netns.ndq_send(), "udprecv", pair.ip4_b, "9000", "100", "10000" })
-    assert.equal("ready", (function()
-      repeat local l = rx:line() until l == nil or l == "ready"
-      return "ready"
-    end)())
+    live.wait_line(rx, "^ready$")
     local ok = pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, "9000", "40000",
       "200", "100" })
     assert.is_true(ok)
@@ -157,18 +142,17 @@ describe("--prometheus scraped by a real Prometheus #root", function()
 end)
 
 describe("--prometheus under 1,000 scrapes #root", function()
+  local pair, dir
+  live.pair_each_test({ name = "ndqscr", tmpdir = true }, function(p, d) pair, dir = p, d end)
+
   it("changes no count and loses no event while scraped during traffic", function()
     netns.require_root()
-    local pair = assert(netns.pair{ name = "ndqscr" })
-    local dir = clirun.tmpdir()
     local bg
     finally(function()
       if bg then
         bg:kill("TERM")
         bg:wait(10)
       end
-      pair:destroy()
-      clirun.rmtree(dir)
     end)
     -- two aggregations: the Lua path (every event crosses the ring buffer), printed every second
     local scope = ('netns == %d and proto == "udp"'):format(pair.netns_a)
@@ -176,7 +160,7 @@ describe("--prometheus under 1,000 scrapes #root", function()
     bg, url = start_netdevq({ "-f", scope, "--count", "dev,proto", "--hist", "len", "--by", "dev",
       "-i", "1" })
     local rx = pair:spawn("b", { netns.ndq_send(), "udprecv", pair.ip4_b, "9001", "1", "60000" })
-    repeat local l = rx:line() until l == nil or l == "ready"
+    live.wait_line(rx, "^ready$")
     -- 40 bursts of 500 datagrams (20,000), while curl scrapes 1,000 times
     local sender = pair:spawn("a", { "sh", "-c", "for i in $(seq 40); do " .. netns.ndq_send()
       .. " udp4 " .. pair.ip4_a .. " " .. pair.ip4_b .. " 9001 40001 100 500 >/dev/null || exit 1;"

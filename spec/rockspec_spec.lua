@@ -7,13 +7,7 @@ local ROCKSPEC = "rockspec/netdevq-scm-1.rockspec"
 local SOURCES = { "CMakeLists.txt", "bpf", "csrc", "lua", "scripts", "rockspec", "contrib" }
 local EM_BPF = 247
 
-local function read_all(path)
-    local f = io.open(path, "rb")
-    if not f then return nil end
-    local s = f:read("*a")
-    f:close()
-    return s
-end
+local read_all = require("support.clirun").try_read
 
 describe("rockspec: luarocks make into a fresh tree #root", function()
     local tmp, src, tree, cwd, source_top

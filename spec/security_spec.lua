@@ -4,22 +4,9 @@
 -- names another object).
 local clirun = require("support.clirun")
 local netns = require("support.netns")
+local live = require("support.live")
 
-local function write_file(path, data)
-    local f = assert(io.open(path, "wb"))
-    f:write(data)
-    f:close()
-end
-
-local function read_file(path)
-    local f = io.open(path, "rb")
-    if not f then
-        return nil
-    end
-    local s = f:read("*a")
-    f:close()
-    return s
-end
+local read_file, write_file = clirun.read_file, clirun.write_file
 
 local function exists(path)
     return os.execute("test -e " .. clirun.quote(path) .. " -o -L " .. clirun.quote(path)) == 0
@@ -57,19 +44,12 @@ end
 
 describe("netdevq CLI security #unit", function()
     local tmp
-
-    before_each(function()
-        tmp = clirun.tmpdir()
-    end)
-
-    after_each(function()
-        clirun.rmtree(tmp)
-    end)
+    live.tmpdir_each_test(function(d) tmp = d end)
 
     it("loads no Lua or C module from the current directory", function()
         local marker = plant(tmp)
         local r = cli_in(tmp, { "--version" })
-        assert.same({ code = 0, out = "netdevq 0.1.0\n", err = "" }, r)
+        assert.same({ code = 0, out = "netdevq " .. require("netdevq")._VERSION .. "\n", err = "" }, r)
         -- through netdevq.open and the C module, up to the first check that needs no root
         r = cli_in(tmp, { "-f", "len > 1", "-d", "1" }, { env = { NETDEVQ_BTF_PATH = "/nonexistent" } })
         assert.same({ code = 1, out = "", err = "netdevq: kernel BTF not found at /nonexistent (No "
@@ -108,15 +88,8 @@ describe("netdevq CLI security #root", function()
 
     before_each(function()
         netns.require_root()
-        tmp = clirun.tmpdir()
     end)
-
-    after_each(function()
-        if tmp then
-            clirun.rmtree(tmp)
-            tmp = nil
-        end
-    end)
+    live.tmpdir_each_test(function(d) tmp = d end)
 
     it("creates -w files with mode 0600 whatever the umask", function()
         for _, umask in ipairs({ "000", "022", "077" }) do

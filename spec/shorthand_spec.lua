@@ -8,6 +8,7 @@
 -- inside the same namespaces, so that scope never does the shorthand's work.
 local netns = require("support.netns")
 local clirun = require("support.clirun")
+local live = require("support.live")
 local cjson = require("cjson")
 
 local OUT_FIELDS = "dev,proto,saddr,sport,daddr,dport,len,comm,pid"
@@ -59,73 +60,12 @@ local function sorted(...)
     return out
 end
 
-local function exists(path)
-    local f = io.open(path)
-    if f then
-        f:close()
-        return true
-    end
-    return false
-end
-
--- a udprecv in namespace ns for count datagrams; returns it once it is ready
-local function receiver(pair, ns, addr, port, count)
-    local rx = pair:spawn(ns, { netns.ndq_send(), "udprecv", addr, tostring(port), tostring(count), "5000" })
-    repeat
-        local l = rx:line()
-    until l == nil or l == "ready"
-    return rx
-end
-
--- waits for a receiver's datagrams; returns the "recv SIZE SRC SPORT" lines
-local function received(rx)
-    local ok, code, lines = rx:wait()
-    assert(ok, "udprecv: exit " .. tostring(code) .. ": " .. table.concat(lines, " | "))
-    local got = {}
-    for _, l in ipairs(lines) do
-        if l:match("^recv ") then
-            got[#got + 1] = l
-        end
-    end
-    return got
-end
-
--- starts the CLI with args and waits for its ready line
-local function start_cli(args)
-    local bg = clirun.spawn_cli(args)
-    assert(bg:wait_err("netdevq: tracing net_dev_queue", 30), "netdevq did not start: " .. bg:err_text())
-    return bg
-end
-
--- Ctrl-C once the events are surely in (the tracer drains on its poll timeout)
-local function stop_cli(bg)
-    clirun.sleep(0.3)
-    bg:kill("INT")
-    local r = bg:wait(20)
-    assert.are.equal(0, r.code, r.err)
-    return r
-end
+local exists, receiver, received = clirun.exists, live.receiver, live.received
+local start_cli, stop_cli = live.start_cli, live.stop_cli
 
 describe("CLI shorthands on live traffic #root", function()
     local pair, dir
-
-    before_each(function()
-        if netns.is_root() then
-            pair = assert(netns.pair{ name = "ndqsh" })
-            dir = clirun.tmpdir()
-        end
-    end)
-
-    after_each(function()
-        if pair then
-            pair:destroy()
-            pair = nil
-        end
-        if dir then
-            clirun.rmtree(dir)
-            dir = nil
-        end
-    end)
+    live.pair_each_test({ name = "ndqsh", tmpdir = true }, function(p, d) pair, dir = p, d end)
 
     it("-I/--dev traces only the named devices, and repeated means either", function()
         netns.require_root()

@@ -12,6 +12,7 @@
 -- nothing is lost and Lua receives every datagram sent.
 local netns = require("support.netns")
 local clirun = require("support.clirun")
+local live = require("support.live")
 
 local SOAK_EVENTS = 2000000   -- at least this many events cross the kernel filter
 local FLOOD_ROUND_S = 3
@@ -29,19 +30,11 @@ end
 
 describe("netdevq accounting under overload #root", function()
     local netdevq, core, pair
+    live.pair_each_test({ name = "ndqk" }, function(p) pair = p end)
 
     before_each(function()
-        netns.require_root()
         netdevq = require("netdevq")
         core = netdevq.core
-        pair = assert(netns.pair{ name = "ndqk" })
-    end)
-
-    after_each(function()
-        if pair then
-            pair:destroy()
-            pair = nil
-        end
     end)
 
     local function veth_filter()
@@ -71,6 +64,7 @@ describe("netdevq accounting under overload #root", function()
 
     it("counts every one of " .. SOAK_EVENTS .. "+ events with a 64 KiB ring and a slow consumer",
         function()
+            netns.require_root()
             local t = assert(netdevq.open{ filter = veth_filter(), ringbuf_size = 65536,
                 fields = { "len" } })
             finally(function() t:close() end)
@@ -100,6 +94,7 @@ describe("netdevq accounting under overload #root", function()
         end)
 
     it("loses nothing with a ring big enough: received == datagrams sent", function()
+        netns.require_root()
         local t = assert(netdevq.open{ filter = veth_filter(), ringbuf_size = 2 ^ 27,
             fields = { "len" } })
         finally(function() t:close() end)
@@ -117,6 +112,7 @@ describe("netdevq accounting under overload #root", function()
     end)
 
     it("has the CLI report exactly the events the kernel lost", function()
+        netns.require_root()
         local run = clirun.spawn_cli({ "--ringbuf-size", "65536", "-q", "-F", "json", "-i", "1",
             "-f", veth_filter() })
         finally(function() run:wait(10) end)

@@ -2,55 +2,19 @@
 -- --interval) when stderr is not a terminal; one line rewritten in place when it is; none while
 -- events stream to a terminal.
 local netns = require("support.netns")
+local clirun = require("support.clirun")
+local live = require("support.live")
 
 local ETH, IP4, UDP = 14, 20, 8
 local STATUS = "^netdevq: %d+ events/s now; (%d+) matched, (%d+) lost in all$"
-local READY = "^netdevq: tracing net_dev_queue %(raw%) %.%.%. Ctrl%-C to stop$"
 
-local function read_all(path)
-    local f = assert(io.open(path, "rb"))
-    local s = f:read("*a")
-    f:close()
-    return s
-end
+local read_all = clirun.read_file
 
-local function shell_quote(argv)
-    local out = {}
-    for i, a in ipairs(argv) do out[i] = "'" .. tostring(a):gsub("'", "'\\''") .. "'" end
-    return table.concat(out, " ")
-end
-
-local function wait_ready(proc)
-    local seen = {}
-    while true do
-        local l = proc:line()
-        assert(l, "the tracer ended before its ready line:\n" .. table.concat(seen, "\n"))
-        if l:match(READY) then return seen end
-        seen[#seen + 1] = l
-    end
-end
+local shell_quote = clirun.shell_line
 
 describe("netdevq status line #root", function()
     local pair, dir
-
-    before_each(function()
-        netns.require_root()
-        pair = assert(netns.pair{ name = "ndqs" })
-        local ok, out = netns.run({ "mktemp", "-d", "/tmp/netdevq-status.XXXXXX" })
-        assert(ok, out)
-        dir = out:match("^(%S+)")
-    end)
-
-    after_each(function()
-        if pair then
-            pair:destroy()
-            pair = nil
-        end
-        if dir then
-            netns.run({ "rm", "-rf", "--", dir })
-            dir = nil
-        end
-    end)
+    live.pair_each_test({ name = "ndqs", tmpdir = true }, function(p, d) pair, dir = p, d end)
 
     -- The CLI on veth a, its events (`-o len,dport`) into out_file; extra options after.
     local function cli(out_file, extra)
@@ -61,17 +25,16 @@ describe("netdevq status line #root", function()
     end
 
     local function send(sizes)
-        local ok, out = pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, "9100",
-            "40100", sizes })
-        assert(ok, out)
+        live.send(pair, "a", { "udp4", pair.ip4_a, pair.ip4_b, "9100", "40100", sizes })
     end
 
     it("prints a plain status line every 5 s on a stderr that is not a terminal, outside the "
         .. "output", function()
+        netns.require_root()
         local out_file = dir .. "/events.txt"
         local proc = netns.spawn({ "sh", "-c", cli(out_file, { "-d", "7" }) })
         finally(function() proc:stop() end)
-        wait_ready(proc)
+        live.wait_ready(proc)
         send("1,2,3")
         local ok, code, lines = proc:wait()
         assert(ok, "exit " .. tostring(code) .. ":\n" .. table.concat(lines, "\n"))
@@ -85,11 +48,12 @@ describe("netdevq status line #root", function()
     end)
 
     it("prints a status line every --interval, after the interval's aggregation", function()
+        netns.require_root()
         local out_file = dir .. "/counts.txt"
         local proc = netns.spawn({ "sh", "-c", cli(out_file, { "-q", "--count", "dport", "-i", "1",
             "-d", "2.5" }) })
         finally(function() proc:stop() end)
-        wait_ready(proc)
+        live.wait_ready(proc)
         send("1")
         local ok, code, lines = proc:wait()
         assert(ok, "exit " .. tostring(code) .. ":\n" .. table.concat(lines, "\n"))
@@ -118,6 +82,7 @@ describe("netdevq status line #root", function()
     end
 
     it("rewrites one line on a terminal stderr and erases it before the summary", function()
+        netns.require_root()
         local out_file = dir .. "/events.txt"
         local tty = on_terminal(cli(out_file, { "-d", "2.5" }))
         -- the ready line, the status drawn in place (no newline after it) every second, then
@@ -134,6 +99,7 @@ describe("netdevq status line #root", function()
     end)
 
     it("shows no status while events print on the terminal", function()
+        netns.require_root()
         local tty = on_terminal(shell_quote({ "luajit", "scripts/netdevq.lua", "-I", pair.veth_a,
             "-f", "netns == " .. pair.netns_a, "-d", "1.5" }))
         assert.is_nil(tty:find("events/s", 1, true), tty)

@@ -1,6 +1,7 @@
 -- End to end through the real kernel: known traffic between two namespaces joined by a veth
 -- pair, traced with the Lua API in both attach modes; exact event sets and field values.
 local netns = require("support.netns")
+local live = require("support.live")
 
 local ETH, IP4, IP6, UDP = 14, 20, 40, 8
 
@@ -42,20 +43,7 @@ end
 
 describe("netdevq tracing real traffic #root", function()
     local pair
-
-    before_each(function()
-        -- outside root each test goes pending (a failure in CI) through require_root below
-        if netns.is_root() then
-            pair = assert(netns.pair{ name = "ndqt" })
-        end
-    end)
-
-    after_each(function()
-        if pair then
-            pair:destroy()
-            pair = nil
-        end
-    end)
+    live.pair_each_test({ name = "ndqt" }, function(p) pair = p end)
 
     local function on_veth_a(ev)
         return ev.netns == pair.netns_a and ev.dev == pair.veth_a
@@ -63,6 +51,7 @@ describe("netdevq tracing real traffic #root", function()
 
     for _, mode in ipairs({ "raw", "btf" }) do
         it("reports every UDP/IPv4 datagram with exact fields (" .. mode .. " mode)", function()
+            netns.require_root()
             local t = tracer(mode)
             finally(function() t:close() end)
             local sizes = { 1, 100, 1000, 1472 }
@@ -101,10 +90,7 @@ describe("netdevq tracing real traffic #root", function()
         netns.require_root()
         local t = tracer("raw")
         finally(function() t:close() end)
-        local listener = pair:spawn("b", { netns.ndq_send(), "tcplisten", pair.ip4_b, "8080", "3000" })
-        repeat
-            local l = listener:line()
-        until l == nil or l == "listening"
+        local listener = live.listener(pair, "b", pair.ip4_b, 8080)
         local ok, out = pair:exec("a", { netns.ndq_send(), "tcp4", pair.ip4_a, pair.ip4_b,
             "8080", "41000" })
         assert.is_true(ok, out)

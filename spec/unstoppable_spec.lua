@@ -10,6 +10,7 @@
 -- exit status (137).
 local bpfobjs = require("support.bpfobjs")
 local clirun = require("support.clirun")
+local live = require("support.live")
 local netns = require("support.netns")
 
 local SIGINT, SIGTERM = 2, 15
@@ -35,26 +36,11 @@ end
 
 describe("stopping a run #root", function()
     local pair, dir
-
-    setup(function()
-        if netns.is_root() then
-            pair = assert(netns.pair{ name = "ndqus" })
-        end
-    end)
-
-    teardown(function()
-        if pair then
-            pair:destroy()
-        end
-    end)
-
+    local the_pair = live.pair_once{ name = "ndqus" }
     before_each(function()
-        dir = clirun.tmpdir()
+        if netns.is_root() then pair = the_pair() end
     end)
-
-    after_each(function()
-        clirun.rmtree(dir)
-    end)
+    live.tmpdir_each_test(function(d) dir = d end)
 
     -- The CLI with stdout on a FIFO that a process holds open and never reads.
     local function run_blocked(args)

@@ -37,25 +37,16 @@ for _, name in ipairs({ "owners", "owner_inodes", "owner_listeners", "owner_soft
     _M.MAP_NAMES[name] = true
 end
 
-local function sh_quote(s)
-    return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local clirun = require("support.clirun")
+local sh_quote, read_cmd, read_file = clirun.quote, clirun.read_cmd, clirun.try_read
 
-local function read_cmd(cmd)
-    local p = assert(io.popen(cmd))
-    local out = p:read("*a")
-    p:close()
-    return out
-end
-
-local function read_file(path)
-    local f = io.open(path)
-    if not f then
-        return nil
+--- Adds the ids of held (as from held()) to the id sets of into ({ prog =, map =, link = }).
+function _M.merge(into, held)
+    for _, kind in ipairs({ "prog", "map", "link" }) do
+        for id in pairs(held[kind]) do
+            into[kind][id] = true
+        end
     end
-    local s = f:read("*a")
-    f:close()
-    return s
 end
 
 --- A file's whole text, or nil when it cannot be read.
@@ -169,12 +160,7 @@ local function held_anywhere(snap)
         seen_pid[dir] = true
     end
     for pid in pairs(seen_pid) do
-        local h = _M.held(pid)
-        for _, kind in ipairs({ "prog", "map", "link" }) do
-            for id in pairs(h[kind]) do
-                all[kind][id] = true
-            end
-        end
+        _M.merge(all, _M.held(pid))
     end
     for id in pairs(all.link) do
         local e = snap.link[id]

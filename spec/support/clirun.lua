@@ -21,6 +21,15 @@ local function quote(s)
 end
 _M.quote = quote
 
+--- argv as one /bin/sh command line, every argument quoted (for a caller's own pipelines).
+function _M.shell_line(argv)
+    local out = {}
+    for i, a in ipairs(argv) do
+        out[i] = quote(a)
+    end
+    return table.concat(out, " ")
+end
+
 local function read_all(path)
     local f = io.open(path, "rb")
     if not f then
@@ -68,6 +77,18 @@ function _M.rmtree(dir)
     os.execute("rm -rf " .. quote(dir))
 end
 
+-- Appends NAME=value words for env (sorted by name) to an env(1) command line.
+local function add_env(parts, env)
+    local names = {}
+    for k in pairs(env or {}) do
+        names[#names + 1] = k
+    end
+    table.sort(names)
+    for _, k in ipairs(names) do
+        parts[#parts + 1] = quote(k .. "=" .. tostring(env[k]))
+    end
+end
+
 --- Runs argv; opts.env (table, added to the environment), opts.unset (list of names removed),
 -- opts.stdin (a path, default /dev/null), opts.timeout (seconds, default 60),
 -- opts.shell_tail (raw shell text appended after the command, e.g. "| head -1": the caller's
@@ -81,14 +102,7 @@ function _M.run(argv, opts)
         parts[#parts + 1] = "-u"
         parts[#parts + 1] = quote(name)
     end
-    local names = {}
-    for k in pairs(opts.env or {}) do
-        names[#names + 1] = k
-    end
-    table.sort(names)
-    for _, k in ipairs(names) do
-        parts[#parts + 1] = quote(k .. "=" .. tostring(opts.env[k]))
-    end
+    add_env(parts, opts.env)
     parts[#parts + 1] = "timeout"
     parts[#parts + 1] = "-s"
     parts[#parts + 1] = "KILL"
@@ -163,14 +177,16 @@ end
 
 --- Runs the CLI with args (list) and run() opts; opts.fdcheck: through fdcheck_cli.lua, adding
 -- r.leaks (a list, empty when every fd came back) and r.held (BPF fds left open).
-function _M.cli(args, opts)
+-- runner(argv, opts) (run or spawn) on the CLI's argv; also returns the fdcheck directory
+local function via_cli(runner, args, opts)
     opts = opts or {}
     local dir = fdcheck_setup(opts)
-    local r = _M.run(_M.cli_argv(args, opts.top, opts.fdcheck), opts)
-    if dir then
-        fdcheck_read(r, dir)
-    end
-    return r
+    return runner(_M.cli_argv(args, opts.top, opts.fdcheck), opts), dir
+end
+
+function _M.cli(args, opts)
+    local r, dir = via_cli(_M.run, args, opts)
+    return dir and fdcheck_read(r, dir) or r
 end
 
 -- Background runs ------------------------------------------------------------------------------
@@ -178,11 +194,14 @@ end
 local Bg = {}
 Bg.__index = Bg
 
+local started = {} -- background runs not waited for yet, for leftovers()
+
 local function sleep(s)
     os.execute("sleep " .. s)
 end
 _M.sleep = sleep
 
+--- True when path can be opened (a file or directory that exists).
 local function exists(path)
     local f = io.open(path)
     if f then
@@ -191,6 +210,7 @@ local function exists(path)
     end
     return false
 end
+_M.exists = exists
 
 --- Starts argv in the background (SIGINT/SIGQUIT at their defaults, unlike a plain `cmd &`),
 -- stdout and stderr to files. opts.env as for run(). Returns a handle: .pid, :err_text(),
@@ -199,14 +219,7 @@ function _M.spawn(argv, opts)
     opts = opts or {}
     local dir = _M.tmpdir()
     local parts = { "env", "--default-signal=INT,QUIT" }
-    local names = {}
-    for k in pairs(opts.env or {}) do
-        names[#names + 1] = k
-    end
-    table.sort(names)
-    for _, k in ipairs(names) do
-        parts[#parts + 1] = quote(k .. "=" .. tostring(opts.env[k]))
-    end
+    add_env(parts, opts.env)
     for _, a in ipairs(argv) do
         parts[#parts + 1] = quote(a)
     end
@@ -227,13 +240,15 @@ function _M.spawn(argv, opts)
         sleep(0.05)
     end
     assert(self.pid, "could not start " .. table.concat(argv, " "))
+    self.argv_text = table.concat(argv, " ")
+    started[self] = true
     return self
 end
 
+--- Starts the CLI in the background like spawn(); opts.fdcheck as for cli() (r.leaks and r.held
+-- in what :wait() returns).
 function _M.spawn_cli(args, opts)
-    opts = opts or {}
-    local dir = fdcheck_setup(opts)
-    local bg = _M.spawn(_M.cli_argv(args, opts.top, opts.fdcheck), opts)
+    local bg, dir = via_cli(_M.spawn, args, opts)
     bg.fdcheck_dir = dir
     return bg
 end
@@ -292,6 +307,7 @@ function Bg:wait(timeout_s)
     local rc = tonumber(f:read("*l"))
     f:close()
     local r = { code = rc, out = self:out_text(), err = self:err_text() }
+    started[self] = nil
     if not self.removed then
         _M.rmtree(self.dir)
         self.removed = true
@@ -301,6 +317,63 @@ function Bg:wait(timeout_s)
     end
     self.result = r
     return r
+end
+
+--- Background runs still going that nobody waited for (their argv as text, sorted).
+function _M.leftovers()
+    local list = {}
+    for bg in pairs(started) do
+        if not bg:done() then
+            list[#list + 1] = bg.argv_text
+        end
+    end
+    table.sort(list)
+    return list
+end
+
+--- Ends (KILL) every background run not waited for, and removes its files.
+function _M.clean_up()
+    for bg in pairs(started) do
+        bg:kill("KILL")
+        bg:wait(10)
+    end
+end
+
+--- The whole content of a file (raises when it cannot be read).
+function _M.read_file(path)
+    local f = assert(io.open(path, "rb"))
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+--- The whole content of a file, or nil when it cannot be opened.
+function _M.try_read(path)
+    local f = io.open(path, "rb")
+    if not f then
+        return nil
+    end
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+--- The standard output of a shell command line (the caller's own text: quote what it inserts).
+function _M.read_cmd(cmd)
+    local p = assert(io.popen(cmd))
+    local out = p:read("*a")
+    p:close()
+    return out
+end
+
+--- Writes data to path (replacing it); mode (e.g. "755") is set with chmod when given.
+function _M.write_file(path, data, mode)
+    local f = assert(io.open(path, "wb"))
+    f:write(data)
+    f:close()
+    if mode then
+        os.execute("chmod " .. mode .. " " .. quote(path))
+    end
 end
 
 --- Lines of a text (without the newlines).

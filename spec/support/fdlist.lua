@@ -52,23 +52,34 @@ function _M.list(pid)
     return targets
 end
 
---- Multiset difference: a sorted list of "added TARGET" / "removed TARGET".
-function _M.diff(before, after)
-    local count, lines = {}, {}
-    for _, t in ipairs(before) do
-        count[t] = (count[t] or 0) + 1
+--- Multiset difference: the elements of a (as key(e), key defaulting to tostring), in a's
+-- order, that b does not hold as often.
+function _M.minus(a, b, key)
+    key = key or tostring
+    local count, out = {}, {}
+    for _, e in ipairs(b) do
+        local k = key(e)
+        count[k] = (count[k] or 0) + 1
     end
-    for _, t in ipairs(after) do
-        if (count[t] or 0) > 0 then
-            count[t] = count[t] - 1
+    for _, e in ipairs(a) do
+        local k = key(e)
+        if (count[k] or 0) > 0 then
+            count[k] = count[k] - 1
         else
-            lines[#lines + 1] = "added " .. t
+            out[#out + 1] = k
         end
     end
-    for t, n in pairs(count) do
-        for _ = 1, n do
-            lines[#lines + 1] = "removed " .. t
-        end
+    return out
+end
+
+--- The difference of two fd lists: a sorted list of "added TARGET" / "removed TARGET".
+function _M.diff(before, after)
+    local lines = {}
+    for _, t in ipairs(_M.minus(after, before)) do
+        lines[#lines + 1] = "added " .. t
+    end
+    for _, t in ipairs(_M.minus(before, after)) do
+        lines[#lines + 1] = "removed " .. t
     end
     table.sort(lines)
     return lines

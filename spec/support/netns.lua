@@ -28,7 +28,8 @@
 -- Methods: :exec(ns, argv) -> ok, output, exit code (ns is "a" or "b"); :spawn(ns, argv) -> a
 -- process handle; :neigh_warmup() -> true | nil, err; :destroy() -> true | nil, err.
 -- Module: is_root(), require_root(), ndq_send() (tool path), pair(opts), run(argv) (like :exec
--- on the host), spawn(argv), list(prefix) (namespace names from `ip netns list`).
+-- on the host), spawn(argv), list(prefix) (namespace names from `ip netns list`), leftovers()
+-- (what this module made that is still there), clean_up() (removes it), owner_pid(nsname).
 --
 -- Process handles from :spawn(): :line() (next output line, stdout and stderr merged), :wait()
 -- (ok, exit code, remaining lines), :kill([sig]), :stop() (TERM, then KILL after 2 s), .pid.
@@ -37,7 +38,7 @@
 -- interpreted by a shell. Everything a pair creates is removed by :destroy() (idempotent),
 -- which also ends the processes :spawn() started and that are still running.
 
-local _M = { _VERSION = "0.1.0" }
+local _M = {}
 
 local IP4_A, IP4_B, IP6_A, IP6_B = "198.18.0.1", "198.18.0.2", "2001:db8::1", "2001:db8::2"
 local MAC_A, MAC_B = "02:6e:64:71:00:01", "02:6e:64:71:00:02"
@@ -144,6 +145,10 @@ end
 local Proc = {}
 Proc.__index = Proc
 
+-- host processes from _M.spawn not waited for yet (a pair's own end with the pair), for
+-- leftovers()
+local host_procs = {}
+
 -- Reads one raw line, handling the "@@spawn" markers; returns a command output line or nil (EOF).
 local function next_line(self)
   if #self.queue > 0 then return table.remove(self.queue, 1) end
@@ -158,6 +163,7 @@ local function next_line(self)
     local rc = l:match("^@@spawn rc (%d+)$")
     if pid then
       self.shpid, self.pid = tonumber(shpid), tonumber(pid)
+      if self.starting then return nil end -- spawn() waits for the pid, not for output
     elseif rc then
       self.code = tonumber(rc)
     else
@@ -178,6 +184,7 @@ function Proc:wait()
   local lines = {}
   for l in next_line, self do lines[#lines + 1] = l end
   if self.pair then self.pair.procs[self] = nil end
+  host_procs[self] = nil
   return self.code == 0, self.code, lines
 end
 
@@ -219,16 +226,23 @@ local function spawn(argv)
   local cmd = "sh -c 'exec </dev/null 2>&1; " .. line:gsub("'", "'\\''")
     .. " & p=$!; echo \"@@spawn pid $$ $p\"; wait $p; echo \"@@spawn rc $?\"'"
   local fh = assert(io.popen(cmd))
-  local self = setmetatable({ fh = fh, queue = {} }, Proc)
+  local self = setmetatable({ fh = fh, queue = {}, argv_text = table.concat(argv, " ") }, Proc)
   -- the pid marker comes first in practice; keep any earlier output for :line()
+  self.starting = true
   while not self.pid do
     local l = next_line(self)
     if not l then break end
     self.queue[#self.queue + 1] = l
   end
+  self.starting = nil
   return self
 end
-_M.spawn = function(argv) return spawn(argv) end
+
+_M.spawn = function(argv)
+  local proc = spawn(argv)
+  host_procs[proc] = true
+  return proc
+end
 
 -- Namespace pairs ------------------------------------------------------------------------------
 
@@ -244,6 +258,8 @@ end
 
 local pairs_made = 0
 local live_names = {}
+local made_names = {} -- every namespace name this module created, for leftovers()
+local live_pairs = {} -- pairs not destroyed yet
 
 local function ns_inode(name)
   local ok, out = run({ "stat", "-L", "-c", "%i", "/run/netns/" .. name })
@@ -299,6 +315,7 @@ end
 function Pair:destroy()
   if self.destroyed then return true end
   self.destroyed = true
+  live_pairs[self] = nil
   for proc in pairs(self.procs) do proc:stop() end
   local errs = {}
   for _, ns in ipairs({ self.ns_a, self.ns_b }) do
@@ -343,7 +360,10 @@ local function setup(self, static_neigh)
   for _, argv in ipairs(steps) do
     local ok, out = run(argv)
     if not ok then return nil, "netns: " .. table.concat(argv, " ") .. " failed: " .. out:gsub("\n$", "") end
-    if argv[2] == "netns" and argv[3] == "add" then self.created[argv[4]] = true end
+    if argv[2] == "netns" and argv[3] == "add" then
+      self.created[argv[4]] = true
+      made_names[argv[4]] = true
+    end
   end
   local err
   self.ifindex_a, self.mac_a = link_info(a, va)
@@ -376,12 +396,20 @@ function _M.pair(opts)
     created = {}, procs = {},
   }, Pair)
   live_names[ns_a], live_names[ns_b] = true, true
+  live_pairs[self] = true
   local ok, err = setup(self, opts.static_neigh ~= false)
   if not ok then
     self:destroy()
     return nil, err
   end
   return self
+end
+
+--- The pid of the process that made namespace nsname, when the name has pair()'s form
+-- ("<name>-a-<pid>" or "<name>-b-<pid>-<n>"), else nil.
+function _M.owner_pid(nsname)
+  local pid = nsname:match("^[%w_]+%-[ab]%-(%d+)$") or nsname:match("^[%w_]+%-[ab]%-(%d+)%-%d+$")
+  return tonumber(pid)
 end
 
 --- Names from `ip netns list` that start with prefix (for checks that nothing was left behind).
@@ -394,6 +422,43 @@ function _M.list(prefix)
     if nsname and nsname:sub(1, #prefix) == prefix then names[#names + 1] = nsname end
   end
   return names
+end
+
+--- What this module made and is still there: { namespaces = sorted names still in `ip netns
+-- list`, processes = argv text of spawned processes still running }. Both empty when every spec
+-- of the file cleaned up after itself.
+function _M.leftovers()
+  local listed = {}
+  for _, n in ipairs(_M.list("")) do listed[n] = true end
+  local left = { namespaces = {}, processes = {} }
+  for n in pairs(made_names) do
+    if listed[n] then left.namespaces[#left.namespaces + 1] = n end
+  end
+  table.sort(left.namespaces)
+  for proc in pairs(host_procs) do
+    if alive(proc) then left.processes[#left.processes + 1] = proc.argv_text end
+  end
+  for p in pairs(live_pairs) do
+    for proc in pairs(p.procs) do
+      if alive(proc) then left.processes[#left.processes + 1] = proc.argv_text end
+    end
+  end
+  table.sort(left.processes)
+  return left
+end
+
+--- Ends the processes and removes the pairs that leftovers() reports. Returns true or nil, err.
+function _M.clean_up()
+  for proc in pairs(host_procs) do
+    if alive(proc) then proc:stop() end
+  end
+  local errs = {}
+  for p in pairs(live_pairs) do
+    local ok, err = p:destroy()
+    if not ok then errs[#errs + 1] = err end
+  end
+  if #errs > 0 then return nil, table.concat(errs, "; ") end
+  return true
 end
 
 return _M
