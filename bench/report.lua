@@ -221,6 +221,14 @@ if f and f.x_empty then
     target(f.x_empty <= 2, format("non-matching kernel filter: %.2fx the empty program (<= 2x)",
                                   f.x_empty))
 end
+-- what one more sk_buff member path costs the kernel: a filter on 4 paths next to one on 1
+for _, m in ipairs({ "raw", "btf" }) do
+    local p1, p4 = by_key["paths1_" .. m], by_key["paths4_" .. m]
+    if p1 and p4 and p1.ns and p4.ns then
+        emit(format("skb paths (%s): %.0f ns/event per added path (4 paths: %.0f, 1 path: %.0f "
+                    .. "ns/event)", m, (p4.ns - p1.ns) / 3, p4.ns, p1.ns))
+    end
+end
 local kc, bc = by_key.count, by_key.bt_count
 if kc and bc and kc.ns and bc.ns then
     target(kc.ns <= bc.ns, format("in-kernel count: %.0f ns/event vs bpftrace count %.0f ns/event "

@@ -95,6 +95,8 @@ static __always_inline bool in_tree(__u32 tgid)
 	return bpf_map_lookup_elem(&tracked, &tgid) || bpf_map_lookup_elem(&exited, &tgid);
 }
 
+#include "skbpath.h" /* sk_buff member paths: reads cfg */
+
 static __always_inline int in_u32_set(const volatile struct netdevq_u32_set *s, __u32 v)
 {
 #pragma unroll
@@ -175,6 +177,8 @@ static __always_inline int loc_present(const struct netdevq_event *ev,
 	if (l->when_l3 && !ev->l3)
 		return 0;
 	if (l->when_nonzero && !loc_number(ev, l))
+		return 0;
+	if (l->when_path && !((ev->path_present >> ((l->when_path - 1) & 7)) & 1))
 		return 0;
 	return 1;
 }
@@ -407,7 +411,7 @@ static __always_inline void read_headers(struct scratch *s, struct sk_buff *skb,
 
 #include "owner.bpf.h" /* socket owner: maps, learning programs, owner_read, owner_who_filter */
 
-static __always_inline int handle(struct sk_buff *skb, const bool btf)
+static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf)
 {
 	/* Filters run first, each reading only what it checks; what the output needs and no filter
 	 * read comes after. cfg members are constants to the verifier: untaken branches vanish. */
@@ -441,7 +445,7 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 			goto filtered;
 	}
 
-	if (!btf) {
+	if (!btf || cfg.n_paths) { /* member paths read from the copy too (bpf/skbpath.h) */
 		__u32 size = bpf_core_type_size(struct sk_buff);
 		if (size > SKB_COPY_MAX)
 			size = SKB_COPY_MAX;
@@ -506,6 +510,9 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 				goto filtered;
 		}
 	}
+	/* member paths last: each costs a probe read or more */
+	if (cfg.n_paths && !filter_paths(ev, skb, s->skb))
+		goto filtered;
 
 	/* matched: the rest of what the output asks for */
 	if ((cfg.need & NDQ_NEED_OWNER) && ev->owner_pid)
@@ -534,11 +541,12 @@ static __always_inline int handle(struct sk_buff *skb, const bool btf)
 	ev->hash = SKB(hash);
 	ev->skb = (__u64)skb;
 	ev->cpu = bpf_get_smp_processor_id();
+	finish_paths(ctx, ev, skb, s->skb);
 
 	if (cfg.agg_on)
 		aggregate(s, cnt);
 	if (cfg.emit) {
-		__u64 size = EVENT_HEAD_SIZE + cfg.snaplen;
+		__u64 size = paths_emit_size(EVENT_HEAD_SIZE + cfg.snaplen);
 		__u64 flags = 0;
 
 		if (size > sizeof(*ev))
@@ -569,13 +577,13 @@ filtered:
 SEC("raw_tp/net_dev_queue")
 int netdevq_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	return handle((struct sk_buff *)ctx->args[0], false);
+	return handle(ctx, (struct sk_buff *)ctx->args[0], false);
 }
 
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(netdevq_btf, struct sk_buff *skb)
 {
-	return handle(skb, true);
+	return handle(ctx, skb, true);
 }
 
 /* Follows the -c process tree: a child of a tracked process is tracked. A new process whose

@@ -19,6 +19,33 @@ enum {
 	NDQ_AGG_SLOTS = 68,    /* histogram slots in an aggregation value */
 };
 
+/* --- sk_buff member paths (skb.dev.mtu, ...: issue 14) ----------------------------------------
+ * csrc/btf_path.c resolves a path against the kernel's BTF into hops: off[0..hops-1] are the
+ * offsets of the pointers followed (the first in the sk_buff, each next in what the previous one
+ * points to), off[hops] the offset of the value; bpf/skbpath.h reads them. */
+enum {
+	NDQ_PATHS_MAX = 8,	/* paths in one run */
+	NDQ_PATH_HOPS = 4,	/* pointers one path may follow */
+	NDQ_PATH_STR = 16,	/* bytes of a char array value (longer arrays are cut) */
+	NDQ_KSTACK_DEPTH = 127, /* frames in a kernel stack (the stack map's value: __u64 ips) */
+};
+enum { NDQ_PK_UINT = 0, NDQ_PK_SINT = 1, NDQ_PK_STR = 2 }; /* how the kernel treats a value */
+enum { NDQ_PC_RANGE = 1, NDQ_PC_NE = 2 }; /* kernel filter on a path (netdevq_path.cmp) */
+
+struct netdevq_path {
+	__u8 hops;     /* pointers followed (0..NDQ_PATH_HOPS) */
+	__u8 size;     /* bytes read at off[hops] (1..8; NDQ_PK_STR: 1..NDQ_PATH_STR) */
+	__u8 kind;     /* NDQ_PK_* */
+	__u8 bit_off;  /* bitfield: its lowest bit in the bytes read (little endian) */
+	__u8 bit_size; /* bitfield width; 0: the whole bytes */
+	__u8 cmp;      /* NDQ_PC_*: the event passes when lo <= v <= hi (the path present; signed
+			  compare for NDQ_PK_SINT) and v != ne (or the path absent) */
+	__u8 pad[2];
+	__u32 off[5]; /* NDQ_PATH_HOPS + 1 */
+	__u64 lo, hi, ne;
+};
+/* --- end of sk_buff member paths ------------------------------------------------------------ */
+
 /* Per-CPU counters (array map "counters"), summed by the loader. */
 enum netdevq_counter {
 	NDQ_CNT_SEEN = 0,	  /* every net_dev_queue hit */
@@ -47,6 +74,8 @@ struct netdevq_field_loc {
 	__u16 when_flags;  /* present only when ev->flags has all of these bits (0: always) */
 	__u8 when_l3;	   /* present only when ev->l3 != 0 */
 	__u8 when_nonzero; /* present only when the value is not 0 */
+	__u8 when_path; /* present only when sk_buff member path when_path - 1 was read (0: always) */
+	__u8 pad;
 };
 
 /* Which optional parts the kernel side reads for output (netdevq_config.need). What a kernel
@@ -131,6 +160,14 @@ struct netdevq_event {
 	__u32 owner_pad;
 	char owner_comm[16];
 	__u8 snap[256]; /* NDQ_SNAP_MAX bytes from the start of the link header */
+	/* sk_buff member paths and kstack, after snap: only an event of a run that asks for them
+	 * carries them (it is then sent up to its last path). Bit i of path_present: path i was
+	 * read, no NULL pointer on the way (netdevq_field_loc.when_path looks there).
+	 * path[i]: integers as a 64-bit number (sign-extended, bitfields extracted), strings as
+	 * their bytes. */
+	__u32 path_present;
+	__u32 kstack;	  /* kernel stack: 1 + its id in the stack map "kstacks" (0: none) */
+	__u64 path[8][2]; /* NDQ_PATHS_MAX */
 };
 
 struct netdevq_u32_set {
@@ -182,6 +219,10 @@ struct netdevq_config {
 	struct netdevq_u32_set who_pid;
 	__u32 n_who_comm;
 	char who_comm[8][16];
+	/* sk_buff member paths read into every event (and checked when cmp is set) */
+	__u32 n_paths;
+	__u32 kstack;		     /* 1: capture the kernel stack of every matching event */
+	struct netdevq_path path[8]; /* NDQ_PATHS_MAX */
 };
 
 /* In-kernel aggregation map: per-CPU hash, key -> value. A key field takes one 24-byte slot:

@@ -14,6 +14,7 @@
 #include <bpf/libbpf.h>
 
 #include "core.h"
+#include "kstack.h"
 #include "owner.h"
 #include "pcap_filter.h"
 
@@ -369,6 +370,10 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 	ndq_owner_select(t->obj, &o->cfg);
 	t->follow_pid = o->cfg.follow_pid;
 	size_maps(t, o);
+	if (ndq_kstack_setup(t->obj, &o->cfg)) {
+		snprintf(msg, msglen, "this BPF object cannot capture kernel stacks: rebuild it");
+		return -1;
+	}
 	return 0;
 }
 

@@ -7,6 +7,8 @@
 #include <bpf/libbpf.h>
 
 #include "core.h"
+#include "btf_path.h"
+#include "kstack.h"
 
 /* The BPF object and the ABI header, embedded by bpf_blobs.S (see CMakeLists.txt). */
 extern const char netdevq_abi_header[];
@@ -134,6 +136,7 @@ int luaopen_netdevq_core(lua_State *L)
 
 	libbpf_set_print(print_libbpf);
 	ndq_tracer_register(L);
+	ndq_kstack_register(L);
 	lua_newtable(L);
 	ndq_set_funcs(L, funcs);
 	ndq_set_funcs(L, ndq_proc_funcs);
@@ -146,5 +149,6 @@ int luaopen_netdevq_core(lua_State *L)
 	lua_setfield(L, -2, "ncpus");
 	push_layout(L);
 	lua_setfield(L, -2, "layout");
+	ndq_btf_path_register(L);
 	return 1;
 }

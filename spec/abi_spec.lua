@@ -33,10 +33,14 @@ describe("netdevq.abi #unit", function()
             assert.are.equal(ffi.sizeof(abi.event_t), abi.EVENT_SIZE)
         end)
 
-        it("put the snap bytes last (before the tail padding) and size them NDQ_SNAP_MAX", function()
+        it("put the snap bytes last but for the member-path block, and size them NDQ_SNAP_MAX",
+           function()
             assert.are.equal(256, abi.SNAP_MAX)
             assert.are.equal(abi.SNAP_MAX, ffi.sizeof(ffi.new(abi.event_t).snap))
-            local tail = abi.EVENT_SIZE - ffi.offsetof(abi.event_t, "snap") - abi.SNAP_MAX
+            -- after snap: only what runs with sk_buff member paths or kstack send (skbpath.h)
+            local snap_end = ffi.offsetof(abi.event_t, "snap") + abi.SNAP_MAX
+            assert.are.equal(snap_end, ffi.offsetof(abi.event_t, "path_present"))
+            local tail = abi.EVENT_SIZE - ffi.offsetof(abi.event_t, "path") - 16 * 8
             assert.is_true(tail >= 0 and tail < 8)
             assert.are.equal(0, ffi.offsetof(abi.event_t, "ts"))
             assert.are.equal(0, abi.EVENT_SIZE % 8)
@@ -49,7 +53,7 @@ describe("netdevq.abi #unit", function()
 
         it("give the field location kinds, NEED and event flag bits of netdevq.h", function()
             assert.are.same({ NUMBER = 0, BYTES = 1, ADDRESS = 2 }, abi.LOC)
-            assert.are.equal(8, ffi.sizeof("struct netdevq_field_loc"))
+            assert.are.equal(10, ffi.sizeof("struct netdevq_field_loc")) -- with when_path
             assert.are.equal(6, abi.AGG_KEYS_MAX)
             assert.are.equal(24, abi.AGG_KEY_SLOT)
             assert.are.same({ HEADERS = 1, NETNS = 2, GSO = 4, CGROUP = 8, TASK = 16, DEV = 32,

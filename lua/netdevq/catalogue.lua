@@ -496,6 +496,13 @@ function _M.field(name)
     if field and not field.either then
         return field
     end
+    -- sk_buff member paths (skb.dev.mtu) and kstack: rows made on first use (netdevq.skbpath)
+    local row, err = require("netdevq.skbpath").field_row(name)
+    if row then
+        return _M.register(row)
+    elseif err then
+        return nil, err
+    end
     return nil, unknown_message(name)
 end
 

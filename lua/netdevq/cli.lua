@@ -71,7 +71,8 @@ local function build_parser()
         :argname("CMD")
     p:option("-o --fields", "comma list of fields to print; +LIST adds to the default line")
         :argname("LIST")
-    p:flag("-l --list-fields", "list the fields and exit")
+    p:option("-l --list-fields", "list the fields and exit; -l skb.dev: the members of what an "
+        .. "sk_buff path names, with their types"):args("?"):argname("PATH")
     p:option("-F --format", "output format: text or json", "text"):choices({ "text", "json" })
         :argname("FMT")
     p:option("-w --write", "write packets to a pcapng FILE (- = stdout)"):argname("FILE")
@@ -536,7 +537,19 @@ function _M.main(argv)
         return EXIT_USAGE
     end
     if args.list_fields then
-        for _, line in ipairs(catalogue.list()) do
+        local skbpath = require("netdevq.skbpath")
+        local lines, lerr = catalogue.list(), nil
+        if args.list_fields[1] then
+            lines, lerr = skbpath.list(args.list_fields[1])
+        else
+            for _, line in ipairs(skbpath.list_more()) do
+                lines[#lines + 1] = line
+            end
+        end
+        if not lines then
+            return usage_error(lerr)
+        end
+        for _, line in ipairs(lines) do
             io_stdout:write(line, "\n")
         end
         return EXIT_OK

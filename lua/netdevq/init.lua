@@ -135,6 +135,9 @@ function _M.open(opts)
     if not t then
         return nil, "netdevq: " .. cerr, { kind = ckind or "runtime" }
     end
+    if p.cfg.kstack ~= 0 then
+        require("netdevq.kstack").use(t) -- kstack ids now refer to this tracer's stack map
+    end
     local self = setmetatable({
         t = t,
         mode = mode,

@@ -284,6 +284,7 @@ function _M.make(opts)
         cfg.n_who_comm = 1
         ffi.copy(cfg.who_comm[0], opts.comm)
     end
+    require("netdevq.skbpath").configure(cfg) -- the member paths and kstack fields in use
 
     return {
         cfg = cfg,

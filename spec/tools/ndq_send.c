@@ -12,6 +12,7 @@
  *   --priority N     SO_PRIORITY on the sending socket (skb->priority, 0..6 unprivileged)
  *   --tos N          IP_TOS / IPV6_TCLASS (0..255)
  *   --ttl N          IP_TTL / IPV6_UNICAST_HOPS (1..255)
+ *   --rcvbuf N       SO_RCVBUF on the sending socket (the kernel keeps 2N in sk->sk_rcvbuf)
  *   --name NAME      the process's comm (prctl PR_SET_NAME, at most 15 bytes): tells the
  *                    processes of one spec apart by name
  *
@@ -81,9 +82,10 @@ struct opts {
 	long priority;
 	long tos;
 	long ttl;
+	long rcvbuf;
 };
 
-static struct opts g_opts = { NULL, 0, -1, -1, -1, -1 };
+static struct opts g_opts = { NULL, 0, -1, -1, -1, -1, -1 };
 
 static void die(const char *fmt, ...)
 {
@@ -99,7 +101,7 @@ static void die(const char *fmt, ...)
 static void usage(const char *msg)
 {
 	fprintf(stderr, "ndq_send: %s\n"
-		"usage: ndq_send [--wait-file PATH] [--delay-ms N] [--mark N] [--priority N] [--tos N] [--ttl N] MODE ARGS...\n"
+		"usage: ndq_send [--wait-file PATH] [--delay-ms N] [--mark N] [--priority N] [--tos N] [--ttl N] [--rcvbuf N] MODE ARGS...\n"
 		"  udp4|udp6 SRC DST DPORT SPORT SIZE[,SIZE...] [COUNT]\n"
 		"  tcp4|tcp6 SRC DST DPORT SPORT\n"
 		"  tcplisten ADDR PORT [TIMEOUT_MS]\n"
@@ -220,6 +222,11 @@ static int open_socket(int family, int type, int proto)
 		int v = (int)g_opts.priority;
 		if (setsockopt(fd, SOL_SOCKET, SO_PRIORITY, &v, sizeof(v)))
 			die("setsockopt SO_PRIORITY %d: %s", v, strerror(errno));
+	}
+	if (g_opts.rcvbuf >= 0) {
+		int v = (int)g_opts.rcvbuf;
+		if (setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof(v)))
+			die("setsockopt SO_RCVBUF %d: %s", v, strerror(errno));
 	}
 	if (g_opts.tos >= 0) {
 		int v = (int)g_opts.tos;
@@ -709,6 +716,8 @@ int main(int argc, char **argv)
 			g_opts.tos = parse_num(argv[i + 1], 0, 255, "--tos");
 		else if (!strcmp(o, "--ttl"))
 			g_opts.ttl = parse_num(argv[i + 1], 1, 255, "--ttl");
+		else if (!strcmp(o, "--rcvbuf"))
+			g_opts.rcvbuf = parse_num(argv[i + 1], 0, 0x7fffffff, "--rcvbuf");
 		else if (!strcmp(o, "--name")) {
 			if (strlen(argv[i + 1]) > 15 || prctl(PR_SET_NAME, argv[i + 1], 0, 0, 0))
 				usage("--name takes 1..15 bytes");

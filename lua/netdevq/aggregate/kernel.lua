@@ -71,6 +71,7 @@ end
 local function set_loc(c, loc)
     c.off, c.size, c.kind = loc.off, loc.size, loc.kind
     c.when_flags, c.when_l3, c.when_nonzero = loc.when_flags, loc.when_l3, loc.when_nonzero
+    c.when_path = loc.when_path or 0
 end
 
 -- Writes spec into cfg (struct netdevq_config) for the loader; returns the field names the
@@ -142,7 +143,7 @@ function _M.decode_key_field(field, key, slot)
     end
     if absent then return ABSENT end
     local f = by_name[field]
-    local decode = f and TYPE_DECODERS[f.type] or decode_u64
+    local decode = f and (f.decode_key or TYPE_DECODERS[f.type]) or decode_u64
     return decode(p, off)
 end
 local decode_key_field = _M.decode_key_field

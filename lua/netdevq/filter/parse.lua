@@ -101,7 +101,8 @@ local function lex(expr)
         local c = sub(expr, i, i)
         local two = sub(expr, i, i + 1)
         if match(c, "[%a_]") then
-            local w = match(expr, "^[%w_]+", i)
+            -- a member path (skb.dev.mtu, skb.cb[0]) is one name
+            local w = match(expr, "^skb%.[%w_%.%[%]]+", i) or match(expr, "^[%w_]+", i)
             local t = (w == "and" or w == "or" or w == "not") and w or "ident"
             toks[#toks + 1] = { t = t, v = w, col = i, stop = i + #w - 1 }
             i = i + #w
@@ -306,6 +307,10 @@ local function parser(expr, toks)
     local function parse_comparison()
         local ftok = take()
         local name = ftok.v
+        local _, perr = catalogue.field(name) -- member paths and kstack become fields here
+        if perr and not by_name[name] and ftok.t == "ident" and find(name, "^skb%.") then
+            fail(ftok.col, format("filter: %s (column %d)", perr, ftok.col))
+        end
         if not by_name[name] then
             local known = filter_names()
             local near = suggest(name, known)

@@ -636,6 +636,19 @@ function _M.pushdown(tree, cfg)
         end
     end
 
+    -- comparisons on sk_buff member paths: each path has its own kernel check (netdevq.skbpath)
+    for i, c in ipairs(conj) do
+        local leaf, op = c, c.op
+        if c.type == "not" then
+            leaf, op = c[1], c[1].op == "==" and "~=" or nil
+        end
+        local row = leaf.type == "cmp" and by_name[leaf.field]
+        if op and row and row.path and not dropped[i]
+           and require("netdevq.skbpath").pushdown(cfg, row.path, op, leaf.value) then
+            dropped[i] = true
+        end
+    end
+
     local rest = { type = "and" }
     for i, c in ipairs(conj) do
         if not dropped[i] then
