@@ -29,10 +29,10 @@ end
 local function plant(dir)
     local marker = dir .. "/PLANTED-CODE-RAN"
     local lua = "io.open(" .. string.format("%q", marker) .. ", 'w'):close() os.exit(42)\n"
-    assert(os.execute("mkdir -p " .. clirun.quote(dir .. "/netdevq") .. " "
+    assert(os.execute("mkdir -p " .. clirun.quote(dir .. "/netdevq/cli") .. " "
         .. clirun.quote(dir .. "/build/netdevq") .. " " .. clirun.quote(dir .. "/share/netdevq")) == 0)
     for _, name in ipairs({ "argparse.lua", "cjson.lua", "netdevq.lua", "netdevq/init.lua",
-        "netdevq/cli.lua", "netdevq/core.lua", "bit.lua", "ffi.lua" }) do
+        "netdevq/cli.lua", "netdevq/cli/init.lua", "netdevq/core.lua", "bit.lua", "ffi.lua" }) do
         write_file(dir .. "/" .. name, lua)
     end
     for _, name in ipairs({ "cjson.so", "netdevq/core.so", "build/netdevq/core.so",
