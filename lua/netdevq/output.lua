@@ -126,11 +126,8 @@ end
 
 -- Shared by both writers ----------------------------------------------------------------------
 
-local function write_line(self, fh, a, b)
-    if self.err then
-        return nil, self.err
-    end
-    local ok, err = fh:write(a, b)
+-- a write's result: an error sticks to the writer, so that the run loop stops at its next check
+local function outcome(self, ok, err)
     if not ok then
         self.err = tostring(err)
         return nil, self.err
@@ -138,16 +135,18 @@ local function write_line(self, fh, a, b)
     return true
 end
 
+local function write_line(self, fh, a, b)
+    if self.err then
+        return nil, self.err
+    end
+    return outcome(self, fh:write(a, b))
+end
+
 local function flush(self)
     if self.err then
         return nil, self.err
     end
-    local ok, err = self.file:flush()
-    if not ok then
-        self.err = tostring(err)
-        return nil, self.err
-    end
-    return true
+    return outcome(self, self.file:flush())
 end
 
 -- "netdevq: N events, M matched, L lost", and the events no aggregation had room for when there

@@ -209,12 +209,17 @@ function methods.count.add(self, key)
   e.count = e.count + 1
 end
 
-local function add_count_sum(self, key, v)
-  v = check_value(v)
+-- the entry for key with one more event of value v counted and summed (nil: no room)
+local function counted(self, key, v)
   local e = lookup(self, key)
-  if e == nil then return end
+  if e == nil then return nil end
   e.count = e.count + 1
-  e.sum = e.sum + v
+  e.sum = e.sum + v -- hist, lhist: exported as the Prometheus histogram _sum
+  return e
+end
+
+local function add_count_sum(self, key, v)
+  counted(self, key, check_value(v))
 end
 methods.sum.add = add_count_sum
 methods.avg.add = add_count_sum
@@ -240,10 +245,8 @@ end
 
 function methods.hist.add(self, key, v)
   v = check_value(v)
-  local e = lookup(self, key)
+  local e = counted(self, key, v)
   if e == nil then return end
-  e.count = e.count + 1
-  e.sum = e.sum + v -- exported as the Prometheus histogram _sum
   local slots = e.slots
   local s = log2_slot(v)
   slots[s] = slots[s] + 1
@@ -251,10 +254,8 @@ end
 
 function methods.lhist.add(self, key, v)
   v = check_value(v)
-  local e = lookup(self, key)
+  local e = counted(self, key, v)
   if e == nil then return end
-  e.count = e.count + 1
-  e.sum = e.sum + v -- exported as the Prometheus histogram _sum
   local slots = e.slots
   local s = linear_slot(v, self.lmin, self.lmax, self.step)
   slots[s] = slots[s] + 1
