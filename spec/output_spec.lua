@@ -202,6 +202,22 @@ describe("netdevq.output #unit", function()
                             cjson.decode(line))
         end)
 
+        it("keeps addr:port > addr:port when -o names the addresses, whatever the order", function()
+            local _, p = make_event()
+            assert.are.equal("1514 198.18.0.1:40000 > 198.18.0.2:443 tcp",
+                output.text{ fields = { "len", "dport", "saddr", "daddr", "sport", "proto" } }:format(p))
+            assert.are.equal("198.18.0.1 > 198.18.0.2 1514",
+                output.text{ fields = { "daddr", "len", "saddr" } }:format(p))
+            assert.are.equal("198.18.0.1 1514 443",
+                output.text{ fields = { "saddr", "len", "dport" } }:format(p))
+            local _, q = make_event{ l3 = 6, saddr = { 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0,
+                0, 0, 0, 0, 1 }, daddr = { 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2 } }
+            assert.are.equal("[2001:db8::1]:40000 > [2001:db8::2]:443",
+                output.text{ fields = { "saddr", "sport", "daddr", "dport" } }:format(q))
+            local _, r = make_event{ l3 = 0, ethertype = 0x0806, flags = 0 }
+            assert.are.equal("- 1514", output.text{ fields = { "saddr", "daddr", "len" } }:format(r))
+        end)
+
         it("escapes comm and dev in text the same way, so no line can be forged", function()
             local _, p = make_event{ comm = "x\nfake line", dev = "\27]0;t\7" }
             local line = output.text{ fields = { "comm", "dev", "len" } }:format(p)

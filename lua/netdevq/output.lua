@@ -192,6 +192,18 @@ end
 -- time comm pid dev len proto saddr:sport > daddr:dport. IPv6 with a port is written [addr]:port
 -- (RFC 5952 section 6) so that the port cannot be read as the last group. Not IP: the ethertype
 -- in place of proto and no addresses.
+-- "198.18.0.1:53", "[2001:db8::1]:53" (RFC 5952 section 6: the port cannot be read as the last
+-- group), or the address alone without a port
+local function endpoint(l3, addr, port)
+    if not port then
+        return addr
+    end
+    if l3 == 6 then
+        return "[" .. addr .. "]:" .. port
+    end
+    return addr .. ":" .. port
+end
+
 local function default_line(p, parts)
     parts[1] = get_time(p)
     local owner = get_owner_pid(p) -- the socket owner when known (owner.bpf.h), else the task
@@ -210,19 +222,10 @@ local function default_line(p, parts)
         return 6
     end
     parts[6] = get_proto(p)
-    local saddr, daddr = get_saddr(p), get_daddr(p)
-    if band(p.flags, EV_L4) ~= 0 then
-        if l3 == 6 then
-            saddr = "[" .. saddr .. "]:" .. get_sport(p)
-            daddr = "[" .. daddr .. "]:" .. get_dport(p)
-        else
-            saddr = saddr .. ":" .. get_sport(p)
-            daddr = daddr .. ":" .. get_dport(p)
-        end
-    end
-    parts[7] = saddr
+    local l4 = band(p.flags, EV_L4) ~= 0
+    parts[7] = endpoint(l3, get_saddr(p), l4 and get_sport(p))
     parts[8] = ">"
-    parts[9] = daddr
+    parts[9] = endpoint(l3, get_daddr(p), l4 and get_dport(p))
     if band(p.flags, EV_TCP) ~= 0 then -- tcpdump's "Flags [S.]"
         parts[10] = "[" .. get_tcp_flags(p) .. "]"
         return 10
@@ -264,6 +267,40 @@ Text.flush = flush
 Text.lost = text_lost
 Text.summary = text_summary
 
+-- -o with saddr and daddr keeps tcpdump's "addr:port > addr:port", whatever their order: the
+-- four become one column where the first of them stood (ports only when they were asked for).
+local function endpoint_columns(fields)
+    local at, has = nil, {}
+    for i, name in ipairs(fields) do
+        if name == "saddr" or name == "daddr" or name == "sport" or name == "dport" then
+            at = at or i
+            has[name] = true
+        end
+    end
+    if not (has.saddr and has.daddr) then
+        return fields
+    end
+    local with_ports = has.sport and has.dport
+    local pair = function(p)
+        local l3 = p.l3
+        if l3 == 0 then
+            return nil
+        end
+        local l4 = with_ports and band(p.flags, EV_L4) ~= 0
+        return endpoint(l3, get_saddr(p), l4 and get_sport(p)) .. " > "
+            .. endpoint(l3, get_daddr(p), l4 and get_dport(p))
+    end
+    local list = {}
+    for i, name in ipairs(fields) do
+        if i == at then
+            list[#list + 1] = pair
+        elseif not has[name] or (not with_ports and (name == "sport" or name == "dport")) then
+            list[#list + 1] = name
+        end
+    end
+    return list
+end
+
 -- opts: fields (array of names; default: the default layout), extra (names printed after the
 -- default layout), file (io.stdout), err_file (io.stderr: lost-event notices and the summary).
 function _M.text(opts)
@@ -275,8 +312,9 @@ function _M.text(opts)
     local getters
     if opts.fields then
         getters = {}
-        for i, name in ipairs(opts.fields) do
-            getters[i] = printable_getter(by_name[name], true)
+        local list = endpoint_columns(opts.fields)
+        for i, name in ipairs(list) do
+            getters[i] = type(name) == "function" and name or printable_getter(by_name[name], true)
         end
     end
     return setmetatable({
