@@ -4,8 +4,22 @@
 -- kernel filter on a path; `--count kstack` against bpftrace's @[kstack] = count().
 local cjson = require("cjson")
 local netns = require("support.netns")
+local live = require("support.live")
 
 local ETH, IP4, UDP = 14, 20, 8
+
+-- Clean-ups run after each test in reverse order, also when it fails (busted keeps only the last
+-- `finally` of a test, so a pair registered before a process would never be destroyed).
+local cleanups = {}
+local function defer(fn)
+    cleanups[#cleanups + 1] = fn
+end
+local function run_cleanups()
+    for i = #cleanups, 1, -1 do
+        pcall(cleanups[i])
+        cleanups[i] = nil
+    end
+end
 
 local function cli(argv)
     local full = { "luajit", "scripts/netdevq.lua" }
@@ -45,13 +59,13 @@ end
 local function ensure_tracefs()
     if not io.open("/sys/kernel/tracing/events/net/net_dev_queue/format") then
         assert.is_true((netns.run({ "mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing" })))
-        finally(function() netns.run({ "umount", "/sys/kernel/tracing" }) end)
+        defer(function() netns.run({ "umount", "/sys/kernel/tracing" }) end)
     end
 end
 
 local function spawn_bpftrace(program)
     local bt = netns.spawn({ "bpftrace", "-e", program })
-    finally(function() bt:kill("INT") end)
+    defer(function() bt:kill("INT") end)
     repeat
         local l = bt:line()
     until l == nil or l:match("^Attaching")
@@ -59,20 +73,22 @@ local function spawn_bpftrace(program)
 end
 
 describe("sk_buff member paths on live traffic #root", function()
+    after_each(run_cleanups)
+    live.no_leftovers()
     for _, mode in ipairs({ "raw", "btf" }) do
         it("reads skb.dev.mtu per device and filters on it in the kernel (" .. mode .. ")", function()
             netns.require_root()
             local pair = assert(netns.pair{ name = "ndqp" })
-            finally(function() pair:destroy() end)
+            defer(function() pair:destroy() end)
             assert.is_true((pair:exec("a", { "ip", "link", "set", "dev", pair.veth_a, "mtu",
                                              "1400" })))
             local scope = "netns == " .. pair.netns_a
             local all = cli({ "--mode", mode, "-F", "json", "-o", "dev,len,skb.dev.mtu", "-f",
                               scope, "-d", "4" })
-            finally(function() all:kill("INT") end)
+            defer(function() all:kill("INT") end)
             local picked = cli({ "--mode", mode, "-F", "json", "-o", "dev,len,skb.dev.mtu", "-f",
                                  scope .. " and skb.dev.mtu < 1500", "-d", "4" })
-            finally(function() picked:kill("INT") end)
+            defer(function() picked:kill("INT") end)
             wait_ready(all)
             wait_ready(picked)
             -- lo of namespace a: a listener, so no ICMP errors join the datagrams
@@ -116,7 +132,7 @@ describe("sk_buff member paths on live traffic #root", function()
             netns.require_root()
             ensure_tracefs()
             local pair = assert(netns.pair{ name = "ndqs" })
-            finally(function() pair:destroy() end)
+            defer(function() pair:destroy() end)
             local bt = spawn_bpftrace(string.format(
                 'tracepoint:net:net_dev_queue /str(args->name) == "%s" && ((struct sk_buff *)'
                 .. 'args->skbaddr)->dev->nd_net.net->ns.inum == %d/ { $s = (struct sk_buff *)'
@@ -127,7 +143,7 @@ describe("sk_buff member paths on live traffic #root", function()
                                "skb.len,skb.sk.sk_rcvbuf,skb.mark,skb.priority,skb.ip_summed,"
                                .. "skb.dev.mtu", "-I", pair.veth_a,
                                "-f", "netns == " .. pair.netns_a, "-d", "3" })
-            finally(function() proc:kill("INT") end)
+            defer(function() proc:kill("INT") end)
             wait_ready(proc)
             assert.is_true((pair:exec("a", { netns.ndq_send(), "--mark", "7", "--priority", "5",
                                              "--rcvbuf", "65536", "udp4", pair.ip4_a, pair.ip4_b,
@@ -156,17 +172,19 @@ describe("sk_buff member paths on live traffic #root", function()
 end)
 
 describe("aggregations on member paths #root", function()
+    after_each(run_cleanups)
+    live.no_leftovers()
     it("computes --hist skb.sk.sk_wmem_queued --by dev in the kernel as Lua does", function()
         netns.require_root()
         local pair = assert(netns.pair{ name = "ndqh" })
-        finally(function() pair:destroy() end)
+        defer(function() pair:destroy() end)
         local scope = { "-I", pair.veth_a, "-f", "netns == " .. pair.netns_a, "-d", "3" }
         local function run(extra)
             local argv = { "--hist", "skb.sk.sk_wmem_queued", "--by", "dev,skb.dev.mtu" }
             for _, a in ipairs(extra) do argv[#argv + 1] = a end
             for _, a in ipairs(scope) do argv[#argv + 1] = a end
             local proc = cli(argv)
-            finally(function() proc:kill("INT") end)
+            defer(function() proc:kill("INT") end)
             return proc
         end
         local kernel = run({})             -- one aggregation the kernel reads: in the kernel
@@ -206,18 +224,20 @@ describe("aggregations on member paths #root", function()
 end)
 
 describe("kstack on live traffic #root", function()
+    after_each(run_cleanups)
+    live.no_leftovers()
     it("counts stacks like bpftrace's @[kstack] = count(), frame by frame", function()
         netns.require_root()
         ensure_tracefs()
         local pair = assert(netns.pair{ name = "ndqk" })
-        finally(function() pair:destroy() end)
+        defer(function() pair:destroy() end)
         local bt = spawn_bpftrace(string.format(
             'tracepoint:net:net_dev_queue /str(args->name) == "%s" && ((struct sk_buff *)'
             .. 'args->skbaddr)->dev->nd_net.net->ns.inum == %d/ { @[kstack] = count(); }',
             pair.veth_a, pair.netns_a))
         local proc = cli({ "--count", "kstack", "-I", pair.veth_a, "-f",
                            "netns == " .. pair.netns_a, "-d", "3" })
-        finally(function() proc:kill("INT") end)
+        defer(function() proc:kill("INT") end)
         wait_ready(proc)
         assert.is_true((pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b,
                                          "7103", "40103", "10,20,30" })))
