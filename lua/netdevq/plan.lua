@@ -203,6 +203,9 @@ local function split_aggregations(opts, specs, filter_plan)
     return nil, specs
 end
 
+-- One function on purpose: each step reads what the previous ones decided (filter remainder ->
+-- kernel or Lua aggregation -> NEED bits -> snap length -> emit), top to bottom like the plan
+-- it writes; split, the order would hide in the call graph.
 function _M.make(opts)
     opts = opts or {}
     local ok, err, info = check_options(opts)

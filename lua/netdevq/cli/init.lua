@@ -257,6 +257,8 @@ function _M.main(argv)
 end
 
 -- The run itself, once the options are known to be good.
+-- Long on purpose: the run in the order it happens (outputs, signals, child, tracer, ready line,
+-- loop, finish), each step a few lines whose failure path undoes the steps before it.
 function _M.run(s)
     local args = s.args
     warn_unknown_devices(args.dev)

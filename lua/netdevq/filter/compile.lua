@@ -64,6 +64,7 @@ local function compiled_prefix(p)
              mask = rem > 0 and band(lshift(0xff, 8 - rem), 0xff) or 0 }
 end
 
+-- (its closures share the constant table, the getter locals and the chunked lists)
 local function generator(getters)
     local consts, used, used_n = {}, {}, 0
     local function const(v)

@@ -193,6 +193,7 @@ local TYPE_WORDS = {
 
 -- The literal of a comparison, checked against the field's type and normalized:
 -- integer/protocol/ethertype/flags -> number, string/time/mac -> string, address -> prefix.
+-- (one branch per literal type, each with its own message; long but flat)
 local function typed_value(expr, ftok, optok, vtok)
     local name, op = ftok.v, optok.v
     local def = by_name[name]
@@ -291,6 +292,8 @@ local function typed_value(expr, ftok, optok, vtok)
     end
 end
 
+-- A recursive-descent parser: its rules are nested closures over one token position, so they
+-- live in one function (each rule itself is short).
 local function parser(expr, toks)
     local pos = 1
     local function peek()

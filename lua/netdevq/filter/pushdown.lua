@@ -178,6 +178,7 @@ local WIDEN = { { "port", "sport", "dport" }, { "host", "saddr", "daddr" } }
 -- { cons = { member = constraint }, exact = member | nil } for a node in NNF.
 -- Every cons[m] is implied by the node. When exact = m, the node holds exactly when m's value
 -- is present and satisfies cons[m] (and cons has no other member).
+-- (the and-, or- and widening rules read best side by side)
 local function analyze(node)
     local ty = node.type
     if ty == "cmp" or ty == "not" then
