@@ -279,8 +279,9 @@ local function deliver(self)
             self.pend_i = i
             return -- max_events reached: the rest stays pending
         end
-        view:_set(evs + i)
-        if (match == nil or match(evs + i)) and (where == nil or where(view)) then
+        local p = evs + i
+        view:_set(p)
+        if (match == nil or match(p)) and (where == nil or where(view)) then
             delivered = delivered + 1
             for c = 1, ncb do
                 callbacks[c](view)
