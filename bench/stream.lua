@@ -1,9 +1,10 @@
--- bench/stream.lua MODE MAX_SECONDS [FIELDS [FILTER]]
+-- bench/stream.lua MODE MAX_SECONDS [FIELDS [FILTER [READ]]]
 --
 -- netdevq streaming every event to a Lua callback that only counts, through the public API
 -- (netdevq.open + on_event + run), as a user script would. MODE is raw or btf; FIELDS is a comma
 -- list handed to open{fields=} ("all" or "" = the default: every field, so the kernel parses all
--- of it); FILTER is an open{filter=} expression (the kernel part is pushed down).
+-- of it); FILTER is an open{filter=} expression (the kernel part is pushed down); READ is
+-- open{read=}: auto (default), direct or probe.
 --
 -- stderr, once attached:  bench: attached prog_id=N
 -- stdout, at the end:     seen=N kfiltered=N emitted=N lost=N received=N delivered=N
@@ -15,9 +16,9 @@ package.cpath = here .. "/build/?.so;" .. package.cpath
 local netdevq = require("netdevq")
 
 local mode, max_seconds = arg[1], tonumber(arg[2] or "")
-local field_list, filter = arg[3], arg[4]
+local field_list, filter, read = arg[3], arg[4], arg[5]
 if not mode or not max_seconds then
-    io.stderr:write("usage: luajit bench/stream.lua raw|btf MAX_SECONDS [FIELDS [FILTER]]\n")
+    io.stderr:write("usage: luajit bench/stream.lua raw|btf MAX_SECONDS [FIELDS [FILTER [READ]]]\n")
     os.exit(2)
 end
 local fields
@@ -30,9 +31,12 @@ end
 if filter == "" then
     filter = nil
 end
+if read == "" then
+    read = nil
+end
 
 netdevq.catch_signals()
-local t, err = netdevq.open{ mode = mode, fields = fields, filter = filter }
+local t, err = netdevq.open{ mode = mode, fields = fields, filter = filter, read = read }
 if not t then
     io.stderr:write("bench: ", tostring(err), "\n")
     os.exit(1)

@@ -580,6 +580,22 @@ int netdevq_raw(struct bpf_raw_tracepoint_args *ctx)
 	return handle(ctx, (struct sk_buff *)ctx->args[0], false);
 }
 
+/* --read direct (the loader's choice for --read auto where the kernel has the kfunc, 6.2+): the
+ * same raw tracepoint, its sk_buff pointer cast with bpf_rdonly_cast into a read-only BTF pointer,
+ * so members are plain loads (the JIT turns them into faulting loads) instead of a probe-read copy
+ * of the sk_buff. Weak: a kernel without the kfunc still opens the object; the loader then never
+ * loads this program. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+SEC("raw_tp/net_dev_queue")
+int netdevq_direct(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sk_buff *skb =
+		bpf_rdonly_cast((void *)ctx->args[0], bpf_core_type_id_kernel(struct sk_buff));
+
+	return handle(ctx, skb, true);
+}
+
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(netdevq_btf, struct sk_buff *skb)
 {

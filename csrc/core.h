@@ -60,6 +60,7 @@ struct tracer {
 	__u64 pcap_dropped;
 	__u64 received;
 	char mode[8];
+	char read[8]; /* the read path in use: "probe", "direct" or "btf" (loader.c) */
 };
 
 /* The tracer's userdata; its environment table holds the batch userdata at [1], so that a

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,8 +27,9 @@ extern const unsigned long long netdevq_bpf_object_size;
 
 /* What core.open was given. Strings belong to the options table (kept on the stack). */
 struct open_opts {
-	const char *mode, *object, *object_bytes, *btf_path, *pcap;
+	const char *mode, *read, *object, *object_bytes, *btf_path, *pcap;
 	size_t object_len, pcap_len;
+	const char *path; /* the read path in use: read_path(), then "probe" after a fallback */
 	int ringbuf_size, batch, agg_keys, pcap_snaplen;
 	struct netdevq_config cfg;
 };
@@ -84,6 +86,13 @@ static void read_options(lua_State *L, struct open_opts *o)
 		o->mode = "raw";
 	if (strcmp(o->mode, "raw") != 0 && strcmp(o->mode, "btf") != 0)
 		luaL_error(L, "netdevq.core.open: mode must be 'raw' or 'btf', not '%s'", o->mode);
+	o->read = opt_str(L, 1, "read", NULL);
+	if (!o->read)
+		o->read = "auto";
+	if (strcmp(o->read, "auto") != 0 && strcmp(o->read, "direct") != 0 &&
+	    strcmp(o->read, "probe") != 0)
+		luaL_error(L, "netdevq.core.open: read must be 'auto', 'direct' or 'probe', not '%s'",
+			   o->read);
 	o->object = opt_str(L, 1, "object", NULL);
 	o->object_bytes = opt_str(L, 1, "object_bytes", &o->object_len);
 	config = opt_str(L, 1, "config", &config_len);
@@ -104,6 +113,54 @@ static void read_options(lua_State *L, struct open_opts *o)
 	ndq_owner_config(&o->cfg);
 }
 
+/* --- the raw-mode read path (--read) ---------------------------------------------------------
+ * probe: netdevq_raw, bpf_probe_read_kernel copies of the sk_buff (any kernel with raw_tp).
+ * direct: netdevq_direct, bpf_rdonly_cast and plain loads (the kfunc is in Linux 6.2+).
+ * auto: direct on a 6.2+ kernel (no BTF parse at start: that costs ~20 ms), and probe when the
+ * direct program then fails to load because the kernel lacks the kfunc after all. */
+static bool kernel_at_least(int major, int minor)
+{
+	struct utsname u;
+	int ma = 0, mi = 0;
+
+	if (uname(&u) || sscanf(u.release, "%d.%d", &ma, &mi) != 2)
+		return false;
+	return ma > major || (ma == major && mi >= minor);
+}
+
+/* which read path o asks for, auto resolved: "probe", "direct" or "btf" (btf mode) */
+static const char *read_path(const struct open_opts *o)
+{
+	if (strcmp(o->mode, "btf") == 0)
+		return "btf";
+	if (strcmp(o->read, "auto") == 0)
+		return kernel_at_least(6, 2) ? "direct" : "probe";
+	return o->read;
+}
+
+static const char *prog_name(const char *path)
+{
+	return strcmp(path, "btf") == 0 ? "netdevq_btf" :
+	       strcmp(path, "direct") == 0 ? "netdevq_direct" :
+					     "netdevq_raw";
+}
+
+/* After a failed load of the direct program: whether the kernel lacks bpf_rdonly_cast (its BTF
+ * names no such function; libbpf resolves kfuncs there too, whatever btf_path says). Parsed only
+ * on this path. */
+static bool kfunc_missing(void)
+{
+	struct btf *vmlinux = btf__load_vmlinux_btf();
+	bool missing;
+
+	if (!vmlinux)
+		return false;
+	missing = btf__find_by_name_kind(vmlinux, "bpf_rdonly_cast", BTF_KIND_FUNC) < 0;
+	btf__free(vmlinux);
+	return missing;
+}
+/* --- end of the read path -------------------------------------------------------------------- */
+
 static const char *object_name(const struct open_opts *o)
 {
 	return o->object ? o->object : o->object_bytes ? "(object_bytes)" : "(embedded)";
@@ -116,7 +173,7 @@ static const char *object_name(const struct open_opts *o)
  * of o->mode only, like the real load. */
 static void trial_child(const struct open_opts *o, const struct bpf_object_open_opts *oopts)
 {
-	const char *prog_name = strcmp(o->mode, "raw") == 0 ? "netdevq_raw" : "netdevq_btf";
+	const char *name = prog_name(o->path);
 	struct bpf_object *obj;
 	struct bpf_program *p, *want;
 
@@ -132,7 +189,7 @@ static void trial_child(const struct open_opts *o, const struct bpf_object_open_
 			  bpf_object__open_mem(o->object_bytes, o->object_len, oopts);
 	if (!obj)
 		_exit(3);
-	want = bpf_object__find_program_by_name(obj, prog_name);
+	want = bpf_object__find_program_by_name(obj, name);
 	if (want)
 		bpf_object__for_each_program(p, obj)
 			bpf_program__set_autoload(p, p == want);
@@ -348,8 +405,7 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 
 	for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++)
 		complete = complete && bpf_object__find_map_by_name(t->obj, maps[i]);
-	t->prog = bpf_object__find_program_by_name(
-		t->obj, strcmp(o->mode, "raw") == 0 ? "netdevq_raw" : "netdevq_btf");
+	t->prog = bpf_object__find_program_by_name(t->obj, prog_name(o->path));
 	t->fork_prog = bpf_object__find_program_by_name(t->obj, "netdevq_fork");
 	t->exit_prog = bpf_object__find_program_by_name(t->obj, "netdevq_exit");
 	if (complete && t->prog && t->fork_prog && t->exit_prog &&
@@ -408,6 +464,33 @@ static int load_object(struct tracer *t, char *msg, size_t msglen)
 	return 0;
 }
 
+/* Open, configure and load; --read auto falls back to the probe-read program when the kernel has
+ * no bpf_rdonly_cast. -1 with msg set. */
+static int open_and_load(struct tracer *t, struct open_opts *o, struct bpf_object_open_opts *oopts,
+			 char *msg, size_t msglen)
+{
+	if (open_object(t, o, oopts, msg, msglen) || configure_object(t, o, msg, msglen))
+		return -1;
+	if (load_object(t, msg, msglen) == 0)
+		return 0;
+	if (strcmp(o->path, "direct") != 0 || !kfunc_missing())
+		return -1;
+	if (strcmp(o->read, "direct") == 0) {
+		snprintf(msg, msglen,
+			 "--read direct: this kernel has no bpf_rdonly_cast kfunc (Linux 6.2+): use "
+			 "--read probe");
+		return -1;
+	}
+	if (ndq_verbose)
+		fprintf(stderr, "netdevq: no bpf_rdonly_cast in this kernel: reading with probe reads\n");
+	ring_buffer__free(t->rb);
+	t->rb = NULL;
+	bpf_object__close(t->obj);
+	t->obj = NULL;
+	o->path = "probe";
+	return open_and_load(t, o, oopts, msg, msglen);
+}
+
 /* The tracer userdata (on the stack) with its batch userdata in its environment. */
 static struct tracer_ud *push_tracer(lua_State *L, int batch)
 {
@@ -424,7 +507,7 @@ static struct tracer_ud *push_tracer(lua_State *L, int batch)
 }
 
 /* core.open{ mode=, object=, object_bytes=, config=, ringbuf_size=, batch=, agg_max_keys=,
- *            btf_path=, pcap=, pcap_snaplen=, verbose= } -> tracer | nil, err, kind
+ *            btf_path=, pcap=, pcap_snaplen=, verbose=, read= } -> tracer | nil, err, kind
  * kind: "usage" (the pcap expression is wrong or over its compile budget) or "runtime" */
 int ndq_core_open(lua_State *L)
 {
@@ -436,6 +519,7 @@ int ndq_core_open(lua_State *L)
 	bool usage = false;
 
 	read_options(L, &o);
+	o.path = read_path(&o);
 	if (o.pcap && strlen(o.pcap) != o.pcap_len) {
 		ndq_push_fail(
 			L, "pcap filter: the expression contains a NUL byte (byte %d): remove it",
@@ -461,10 +545,14 @@ int ndq_core_open(lua_State *L)
 	if (o.pcap && !(t->pcap = ndq_pcap_compile(o.pcap, o.pcap_snaplen, PCAP_BUDGET_MS,
 						   &ndq_interrupted, msg, sizeof(msg), &usage)))
 		goto cleanup;
-	if (check_btf(&o, &oopts, msg, sizeof(msg)) ||
-	    open_object(t, &o, &oopts, msg, sizeof(msg)) ||
-	    configure_object(t, &o, msg, sizeof(msg)) || load_object(t, msg, sizeof(msg)))
+	if (check_btf(&o, &oopts, msg, sizeof(msg)) || open_and_load(t, &o, &oopts, msg, sizeof(msg)))
 		goto cleanup;
+	snprintf(t->read, sizeof(t->read), "%s", o.path);
+	if (ndq_verbose)
+		fprintf(stderr, "netdevq: read path: %s (%s)\n", o.path,
+			strcmp(o.path, "probe") == 0 ? "raw_tp, bpf_probe_read_kernel copies" :
+			strcmp(o.path, "direct") == 0 ? "raw_tp, bpf_rdonly_cast direct loads" :
+							"tp_btf, direct loads");
 	ud->t = t;
 	return 1;
 cleanup:

@@ -313,6 +313,13 @@ static int tracer_prog_stats(lua_State *L)
 	return 1;
 }
 
+/* t:read_path() -> "probe" | "direct" | "btf": how the program reads the sk_buff (loader.c) */
+static int tracer_read_path(lua_State *L)
+{
+	lua_pushstring(L, check_tracer(L)->read);
+	return 1;
+}
+
 /* t:close(): idempotent; __gc too. The batch userdata stays valid for whoever still holds it. */
 static int tracer_close(lua_State *L)
 {
@@ -341,7 +348,8 @@ void ndq_tracer_register(lua_State *L)
 		{ "attach", tracer_attach },	 { "detach", tracer_detach },
 		{ "poll", tracer_poll },	 { "counters", tracer_counters },
 		{ "agg_read", tracer_agg_read }, { "prog_stats", tracer_prog_stats },
-		{ "close", tracer_close },	 { NULL, NULL },
+		{ "close", tracer_close },	 { "read_path", tracer_read_path },
+		{ NULL, NULL },
 	};
 
 	if (luaL_newmetatable(L, TRACER_MT)) {

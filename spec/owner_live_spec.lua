@@ -478,10 +478,13 @@ describe("socket owner attribution #root", function()
             table.sort(t)
             return t
         end
-        assert.are.same({ "netdevq_raw" }, progs({ "-q", "-o", "comm,pid,dev,len", "-d", "10" }))
-        assert.are.same({ "netdevq_raw" }, progs({ "-q", "--count", "comm,dev", "-d", "10" }))
-        assert.are.same(with("netdevq_raw"), progs({ "-o", "len,owner_comm", "-d", "10" }))
+        -- raw mode on this kernel (6.2+): --read auto loads the direct-load program
+        assert.are.same({ "netdevq_direct" }, progs({ "-q", "-o", "comm,pid,dev,len", "-d", "10" }))
+        assert.are.same({ "netdevq_direct" }, progs({ "-q", "--count", "comm,dev", "-d", "10" }))
+        assert.are.same({ "netdevq_raw" }, progs({ "--read", "probe", "-q", "--count", "comm,dev", "-d", "10" }))
+        assert.are.same(with("netdevq_direct"), progs({ "-o", "len,owner_comm", "-d", "10" }))
+        assert.are.same(with("netdevq_raw"), progs({ "--read", "probe", "-o", "len,owner_comm", "-d", "10" }))
         assert.are.same(with("netdevq_btf"), progs({ "--mode", "btf", "-q", "--count", "owner_comm", "-d", "10" }))
-        assert.are.same(with("netdevq_raw"), progs({ "-q", "-o", "len", "-p", "1", "-d", "10" }))
+        assert.are.same(with("netdevq_direct"), progs({ "-q", "-o", "len", "-p", "1", "-d", "10" }))
     end)
 end)

@@ -70,7 +70,7 @@ local OPEN_KEYS = {
     aggregate = true, aggregations = true, emit = true, events = true, follow_pid = true,
     pid = true, comm = true,
     ringbuf_size = true, batch = true, wakeup_bytes = true, max_keys = true, agg_max_keys = true,
-    verbose = true, object = true, object_bytes = true, btf_path = true, attach = true,
+    read = true, verbose = true, object = true, object_bytes = true, btf_path = true, attach = true,
 }
 
 -- true when the kernel can compute this aggregation spec (keys and value read by the kernel)
@@ -141,6 +141,7 @@ function _M.open(opts)
     local self = setmetatable({
         t = t,
         mode = mode,
+        read = t:read_path(), -- "probe" | "direct" | "btf": the read path in use
         plan = p,
         view = event.view(),
         match = p.match,

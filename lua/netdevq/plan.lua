@@ -7,6 +7,8 @@
 --
 -- opts (all optional):
 --   mode          "raw" | "btf"
+--   read          "auto" | "direct" | "probe": how raw mode reads the sk_buff (btf mode loads
+--                 directly: there only "auto" is accepted)
 --   filter        field expression; its kernel part goes into the config
 --   pcap          tcpdump/pcap-filter expression (run on the event's header bytes)
 --   where         function(ev) -> boolean, after filter
@@ -88,6 +90,10 @@ local CHECKS = {
         if whole(v) and v >= 1 and v <= 2 ^ 20 then return v end
         return nil, "must be a whole number from 1 to 1048576"
     end,
+    read = function(v)
+        if v == "auto" or v == "direct" or v == "probe" then return v end
+        return nil, "must be auto, direct or probe"
+    end,
     wakeup_bytes = function(v)
         if whole(v) and v >= 0 and v < 2 ^ 32 then return v end
         return nil, "must be a whole number of bytes (0: wake up on every event)"
@@ -157,12 +163,16 @@ end
 
 local function check_options(opts)
     for _, name in ipairs({ "snaplen", "ringbuf_size", "max_keys", "follow_pid", "batch",
-                            "wakeup_bytes", "pid", "comm" }) do
+                            "wakeup_bytes", "pid", "comm", "read" }) do
         local v, err = _M.check(name, opts[name])
         if err then
             return usage(err)
         end
         opts[name] = v
+    end
+    if opts.mode == "btf" and opts.read and opts.read ~= "auto" then
+        return usage("read " .. opts.read .. " applies to raw mode only: btf mode always loads "
+                     .. "sk_buff members directly")
     end
     if opts.pcap ~= nil and (type(opts.pcap) ~= "string" or opts.pcap:find("\0", 1, true)) then
         return usage("pcap expression must be text without NUL bytes")
@@ -302,6 +312,7 @@ function _M.make(opts)
         max_keys = opts.max_keys or _M.DEFAULT_MAX_KEYS,
         core = {
             mode = opts.mode or "raw",
+            read = opts.read,
             config = ffi.string(cfg, ffi.sizeof(cfg)),
             object = opts.object,
             object_bytes = opts.object_bytes,

@@ -18,7 +18,7 @@ local cjson = require("cjson")
 local _M = {}
 
 -- netdevq's object names as bpftool shows them (names are cut at 15 characters)
-_M.PROG_NAMES = { netdevq_raw = true, netdevq_btf = true, netdevq_fork = true,
+_M.PROG_NAMES = { netdevq_raw = true, netdevq_direct = true, netdevq_btf = true, netdevq_fork = true,
                   netdevq_exit = true }
 _M.MAP_NAMES = {
     events = true, counters = true, scratch = true, aggs = true, tracked = true, exited = true,

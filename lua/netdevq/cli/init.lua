@@ -84,6 +84,7 @@ local function open_tracer(s, writer_fields, child_pid)
     end
     return netdevq.open{
         mode = args.mode,
+        read = args.read,
         filter = s.filter,
         pcap = s.pcap_expr,
         fields = read,

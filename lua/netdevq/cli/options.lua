@@ -81,6 +81,8 @@ local function build_parser()
     p:option("-n --max-events", "stop after N matching events"):argname("N")
     p:option("--mode", "raw (raw_tp) or btf (tp_btf)", "raw"):choices({ "raw", "btf" })
         :argname("MODE")
+    p:option("--read", "raw mode reads the sk_buff: auto, direct (bpf_rdonly_cast, Linux 6.2+) "
+        .. "or probe (bpf_probe_read_kernel)", "auto"):argname("HOW")
     p:option("--ringbuf-size", "ring buffer size in bytes (power of two)"):argname("BYTES")
     p:option("--object", "load this BPF object instead of the embedded one"):argname("FILE")
     p:option("--prometheus", "serve aggregations and counters on http://[ADDR:]PORT/metrics "
@@ -152,7 +154,7 @@ local function check_numbers(args)
             args[name] = v
         end
     end
-    for _, name in ipairs({ "snaplen", "ringbuf_size", "max_keys" }) do
+    for _, name in ipairs({ "snaplen", "ringbuf_size", "max_keys", "read" }) do
         local _, err = plan.check(name, args[name], spelled(name))
         if err then
             return nil, err
