@@ -1,9 +1,9 @@
 /* decode.h - header decoding for netdevq.bpf.c: Ethernet with 802.1Q/802.1ad tags, IPv4, IPv6
  * with its extension headers, and the upper layer (ports, TCP flags, ICMP type and code).
  *
- * Input: the header bytes read into ev->snap (from the link header on), l2 (bytes of link header
- * before the network header, from skb->network_header), avail (bytes of snap that are valid) and
- * the skb's offloaded VLAN tag (hw_proto 0: none). Every read is bounded by avail and every
+ * Input: the header bytes read into snap (NDQ_SNAP_MAX bytes: the event's or per-CPU scratch; from
+ * the link header on), l2 (bytes of link header before the network header, from
+ * skb->network_header), avail (bytes of snap that are valid) and the skb's offloaded VLAN tag (hw_proto 0: none). Every read is bounded by avail and every
  * offset masked, so the verifier accepts it in raw and btf mode alike; loops have constant bounds
  * and are unrolled.
  */
@@ -45,8 +45,8 @@ static __always_inline bool vlan_tpid(__u16 t)
 
 /* The link layer: MACs and the tags in the frame. Returns the offset of the network header and
  * sets *etype to the network protocol (the frame's after its tags, else skb->protocol). */
-static __always_inline __u32 decode_l2(struct netdevq_event *ev, __u32 l2, __u32 avail,
-				       __u16 *etype)
+static __always_inline __u32 decode_l2(struct netdevq_event *ev, const __u8 *snap, __u32 l2,
+				       __u32 avail, __u16 *etype)
 {
 	__u32 off = 14;
 	bool tagged;
@@ -54,14 +54,14 @@ static __always_inline __u32 decode_l2(struct netdevq_event *ev, __u32 l2, __u32
 	*etype = ev->ethertype;
 	if (l2 < 14 || l2 >= 64 || avail < 14)
 		return l2;
-	tagged = vlan_tpid(be16_at(ev->snap + 12));
+	tagged = vlan_tpid(be16_at(snap + 12));
 	/* Ethernet (and loopback, which fakes one). dev_type is known only in btf mode; without it
 	 * a 14-byte link header, or a longer one starting with a VLAN tag, is taken for Ethernet. */
 	if (ev->dev_type ? ev->dev_type != ARPHRD_ETHER && ev->dev_type != ARPHRD_LOOPBACK :
 			   l2 != 14 && !tagged)
 		return l2;
-	__builtin_memcpy(ev->dmac, ev->snap, 6);
-	__builtin_memcpy(ev->smac, ev->snap + 6, 6);
+	__builtin_memcpy(ev->dmac, snap, 6);
+	__builtin_memcpy(ev->smac, snap + 6, 6);
 	ev->flags |= NDQ_EV_MAC;
 	if (!tagged)
 		return l2;
@@ -69,17 +69,17 @@ static __always_inline __u32 decode_l2(struct netdevq_event *ev, __u32 l2, __u32
 	 * The network header follows the last, wherever skb->network_header points. */
 #pragma unroll
 	for (int i = 0; i < VLAN_TAGS_MAX; i++) {
-		__u16 tpid = be16_at(ev->snap + off - 2);
+		__u16 tpid = be16_at(snap + off - 2);
 		if (!vlan_tpid(tpid) || avail < off + 4)
 			break;
 		if (!(ev->flags & NDQ_EV_VLAN)) {
 			ev->vlan_proto = tpid;
-			ev->vlan_tci = be16_at(ev->snap + off);
+			ev->vlan_tci = be16_at(snap + off);
 			ev->flags |= NDQ_EV_VLAN;
 		}
 		off += 4;
 	}
-	*etype = be16_at(ev->snap + off - 2);
+	*etype = be16_at(snap + off - 2);
 	return off;
 }
 
@@ -92,7 +92,8 @@ static __always_inline bool ip6_ext_hdr(__u8 nh)
 /* IPv6 extension headers from the fixed header's next header (in ev->proto) on: leaves the
  * upper-layer protocol in ev->proto and returns its offset; 0 when there is no upper-layer header
  * to read (a non-first fragment, or a chain longer than IP6_EXT_MAX or than the bytes read). */
-static __always_inline __u32 decode_ip6_ext(struct netdevq_event *ev, __u32 off, __u32 avail)
+static __always_inline __u32 decode_ip6_ext(struct netdevq_event *ev, const __u8 *snap, __u32 off,
+					    __u32 avail)
 {
 	__u8 nh = ev->proto;
 
@@ -103,7 +104,7 @@ static __always_inline __u32 decode_ip6_ext(struct netdevq_event *ev, __u32 off,
 		if (off > PARSE_BYTES || avail < off + 8)
 			return 0;
 		barrier_var(off);
-		const __u8 *h = ev->snap + (off & SNAP_MASK);
+		const __u8 *h = snap + (off & SNAP_MASK);
 		__u32 len = ((__u32)h[1] + 1) * 8;
 
 		ev->ip6_ext++;
@@ -126,14 +127,15 @@ static __always_inline __u32 decode_ip6_ext(struct netdevq_event *ev, __u32 off,
 }
 
 /* The upper layer at offset l4: ports (TCP, UDP, SCTP), TCP flags, ICMP/ICMPv6 type and code. */
-static __always_inline void decode_l4(struct netdevq_event *ev, __u32 l4, __u32 avail)
+static __always_inline void decode_l4(struct netdevq_event *ev, const __u8 *snap, __u32 l4,
+				      __u32 avail)
 {
 	__u8 p = ev->proto;
 
 	if (l4 > PARSE_BYTES || avail < l4 + 4)
 		return;
 	barrier_var(l4);
-	const __u8 *th = ev->snap + (l4 & SNAP_MASK);
+	const __u8 *th = snap + (l4 & SNAP_MASK);
 	if (p == IPPROTO_ICMP || p == IPPROTO_ICMPV6) {
 		ev->icmp_type = th[0];
 		ev->icmp_code = th[1];
@@ -151,10 +153,10 @@ static __always_inline void decode_l4(struct netdevq_event *ev, __u32 l4, __u32 
 	}
 }
 
-/* Everything from the header bytes in ev->snap. hw_proto/hw_tci: the skb's offloaded VLAN tag
+/* Everything from the header bytes in snap. hw_proto/hw_tci: the skb's offloaded VLAN tag
  * (skb->vlan_proto in host order, skb->vlan_tci; proto 0: none), the outermost when present. */
-static __always_inline void decode_headers(struct netdevq_event *ev, __u32 l2, __u32 avail,
-					   __u16 hw_proto, __u16 hw_tci)
+static __always_inline void decode_headers(struct netdevq_event *ev, const __u8 *snap, __u32 l2,
+					   __u32 avail, __u16 hw_proto, __u16 hw_tci)
 {
 	__u16 etype;
 	__u32 l3, l4;
@@ -165,14 +167,14 @@ static __always_inline void decode_headers(struct netdevq_event *ev, __u32 l2, _
 		ev->vlan_tci = hw_tci;
 		ev->flags |= NDQ_EV_VLAN | NDQ_EV_VLAN_HW;
 	}
-	l3 = decode_l2(ev, l2, avail, &etype);
+	l3 = decode_l2(ev, snap, l2, avail, &etype);
 	ev->vlan_id = ev->vlan_tci & 0xfff;
 	ev->vlan_pcp = ev->vlan_tci >> 13;
 	if (l3 >= 64)
 		return;
 	/* keep the masks: the compiler proves them redundant, the verifier needs them */
 	barrier_var(l3);
-	ip = ev->snap + (l3 & 63);
+	ip = snap + (l3 & 63);
 	if (etype == ETH_P_IP && avail >= l3 + 20 && (ip[0] >> 4) == 4) {
 		__u32 ihl = (ip[0] & 0xf) * 4;
 		__u16 frag = be16_at(ip + 6);
@@ -202,13 +204,13 @@ static __always_inline void decode_headers(struct netdevq_event *ev, __u32 l2, _
 		__builtin_memcpy(ev->daddr, ip + 24, 16);
 		ev->ip6_ext = 0;
 		ev->flags |= NDQ_EV_IP6;
-		l4 = decode_ip6_ext(ev, l3 + 40, avail);
+		l4 = decode_ip6_ext(ev, snap, l3 + 40, avail);
 		if (!l4)
 			return;
 	} else {
 		return;
 	}
-	decode_l4(ev, l4, avail);
+	decode_l4(ev, snap, l4, avail);
 }
 
 #endif /* NETDEVQ_DECODE_H */

@@ -63,9 +63,23 @@ struct signal_struct {
 	} live; /* atomic_t: threads of the group not yet through do_exit */
 };
 
+struct kernfs_node {
+	__u64 id;
+};
+
+struct cgroup {
+	struct kernfs_node *kn;
+};
+
+struct css_set {
+	struct cgroup *dfl_cgrp; /* the task's cgroup in the default (v2) hierarchy */
+};
+
 struct task_struct {
 	int pid;
 	int tgid;
+	char comm[16];
+	struct css_set *cgroups;
 	struct signal_struct *signal;
 };
 

@@ -53,6 +53,7 @@ struct scratch {
 	struct netdevq_agg_key key;
 	struct netdevq_agg_value zero; /* never written: the initial value of a new aggregation key */
 	__u64 pending;		       /* bytes emitted on this CPU since its last wakeup */
+	__u8 hdr[NDQ_SNAP_MAX]; /* header bytes decoded but not carried (snaplen < NDQ_SNAP_MAX) */
 	__u8 skb[SKB_COPY_MAX];
 	__u8 devspan[DEV_SPAN_MAX];
 };
@@ -324,10 +325,9 @@ static __always_inline int l3l4_filter(const struct netdevq_event *ev)
  * bpf_probe_read_kernel of the span of net_device that holds them (offsets are CO-RE
  * relocations, so the span is a constant the verifier sees; a kernel where the members lie
  * too far apart gets one read per member instead). */
-static __always_inline struct net *read_dev(struct scratch *s, struct net_device *dev,
-					    const bool btf)
+static __always_inline struct net *read_dev(struct scratch *s, struct netdevq_event *ev,
+					    struct net_device *dev, const bool btf)
 {
-	struct netdevq_event *ev = &s->ev;
 	struct net *net;
 
 	if (btf) {
@@ -369,19 +369,40 @@ static __always_inline struct net *read_dev(struct scratch *s, struct net_device
 	return BPF_CORE_READ(dev, nd_net.net);
 }
 
+/* The task on the CPU, from its task_struct (direct loads: cheaper than the pid_tgid, comm and
+ * cgroup helpers, with the same values). */
 static __always_inline void read_task(struct netdevq_event *ev)
 {
-	__u64 id = bpf_get_current_pid_tgid();
+	struct task_struct *task = bpf_get_current_task_btf();
 
-	ev->pid = id >> 32;
-	ev->tid = (__u32)id;
+	ev->pid = task->tgid;
+	ev->tid = task->pid;
+}
+
+static __always_inline void read_comm(char *comm)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	/* the kernel keeps comm NUL-padded (strscpy_pad): the bytes bpf_get_current_comm copies */
+	*(__u64 *)&comm[0] = *(__u64 *)&task->comm[0];
+	*(__u64 *)&comm[8] = *(__u64 *)&task->comm[8];
+}
+
+/* bpf_get_current_cgroup_id(): the id of the task's cgroup v2 (default hierarchy) */
+static __always_inline __u64 read_cgroup(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	return task->cgroups->dfl_cgrp->kn->id;
 }
 
 /* Header bytes start at the link header (reset by __dev_queue_xmit before the tracepoint), or at
- * the network header when the device has none. One read serves parsing and the snap bytes. */
-static __always_inline void read_headers(struct scratch *s, struct sk_buff *skb, const bool btf)
+ * the network header when the device has none. One read serves parsing and the snap bytes: into
+ * the event when it needs no parsing (or is the scratch event carrying all NDQ_SNAP_MAX bytes),
+ * else into scratch, and the snaplen bytes the event carries are copied from there. */
+static __always_inline void read_headers(struct scratch *s, struct netdevq_event *ev,
+					 struct sk_buff *skb, const bool btf, const bool in_place)
 {
-	struct netdevq_event *ev = &s->ev;
 	unsigned char *head = SKB(head);
 	unsigned char *data = SKB(data);
 	__u16 mac = SKB(mac_header), net = SKB(network_header);
@@ -400,12 +421,18 @@ static __always_inline void read_headers(struct scratch *s, struct sk_buff *skb,
 		want = PARSE_BYTES;
 	if (want > NDQ_SNAP_MAX)
 		want = NDQ_SNAP_MAX;
-	if (want && bpf_probe_read_kernel(ev->snap, want, head + start) == 0) {
+	/* decoding reads a few bytes past an offset below NDQ_SNAP_MAX: only the scratch event has
+	 * room after its snap, a ring record ends there */
+	const bool own = parse && (cfg.snaplen < NDQ_SNAP_MAX || in_place);
+	__u8 *buf = own ? s->hdr : ev->snap;
+	if (want && bpf_probe_read_kernel(buf, want, head + start) == 0) {
 		ev->snap_len = avail < cfg.snaplen ? avail : cfg.snaplen;
 		ev->l2_len = net >= start ? net - start : 0;
 		if (parse)
-			decode_headers(ev, ev->l2_len, avail < want ? avail : want,
+			decode_headers(ev, buf, ev->l2_len, avail < want ? avail : want,
 				       bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci));
+		if (own && cfg.snaplen)
+			bpf_probe_read_kernel(ev->snap, cfg.snaplen, buf);
 	}
 }
 
@@ -420,6 +447,17 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	const bool filter_l3l4 = cfg.proto.n || cfg.saddr.n || cfg.daddr.n || cfg.host.n ||
 				 cfg.sport.n || cfg.dport.n || cfg.port.n;
 	const bool need_dev = (cfg.need & (NDQ_NEED_DEV | NDQ_NEED_NETNS)) || cfg.agg_on;
+	const bool filter_who = (cfg.need & NDQ_NEED_OWNER) &&
+				(cfg.follow_pid || cfg.who_pid.n || cfg.n_who_comm);
+	const bool filter_any = filter_task || cfg.n_comm || filter_who || cfg.len_set ||
+				cfg.mark.n || cfg.queue.n || cfg.priority.n || cfg.ethertype.n ||
+				filter_dev || filter_l3l4 || cfg.n_cgroup;
+	/* Reserve in place: with nothing to filter, the event is written straight into its ring
+	 * buffer record (no scratch copy), and a full ring costs one failed reserve. Member paths,
+	 * kstacks and aggregations keep the scratch event. */
+	const bool in_place =
+		cfg.emit && !filter_any && !cfg.agg_on && !cfg.n_paths && !cfg.kstack;
+	__u64 size = paths_emit_size(EVENT_HEAD_SIZE + cfg.snaplen);
 	__u32 zero = 0;
 	struct counters *cnt = bpf_map_lookup_elem(&counters, &zero);
 	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
@@ -430,7 +468,17 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	if (!cnt || !s)
 		return 0;
 	cnt->c[NDQ_CNT_SEEN]++;
-	ev = &s->ev;
+	if (size > sizeof(*ev))
+		size = sizeof(*ev);
+	if (in_place) {
+		ev = bpf_ringbuf_reserve(&events, size, 0);
+		if (!ev) {
+			cnt->c[NDQ_CNT_LOST]++;
+			return 0;
+		}
+	} else {
+		ev = &s->ev;
+	}
 
 	if (filter_task) {
 		read_task(ev);
@@ -440,17 +488,19 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 			goto filtered;
 	}
 	if (cfg.n_comm) {
-		bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+		read_comm(ev->comm);
 		if (!in_name_set(cfg.comm, cfg.n_comm, ev->comm))
 			goto filtered;
 	}
 
 	if (!btf || cfg.n_paths) { /* member paths read from the copy too (bpf/skbpath.h) */
-		__u32 size = bpf_core_type_size(struct sk_buff);
-		if (size > SKB_COPY_MAX)
-			size = SKB_COPY_MAX;
-		if (bpf_probe_read_kernel(s->skb, size, skb)) {
+		__u32 copy = bpf_core_type_size(struct sk_buff);
+		if (copy > SKB_COPY_MAX)
+			copy = SKB_COPY_MAX;
+		if (bpf_probe_read_kernel(s->skb, copy, skb)) {
 			cnt->c[NDQ_CNT_READ_FAILED]++;
+			if (in_place)
+				bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP);
 			return 0;
 		}
 	}
@@ -478,7 +528,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 
 	dev = SKB(dev);
 	if (filter_dev || need_dev) {
-		net = read_dev(s, dev, btf);
+		net = read_dev(s, ev, dev, btf);
 		if (cfg.ifindex.n && !in_u32_set(&cfg.ifindex, ev->ifindex))
 			goto filtered;
 		if (cfg.n_dev && !in_name_set(cfg.dev, cfg.n_dev, ev->dev))
@@ -493,13 +543,13 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 			goto filtered;
 	}
 
-	read_headers(s, skb, btf);
+	read_headers(s, ev, skb, btf, in_place);
 	/* also when the read failed: then nothing parsed, and L3/L4 conditions must fail */
 	if (filter_l3l4 && !l3l4_filter(ev))
 		goto filtered;
 
 	if (cfg.n_cgroup || (cfg.need & NDQ_NEED_CGROUP)) {
-		ev->cgroup = bpf_get_current_cgroup_id();
+		ev->cgroup = read_cgroup();
 		if (cfg.n_cgroup) {
 			int hit = 0;
 #pragma unroll
@@ -520,7 +570,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	if (!filter_task && (cfg.need & NDQ_NEED_TASK))
 		read_task(ev);
 	if (!cfg.n_comm && (cfg.need & NDQ_NEED_TASK))
-		bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+		read_comm(ev->comm);
 	if (cfg.need & NDQ_NEED_GSO) {
 		struct skb_shared_info *sh = (void *)(SKB(head) + SKB(end));
 		if (OFF(skb_shared_info, gso_segs) == OFF(skb_shared_info, gso_size) + 2) {
@@ -541,16 +591,14 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	ev->hash = SKB(hash);
 	ev->skb = (__u64)skb;
 	ev->cpu = bpf_get_smp_processor_id();
-	finish_paths(ctx, ev, skb, s->skb);
+	if (!in_place) /* in_place: no paths, no kstack (and no room for them in the record) */
+		finish_paths(ctx, ev, skb, s->skb);
 
 	if (cfg.agg_on)
 		aggregate(s, cnt);
 	if (cfg.emit) {
-		__u64 size = paths_emit_size(EVENT_HEAD_SIZE + cfg.snaplen);
 		__u64 flags = 0;
 
-		if (size > sizeof(*ev))
-			size = sizeof(*ev);
 		if (cfg.wakeup_bytes) {
 			/* Wake the consumer once per wakeup_bytes emitted on this CPU; in between it picks
 			 * events up on its poll timeout. Cheaper than asking the ring how full it is. */
@@ -562,14 +610,20 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 				flags = BPF_RB_NO_WAKEUP;
 			}
 		}
-		if (bpf_ringbuf_output(&events, ev, size, flags))
-			cnt->c[NDQ_CNT_LOST]++;
-		else
+		if (in_place) {
+			bpf_ringbuf_submit(ev, flags);
 			cnt->c[NDQ_CNT_EMITTED]++;
+		} else if (bpf_ringbuf_output(&events, ev, size, flags)) {
+			cnt->c[NDQ_CNT_LOST]++;
+		} else {
+			cnt->c[NDQ_CNT_EMITTED]++;
+		}
 	}
 	return 0;
 
 filtered:
+	if (in_place) /* never: in_place means no filter, but the verifier wants the release */
+		bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP);
 	cnt->c[NDQ_CNT_KFILTERED]++;
 	return 0;
 }

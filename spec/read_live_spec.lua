@@ -1,0 +1,188 @@
+-- Raw mode's two read paths (issue 12): --read probe (a bpf_probe_read_kernel copy of the
+-- sk_buff), --read direct (bpf_rdonly_cast and plain loads), --read auto, and --mode btf see the
+-- very same skbs when attached at once, and must report them identically, every field. The
+-- traffic is known, so the values are checked too: length, ports, addresses, device, ifindex,
+-- netns, mark, priority, queue, TTL, TOS, MACs, the sending task (pid, tid, comm, and its cgroup
+-- v2 id against the inode of a cgroup made for the run) and the socket owner.
+-- A fifth tracer with a kernel filter builds its events in per-CPU scratch (the others reserve
+-- their ring records and fill them in place): it must agree too.
+local netns = require("support.netns")
+local live = require("support.live")
+local clirun = require("support.clirun")
+
+-- the first cgroup v2 mount point, or nil
+local function cgroup2_root()
+    for l in io.lines("/proc/mounts") do
+        local dir, fstype = l:match("^%S+ (%S+) (%S+)")
+        if fstype == "cgroup2" then
+            return dir
+        end
+    end
+end
+
+local function inode(path)
+    local ok, out = netns.run({ "stat", "-c", "%i", path })
+    assert(ok, out)
+    return tonumber(out:match("%d+"))
+end
+
+-- every field but the clock, as one line (the same skb gives the same line in every tracer)
+local function signature(ev)
+    local keys, parts = {}, {}
+    for k in pairs(ev) do
+        if k ~= "ts" and k ~= "time" then
+            keys[#keys + 1] = k
+        end
+    end
+    table.sort(keys)
+    for i, k in ipairs(keys) do
+        parts[i] = k .. "=" .. tostring(ev[k])
+    end
+    return table.concat(parts, " ")
+end
+
+local function signatures(events)
+    local out = {}
+    for i, ev in ipairs(events) do
+        out[i] = signature(ev)
+    end
+    table.sort(out)
+    return out
+end
+
+-- ndq_send argv run in namespace ns of pair from inside cgroup dir cg (`ip netns exec` hides
+-- /sys/fs/cgroup, so the shell joins the cgroup first); returns the sender's pid
+local function send_in_cgroup(pair, cg, ns, args)
+    local argv = { "ip", "netns", "exec", ns == "a" and pair.ns_a or pair.ns_b, netns.ndq_send() }
+    for _, a in ipairs(args) do
+        argv[#argv + 1] = a
+    end
+    for i, a in ipairs(argv) do
+        argv[i] = clirun.quote(a)
+    end
+    local script = (cg and ("echo $$ > " .. clirun.quote(cg .. "/cgroup.procs") .. " && ") or "")
+        .. "exec " .. table.concat(argv, " ")
+    local ok, out = netns.run({ "sh", "-c", script })
+    assert(ok, out)
+    return assert(tonumber(out:match("pid (%d+)")), out)
+end
+
+describe("raw-mode read paths on live traffic #root", function()
+    local pair
+    live.pair_each_test({ name = "ndqrd", icmp_unlimited = true }, function(p) pair = p end)
+
+    it("--read probe, direct, auto and --mode btf give identical events with exact values", function()
+        netns.require_root()
+        local netdevq = require("netdevq")
+        local root = cgroup2_root()
+        local cg, cg_id
+        if root then
+            cg = root .. "/ndq-read-" .. tostring(pair.netns_a)
+            assert(os.execute("mkdir " .. clirun.quote(cg)) == 0)
+            cg_id = inode(cg)
+        end
+        local tracers, events = {}, {}
+        finally(function()
+            for _, t in pairs(tracers) do
+                t:close()
+            end
+            if cg then
+                os.execute("rmdir " .. clirun.quote(cg))
+            end
+        end)
+        local scope = ("netns == %d or netns == %d"):format(pair.netns_a, pair.netns_b)
+        local opens = {
+            probe = { read = "probe" }, direct = { read = "direct" }, auto = {}, btf = { mode = "btf" },
+            scratch = { read = "direct", filter = scope },
+        }
+        for name, opts in pairs(opens) do
+            tracers[name] = assert(netdevq.open(opts))
+            events[name] = {}
+            tracers[name]:on_event(function(ev)
+                if ev.netns == pair.netns_a or ev.netns == pair.netns_b then
+                    events[name][#events[name] + 1] = ev:totable()
+                end
+            end)
+        end
+        assert.are.same({ "probe", "direct", "direct", "btf", "direct" },
+            { tracers.probe.read, tracers.direct.read, tracers.auto.read, tracers.btf.read, tracers.scratch.read })
+
+        -- nobody listens on b: every datagram comes back as an ICMP error
+        local pid4 = send_in_cgroup(pair, cg, "a", { "--mark", "7", "--priority", "3", "udp4", pair.ip4_a,
+            pair.ip4_b, "7000", "40000", "100,300" })
+        local pid6 = send_in_cgroup(pair, cg, "a", { "--ttl", "5", "--tos", "32", "udp6", pair.ip6_a, pair.ip6_b,
+            "7001", "40001", "20" })
+        live.poll_all(tracers, 600)
+
+        local want = signatures(events.probe)
+        assert.is_true(#want >= 6, "too few events: " .. #want)
+        for _, name in ipairs({ "direct", "auto", "btf", "scratch" }) do
+            assert.are.same(want, signatures(events[name]), name .. " differs from probe")
+        end
+
+        local udp4, udp6, icmp = {}, {}, 0
+        for _, ev in ipairs(events.probe) do
+            if ev.proto == "udp" and ev.dport == 7000 then
+                udp4[#udp4 + 1] = ev
+            elseif ev.proto == "udp" and ev.dport == 7001 then
+                udp6[#udp6 + 1] = ev
+            elseif (ev.proto == "icmp" or ev.proto == "icmpv6") and ev.dev == pair.veth_b then
+                icmp = icmp + 1
+            end
+        end
+        table.sort(udp4, function(x, y) return x.len < y.len end)
+        assert.are.same({ 14 + 20 + 8 + 100, 14 + 20 + 8 + 300 }, { udp4[1].len, udp4[2].len })
+        for _, ev in ipairs(udp4) do
+            assert.are.same({
+                dev = pair.veth_a, ifindex = pair.ifindex_a, netns = pair.netns_a, ethertype = "ipv4",
+                saddr = pair.ip4_a, daddr = pair.ip4_b, sport = 40000, dport = 7000, ttl = 64, tos = 0,
+                mark = 7, priority = 3, queue = 0, smac = pair.mac_a, dmac = pair.mac_b, data_len = 0,
+                pid = pid4, tid = pid4, comm = "ndq_send", owner_pid = pid4, owner_comm = "ndq_send",
+            }, {
+                dev = ev.dev, ifindex = ev.ifindex, netns = ev.netns, ethertype = ev.ethertype,
+                saddr = ev.saddr, daddr = ev.daddr, sport = ev.sport, dport = ev.dport, ttl = ev.ttl, tos = ev.tos,
+                mark = ev.mark, priority = ev.priority, queue = ev.queue, smac = ev.smac, dmac = ev.dmac,
+                data_len = ev.data_len, pid = ev.pid, tid = ev.tid, comm = ev.comm, owner_pid = ev.owner_pid,
+                owner_comm = ev.owner_comm,
+            })
+            -- the task's cgroup v2 id (read from the task_struct) is the id of the cgroup it ran in
+            if cg_id then
+                assert.are.same({ cg_id, cg_id }, { ev.cgroup, ev.owner_cgroup })
+            end
+        end
+        assert.are.equal(1, #udp6)
+        assert.are.same({ 14 + 40 + 8 + 20, pair.ip6_a, pair.ip6_b, 40001, 5, 32, 0, 0, pid6, pair.veth_a },
+            { udp6[1].len, udp6[1].saddr, udp6[1].daddr, udp6[1].sport, udp6[1].ttl, udp6[1].tos,
+              udp6[1].mark, udp6[1].priority, udp6[1].pid, udp6[1].dev })
+        if cg_id then
+            assert.are.equal(cg_id, udp6[1].cgroup)
+        end
+        assert.are.equal(3, icmp) -- b's port unreachables, one per datagram
+    end)
+end)
+
+describe("--read on the command line", function()
+    local function cli(args)
+        return clirun.cli(args, { env = { NETDEVQ_BUILD = clirun.build_dir() } })
+    end
+
+    it("rejects a read path btf mode does not have, and an unknown one (exit 2, one line)", function()
+        local r = cli({ "--mode", "btf", "--read", "probe", "-d", "0.1" })
+        assert.are.equal(2, r.code)
+        assert.are.equal("netdevq: read probe applies to raw mode only: btf mode always loads sk_buff members "
+            .. "directly\n", r.err)
+        r = cli({ "--read", "fast", "-d", "0.1" })
+        assert.are.equal(2, r.code)
+        assert.are.equal("netdevq: --read must be auto, direct or probe, not fast\n", r.err)
+    end)
+
+    it("open{ read = } takes the same values", function()
+        local netdevq = require("netdevq")
+        local t, err, info = netdevq.open{ read = "fast" }
+        assert.is_nil(t)
+        assert.are.same({ "netdevq: read must be auto, direct or probe, not fast", "usage" }, { err, info.kind })
+        t, err, info = netdevq.open{ mode = "btf", read = "direct" }
+        assert.is_nil(t)
+        assert.are.same("usage", info.kind, err)
+    end)
+end)
