@@ -455,8 +455,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	/* Reserve in place: with nothing to filter, the event is written straight into its ring
 	 * buffer record (no scratch copy), and a full ring costs one failed reserve. Member paths,
 	 * kstacks and aggregations keep the scratch event. */
-	const bool in_place =
-		cfg.emit && !filter_any && !cfg.agg_on && !cfg.n_paths && !cfg.kstack;
+	const bool in_place = cfg.emit && !filter_any && !cfg.agg_on && !cfg.n_paths && !cfg.kstack;
 	__u64 size = paths_emit_size(EVENT_HEAD_SIZE + cfg.snaplen);
 	__u32 zero = 0;
 	struct counters *cnt = bpf_map_lookup_elem(&counters, &zero);

@@ -91,7 +91,8 @@ static void read_options(lua_State *L, struct open_opts *o)
 		o->read = "auto";
 	if (strcmp(o->read, "auto") != 0 && strcmp(o->read, "direct") != 0 &&
 	    strcmp(o->read, "probe") != 0)
-		luaL_error(L, "netdevq.core.open: read must be 'auto', 'direct' or 'probe', not '%s'",
+		luaL_error(L,
+			   "netdevq.core.open: read must be 'auto', 'direct' or 'probe', not '%s'",
 			   o->read);
 	o->object = opt_str(L, 1, "object", NULL);
 	o->object_bytes = opt_str(L, 1, "object_bytes", &o->object_len);
@@ -140,7 +141,7 @@ static const char *read_path(const struct open_opts *o)
 
 static const char *prog_name(const char *path)
 {
-	return strcmp(path, "btf") == 0 ? "netdevq_btf" :
+	return strcmp(path, "btf") == 0	   ? "netdevq_btf" :
 	       strcmp(path, "direct") == 0 ? "netdevq_direct" :
 					     "netdevq_raw";
 }
@@ -476,13 +477,15 @@ static int open_and_load(struct tracer *t, struct open_opts *o, struct bpf_objec
 	if (strcmp(o->path, "direct") != 0 || !kfunc_missing())
 		return -1;
 	if (strcmp(o->read, "direct") == 0) {
-		snprintf(msg, msglen,
-			 "--read direct: this kernel has no bpf_rdonly_cast kfunc (Linux 6.2+): use "
-			 "--read probe");
+		snprintf(
+			msg, msglen,
+			"--read direct: this kernel has no bpf_rdonly_cast kfunc (Linux 6.2+): use "
+			"--read probe");
 		return -1;
 	}
 	if (ndq_verbose)
-		fprintf(stderr, "netdevq: no bpf_rdonly_cast in this kernel: reading with probe reads\n");
+		fprintf(stderr,
+			"netdevq: no bpf_rdonly_cast in this kernel: reading with probe reads\n");
 	ring_buffer__free(t->rb);
 	t->rb = NULL;
 	bpf_object__close(t->obj);
@@ -545,12 +548,13 @@ int ndq_core_open(lua_State *L)
 	if (o.pcap && !(t->pcap = ndq_pcap_compile(o.pcap, o.pcap_snaplen, PCAP_BUDGET_MS,
 						   &ndq_interrupted, msg, sizeof(msg), &usage)))
 		goto cleanup;
-	if (check_btf(&o, &oopts, msg, sizeof(msg)) || open_and_load(t, &o, &oopts, msg, sizeof(msg)))
+	if (check_btf(&o, &oopts, msg, sizeof(msg)) ||
+	    open_and_load(t, &o, &oopts, msg, sizeof(msg)))
 		goto cleanup;
 	snprintf(t->read, sizeof(t->read), "%s", o.path);
 	if (ndq_verbose)
 		fprintf(stderr, "netdevq: read path: %s (%s)\n", o.path,
-			strcmp(o.path, "probe") == 0 ? "raw_tp, bpf_probe_read_kernel copies" :
+			strcmp(o.path, "probe") == 0  ? "raw_tp, bpf_probe_read_kernel copies" :
 			strcmp(o.path, "direct") == 0 ? "raw_tp, bpf_rdonly_cast direct loads" :
 							"tp_btf, direct loads");
 	ud->t = t;

@@ -345,10 +345,14 @@ static int tracer_tostring(lua_State *L)
 void ndq_tracer_register(lua_State *L)
 {
 	static const luaL_Reg methods[] = {
-		{ "attach", tracer_attach },	 { "detach", tracer_detach },
-		{ "poll", tracer_poll },	 { "counters", tracer_counters },
-		{ "agg_read", tracer_agg_read }, { "prog_stats", tracer_prog_stats },
-		{ "close", tracer_close },	 { "read_path", tracer_read_path },
+		{ "attach", tracer_attach },
+		{ "detach", tracer_detach },
+		{ "poll", tracer_poll },
+		{ "counters", tracer_counters },
+		{ "agg_read", tracer_agg_read },
+		{ "prog_stats", tracer_prog_stats },
+		{ "close", tracer_close },
+		{ "read_path", tracer_read_path },
 		{ NULL, NULL },
 	};
 
