@@ -98,6 +98,30 @@ static __always_inline bool in_tree(__u32 tgid)
 
 #include "skbpath.h" /* sk_buff member paths: reads cfg */
 
+/* Sets of more than NDQ_SET_MAX values (netdevq.h): their values are keys of this map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1); /* the loader sets the size: every value of every such set */
+	__type(key, struct netdevq_set_key);
+	__type(value, __u8);
+} sets SEC(".maps");
+
+/* v is in cfg's set at offset off (IN_SET: the member by name) */
+static __always_inline int in_set_at(const volatile struct netdevq_u32_set *s, __u32 off, __u32 v)
+{
+	if (s->n == NDQ_SET_IN_MAP) {
+		struct netdevq_set_key k = { .set = off, .v = v };
+		return bpf_map_lookup_elem(&sets, &k) != NULL;
+	}
+#pragma unroll
+	for (int i = 0; i < NDQ_SET_MAX; i++)
+		if (i < s->n && s->v[i] == v)
+			return 1;
+	return 0;
+}
+#define IN_SET(member, v) \
+	in_set_at(&cfg.member, __builtin_offsetof(struct netdevq_config, member), v)
+
 static __always_inline int in_u32_set(const volatile struct netdevq_u32_set *s, __u32 v)
 {
 #pragma unroll
@@ -293,7 +317,7 @@ static __always_inline void aggregate(struct scratch *s, struct counters *cnt)
 
 static __always_inline int l3l4_filter(const struct netdevq_event *ev)
 {
-	if (cfg.proto.n && (!ev->l3 || !in_u32_set(&cfg.proto, ev->proto)))
+	if (cfg.proto.n && (!ev->l3 || !IN_SET(proto, ev->proto)))
 		return 0;
 	if (cfg.saddr.n && !in_prefix_set(&cfg.saddr, ev->l3, ev->saddr))
 		return 0;
@@ -302,12 +326,12 @@ static __always_inline int l3l4_filter(const struct netdevq_event *ev)
 	if (cfg.host.n && !in_prefix_set(&cfg.host, ev->l3, ev->saddr) &&
 	    !in_prefix_set(&cfg.host, ev->l3, ev->daddr))
 		return 0;
-	if (cfg.sport.n && (!(ev->flags & NDQ_EV_L4) || !in_u32_set(&cfg.sport, ev->sport)))
+	if (cfg.sport.n && (!(ev->flags & NDQ_EV_L4) || !IN_SET(sport, ev->sport)))
 		return 0;
-	if (cfg.dport.n && (!(ev->flags & NDQ_EV_L4) || !in_u32_set(&cfg.dport, ev->dport)))
+	if (cfg.dport.n && (!(ev->flags & NDQ_EV_L4) || !IN_SET(dport, ev->dport)))
 		return 0;
-	if (cfg.port.n && (!(ev->flags & NDQ_EV_L4) || (!in_u32_set(&cfg.port, ev->sport) &&
-							!in_u32_set(&cfg.port, ev->dport))))
+	if (cfg.port.n &&
+	    (!(ev->flags & NDQ_EV_L4) || (!IN_SET(port, ev->sport) && !IN_SET(port, ev->dport))))
 		return 0;
 	return 1;
 }
@@ -481,9 +505,9 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 
 	if (filter_task) {
 		read_task(ev);
-		if (cfg.pid.n && !in_u32_set(&cfg.pid, ev->pid))
+		if (cfg.pid.n && !IN_SET(pid, ev->pid))
 			goto filtered;
-		if (cfg.tid.n && !in_u32_set(&cfg.tid, ev->tid))
+		if (cfg.tid.n && !IN_SET(tid, ev->tid))
 			goto filtered;
 	}
 	if (cfg.n_comm) {
@@ -512,23 +536,23 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	if (cfg.len_set && (ev->len < cfg.len_min || ev->len > cfg.len_max))
 		goto filtered;
 	ev->mark = SKB(mark);
-	if (cfg.mark.n && !in_u32_set(&cfg.mark, ev->mark))
+	if (cfg.mark.n && !IN_SET(mark, ev->mark))
 		goto filtered;
 	ev->queue = SKB(queue_mapping);
-	if (cfg.queue.n && !in_u32_set(&cfg.queue, ev->queue))
+	if (cfg.queue.n && !IN_SET(queue, ev->queue))
 		goto filtered;
 	ev->priority = SKB(priority);
-	if (cfg.priority.n && !in_u32_set(&cfg.priority, ev->priority))
+	if (cfg.priority.n && !IN_SET(priority, ev->priority))
 		goto filtered;
 	ev->ethertype = bpf_ntohs(SKB(protocol));
-	if (cfg.ethertype.n && !in_u32_set(&cfg.ethertype, ev->ethertype))
+	if (cfg.ethertype.n && !IN_SET(ethertype, ev->ethertype))
 		goto filtered;
 	ev->data_len = SKB(data_len);
 
 	dev = SKB(dev);
 	if (filter_dev || need_dev) {
 		net = read_dev(s, ev, dev, btf);
-		if (cfg.ifindex.n && !in_u32_set(&cfg.ifindex, ev->ifindex))
+		if (cfg.ifindex.n && !IN_SET(ifindex, ev->ifindex))
 			goto filtered;
 		if (cfg.n_dev && !in_name_set(cfg.dev, cfg.n_dev, ev->dev))
 			goto filtered;
@@ -538,7 +562,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 			ev->netns = net ? net->ns.inum : 0;
 		else
 			ev->netns = net ? BPF_CORE_READ(net, ns.inum) : 0;
-		if (cfg.netns.n && !in_u32_set(&cfg.netns, ev->netns))
+		if (cfg.netns.n && !IN_SET(netns, ev->netns))
 			goto filtered;
 	}
 

@@ -170,6 +170,22 @@ struct netdevq_event {
 	__u64 path[8][2]; /* NDQ_PATHS_MAX */
 };
 
+/* --- large filter sets (issue 12) --------------------------------------------------------------
+ * A u32 set of more than NDQ_SET_MAX values has n == NDQ_SET_IN_MAP and keeps its values in the
+ * hash map "sets" instead of v[]: one key per value, { offsetof(struct netdevq_config, member),
+ * value }. The loader adds the keys between load and attach (core.open's set_values). */
+enum {
+	NDQ_SET_IN_MAP = 0x10000, /* netdevq_u32_set.n: the values are in the map */
+	NDQ_SET_MAP_MAX =
+		4096, /* values of one set the map may hold (a "!= x" of 65535 stays in Lua) */
+};
+
+struct netdevq_set_key {
+	__u32 set; /* offsetof(struct netdevq_config, member) */
+	__u32 v;
+};
+/* --- end of large filter sets ----------------------------------------------------------------- */
+
 struct netdevq_u32_set {
 	__u32 n; /* 0: no constraint */
 	__u32 v[8];

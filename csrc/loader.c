@@ -29,6 +29,8 @@ extern const unsigned long long netdevq_bpf_object_size;
 struct open_opts {
 	const char *mode, *read, *object, *object_bytes, *btf_path, *pcap;
 	size_t object_len, pcap_len;
+	const char *set_values; /* struct netdevq_set_key[]: the values of the sets kept in a map */
+	size_t set_values_len;
 	const char *path; /* the read path in use: read_path(), then "probe" after a fallback */
 	int ringbuf_size, batch, agg_keys, pcap_snaplen;
 	struct netdevq_config cfg;
@@ -99,6 +101,11 @@ static void read_options(lua_State *L, struct open_opts *o)
 	config = opt_str(L, 1, "config", &config_len);
 	o->btf_path = opt_str(L, 1, "btf_path", NULL);
 	o->pcap = opt_str(L, 1, "pcap", &o->pcap_len); /* a NUL inside: a clean error in open */
+	o->set_values = opt_str(L, 1, "set_values", &o->set_values_len);
+	if (o->set_values_len % sizeof(struct netdevq_set_key) ||
+	    o->set_values_len / sizeof(struct netdevq_set_key) > 16 * NDQ_SET_MAP_MAX)
+		luaL_error(L, "netdevq.core.open: set_values must be whole struct netdevq_set_key "
+			      "entries (at most 16 sets' worth)");
 	o->ringbuf_size = opt_int(L, 1, "ringbuf_size", DEFAULT_RINGBUF, 4096, 1 << 30);
 	o->batch = opt_int(L, 1, "batch", DEFAULT_BATCH, 1, 1 << 20);
 	o->agg_keys = opt_int(L, 1, "agg_max_keys", DEFAULT_AGG_KEYS, 1, 1 << 20);
@@ -388,6 +395,9 @@ static void size_maps(struct tracer *t, const struct open_opts *o)
 		t->agg_value_size = offsetof(struct netdevq_agg_value, slot);
 	}
 	bpf_map__set_value_size(aggs, t->agg_value_size);
+	if (o->set_values_len)
+		bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "sets"),
+					 o->set_values_len / sizeof(struct netdevq_set_key));
 	if (!cfg->follow_pid) {
 		bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "tracked"), 1);
 		bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "exited"), 1);
@@ -397,7 +407,7 @@ static void size_maps(struct tracer *t, const struct open_opts *o)
 /* Config, map sizes and programs of the opened object: -1 with msg set */
 static int configure_object(struct tracer *t, const struct open_opts *o, char *msg, size_t msglen)
 {
-	static const char *maps[] = { "events", "aggs", "tracked", "exited", "counters" };
+	static const char *maps[] = { "events", "aggs", "tracked", "exited", "counters", "sets" };
 	struct bpf_map *rodata = map_by_suffix(t->obj, ".rodata");
 	struct bpf_program *p;
 	size_t cfg_off = 0;
@@ -430,6 +440,26 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 	if (ndq_kstack_setup(t->obj, &o->cfg)) {
 		snprintf(msg, msglen, "this BPF object cannot capture kernel stacks: rebuild it");
 		return -1;
+	}
+	return 0;
+}
+
+/* The values of the large filter sets into the map "sets" (before attach): -1 with msg set */
+static int fill_sets(struct tracer *t, const struct open_opts *o, char *msg, size_t msglen)
+{
+	int fd = bpf_map__fd(bpf_object__find_map_by_name(t->obj, "sets"));
+	size_t n = o->set_values_len / sizeof(struct netdevq_set_key);
+	__u8 one = 1;
+
+	for (size_t i = 0; i < n; i++) {
+		struct netdevq_set_key k;
+
+		memcpy(&k, o->set_values + i * sizeof(k), sizeof(k));
+		if (bpf_map_update_elem(fd, &k, &one, BPF_ANY)) {
+			snprintf(msg, msglen, "setting the kernel filter's sets failed (%s)",
+				 strerror(errno));
+			return -1;
+		}
 	}
 	return 0;
 }
@@ -473,7 +503,7 @@ static int open_and_load(struct tracer *t, struct open_opts *o, struct bpf_objec
 	if (open_object(t, o, oopts, msg, msglen) || configure_object(t, o, msg, msglen))
 		return -1;
 	if (load_object(t, msg, msglen) == 0)
-		return 0;
+		return fill_sets(t, o, msg, msglen);
 	if (strcmp(o->path, "direct") != 0 || !kfunc_missing())
 		return -1;
 	if (strcmp(o->read, "direct") == 0) {

@@ -155,22 +155,27 @@ int ndq_owner_attach(struct ndq_owner **owner, struct bpf_object *obj, char *msg
 		snprintf(msg, msglen, "out of memory");
 		return -1;
 	}
-	bpf_object__for_each_program(p, obj) {
-		if (!is_owner_prog(p) || !bpf_program__autoload(p))
-			continue;
-		if (o->n == OWNER_LINKS_MAX || !(o->links[o->n] = bpf_program__attach(p))) {
-			int err = o->n == OWNER_LINKS_MAX ? E2BIG : errno;
+	/* softirq_entry last: attached before softirq_exit, a softirq that enters between the two
+	 * attaches would leave its CPU's nesting count at 1 for good (never "in task" again) */
+	for (int pass = 0; pass < 2; pass++)
+		bpf_object__for_each_program(p, obj) {
+			bool entry = strcmp(bpf_program__name(p), "ndq_owner_softirq_entry") == 0;
 
-			snprintf(
-				msg, msglen,
-				"attaching the socket-owner program %s failed (%s): owner fields, "
-				"-p, --comm and -c need the sock tracepoints of Linux 6.3 or later",
-				bpf_program__section_name(p), strerror(err));
-			ndq_owner_free(o);
-			return -1;
+			if (!is_owner_prog(p) || !bpf_program__autoload(p) || entry != (pass == 1))
+				continue;
+			if (o->n == OWNER_LINKS_MAX || !(o->links[o->n] = bpf_program__attach(p))) {
+				int err = o->n == OWNER_LINKS_MAX ? E2BIG : errno;
+
+				snprintf(
+					msg, msglen,
+					"attaching the socket-owner program %s failed (%s): owner fields, "
+					"-p, --comm and -c need the sock tracepoints of Linux 6.3 or later",
+					bpf_program__section_name(p), strerror(err));
+				ndq_owner_free(o);
+				return -1;
+			}
+			o->n++;
 		}
-		o->n++;
-	}
 	/* after the programs: a socket opened from here on is learned when it is used */
 	scan_proc(bpf_map__fd(inodes));
 	*owner = o;

@@ -159,6 +159,37 @@ describe("raw-mode read paths on live traffic #root", function()
         end
         assert.are.equal(3, icmp) -- b's port unreachables, one per datagram
     end)
+
+    it("checks a 64-port set in the kernel: the exact packets pass, nothing else crosses", function()
+        netns.require_root()
+        local netdevq = require("netdevq")
+        local ports = {}
+        for i = 1, 63 do
+            ports[i] = "dport == " .. (20000 + i)
+        end
+        ports[64] = "dport == 7000"
+        local expr = ("(netns == %d or netns == %d) and (%s)"):format(pair.netns_a, pair.netns_b,
+            table.concat(ports, " or "))
+        for _, read in ipairs({ "probe", "direct" }) do
+            local t = assert(netdevq.open{ filter = expr, read = read })
+            finally(function() t:close() end)
+            assert.is_nil(t.plan.match) -- nothing left to Lua
+            local got = {}
+            t:on_event(function(ev) got[#got + 1] = ev.len .. " " .. ev.dport end)
+            live.send(pair, "a", { "udp4", pair.ip4_a, pair.ip4_b, "7000", "40000", "100,300" })
+            live.send(pair, "a", { "udp4", pair.ip4_a, pair.ip4_b, "7001", "40000", "100" })
+            live.send(pair, "a", { "udp6", pair.ip6_a, pair.ip6_b, "20064", "40000", "100" })
+            live.poll_all({ t }, 400)
+            table.sort(got)
+            assert.are.same({ "142 7000", "342 7000" }, got, read)
+            local st = t:stats()
+            -- every other hit (the other datagrams, b's ICMP errors, the machine's own traffic)
+            -- was dropped by the kernel: none crossed to Lua
+            assert.are.same({ 2, 2, 0, st.seen - 2, 0 },
+                { st.emitted, st.received, st.lua_filtered, st.kfiltered, st.lost }, read)
+            t:close()
+        end
+    end)
 end)
 
 describe("--read on the command line", function()

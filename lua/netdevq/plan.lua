@@ -299,6 +299,17 @@ function _M.make(opts)
     end
     require("netdevq.skbpath").configure(cfg) -- the member paths and kstack fields in use
 
+    -- the values of the filter sets too large for the config: keys of the kernel map "sets"
+    local set_values
+    local sets = filter_plan.sets
+    if sets and #sets > 0 then
+        local keys = ffi.new("struct netdevq_set_key[?]", #sets)
+        for i, kv in ipairs(sets) do
+            keys[i - 1].set, keys[i - 1].v = kv[1], kv[2]
+        end
+        set_values = ffi.string(keys, ffi.sizeof(keys))
+    end
+
     return {
         cfg = cfg,
         mode = opts.mode or "raw",
@@ -318,6 +329,7 @@ function _M.make(opts)
             object_bytes = opts.object_bytes,
             btf_path = opts.btf_path,
             pcap = opts.pcap,
+            set_values = set_values,
             pcap_snaplen = opts.pcap and snaplen or nil,
             ringbuf_size = opts.ringbuf_size,
             batch = opts.batch,

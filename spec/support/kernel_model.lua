@@ -2,7 +2,8 @@
 -- decoded events (tables of field values, as spec/fixtures/traffic.lua and ev:totable() give),
 -- and a one-line account of a config's kernel part for failure messages.
 --
---   kernel_model(cfg, ev) -> boolean: what the kernel filter decides for ev
+--   kernel_model(cfg, ev, sets) -> boolean: what the kernel filter decides for ev (sets: the
+--                             { off, v } list pushdown filled for the sets kept in the map)
 --   kernel_summary(cfg)   -> "pid in {1}; dport in {53}"
 local ffi = require("ffi")
 local bit = require("bit")
@@ -23,6 +24,9 @@ local _M = {}
 -- The kernel filter, mirrored in Lua
 ---------------------------------------------------------------------------------------------
 
+-- the map "sets" of the config being modelled: ["off v"] = true
+local map_sets, model_cfg = {}, nil
+
 local function in_u32_set(s, v)
     local n = s.n
     if n == 0 then
@@ -30,6 +34,10 @@ local function in_u32_set(s, v)
     end
     if v == nil then
         return false
+    end
+    if n == abi.SET_IN_MAP then -- looked up by the set's offset in the config, as the kernel does
+        local off = tonumber(ffi.cast("char *", s) - ffi.cast("char *", model_cfg))
+        return map_sets[off .. " " .. v] == true
     end
     for i = 0, n - 1 do
         if s.v[i] == v then
@@ -86,7 +94,11 @@ end
 -- What bpf/netdevq.bpf.c's filter decides for the decoded event ev (true: it passes).
 -- l3 is the family of ev.saddr (0 without), L4 is "sport and dport present", an absent
 -- ethertype is 0.
-function _M.kernel_model(cfg, ev)
+function _M.kernel_model(cfg, ev, sets)
+    model_cfg, map_sets = cfg, {}
+    for _, kv in ipairs(sets or {}) do
+        map_sets[kv[1] .. " " .. kv[2]] = true
+    end
     if not (in_u32_set(cfg.pid, ev.pid) and in_u32_set(cfg.tid, ev.tid)
             and in_names(cfg.comm, cfg.n_comm, ev.comm)) then
         return false
@@ -150,7 +162,9 @@ end
 function _M.kernel_summary(cfg)
     local parts = {}
     local function set(name, s, fmt)
-        if s.n ~= 0 then
+        if s.n == abi.SET_IN_MAP then
+            parts[#parts + 1] = name .. " in the map"
+        elseif s.n ~= 0 then
             local vals = {}
             for i = 0, s.n - 1 do
                 vals[#vals + 1] = format(fmt or "%d", s.v[i])

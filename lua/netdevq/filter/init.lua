@@ -35,8 +35,9 @@ function _M.prepare(expr, cfg)
     if not tree then
         return nil, err, col and parse.caret(expr, col)
     end
-    local remainder, kernel_need = pushdown.pushdown(tree, cfg)
-    local plan = { need = 0, kernel_need = kernel_need, remainder = remainder }
+    local sets = {}
+    local remainder, kernel_need = pushdown.pushdown(tree, cfg, sets)
+    local plan = { need = 0, kernel_need = kernel_need, remainder = remainder, sets = sets }
     if remainder then
         plan.match = compile.compile(remainder)
         plan.need = bor(plan.need, pushdown.needs(remainder))

@@ -1,7 +1,10 @@
 -- netdevq.filter.pushdown: the part of a filter the kernel checks, written into struct
 -- netdevq_config (.rodata, before load), and the remainder Lua must still check.
 --
---   pushdown(tree, cfg) -> remainder tree | nil, NEED bits, names of the members filled
+--   pushdown(tree, cfg, sets) -> remainder tree | nil, NEED bits, names of the members filled
+--       sets (optional): a list that receives { off, v } for the u32 sets of more than SET_MAX
+--       values, which the kernel then looks up in its map "sets" (netdevq.h); without it such
+--       sets stay in Lua
 --   needs(tree)         -> NDQ_NEED_* bits the fields of a tree need
 --
 -- The kernel part is implied by the tree, and kernel part + remainder == tree: spec/filter_spec
@@ -27,6 +30,7 @@ local iv_norm, iv_intersect, iv_count = constraints.iv_norm, constraints.iv_inte
 local prefixes_norm = constraints.prefixes_norm
 
 local SET_MAX, PREFIX_MAX, NAME_LEN = abi.SET_MAX, abi.PREFIX_MAX, abi.IFNAME_LEN
+local SET_IN_MAP, SET_MAP_MAX = abi.SET_IN_MAP, abi.SET_MAP_MAX
 local U8, U16, U32 = 255, 65535, 4294967295
 
 
@@ -283,12 +287,16 @@ end
 -- A packet whose headers were not read or parsed counts as not IP and without L4: it fails
 -- proto, saddr, daddr, host, sport, dport and port.
 
+-- the sets list of the pushdown under way (nil: no map sets)
+local map_sets
+
 -- can the kernel check exactly this constraint?
 local function representable(m, c)
     local kind = MEMBERS[m].kind
     if kind == "set" then
         local n = iv_count(c)
-        return n >= 1 and n <= SET_MAX
+        local max = (map_sets and m ~= "cgroup") and SET_MAP_MAX or SET_MAX
+        return n >= 1 and n <= max
     elseif kind == "range" then
         return #c <= 1 -- none: nothing passes (len_min > len_max)
     elseif kind == "names" then
@@ -377,6 +385,12 @@ local function write_member(cfg, m, c)
             cfg.n_cgroup = #vals
             for i, v in ipairs(vals) do
                 cfg.cgroup[i - 1] = v
+            end
+        elseif #vals > SET_MAX then -- (representable: map_sets is there)
+            cfg[m].n = SET_IN_MAP
+            local off = ffi.offsetof(abi.config_t, m)
+            for _, v in ipairs(vals) do
+                map_sets[#map_sets + 1] = { off, v }
             end
         else
             local s = cfg[m]
@@ -473,10 +487,12 @@ end
 -- kernel can check of tree; returns the rest for Lua (nil: nothing left), the NEED bits every
 -- field of the tree needs (also ORed into cfg.need), and the names of the members filled.
 -- The kernel part is implied by the tree, and kernel part + remainder == tree.
-function _M.pushdown(tree, cfg)
+function _M.pushdown(tree, cfg, sets)
     if tree == nil then
         return nil, 0, {}
     end
+    map_sets = sets -- each pushdown sets it: representable() and write_member() read it
+
     local need = needs(tree, 0)
     cfg.need = bor(cfg.need, need)
 
