@@ -24,6 +24,13 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* --read direct (the loader's choice for --read auto where the kernel has the kfunc, 6.2+): the
+ * same raw tracepoint, its sk_buff pointer cast with bpf_rdonly_cast into a read-only BTF pointer,
+ * so members are plain loads (the JIT turns them into faulting loads) instead of a probe-read copy
+ * of the sk_buff. Weak: a kernel without the kfunc still opens the object; the loader then never
+ * loads this program. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
 #define SKB_COPY_MAX 512
 #define DEV_SPAN_MAX 320
 #define EVENT_HEAD_SIZE __builtin_offsetof(struct netdevq_event, snap)
@@ -425,7 +432,8 @@ static __always_inline __u64 read_cgroup(void)
  * the event when it needs no parsing (or is the scratch event carrying all NDQ_SNAP_MAX bytes),
  * else into scratch, and the snaplen bytes the event carries are copied from there. */
 static __always_inline void read_headers(struct scratch *s, struct netdevq_event *ev,
-					 struct sk_buff *skb, const bool btf, const bool in_place)
+					 struct sk_buff *skb, const bool btf, const bool cast,
+					 const bool in_place)
 {
 	unsigned char *head = SKB(head);
 	unsigned char *data = SKB(data);
@@ -449,6 +457,18 @@ static __always_inline void read_headers(struct scratch *s, struct netdevq_event
 	 * room after its snap, a ring record ends there */
 	const bool own = parse && (cfg.snaplen < NDQ_SNAP_MAX || in_place);
 	__u8 *buf = own ? s->hdr : ev->snap;
+	if (cast && parse) {
+		/* --read direct: the bytes decoded are plain loads from the packet (bpf_rdonly_cast to
+		 * void: read-only memory whose loads cannot fault), only the carried ones are copied */
+		const __u8 *pkt = bpf_rdonly_cast(head + start, 0);
+
+		ev->l2_len = net >= start ? net - start : 0;
+		decode_headers(ev, pkt, ev->l2_len, avail < want ? avail : want,
+			       bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci));
+		if (cfg.snaplen && bpf_probe_read_kernel(ev->snap, cfg.snaplen, head + start) == 0)
+			ev->snap_len = avail < cfg.snaplen ? avail : cfg.snaplen;
+		return;
+	}
 	if (want && bpf_probe_read_kernel(buf, want, head + start) == 0) {
 		ev->snap_len = avail < cfg.snaplen ? avail : cfg.snaplen;
 		ev->l2_len = net >= start ? net - start : 0;
@@ -462,7 +482,9 @@ static __always_inline void read_headers(struct scratch *s, struct netdevq_event
 
 #include "owner.bpf.h" /* socket owner: maps, learning programs, owner_read, owner_who_filter */
 
-static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf)
+/* btf: skb is a BTF pointer (members are loads); cast: the direct program, which may call
+ * bpf_rdonly_cast */
+static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf, const bool cast)
 {
 	/* Filters run first, each reading only what it checks; what the output needs and no filter
 	 * read comes after. cfg members are constants to the verifier: untaken branches vanish. */
@@ -566,7 +588,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 			goto filtered;
 	}
 
-	read_headers(s, ev, skb, btf, in_place);
+	read_headers(s, ev, skb, btf, cast, in_place);
 	/* also when the read failed: then nothing parsed, and L3/L4 conditions must fail */
 	if (filter_l3l4 && !l3l4_filter(ev))
 		goto filtered;
@@ -596,7 +618,11 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 		read_comm(ev->comm);
 	if (cfg.need & NDQ_NEED_GSO) {
 		struct skb_shared_info *sh = (void *)(SKB(head) + SKB(end));
-		if (OFF(skb_shared_info, gso_segs) == OFF(skb_shared_info, gso_size) + 2) {
+		if (cast) { /* --read direct: plain loads, like the sk_buff's */
+			sh = bpf_rdonly_cast(sh, bpf_core_type_id_kernel(struct skb_shared_info));
+			ev->gso_size = sh->gso_size;
+			ev->gso_segs = sh->gso_segs;
+		} else if (OFF(skb_shared_info, gso_segs) == OFF(skb_shared_info, gso_size) + 2) {
 			__u16 g[2] = {};
 			bpf_probe_read_kernel(g, sizeof(g),
 					      (char *)sh + OFF(skb_shared_info, gso_size));
@@ -654,15 +680,8 @@ filtered:
 SEC("raw_tp/net_dev_queue")
 int netdevq_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	return handle(ctx, (struct sk_buff *)ctx->args[0], false);
+	return handle(ctx, (struct sk_buff *)ctx->args[0], false, false);
 }
-
-/* --read direct (the loader's choice for --read auto where the kernel has the kfunc, 6.2+): the
- * same raw tracepoint, its sk_buff pointer cast with bpf_rdonly_cast into a read-only BTF pointer,
- * so members are plain loads (the JIT turns them into faulting loads) instead of a probe-read copy
- * of the sk_buff. Weak: a kernel without the kfunc still opens the object; the loader then never
- * loads this program. */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
 SEC("raw_tp/net_dev_queue")
 int netdevq_direct(struct bpf_raw_tracepoint_args *ctx)
@@ -670,13 +689,13 @@ int netdevq_direct(struct bpf_raw_tracepoint_args *ctx)
 	struct sk_buff *skb =
 		bpf_rdonly_cast((void *)ctx->args[0], bpf_core_type_id_kernel(struct sk_buff));
 
-	return handle(ctx, skb, true);
+	return handle(ctx, skb, true, true);
 }
 
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(netdevq_btf, struct sk_buff *skb)
 {
-	return handle(ctx, skb, true);
+	return handle(ctx, skb, true, false);
 }
 
 /* Follows the -c process tree: a child of a tracked process is tracked. A new process whose

@@ -125,7 +125,8 @@ static void read_options(lua_State *L, struct open_opts *o)
  * probe: netdevq_raw, bpf_probe_read_kernel copies of the sk_buff (any kernel with raw_tp).
  * direct: netdevq_direct, bpf_rdonly_cast and plain loads (the kfunc is in Linux 6.2+).
  * auto: direct on a 6.2+ kernel (no BTF parse at start: that costs ~20 ms), and probe when the
- * direct program then fails to load because the kernel lacks the kfunc after all. */
+ * direct program then fails to load (the kernel lacks the kfunc, or its verifier refuses the
+ * cast to void the program reads packet bytes through). */
 static bool kernel_at_least(int major, int minor)
 {
 	struct utsname u;
@@ -504,18 +505,23 @@ static int open_and_load(struct tracer *t, struct open_opts *o, struct bpf_objec
 		return -1;
 	if (load_object(t, msg, msglen) == 0)
 		return fill_sets(t, o, msg, msglen);
-	if (strcmp(o->path, "direct") != 0 || !kfunc_missing())
+	if (strcmp(o->path, "direct") != 0)
 		return -1;
 	if (strcmp(o->read, "direct") == 0) {
-		snprintf(
-			msg, msglen,
-			"--read direct: this kernel has no bpf_rdonly_cast kfunc (Linux 6.2+): use "
-			"--read probe");
+		if (kfunc_missing())
+			snprintf(
+				msg, msglen,
+				"--read direct: this kernel has no bpf_rdonly_cast kfunc (Linux 6.2+): "
+				"use --read probe");
 		return -1;
 	}
+	/* auto: a kernel without the kfunc, or whose verifier refuses the direct program (its cast
+	 * to void, for the packet bytes, came after 6.2): the probe-read program instead */
 	if (ndq_verbose)
 		fprintf(stderr,
-			"netdevq: no bpf_rdonly_cast in this kernel: reading with probe reads\n");
+			"netdevq: the direct-load program did not load (%s): reading with "
+			"probe reads\n",
+			msg);
 	ring_buffer__free(t->rb);
 	t->rb = NULL;
 	bpf_object__close(t->obj);

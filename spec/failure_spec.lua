@@ -193,7 +193,8 @@ describe("netdevq CLI failure modes #root", function()
         local off = elf_section(good, "raw_tp/net_dev_queue")
         local path = tmp .. "/badinsn.bpf.o"
         write_file(path, flip(good, off, 8)) -- the first instruction: opcode 0xff and friends
-        local r = cli({ "--object", path, "-d", "1" })
+        -- of netdevq_raw, the first program of the section: the probe-read one
+        local r = cli({ "--object", path, "--read", "probe", "-d", "1" })
         assert.same({ code = 1, out = "", err = "netdevq: loading the BPF program failed (Invalid "
             .. "argument): run with -v for libbpf's log\n" }, r)
     end)

@@ -3,7 +3,8 @@
 -- very same skbs when attached at once, and must report them identically, every field. The
 -- traffic is known, so the values are checked too: length, ports, addresses, device, ifindex,
 -- netns, mark, priority, queue, TTL, TOS, MACs, the sending task (pid, tid, comm, and its cgroup
--- v2 id against the inode of a cgroup made for the run) and the socket owner.
+-- v2 id against the inode of a cgroup made for the run) and the socket owner; a TCP bulk transfer
+-- adds GSO packets (gso_size, gso_segs) and TCP flags.
 -- A fifth tracer with a kernel filter builds its events in per-CPU scratch (the others reserve
 -- their ring records and fill them in place): it must agree too.
 local netns = require("support.netns")
@@ -67,6 +68,19 @@ local function send_in_cgroup(pair, cg, ns, args)
     return assert(tonumber(out:match("pid (%d+)")), out)
 end
 
+-- polls the tracers until each has taken every record its kernel side emitted (5 s at most):
+-- other traffic on the machine (someone's flood) must not leave one behind the others
+local function drain(tracers)
+    live.poll_all(tracers, 300)
+    local deadline = live.monotonic_ms() + 5000
+    for _, t in pairs(tracers) do
+        repeat
+            assert(t:poll(10))
+            local st = t:stats()
+        until st.received >= st.emitted or live.monotonic_ms() > deadline
+    end
+end
+
 describe("raw-mode read paths on live traffic #root", function()
     local pair
     live.pair_each_test({ name = "ndqrd", icmp_unlimited = true }, function(p) pair = p end)
@@ -112,7 +126,12 @@ describe("raw-mode read paths on live traffic #root", function()
             pair.ip4_b, "7000", "40000", "100,300" })
         local pid6 = send_in_cgroup(pair, cg, "a", { "--ttl", "5", "--tos", "32", "udp6", pair.ip6_a, pair.ip6_b,
             "7001", "40001", "20" })
-        live.poll_all(tracers, 600)
+        -- a TCP bulk transfer: GSO packets (gso_size, gso_segs from skb_shared_info), flags
+        local sink = pair:spawn("b", { netns.ndq_send(), "tcpsink", pair.ip4_b, "7002", "30000" })
+        live.wait_line(sink, "listening")
+        live.send(pair, "a", { "tcpbulk", pair.ip4_a, pair.ip4_b, "7002", "41002", "200000" })
+        live.wait_all({ sink }, "tcpsink")
+        drain(tracers)
 
         local want = signatures(events.probe)
         assert.is_true(#want >= 6, "too few events: " .. #want)
@@ -158,6 +177,20 @@ describe("raw-mode read paths on live traffic #root", function()
             assert.are.equal(cg_id, udp6[1].cgroup)
         end
         assert.are.equal(3, icmp) -- b's port unreachables, one per datagram
+        local gso, syn = 0, 0
+        for _, ev in ipairs(events.probe) do
+            if ev.proto == "tcp" and ev.dport == 7002 then
+                if ev.gso_segs > 1 then
+                    gso = gso + 1
+                    assert.is_true(ev.len > ev.gso_size * (ev.gso_segs - 1))
+                end
+                if ev.tcp_flags == "S" then
+                    syn = syn + 1
+                end
+            end
+        end
+        assert.are.equal(1, syn)
+        assert.is_true(gso >= 1, "no GSO packet in 200000 bytes of TCP")
     end)
 
     it("checks a 64-port set in the kernel: the exact packets pass, nothing else crosses", function()
@@ -179,7 +212,7 @@ describe("raw-mode read paths on live traffic #root", function()
             live.send(pair, "a", { "udp4", pair.ip4_a, pair.ip4_b, "7000", "40000", "100,300" })
             live.send(pair, "a", { "udp4", pair.ip4_a, pair.ip4_b, "7001", "40000", "100" })
             live.send(pair, "a", { "udp6", pair.ip6_a, pair.ip6_b, "20064", "40000", "100" })
-            live.poll_all({ t }, 400)
+            drain({ t })
             table.sort(got)
             assert.are.same({ "142 7000", "342 7000" }, got, read)
             local st = t:stats()
