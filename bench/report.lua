@@ -235,9 +235,9 @@ for _, key in ipairs({ "filter", "filter64" }) do
 end
 local ct, td = by_key.cli_text, by_key.tcpdump
 if td and td.ratio then
-    emit(format("tcpdump -i lo -w /dev/null keeps %.0f%% of the flood (%s of %s packets "
-                .. "captured, %s dropped)", 100 * td.ratio, thousands(td.delivered),
-                thousands(td.sent), thousands(td.lost)))
+    emit(format("tcpdump -i lo -w /dev/null keeps %.0f%% of the flood (%s packets captured "
+                .. "over its life, %s dropped by the kernel)", 100 * td.ratio,
+                thousands(td.delivered), thousands(td.lost)))
     if ct and ct.ratio then
         target(ct.ratio >= td.ratio, format("CLI text output keeps %.0f%% of the flood, tcpdump "
                                             .. "%.0f%% (at least as much)", 100 * ct.ratio,
