@@ -175,9 +175,9 @@ local function print_aggregations(t, s, reset, interval)
             break
         end
         if json then
-            ok, werr = agg:write_json(out, interval and now or nil)
+            ok, werr = agg:write_json(out, interval and now or nil, s.args.top)
         else
-            ok, werr = agg:print(out)
+            ok, werr = agg:print(out, s.args.top)
         end
         if reset and s.exporter then
             s.exporter:fold(agg) -- the exported totals stay cumulative
