@@ -165,5 +165,32 @@ describe("the first hour", function()
             assert.same({ { key = { 60 }, value = 120 }, { key = { 70 }, value = 210 },
                 { key = { 80 }, value = 320 } }, map.data)
         end)
+        it("names the -o columns in a first line when stdout is a terminal, never in a pipe",
+            function()
+            netns.require_root()
+            local filter = ('netns == %d and dport == 7100'):format(pair.netns_a)
+            local cli = clirun.shell_line(clirun.cli_argv({ "-o", "comm,len,daddr,saddr,dport,sport",
+                "-f", filter, "-n", 2, "-d", 20 }))
+            -- script(1) gives the CLI a terminal; what it writes there comes back in out
+            local bg = clirun.spawn({ "script", "-qec", cli, "/dev/null" },
+                { env = { NETDEVQ_BUILD = clirun.build_dir() } })
+            local ready = false
+            for _ = 1, 300 do
+                if bg:out_text():find(READY, 1, true) then ready = true break end
+                clirun.sleep(0.1)
+            end
+            assert(ready, bg:out_text())
+            udp(10, 2)
+            local r = bg:wait(30)
+            assert.equal(0, r.code, r.out)
+            local lines = {}
+            for l in r.out:gsub("\r", ""):gmatch("[^\n]+") do
+                if not l:match("^netdevq:") then lines[#lines + 1] = l end
+            end
+            local a, b = pair.ip4_a, pair.ip4_b
+            assert.same({ "comm len saddr:sport > daddr:dport",
+                "ndq_send 52 " .. a .. ":40100 > " .. b .. ":7100",
+                "ndq_send 52 " .. a .. ":40100 > " .. b .. ":7100" }, lines)
+        end)
     end)
 end)
