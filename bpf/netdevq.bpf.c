@@ -508,7 +508,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	__u32 zero = 0;
 	struct counters *cnt = bpf_map_lookup_elem(&counters, &zero);
 	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
-	struct netdevq_event *ev;
+	struct netdevq_event *ev, *rec = NULL;
 	struct net_device *dev;
 	struct net *net = NULL;
 
@@ -611,7 +611,16 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	if (cfg.n_paths && !filter_paths(ev, skb, s->skb))
 		goto filtered;
 
-	/* matched: the rest of what the output asks for */
+	/* matched. A filtered event (built in scratch) takes its ring record now: when the ring is
+	 * full, the reads below are skipped (the aggregation, when there is one, still wants them) */
+	if (cfg.emit && !in_place && !cfg.agg_on) {
+		rec = bpf_ringbuf_reserve(&events, size, 0);
+		if (!rec) {
+			cnt->c[NDQ_CNT_LOST]++;
+			return 0;
+		}
+	}
+	/* the rest of what the output asks for */
 	if ((cfg.need & NDQ_NEED_OWNER) && ev->owner_pid)
 		ev->flags |= NDQ_EV_OWNER; /* read_headers reset the flags */
 	if (!filter_task && (cfg.need & NDQ_NEED_TASK))
@@ -663,6 +672,10 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 		}
 		if (in_place) {
 			bpf_ringbuf_submit(ev, flags);
+			cnt->c[NDQ_CNT_EMITTED]++;
+		} else if (rec) {
+			bpf_probe_read_kernel(rec, size, ev); /* scratch to its record: one copy */
+			bpf_ringbuf_submit(rec, flags);
 			cnt->c[NDQ_CNT_EMITTED]++;
 		} else if (bpf_ringbuf_output(&events, ev, size, flags)) {
 			cnt->c[NDQ_CNT_LOST]++;
