@@ -2,12 +2,11 @@
  * with its extension headers, the upper layer (ports, TCP flags, ICMP type and code), and ARP
  * for IPv4 over Ethernet.
  *
- * Input: the header bytes read into snap (NDQ_SNAP_MAX bytes: the event's or per-CPU scratch, or
- * the packet itself through bpf_rdonly_cast; from the link header on), l2 (bytes of link header
- * before the network header, from skb->network_header), avail (bytes of snap that are valid) and
- * the skb's offloaded VLAN tag (hw_proto 0: none). Every read is bounded by avail and every
- * offset masked, so the verifier accepts it in raw and btf mode alike; loops have constant
- * bounds and are unrolled.
+ * Input: the header bytes read into snap (NDQ_SNAP_MAX bytes: the event's or per-CPU scratch;
+ * from the link header on), l2 (bytes of link header before the network header, from
+ * skb->network_header), avail (bytes of snap that are valid) and the skb's offloaded VLAN tag
+ * (hw_proto 0: none). Every read is bounded by avail and every offset masked, so the verifier
+ * accepts it in raw and btf mode alike; loops have constant bounds and are unrolled.
  */
 #ifndef NETDEVQ_DECODE_H
 #define NETDEVQ_DECODE_H
@@ -49,7 +48,7 @@ static __always_inline bool vlan_tpid(__u16 t)
 /* The link layer: MACs and the tags in the frame. Returns the offset of the network header and
  * sets *etype to the network protocol (the frame's after its tags, else skb->protocol). */
 static __always_inline __u32 decode_l2(struct netdevq_event *ev, const __u8 *snap, __u32 l2,
-				       __u32 avail, __u16 *etype)
+				       __u32 avail, __u16 *etype, const bool addrs)
 {
 	__u32 off = 14;
 	bool tagged;
@@ -63,8 +62,10 @@ static __always_inline __u32 decode_l2(struct netdevq_event *ev, const __u8 *sna
 	if (ev->dev_type ? ev->dev_type != ARPHRD_ETHER && ev->dev_type != ARPHRD_LOOPBACK :
 			   l2 != 14 && !tagged)
 		return l2;
-	__builtin_memcpy(ev->dmac, snap, 6);
-	__builtin_memcpy(ev->smac, snap + 6, 6);
+	if (addrs) {
+		__builtin_memcpy(ev->dmac, snap, 6);
+		__builtin_memcpy(ev->smac, snap + 6, 6);
+	}
 	ev->flags |= NDQ_EV_MAC;
 	if (!tagged)
 		return l2;
@@ -171,9 +172,12 @@ static __always_inline void decode_arp(struct netdevq_event *ev, const __u8 *ip)
 }
 
 /* Everything from the header bytes in snap. hw_proto/hw_tci: the skb's offloaded VLAN tag
- * (skb->vlan_proto in host order, skb->vlan_tci; proto 0: none), the outermost when present. */
+ * (skb->vlan_proto in host order, skb->vlan_tci; proto 0: none), the outermost when present.
+ * addrs 0 (a kernel filter on protocol or ports only, nothing for the output): MAC, IP and ARP
+ * addresses are left out, the rest is decoded as always. */
 static __always_inline void decode_headers(struct netdevq_event *ev, const __u8 *snap, __u32 l2,
-					   __u32 avail, __u16 hw_proto, __u16 hw_tci)
+					   __u32 avail, __u16 hw_proto, __u16 hw_tci,
+					   const bool addrs)
 {
 	__u16 etype;
 	__u32 l3, l4;
@@ -184,7 +188,7 @@ static __always_inline void decode_headers(struct netdevq_event *ev, const __u8 
 		ev->vlan_tci = hw_tci;
 		ev->flags |= NDQ_EV_VLAN | NDQ_EV_VLAN_HW;
 	}
-	l3 = decode_l2(ev, snap, l2, avail, &etype);
+	l3 = decode_l2(ev, snap, l2, avail, &etype, addrs);
 	ev->vlan_id = ev->vlan_tci & 0xfff;
 	ev->vlan_pcp = ev->vlan_tci >> 13;
 	if (l3 >= 64)
@@ -201,8 +205,10 @@ static __always_inline void decode_headers(struct netdevq_event *ev, const __u8 
 		ev->tos = ip[1];
 		ev->ttl = ip[8];
 		ev->proto = ip[9];
-		__builtin_memcpy(ev->saddr, ip + 12, 4);
-		__builtin_memcpy(ev->daddr, ip + 16, 4);
+		if (addrs) {
+			__builtin_memcpy(ev->saddr, ip + 12, 4);
+			__builtin_memcpy(ev->daddr, ip + 16, 4);
+		}
 		if (frag & 0x3fff) { /* MF or an offset */
 			ev->frag_off = (frag & 0x1fff) * 8;
 			ev->flags |= NDQ_EV_IPFRAG;
@@ -217,15 +223,18 @@ static __always_inline void decode_headers(struct netdevq_event *ev, const __u8 
 		ev->tos = (__u8)(((ip[0] & 0xf) << 4) | (ip[1] >> 4));
 		ev->proto = ip[6];
 		ev->ttl = ip[7];
-		__builtin_memcpy(ev->saddr, ip + 8, 16);
-		__builtin_memcpy(ev->daddr, ip + 24, 16);
+		if (addrs) {
+			__builtin_memcpy(ev->saddr, ip + 8, 16);
+			__builtin_memcpy(ev->daddr, ip + 24, 16);
+		}
 		ev->ip6_ext = 0;
 		ev->flags |= NDQ_EV_IP6;
 		l4 = decode_ip6_ext(ev, snap, l3 + 40, avail);
 		if (!l4)
 			return;
 	} else if (etype == ETH_P_ARP && avail >= l3 + 28) {
-		decode_arp(ev, ip);
+		if (addrs)
+			decode_arp(ev, ip);
 		return;
 	} else {
 		return;

@@ -434,8 +434,7 @@ static __always_inline __u64 read_cgroup(void)
  * the event when it needs no parsing (or is the scratch event carrying all NDQ_SNAP_MAX bytes),
  * else into scratch, and the snaplen bytes the event carries are copied from there. */
 static __always_inline void read_headers(struct scratch *s, struct netdevq_event *ev,
-					 struct sk_buff *skb, const bool btf, const bool cast,
-					 const bool in_place)
+					 struct sk_buff *skb, const bool btf, const bool in_place)
 {
 	unsigned char *head = SKB(head);
 	unsigned char *data = SKB(data);
@@ -446,6 +445,9 @@ static __always_inline void read_headers(struct scratch *s, struct netdevq_event
 	__u32 want = cfg.snaplen;
 	const bool parse = (cfg.need & NDQ_NEED_HEADERS) || cfg.proto.n || cfg.saddr.n ||
 			   cfg.daddr.n || cfg.host.n || cfg.sport.n || cfg.dport.n || cfg.port.n;
+	/* addresses only for the output or an address filter (a port filter skips their copies) */
+	const bool addrs = (cfg.need & NDQ_NEED_HEADERS) || cfg.saddr.n || cfg.daddr.n ||
+			   cfg.host.n;
 
 	ev->flags = 0;
 	ev->l3 = 0;
@@ -459,24 +461,12 @@ static __always_inline void read_headers(struct scratch *s, struct netdevq_event
 	 * room after its snap, a ring record ends there */
 	const bool own = parse && (cfg.snaplen < NDQ_SNAP_MAX || in_place);
 	__u8 *buf = own ? s->hdr : ev->snap;
-	if (cast && parse) {
-		/* --read direct: the bytes decoded are plain loads from the packet (bpf_rdonly_cast to
-		 * void: read-only memory whose loads cannot fault), only the carried ones are copied */
-		const __u8 *pkt = bpf_rdonly_cast(head + start, 0);
-
-		ev->l2_len = net >= start ? net - start : 0;
-		decode_headers(ev, pkt, ev->l2_len, avail < want ? avail : want,
-			       bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci));
-		if (cfg.snaplen && bpf_probe_read_kernel(ev->snap, cfg.snaplen, head + start) == 0)
-			ev->snap_len = avail < cfg.snaplen ? avail : cfg.snaplen;
-		return;
-	}
 	if (want && bpf_probe_read_kernel(buf, want, head + start) == 0) {
 		ev->snap_len = avail < cfg.snaplen ? avail : cfg.snaplen;
 		ev->l2_len = net >= start ? net - start : 0;
 		if (parse)
 			decode_headers(ev, buf, ev->l2_len, avail < want ? avail : want,
-				       bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci));
+				       bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci), addrs);
 		if (own && cfg.snaplen)
 			bpf_probe_read_kernel(ev->snap, cfg.snaplen, buf);
 	}
@@ -590,7 +580,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 			goto filtered;
 	}
 
-	read_headers(s, ev, skb, btf, cast, in_place);
+	read_headers(s, ev, skb, btf, in_place);
 	/* also when the read failed: then nothing parsed, and L3/L4 conditions must fail */
 	if (filter_l3l4 && !l3l4_filter(ev))
 		goto filtered;

@@ -126,7 +126,7 @@ static void read_options(lua_State *L, struct open_opts *o)
  * direct: netdevq_direct, bpf_rdonly_cast and plain loads (the kfunc is in Linux 6.2+).
  * auto: direct on a 6.2+ kernel (no BTF parse at start: that costs ~20 ms), and probe when the
  * direct program then fails to load (the kernel lacks the kfunc, or its verifier refuses the
- * cast to void the program reads packet bytes through). */
+ * program for another reason: -v says which). */
 static bool kernel_at_least(int major, int minor)
 {
 	struct utsname u;
@@ -515,8 +515,8 @@ static int open_and_load(struct tracer *t, struct open_opts *o, struct bpf_objec
 				"use --read probe");
 		return -1;
 	}
-	/* auto: a kernel without the kfunc, or whose verifier refuses the direct program (its cast
-	 * to void, for the packet bytes, came after 6.2): the probe-read program instead */
+	/* auto: a kernel without the kfunc, or whose verifier refuses the direct program: the
+	 * probe-read program instead */
 	if (ndq_verbose)
 		fprintf(stderr,
 			"netdevq: the direct-load program did not load (%s): reading with "
