@@ -412,6 +412,14 @@ static __always_inline void read_task(struct netdevq_event *ev)
 	ev->tid = task->pid;
 }
 
+/* bpf_get_current_pid_tgid()'s value, from the task_struct */
+static __always_inline __u64 current_pid_tgid(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	return ((__u64)task->tgid << 32) | (__u32)task->pid;
+}
+
 static __always_inline void read_comm(char *comm)
 {
 	struct task_struct *task = bpf_get_current_task_btf();

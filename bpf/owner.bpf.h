@@ -223,7 +223,7 @@ static __always_inline int owner_learn(struct sock___ndq *sk, struct netdevq_own
 
 	if (!sk)
 		return 0;
-	id = bpf_get_current_pid_tgid();
+	id = current_pid_tgid();
 	ino = owner_ino(sk, direct);
 	o = bpf_map_lookup_elem(&owners, &key);
 	if (o && o->sock_read && o->tid == (__u32)id && o->pid == id >> 32 && o->ino == ino) {
@@ -322,7 +322,7 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 	struct netdevq_owner now = {}, *o;
 	__u64 key, ino, id;
 	__u8 state;
-	bool d;
+	bool d, task;
 
 	ev->owner_pid = 0;
 	ev->owner_tid = 0;
@@ -342,14 +342,19 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 			return;
 	}
 	d = direct && state != NDQ_TCP_NEW_SYN_RECV; /* sk is a BTF pointer: plain loads */
+	task = state != NDQ_TCP_NEW_SYN_RECV && owner_in_task();
+	/* outside the task: the kernel's own sockets have no owner (before the map lookup) */
+	if (!task && (d ? BPF_CORE_READ_BITFIELD(sk, sk_kern_sock) :
+			  BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock)))
+		return; /* ICMP errors, resets, ND, MLD */
 	key = (__u64)sk;
 	o = bpf_map_lookup_elem(&owners, &key);
-	if (state != NDQ_TCP_NEW_SYN_RECV && owner_in_task()) {
+	if (task) {
 		/* Task context: the sender itself, known already or learned now (the first datagram
 		 * of a new socket too). Not when another live process owns the sock: a netlink
 		 * request (ip neigh) may release packets that waited for a neighbour in the
 		 * requester's context; the send/receive tracepoints are what change an owner. */
-		id = bpf_get_current_pid_tgid();
+		id = current_pid_tgid();
 		if (o && o->sock_read && o->tid == (__u32)id && o->pid == id >> 32)
 			goto found;
 		ino = owner_ino(sk, d);
@@ -360,9 +365,6 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 			goto found;
 		}
 	} else {
-		if (d ? BPF_CORE_READ_BITFIELD(sk, sk_kern_sock) :
-			BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock))
-			return; /* ICMP errors, resets, ND, MLD: the kernel's own sockets */
 		ino = owner_ino(sk, d);
 	}
 	barrier_var(o); /* keep the null checks ahead of any address the compiler derives */
@@ -399,7 +401,7 @@ static __always_inline int owner_who_filter(struct netdevq_event *ev)
 	const char *comm = ev->owner_comm;
 
 	if (!pid)
-		pid = bpf_get_current_pid_tgid() >> 32;
+		pid = current_pid_tgid() >> 32;
 	if (cfg.follow_pid && !in_tree(pid))
 		return 0;
 	if (cfg.who_pid.n && !in_u32_set(&cfg.who_pid, pid))
