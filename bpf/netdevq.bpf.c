@@ -483,7 +483,11 @@ static __always_inline void read_headers(struct scratch *s, struct netdevq_event
 #include "owner.bpf.h" /* socket owner: maps, learning programs, owner_read, owner_who_filter */
 
 /* btf: skb is a BTF pointer (members are loads); cast: the direct program, which may call
- * bpf_rdonly_cast */
+ * bpf_rdonly_cast.
+ * Long on purpose (over 200 lines): filters, the ring reservation and the fill share one event
+ * pointer, which is either a ring record or scratch; the verifier must see every path from the
+ * reserve to its submit or discard in one function, and the order of the reads (cheapest filter
+ * first, the rest only for matching events) is the design, easiest checked top to bottom. */
 static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf, const bool cast)
 {
 	/* Filters run first, each reading only what it checks; what the output needs and no filter
