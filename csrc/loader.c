@@ -480,7 +480,7 @@ int ndq_core_open(lua_State *L)
 	if (t->pcap_kernel)
 		ndq_pcap_kernel_request(t->obj, t->prog, t->pcap);
 	rc = load_object(t, msg, sizeof(msg));
-	if (t->pcap_kernel && (ndq_pcap_kernel_finish(why, sizeof(why)) || rc)) {
+	if (t->pcap_kernel && (ndq_pcap_kernel_finish(rc == 0, why, sizeof(why)) || rc)) {
 		char load[sizeof(msg)];
 
 		snprintf(load, sizeof(load), "%s", rc ? msg : why);

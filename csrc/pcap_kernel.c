@@ -250,13 +250,13 @@ void ndq_pcap_kernel_request(struct bpf_object *obj, struct bpf_program *prog,
 	req.pcap = p;
 }
 
-int ndq_pcap_kernel_finish(char *err, size_t errlen)
+int ndq_pcap_kernel_finish(int loaded, char *err, size_t errlen)
 {
 	int rc = req.done ? 0 : -1;
 
 	if (rc)
 		snprintf(err, errlen, "%s", req.err[0] ? req.err : "the program was not loaded");
-	else if (ndq_verbose)
+	else if (ndq_verbose && loaded)
 		fprintf(stderr,
 			"netdevq: pcap filter decided in the kernel (%zu eBPF instructions for "
 			"Ethernet, %zu for raw IP)\n",

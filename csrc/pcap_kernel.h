@@ -17,7 +17,8 @@ int ndq_pcap_kernel_register(void);
 /* p's programs go into prog at the next bpf_object__load(obj) ... */
 void ndq_pcap_kernel_request(struct bpf_object *obj, struct bpf_program *prog,
 			     const struct ndq_pcap *p);
-/* ... called after it: 0 when they went in, else -1 with err set (and the load failed). */
-int ndq_pcap_kernel_finish(char *err, size_t errlen);
+/* ... called after it (loaded: it succeeded; -v then says so): 0 when they went in, else -1
+ * with err set (and the load failed). */
+int ndq_pcap_kernel_finish(int loaded, char *err, size_t errlen);
 
 #endif
