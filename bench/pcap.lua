@@ -115,7 +115,8 @@ end
 local function empty_row(port)
     local obj = build .. "/bench/empty.bpf.o"
     local ok, out = sh(("mkdir -p %s/bench && clang -g -O2 -target bpf "
-        .. "-I/usr/include/$(gcc -print-multiarch) -c %s/bench/empty.bpf.c -o %s"):format(build, here, obj))
+        .. "-I/usr/include/$(gcc -print-multiarch) -c %s/bench/empty.bpf.c -o %s")
+        :format(build, here, obj))
     if not ok then die("building bench/empty.bpf.c: " .. out) end
     local err = os.tmpname()
     local _, pid = sh(("luajit %s/bench/empty_loader.lua %s %d >/dev/null 2>%s & echo $!")

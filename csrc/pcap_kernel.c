@@ -225,10 +225,14 @@ static int attach(const struct bpf_program *prog, long cookie, struct bpf_link *
 int ndq_pcap_kernel_register(void)
 {
 	static int registered;
-	LIBBPF_OPTS(libbpf_prog_handler_opts, raw, .cookie = 0, .prog_prepare_load_fn = prepare,
-		    .prog_attach_fn = attach);
-	LIBBPF_OPTS(libbpf_prog_handler_opts, btf, .cookie = 1, .prog_prepare_load_fn = prepare,
-		    .prog_attach_fn = attach);
+	const struct libbpf_prog_handler_opts raw = { .sz = sizeof(raw),
+						      .cookie = 0,
+						      .prog_prepare_load_fn = prepare,
+						      .prog_attach_fn = attach };
+	const struct libbpf_prog_handler_opts btf = { .sz = sizeof(btf),
+						      .cookie = 1,
+						      .prog_prepare_load_fn = prepare,
+						      .prog_attach_fn = attach };
 
 	if (registered)
 		return 0;

@@ -219,8 +219,9 @@ describe("pcap expressions decided in the kernel against tcpdump #root", functio
                 table.sort(mine)
                 local extra, lacking = minus(mine, want), minus(want, mine)
                 if #extra > 0 or #lacking > 0 or #want == 0 then
-                    failures[#failures + 1] = ("%s (%s): netdevq %d, tcpdump %d\n  only netdevq:\n%s\n  only tcpdump:\n%s")
-                        :format(expr, mode, #mine, #want, table.concat(extra, "\n"), table.concat(lacking, "\n"))
+                    failures[#failures + 1] = ("%s (%s): netdevq %d, tcpdump %d\n  only netdevq:\n%s"
+                        .. "\n  only tcpdump:\n%s"):format(expr, mode, #mine, #want, table.concat(extra, "\n"),
+                        table.concat(lacking, "\n"))
                 end
                 -- the kernel decided: what crossed is exactly what matched, user space dropped nothing
                 local st = assert(tracers[k]:stats())
@@ -231,7 +232,8 @@ describe("pcap expressions decided in the kernel against tcpdump #root", functio
                 assert.is_true(st.kfiltered >= #base[mode] - #mine, expr)
             end
         end
-        print(("\npcap kernel live: %d expressions x %d modes against tcpdump on %d frames"):format(#exprs, #MODES, #list))
+        print(("\npcap kernel live: %d expressions x %d modes against tcpdump on %d frames")
+            :format(#exprs, #MODES, #list))
         assert(#failures == 0, table.concat(failures, "\n"))
     end)
 
