@@ -274,6 +274,43 @@ describe("pcap expressions decided in the kernel against tcpdump #root", functio
         end
     end)
 
+    it("aggregates in the kernel behind the expression: no event crosses (--count dev)", function()
+        netns.require_root()
+        local netdevq = require("netdevq")
+        local scope = ('dev == "%s" and netns == %d'):format(pair.veth_a, pair.netns_a)
+        local tracers = {}
+        finally(function()
+            for _, t in pairs(tracers) do t:close() end
+        end)
+        for _, mode in ipairs(MODES) do
+            tracers[mode] = assert(netdevq.open{ mode = mode, filter = scope, pcap = "tcp port 443",
+                aggregations = { { kind = "count", keys = { "dev" } } } })
+            assert.is_table(tracers[mode].plan.kernel_agg)
+            assert.equal(0, tracers[mode].plan.cfg.emit)
+        end
+        local list = crafted(pair)
+        local argv = { tool("ndq_frames"), "frames", pair.veth_a }
+        for _, f in ipairs(list) do argv[#argv + 1] = f end
+        local ok, out = pair:exec("a", argv)
+        assert(ok, out)
+        clirun.sleep(0.2)
+        for _, mode in ipairs(MODES) do
+            local st = assert(tracers[mode]:stats())
+            assert.equal(0, st.emitted, mode)
+            assert.equal(0, st.received, mode)
+            assert.equal(1, st.aggregated, mode) -- the SYN to 443 (the tagged one: only `vlan and ...`)
+            local entries = assert(tracers[mode]:aggregations())[1]:entries()
+            assert.equal(1, #entries, mode)
+            assert.same({ pair.veth_a }, entries[1].key, mode)
+            assert.equal(1, entries[1].count, mode)
+        end
+        -- -v says where the expression runs
+        local r = clirun.cli({ "-v", "-d", "1", "--count", "dev", "tcp", "port", "443" })
+        assert.equal(0, r.code, r.err)
+        assert.matches("\nnetdevq: pcap filter decided in the kernel %(%d+ eBPF instructions for Ethernet, "
+            .. "%d+ for raw IP%)\n", "\n" .. r.err)
+    end)
+
     it("falls back to user space in one line when the kernel refuses the program", function()
         netns.require_root()
         -- four protochain loops: more paths than the verifier explores (E2BIG)
