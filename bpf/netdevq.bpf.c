@@ -412,11 +412,12 @@ static __always_inline void read_headers(struct scratch *s, struct sk_buff *skb,
 }
 
 /* --- pcap-filter expressions decided in the kernel (issue 16) ---------------------------------
- * netdevq_pcap_eth and netdevq_pcap_raw are stubs the loader replaces (freplace programs, see
- * csrc/pcap_kernel.c) with the translation of libpcap's program for an Ethernet and a raw IP
- * link (csrc/cbpf_ebpf.c). They see the packet as libpcap does on a live capture: from the link
- * header (Ethernet; an offloaded VLAN tag written back after the MACs) or from the IP header,
- * the header bytes read (frame), and past them the sk_buff's linear data at `data`. */
+ * netdevq_pcap_eth and netdevq_pcap_raw are stubs whose bodies the loader replaces as the
+ * program loads (csrc/pcap_kernel.c) with the translation of libpcap's program for an Ethernet
+ * and a raw IP link (csrc/cbpf_ebpf.c); cfg.pcap says whether handle() calls them. They see
+ * the packet as libpcap does on a live capture: from the link header (Ethernet; an offloaded
+ * VLAN tag written back after the MACs) or from the IP header, the header bytes read (frame),
+ * and past them the sk_buff's linear data at `data`. */
 struct ndq_pcap_frame {
 	__u8 b[NDQ_SNAP_MAX];
 };
