@@ -7,8 +7,10 @@
 -- (one datagram and its ICMP port unreachable: two net_dev_queue events). The expression
 -- `udp port 1` matches nothing in it. Rows, each its own flood:
 --   empty raw_tp program     bench/empty.bpf.c (bench/empty_loader.lua): entering any program
+-- (the netdevq rows read the field len only, as a `-o len` run would)
 --   field filter dport == 1  netdevq's kernel filter matching nothing (nothing crosses)
---   pcap in the kernel       the translated expression decides in the kernel (nothing crosses)
+--   pcap in the kernel       the translated expression decides in the kernel (nothing crosses),
+--                            raw mode and btf mode
 --   pcap in user space       open{ pcap_kernel = false }: every event crosses, libpcap decides
 -- Columns: ns/event of the net_dev_queue program (the kernel's bpf_stats: run_time_ns / run_cnt),
 -- its ratio to the empty program, events crossing to user space, and this process's CPU time
@@ -24,6 +26,7 @@ local core = require("netdevq.core")
 
 local SECONDS = tonumber(arg[1] or "3")
 local EXPR = "udp port 1"
+local FIELDS = { "len" } -- what the callbacks read: the kernel reads no more than the rows need
 local build = here .. "/build"
 
 -- true when cmd exits 0 (LuaJIT's popen close does not say), and its output
@@ -149,9 +152,12 @@ local ok, err = pcall(function()
     local port = free_port()
     local rows = {
         empty_row(port),
-        tracer_row("field filter dport == 1", port, { filter = "dport == 1" }),
-        tracer_row("pcap in the kernel: " .. EXPR, port, { pcap = EXPR }),
-        tracer_row("pcap in user space: " .. EXPR, port, { pcap = EXPR, pcap_kernel = false }),
+        tracer_row("field filter dport == 1", port, { filter = "dport == 1", fields = FIELDS }),
+        tracer_row("pcap in the kernel: " .. EXPR, port, { pcap = EXPR, fields = FIELDS }),
+        tracer_row("pcap in the kernel, btf mode", port,
+            { pcap = EXPR, fields = FIELDS, mode = "btf" }),
+        tracer_row("pcap in user space: " .. EXPR, port, { pcap = EXPR, pcap_kernel = false,
+                                                          fields = FIELDS }),
     }
     local base = rows[1].ns
     print(("%-36s %10s %8s %12s %10s %12s"):format("row (" .. SECONDS .. " s flood, under load)",
@@ -160,7 +166,7 @@ local ok, err = pcall(function()
         print(("%-36s %10.1f %8.2f %12d %10d %12.1f"):format(r.name, r.ns,
             base > 0 and r.ns / base or 0, r.runs, r.crossed, r.cpu_ns))
     end
-    local k, u = rows[3], rows[4]
+    local k, u = rows[3], rows[5]
     print(("pcap in the kernel: %.2fx the empty program (target <= 1.8x); the user-space path: "
         .. "%.2fx in the kernel plus %.0f ns/event of CPU in this process"):format(
         base > 0 and k.ns / base or 0, base > 0 and u.ns / base or 0, u.cpu_ns))
