@@ -164,6 +164,26 @@ end
 
 local minus = live.missing
 
+pcall(ffi.cdef, [[
+int open(const char *path, int flags);
+int close(int fd);
+int ioctl(int fd, unsigned long request, void *arg);
+]]) -- (already declared when another file did)
+
+-- a tun device (no packet information header) held by the returned fd
+local function tun_open(name)
+    local fd = ffi.C.open("/dev/net/tun", 2) -- O_RDWR
+    assert(fd >= 0, "cannot open /dev/net/tun")
+    local ifr = ffi.new("uint8_t[40]")
+    ffi.copy(ifr, name)
+    ffi.cast("uint16_t *", ifr + 16)[0] = 0x0001 + 0x1000 -- IFF_TUN | IFF_NO_PI
+    if ffi.C.ioctl(fd, 0x400454ca, ifr) ~= 0 then -- TUNSETIFF
+        ffi.C.close(fd)
+        error("TUNSETIFF " .. name .. " failed")
+    end
+    return fd
+end
+
 local function stop_tcpdump(p)
     p:kill("INT")
     p:wait()
@@ -309,6 +329,73 @@ describe("pcap expressions decided in the kernel against tcpdump #root", functio
         assert.equal(0, r.code, r.err)
         assert.matches("\nnetdevq: pcap filter decided in the kernel %(%d+ eBPF instructions for Ethernet, "
             .. "%d+ for raw IP%)\n", "\n" .. r.err)
+    end)
+
+    it("decides the raw IP program on a device without a link header (tun), as tcpdump", function()
+        netns.require_root()
+        local netdevq = require("netdevq")
+        -- a tun device this process holds open (so its carrier is up) and never reads: what is
+        -- routed to it is queued (net_dev_queue), seen by tcpdump, and dropped
+        local tun = tun_open("ndqtun0")
+        local dumps, tracers, got = {}, {}, {}
+        finally(function()
+            for _, d in pairs(dumps) do d:stop() end
+            for _, t in pairs(tracers) do t:close() end
+            ffi.C.close(tun)
+        end)
+        assert(netns.run({ "ip", "link", "set", "ndqtun0", "netns", pair.ns_a }))
+        for _, argv in ipairs({ { "ip", "addr", "add", "198.18.1.1/24", "dev", "ndqtun0" },
+                                { "ip", "link", "set", "ndqtun0", "up" } }) do
+            local ok, out = pair:exec("a", argv)
+            assert(ok, out)
+        end
+        local scope = ('dev == "ndqtun0" and netns == %d'):format(pair.netns_a)
+        local exprs = { "udp dst port 7000", "greater 300 and udp", "ip[6:2] & 0x1fff != 0",
+                        "udp[300:2] = 0x7878 or icmp" }
+        for i, expr in ipairs(exprs) do
+            local argv = { "tcpdump", "-i", "ndqtun0", "-Q", "out", "--immediate-mode", "-nn", "-s", "0",
+                           "-Z", "root", "-w", ("%s/tun%d.pcap"):format(dir, i) }
+            for w in expr:gmatch("%S+") do argv[#argv + 1] = w end
+            dumps[i] = pair:spawn("a", argv)
+            assert(live.wait_line(dumps[i], "^tcpdump: listening on"), "tcpdump " .. expr)
+            for _, mode in ipairs(MODES) do
+                local k = mode .. " " .. i
+                got[k] = {}
+                local t = assert(netdevq.open{ pcap = expr, filter = scope, mode = mode, ringbuf_size = 65536 })
+                t:on_event(function(ev)
+                    local e = event.pointer(ev)
+                    got[k][#got[k] + 1] = key(e.len, e.snap, e.snap_len)
+                end)
+                tracers[k] = t
+            end
+        end
+        live.send_steps(pair, {
+            { "a", "udp4", "198.18.1.1", "198.18.1.2", "7000", "40000", "20,400,2000" },
+            { "a", "udp4", "198.18.1.1", "198.18.1.2", "7001", "40001", "500" },
+            { "a", "icmp4", "198.18.1.1", "198.18.1.2", "1" },
+        })
+        live.poll_all(tracers, 500)
+        for i, d in pairs(dumps) do
+            stop_tcpdump(d)
+            dumps[i] = nil
+        end
+        for i, expr in ipairs(exprs) do
+            local data = assert(clirun.read_file(("%s/tun%d.pcap"):format(dir, i)))
+            local p = ffi.cast("const uint8_t *", data)
+            local u32 = function(off) return ffi.cast("const uint32_t *", p + off)[0] end
+            local want, off = {}, 24
+            while off + 16 <= #data do
+                want[#want + 1] = key(u32(off + 12), p + off + 16, u32(off + 8))
+                off = off + 16 + u32(off + 8)
+            end
+            table.sort(want)
+            assert.is_true(#want > 0, expr)
+            for _, mode in ipairs(MODES) do
+                local mine = got[mode .. " " .. i]
+                table.sort(mine)
+                assert.same(want, mine, expr .. " (" .. mode .. ")")
+            end
+        end
     end)
 
     it("falls back to user space in one line when the kernel refuses the program", function()
