@@ -194,140 +194,132 @@ static int check_program(const char *what, struct bpf_program *prog, const struc
 		(c), (t), (f), (k) \
 	}
 
-static void opcode_programs(const struct pkt *ps, int np)
-{
-	static const struct {
-		const char *name;
-		struct bpf_insn p[8];
-		int n;
-	} progs[] = {
-		{ "ld w abs", { S(BPF_LD | BPF_W | BPF_ABS, 26), S(BPF_RET | BPF_A, 0) }, 2 },
-		{ "ld h abs", { S(BPF_LD | BPF_H | BPF_ABS, 12), S(BPF_RET | BPF_A, 0) }, 2 },
-		{ "ld b abs", { S(BPF_LD | BPF_B | BPF_ABS, 23), S(BPF_RET | BPF_A, 0) }, 2 },
-		{ "ld h abs 334 (past 256)",
-		  { S(BPF_LD | BPF_H | BPF_ABS, 334), S(BPF_RET | BPF_A, 0) },
-		  2 },
-		{ "ld w abs 254 (across 256)",
-		  { S(BPF_LD | BPF_W | BPF_ABS, 254), S(BPF_RET | BPF_A, 0) },
-		  2 },
-		{ "ld w abs 0xffffffff",
-		  { S(BPF_LD | BPF_W | BPF_ABS, 0xffffffff), S(BPF_RET | BPF_K, 1) },
-		  2 },
-		{ "ld w ind",
-		  { S(BPF_LDX | BPF_IMM, 10), S(BPF_LD | BPF_W | BPF_IND, 16),
-		    S(BPF_RET | BPF_A, 0) },
-		  3 },
-		{ "ld h ind past 256",
-		  { S(BPF_LDX | BPF_IMM, 300), S(BPF_LD | BPF_H | BPF_IND, 34),
-		    S(BPF_RET | BPF_A, 0) },
-		  3 },
-		{ "ld b ind huge x",
-		  { S(BPF_LDX | BPF_IMM, 0xfffffff0), S(BPF_LD | BPF_B | BPF_IND, 0x20),
-		    S(BPF_RET | BPF_K, 7) },
-		  3 },
-		{ "ld w len", { S(BPF_LD | BPF_W | BPF_LEN, 0), S(BPF_RET | BPF_A, 0) }, 2 },
-		{ "ldx w len, txa",
-		  { S(BPF_LDX | BPF_W | BPF_LEN, 0), S(BPF_MISC | BPF_TXA, 0),
-		    S(BPF_RET | BPF_A, 0) },
-		  3 },
-		{ "ldx msh, ind",
-		  { S(BPF_LDX | BPF_B | BPF_MSH, 14), S(BPF_LD | BPF_H | BPF_IND, 16),
-		    S(BPF_RET | BPF_A, 0) },
-		  3 },
-		{ "ld imm", { S(BPF_LD | BPF_IMM, 0x12345678), S(BPF_RET | BPF_A, 0) }, 2 },
-		{ "st, ldx mem, stx, ld mem",
-		  { S(BPF_LD | BPF_IMM, 77), S(BPF_ST, 3), S(BPF_LDX | BPF_MEM, 3),
-		    S(BPF_ALU | BPF_ADD | BPF_X, 0), S(BPF_STX, 15), S(BPF_LD | BPF_MEM, 15),
-		    S(BPF_RET | BPF_A, 0) },
-		  7 },
-		{ "tax",
-		  { S(BPF_LD | BPF_B | BPF_ABS, 23), S(BPF_MISC | BPF_TAX, 0),
-		    S(BPF_LD | BPF_IMM, 0), S(BPF_MISC | BPF_TXA, 0), S(BPF_RET | BPF_A, 0) },
-		  5 },
-		{ "ret k", { S(BPF_RET | BPF_K, 262144) }, 1 },
-		{ "ret k 0", { S(BPF_RET | BPF_K, 0) }, 1 },
-		{ "ja",
-		  { S(BPF_JMP | BPF_JA, 1), S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) },
-		  3 },
-		{ "jeq k",
-		  { S(BPF_LD | BPF_H | BPF_ABS, 12), J(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0x0800),
-		    S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) },
-		  4 },
-		{ "jgt k",
-		  { S(BPF_LD | BPF_H | BPF_ABS, 16), J(BPF_JMP | BPF_JGT | BPF_K, 1, 0, 100),
-		    S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) },
-		  4 },
-		{ "jge k",
-		  { S(BPF_LD | BPF_H | BPF_ABS, 16), J(BPF_JMP | BPF_JGE | BPF_K, 1, 0, 0x34),
-		    S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) },
-		  4 },
-		{ "jgt k unsigned",
-		  { S(BPF_LD | BPF_IMM, 0x80000000), J(BPF_JMP | BPF_JGT | BPF_K, 1, 0, 1),
-		    S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) },
-		  4 },
-		{ "jset k",
-		  { S(BPF_LD | BPF_B | BPF_ABS, 47), J(BPF_JMP | BPF_JSET | BPF_K, 0, 1, 0x02),
-		    S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) },
-		  4 },
-		{ "jeq x",
-		  { S(BPF_LDX | BPF_IMM, 0x86dd), S(BPF_LD | BPF_H | BPF_ABS, 12),
-		    J(BPF_JMP | BPF_JEQ | BPF_X, 1, 0, 0), S(BPF_RET | BPF_K, 1),
-		    S(BPF_RET | BPF_K, 2) },
-		  5 },
-		{ "jgt x",
-		  { S(BPF_LDX | BPF_IMM, 0x100), S(BPF_LD | BPF_H | BPF_ABS, 16),
-		    J(BPF_JMP | BPF_JGT | BPF_X, 1, 0, 0), S(BPF_RET | BPF_K, 1),
-		    S(BPF_RET | BPF_K, 2) },
-		  5 },
-		{ "jge x",
-		  { S(BPF_LDX | BPF_IMM, 0x34), S(BPF_LD | BPF_H | BPF_ABS, 16),
-		    J(BPF_JMP | BPF_JGE | BPF_X, 1, 0, 0), S(BPF_RET | BPF_K, 1),
-		    S(BPF_RET | BPF_K, 2) },
-		  5 },
-		{ "jset x",
-		  { S(BPF_LDX | BPF_IMM, 0x12), S(BPF_LD | BPF_B | BPF_ABS, 47),
-		    J(BPF_JMP | BPF_JSET | BPF_X, 1, 0, 0), S(BPF_RET | BPF_K, 1),
-		    S(BPF_RET | BPF_K, 2) },
-		  5 },
+static const struct opcode_prog {
+	const char *name;
+	struct bpf_insn p[8];
+	int n;
+} OPCODE_PROGS[] = {
+	{ "ld w abs", { S(BPF_LD | BPF_W | BPF_ABS, 26), S(BPF_RET | BPF_A, 0) }, 2 },
+	{ "ld h abs", { S(BPF_LD | BPF_H | BPF_ABS, 12), S(BPF_RET | BPF_A, 0) }, 2 },
+	{ "ld b abs", { S(BPF_LD | BPF_B | BPF_ABS, 23), S(BPF_RET | BPF_A, 0) }, 2 },
+	{ "ld h abs 334 (past 256)",
+	  { S(BPF_LD | BPF_H | BPF_ABS, 334), S(BPF_RET | BPF_A, 0) },
+	  2 },
+	{ "ld w abs 254 (across 256)",
+	  { S(BPF_LD | BPF_W | BPF_ABS, 254), S(BPF_RET | BPF_A, 0) },
+	  2 },
+	{ "ld w abs 0xffffffff",
+	  { S(BPF_LD | BPF_W | BPF_ABS, 0xffffffff), S(BPF_RET | BPF_K, 1) },
+	  2 },
+	{ "ld w ind",
+	  { S(BPF_LDX | BPF_IMM, 10), S(BPF_LD | BPF_W | BPF_IND, 16), S(BPF_RET | BPF_A, 0) },
+	  3 },
+	{ "ld h ind past 256",
+	  { S(BPF_LDX | BPF_IMM, 300), S(BPF_LD | BPF_H | BPF_IND, 34), S(BPF_RET | BPF_A, 0) },
+	  3 },
+	{ "ld b ind huge x",
+	  { S(BPF_LDX | BPF_IMM, 0xfffffff0), S(BPF_LD | BPF_B | BPF_IND, 0x20),
+	    S(BPF_RET | BPF_K, 7) },
+	  3 },
+	{ "ld w len", { S(BPF_LD | BPF_W | BPF_LEN, 0), S(BPF_RET | BPF_A, 0) }, 2 },
+	{ "ldx w len, txa",
+	  { S(BPF_LDX | BPF_W | BPF_LEN, 0), S(BPF_MISC | BPF_TXA, 0), S(BPF_RET | BPF_A, 0) },
+	  3 },
+	{ "ldx msh, ind",
+	  { S(BPF_LDX | BPF_B | BPF_MSH, 14), S(BPF_LD | BPF_H | BPF_IND, 16),
+	    S(BPF_RET | BPF_A, 0) },
+	  3 },
+	{ "ld imm", { S(BPF_LD | BPF_IMM, 0x12345678), S(BPF_RET | BPF_A, 0) }, 2 },
+	{ "st, ldx mem, stx, ld mem",
+	  { S(BPF_LD | BPF_IMM, 77), S(BPF_ST, 3), S(BPF_LDX | BPF_MEM, 3),
+	    S(BPF_ALU | BPF_ADD | BPF_X, 0), S(BPF_STX, 15), S(BPF_LD | BPF_MEM, 15),
+	    S(BPF_RET | BPF_A, 0) },
+	  7 },
+	{ "tax",
+	  { S(BPF_LD | BPF_B | BPF_ABS, 23), S(BPF_MISC | BPF_TAX, 0), S(BPF_LD | BPF_IMM, 0),
+	    S(BPF_MISC | BPF_TXA, 0), S(BPF_RET | BPF_A, 0) },
+	  5 },
+	{ "ret k", { S(BPF_RET | BPF_K, 262144) }, 1 },
+	{ "ret k 0", { S(BPF_RET | BPF_K, 0) }, 1 },
+	{ "ja", { S(BPF_JMP | BPF_JA, 1), S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) }, 3 },
+	{ "jeq k",
+	  { S(BPF_LD | BPF_H | BPF_ABS, 12), J(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0x0800),
+	    S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) },
+	  4 },
+	{ "jgt k",
+	  { S(BPF_LD | BPF_H | BPF_ABS, 16), J(BPF_JMP | BPF_JGT | BPF_K, 1, 0, 100),
+	    S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) },
+	  4 },
+	{ "jge k",
+	  { S(BPF_LD | BPF_H | BPF_ABS, 16), J(BPF_JMP | BPF_JGE | BPF_K, 1, 0, 0x34),
+	    S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) },
+	  4 },
+	{ "jgt k unsigned",
+	  { S(BPF_LD | BPF_IMM, 0x80000000), J(BPF_JMP | BPF_JGT | BPF_K, 1, 0, 1),
+	    S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) },
+	  4 },
+	{ "jset k",
+	  { S(BPF_LD | BPF_B | BPF_ABS, 47), J(BPF_JMP | BPF_JSET | BPF_K, 0, 1, 0x02),
+	    S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) },
+	  4 },
+	{ "jeq x",
+	  { S(BPF_LDX | BPF_IMM, 0x86dd), S(BPF_LD | BPF_H | BPF_ABS, 12),
+	    J(BPF_JMP | BPF_JEQ | BPF_X, 1, 0, 0), S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) },
+	  5 },
+	{ "jgt x",
+	  { S(BPF_LDX | BPF_IMM, 0x100), S(BPF_LD | BPF_H | BPF_ABS, 16),
+	    J(BPF_JMP | BPF_JGT | BPF_X, 1, 0, 0), S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) },
+	  5 },
+	{ "jge x",
+	  { S(BPF_LDX | BPF_IMM, 0x34), S(BPF_LD | BPF_H | BPF_ABS, 16),
+	    J(BPF_JMP | BPF_JGE | BPF_X, 1, 0, 0), S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) },
+	  5 },
+	{ "jset x",
+	  { S(BPF_LDX | BPF_IMM, 0x12), S(BPF_LD | BPF_B | BPF_ABS, 47),
+	    J(BPF_JMP | BPF_JSET | BPF_X, 1, 0, 0), S(BPF_RET | BPF_K, 1), S(BPF_RET | BPF_K, 2) },
+	  5 },
 #define ALU(op, k, x)                                                                             \
 	{ "alu " #op " k " #k,                                                                    \
 	  { S(BPF_LD | BPF_W | BPF_ABS, 26), S(BPF_ALU | op | BPF_K, k), S(BPF_RET | BPF_A, 0) }, \
 	  3 },                                                                                    \
-		{ "alu " #op " x " #x,                                                            \
-		  { S(BPF_LDX | BPF_IMM, x), S(BPF_LD | BPF_W | BPF_ABS, 26),                     \
-		    S(BPF_ALU | op | BPF_X, 0), S(BPF_RET | BPF_A, 0) },                          \
-		  4 }
-		ALU(BPF_ADD, 0xfffffff0, 0x7fffffff),
-		ALU(BPF_SUB, 0x12345, 0xffffffff),
-		ALU(BPF_MUL, 0x10001, 0x80000001),
-		ALU(BPF_DIV, 7, 3),
-		ALU(BPF_DIV, 0x80000000, 0),
-		ALU(BPF_MOD, 10, 0),
-		ALU(BPF_MOD, 0xfffffffe, 255),
-		ALU(BPF_AND, 0xff00ff00, 0xf0f0),
-		ALU(BPF_OR, 0x0f, 0x80000000),
-		ALU(BPF_XOR, 0xffffffff, 0x5a5a5a5a),
-		ALU(BPF_LSH, 4, 31),
-		ALU(BPF_LSH, 31, 1),
-		ALU(BPF_RSH, 3, 30),
-		ALU(BPF_RSH, 0, 0),
-		{ "alu neg",
-		  { S(BPF_LD | BPF_B | BPF_ABS, 23), S(BPF_ALU | BPF_NEG, 0),
-		    S(BPF_RET | BPF_A, 0) },
-		  3 },
-	};
+	{                                                                                         \
+		"alu " #op " x " #x,                                                              \
+			{ S(BPF_LDX | BPF_IMM, x), S(BPF_LD | BPF_W | BPF_ABS, 26),               \
+			  S(BPF_ALU | op | BPF_X, 0), S(BPF_RET | BPF_A, 0) },                    \
+			4                                                                         \
+	}
+	ALU(BPF_ADD, 0xfffffff0, 0x7fffffff),
+	ALU(BPF_SUB, 0x12345, 0xffffffff),
+	ALU(BPF_MUL, 0x10001, 0x80000001),
+	ALU(BPF_DIV, 7, 3),
+	ALU(BPF_DIV, 0x80000000, 0),
+	ALU(BPF_MOD, 10, 0),
+	ALU(BPF_MOD, 0xfffffffe, 255),
+	ALU(BPF_AND, 0xff00ff00, 0xf0f0),
+	ALU(BPF_OR, 0x0f, 0x80000000),
+	ALU(BPF_XOR, 0xffffffff, 0x5a5a5a5a),
+	ALU(BPF_LSH, 4, 31),
+	ALU(BPF_LSH, 31, 1),
+	ALU(BPF_RSH, 3, 30),
+	ALU(BPF_RSH, 0, 0),
+	{ "alu neg",
+	  { S(BPF_LD | BPF_B | BPF_ABS, 23), S(BPF_ALU | BPF_NEG, 0), S(BPF_RET | BPF_A, 0) },
+	  3 },
+};
 
-	for (size_t i = 0; i < sizeof(progs) / sizeof(progs[0]); i++) {
-		struct bpf_program prog = { .bf_len = (u_int)progs[i].n,
-					    .bf_insns = (struct bpf_insn *)progs[i].p };
+static void opcode_programs(const struct pkt *ps, int np)
+{
+	for (size_t i = 0; i < sizeof(OPCODE_PROGS) / sizeof(OPCODE_PROGS[0]); i++) {
+		struct bpf_program prog = { .bf_len = (u_int)OPCODE_PROGS[i].n,
+					    .bf_insns = (struct bpf_insn *)OPCODE_PROGS[i].p };
 
 		if (!bpf_validate(prog.bf_insns, (int)prog.bf_len)) {
 			fprintf(stderr, "FAIL opcode program '%s' does not pass bpf_validate\n",
-				progs[i].name);
+				OPCODE_PROGS[i].name);
 			failed++;
 			continue;
 		}
-		check_program(progs[i].name, &prog, ps, np);
+		check_program(OPCODE_PROGS[i].name, &prog, ps, np);
 	}
 }
 
