@@ -18,6 +18,7 @@
 #include "kstack.h"
 #include "owner.h"
 #include "pcap_filter.h"
+#include "pcap_kernel.h"
 
 #define PCAP_BUDGET_MS 10000 /* libpcap's optimizer is slow on long expressions */
 
@@ -496,14 +497,29 @@ static int load_object(struct tracer *t, char *msg, size_t msglen)
 	return 0;
 }
 
-/* Open, configure and load; --read auto falls back to the probe-read program when the kernel has
- * no bpf_rdonly_cast. -1 with msg set. */
+/* Open, configure and load (the kernel's pcap program spliced in as it loads, when asked);
+ * --read auto falls back to the probe-read program when the direct one does not load. 0; -1 with
+ * msg set; 1: the kernel refused the pcap expression (msg says why: kind "pcap_kernel"). */
 static int open_and_load(struct tracer *t, struct open_opts *o, struct bpf_object_open_opts *oopts,
 			 char *msg, size_t msglen)
 {
+	char why[320];
+	int rc;
+
 	if (open_object(t, o, oopts, msg, msglen) || configure_object(t, o, msg, msglen))
 		return -1;
-	if (load_object(t, msg, msglen) == 0)
+	if (t->pcap_kernel)
+		ndq_pcap_kernel_request(t->obj, t->prog, t->pcap);
+	rc = load_object(t, msg, msglen);
+	if (t->pcap_kernel && (ndq_pcap_kernel_finish(rc == 0, why, sizeof(why)) || rc)) {
+		char load[512];
+
+		snprintf(load, sizeof(load), "%s", rc ? msg : why);
+		snprintf(msg, msglen, "pcap filter: the kernel refused it in %s mode (%.400s)",
+			 o->mode, load);
+		return 1;
+	}
+	if (rc == 0)
 		return fill_sets(t, o, msg, msglen);
 	if (strcmp(o->path, "direct") != 0)
 		return -1;
@@ -547,7 +563,9 @@ static struct tracer_ud *push_tracer(lua_State *L, int batch)
 
 /* core.open{ mode=, object=, object_bytes=, config=, ringbuf_size=, batch=, agg_max_keys=,
  *            btf_path=, pcap=, pcap_snaplen=, verbose=, read= } -> tracer | nil, err, kind
- * kind: "usage" (the pcap expression is wrong or over its compile budget) or "runtime" */
+ * kind: "usage" (the pcap expression is wrong or over its compile budget), "pcap_kernel" (the
+ * config asks the kernel to decide the pcap expression and it cannot: open again with the
+ * expression in user space) or "runtime" */
 int ndq_core_open(lua_State *L)
 {
 	LIBBPF_OPTS(bpf_object_open_opts, oopts);
@@ -555,7 +573,8 @@ int ndq_core_open(lua_State *L)
 	struct tracer *t = NULL;
 	struct tracer_ud *ud;
 	char msg[512] = "out of memory";
-	bool usage = false;
+	bool usage = false, pcap_kernel = false;
+	int rc = 0;
 
 	read_options(L, &o);
 	o.path = read_path(&o);
@@ -584,21 +603,33 @@ int ndq_core_open(lua_State *L)
 	if (o.pcap && !(t->pcap = ndq_pcap_compile(o.pcap, o.pcap_snaplen, PCAP_BUDGET_MS,
 						   &ndq_interrupted, msg, sizeof(msg), &usage)))
 		goto cleanup;
-	if (check_btf(&o, &oopts, msg, sizeof(msg)) ||
-	    open_and_load(t, &o, &oopts, msg, sizeof(msg)))
+	/* the kernel decides the pcap expression: spliced into the program as it loads; when that
+	 * load fails, the caller opens again with the expression in user space */
+	t->pcap_kernel = t->pcap && o.cfg.pcap;
+	if (t->pcap_kernel && ndq_pcap_kernel_register()) {
+		snprintf(msg, sizeof(msg), "pcap filter: libbpf refused the load handler");
+		pcap_kernel = true;
 		goto cleanup;
+	}
+	if (check_btf(&o, &oopts, msg, sizeof(msg)) ||
+	    (rc = open_and_load(t, &o, &oopts, msg, sizeof(msg)))) {
+		pcap_kernel = rc > 0;
+		goto cleanup;
+	}
 	snprintf(t->read, sizeof(t->read), "%s", o.path);
 	if (ndq_verbose)
 		fprintf(stderr, "netdevq: read path: %s (%s)\n", o.path,
 			strcmp(o.path, "probe") == 0  ? "raw_tp, bpf_probe_read_kernel copies" :
 			strcmp(o.path, "direct") == 0 ? "raw_tp, bpf_rdonly_cast direct loads" :
 							"tp_btf, direct loads");
+	if (t->pcap && !t->pcap_kernel && ndq_verbose)
+		fprintf(stderr, "netdevq: pcap filter decided in user space (libpcap)\n");
 	ud->t = t;
 	return 1;
 cleanup:
 	ndq_tracer_free(t);
 	lua_pop(L, 1);
 	ndq_push_fail(L, "%s", msg);
-	lua_pushstring(L, usage ? "usage" : "runtime");
+	lua_pushstring(L, usage ? "usage" : pcap_kernel ? "pcap_kernel" : "runtime");
 	return 3;
 }
