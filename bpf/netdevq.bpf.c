@@ -411,6 +411,40 @@ static __always_inline void read_headers(struct scratch *s, struct sk_buff *skb,
 
 #include "owner.bpf.h" /* socket owner: maps, learning programs, owner_read, owner_who_filter */
 
+/* A matched event out: into the aggregation and/or the ring buffer (from handle(), or from
+ * bpf/latency.bpf.h when its fate is known). */
+static __always_inline void deliver(struct scratch *s, struct counters *cnt)
+{
+	struct netdevq_event *ev = &s->ev;
+
+	if (cfg.agg_on)
+		aggregate(s, cnt);
+	if (cfg.emit) {
+		__u64 size = paths_emit_size(EVENT_HEAD_SIZE + cfg.snaplen);
+		__u64 flags = 0;
+
+		if (size > sizeof(*ev))
+			size = sizeof(*ev);
+		if (cfg.wakeup_bytes) {
+			/* Wake the consumer once per wakeup_bytes emitted on this CPU; in between it picks
+			 * events up on its poll timeout. Cheaper than asking the ring how full it is. */
+			s->pending += size;
+			if (s->pending >= cfg.wakeup_bytes) {
+				s->pending = 0;
+				flags = BPF_RB_FORCE_WAKEUP;
+			} else {
+				flags = BPF_RB_NO_WAKEUP;
+			}
+		}
+		if (bpf_ringbuf_output(&events, ev, size, flags))
+			cnt->c[NDQ_CNT_LOST]++;
+		else
+			cnt->c[NDQ_CNT_EMITTED]++;
+	}
+}
+
+#include "latency.bpf.h" /* queue latency and drops: lat_held, the fate programs */
+
 static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf)
 {
 	/* Filters run first, each reading only what it checks; what the output needs and no filter
@@ -543,30 +577,9 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	ev->cpu = bpf_get_smp_processor_id();
 	finish_paths(ctx, ev, skb, s->skb);
 
-	if (cfg.agg_on)
-		aggregate(s, cnt);
-	if (cfg.emit) {
-		__u64 size = paths_emit_size(EVENT_HEAD_SIZE + cfg.snaplen);
-		__u64 flags = 0;
-
-		if (size > sizeof(*ev))
-			size = sizeof(*ev);
-		if (cfg.wakeup_bytes) {
-			/* Wake the consumer once per wakeup_bytes emitted on this CPU; in between it picks
-			 * events up on its poll timeout. Cheaper than asking the ring how full it is. */
-			s->pending += size;
-			if (s->pending >= cfg.wakeup_bytes) {
-				s->pending = 0;
-				flags = BPF_RB_FORCE_WAKEUP;
-			} else {
-				flags = BPF_RB_NO_WAKEUP;
-			}
-		}
-		if (bpf_ringbuf_output(&events, ev, size, flags))
-			cnt->c[NDQ_CNT_LOST]++;
-		else
-			cnt->c[NDQ_CNT_EMITTED]++;
-	}
+	if (cfg.need & NDQ_NEED_LATENCY)
+		return latency_hold(s, skb, dev); /* out when its fate is known */
+	deliver(s, cnt);
 	return 0;
 
 filtered:

@@ -36,6 +36,7 @@
 
 struct ndq_pcap;
 struct ndq_owner;
+struct ndq_latency;
 
 struct tracer {
 	struct bpf_object *obj;
@@ -57,6 +58,7 @@ struct tracer {
 	__u32 agg_value_size;
 	struct ndq_pcap *pcap;
 	struct ndq_owner *owner; /* socket-owner links (owner.c) */
+	struct ndq_latency *latency; /* fate program links (latency.c) */
 	__u64 pcap_dropped;
 	__u64 received;
 	char mode[8];

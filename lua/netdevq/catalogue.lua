@@ -27,7 +27,7 @@ local names = require("netdevq.names")
 local clock = require("netdevq.clock")
 
 local ffi_string = ffi.string
-local band, bor, tohex = bit.band, bit.bor, bit.tohex
+local band, bor, tohex, tobit = bit.band, bit.bor, bit.tohex, bit.tobit
 local format, byte, sub, find = string.format, string.byte, string.sub, string.find
 local concat, sort = table.concat, table.sort
 local min = math.min
@@ -72,6 +72,18 @@ local function icmp_text_of(which)
         if which == "type" then return type_text(family, p.icmp_type) end
         return code_text(family, p.icmp_type, p.icmp_code)
     end
+end
+
+
+-- drop_reason: enum skb_drop_reason value -> name ("QDISC_DROP"), from the kernel's BTF on first
+-- use; a value the kernel's enum does not name (a subsystem's reason) stays a number's text
+local drop_reasons
+local function drop_reason_name(v)
+    if not drop_reasons then
+        local ok, names_or_nil = pcall(function() return require("netdevq.core").drop_reasons() end)
+        drop_reasons = ok and names_or_nil or {}
+    end
+    return drop_reasons[v] or tostring(v)
 end
 
 
@@ -191,6 +203,23 @@ local ROWS = {
       need = "OWNER", example = "1", description = "the socket's cgroup v2 id (sk_cgrp_data)" },
     { name = "owner_uid", type = "integer", at = "owner_uid", when = "OWNER", need = "OWNER",
       example = "0", description = "the socket's uid (sk_uid)" },
+    -- queue latency and drops (bpf/latency.bpf.h): such events leave when the packet's fate is
+    -- known, at net_dev_xmit or at its drop
+    { name = "sojourn_ns", type = "integer", at = "sojourn_ns", when = "XMIT", need = "LATENCY",
+      member = "sojourn", example = "5000000", description = "ns from net_dev_queue to "
+      .. "net_dev_start_xmit (qdisc wait, stopped queue); absent: dropped before the driver" },
+    { name = "xmit_ns", type = "integer", at = "xmit_ns", when = "XMIT_DONE", need = "LATENCY",
+      example = "1500", description = "ns the driver call took (net_dev_start_xmit to "
+      .. "net_dev_xmit)" },
+    { name = "xmit_rc", type = "integer", at = "xmit_rc", when = "XMIT_DONE", need = "LATENCY",
+      example = "0", raw = function(p)
+          if band(p.flags, abi.EV.XMIT_DONE) ~= 0 then return tobit(p.xmit_rc) end
+      end, description = "the driver's return code (net_dev_xmit rc: 0 NETDEV_TX_OK)" },
+    { name = "drop_reason", type = "string", need = "LATENCY", example = '"QDISC_DROP"',
+      raw = function(p)
+          if band(p.flags, abi.EV.DROP) ~= 0 then return drop_reason_name(p.drop_reason) end
+      end, description = "why the packet was freed before the driver returned "
+      .. "(enum skb_drop_reason, named from kernel BTF)" },
 }
 
 -- Filter-only names: true when either of two fields matches (`port == 53`: sport or dport).
@@ -221,6 +250,8 @@ local WHEN = {
     IPFRAG = flag(abi.EV.IPFRAG),
     IP6 = flag(abi.EV.IP6),
     OWNER = flag(abi.EV.OWNER),
+    XMIT = flag(abi.EV.XMIT),
+    XMIT_DONE = flag(abi.EV.XMIT_DONE),
     NONZERO = { lua = "v ~= 0", nonzero = 1 },
 }
 
