@@ -57,7 +57,7 @@ struct tracer {
 	__u32 follow_pid;
 	__u32 agg_value_size;
 	struct ndq_pcap *pcap;
-	struct ndq_owner *owner; /* socket-owner links (owner.c) */
+	struct ndq_owner *owner;     /* socket-owner links (owner.c) */
 	struct ndq_latency *latency; /* fate program links (latency.c) */
 	__u64 pcap_dropped;
 	__u64 received;
