@@ -296,4 +296,50 @@ tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
         end
         assert.are.same(want, got)
     end)
+
+    it("examples/netqtop.lua shows the burst's rates, sojourn percentiles and drops by reason", function()
+        netns.require_root()
+        shape(pair, 3000)
+        local scope = "netns == " .. pair.netns_a
+        local cli = start_cli({ "-F", "json", "-o", FIELDS, "-f", scope })
+        local top = netns.spawn({ "luajit", "scripts/netdevq.lua", "examples/netqtop.lua", "all", "3", "1",
+            tostring(pair.netns_a) })
+        finally(function() top:stop() end)
+        assert.are.equal(live.READY, top:line())
+        burst(pair, 12)
+        local ok, code, lines = top:wait()
+        assert(ok, code .. ": " .. table.concat(lines, "\n"))
+        local events = parse(stop_cli(cli).out)
+        -- what netqtop must show, from the other tracer's events of the same packets
+        local pkts, bytes, soj, drops = 0, 0, {}, 0
+        for _, ev in ipairs(events) do
+            assert.are.same({ pair.veth_a, 0 }, { ev.dev, ev.queue })
+            if ev.sojourn_ns then
+                pkts, bytes = pkts + 1, bytes + ev.len
+                soj[#soj + 1] = ev.sojourn_ns
+            else
+                assert.are.equal("QDISC_DROP", ev.drop_reason)
+                drops = drops + 1
+            end
+        end
+        table.sort(soj)
+        local stats = tc(pair, { "-s", "qdisc", "show", "dev", pair.veth_a })
+        assert.are.equal(tonumber(stats:match("dropped (%d+)")), drops)
+        local function human(n)
+            if n >= 1024 then return ("%.2fK"):format(n / 1024) end
+            if n == math.floor(n) then return ("%d"):format(n) end
+            return ("%.2f"):format(n)
+        end
+        assert.are.equal(5, #lines, table.concat(lines, "\n"))
+        local dev, q, pps, bps, p50, p99, max, nd = lines[3]:match(
+            "^(%S+) +(%d+) +(%S+) +(%S+) +(%S+) +(%S+) +(%S+) +(%d+)$")
+        assert.are.same({ pair.veth_a, "0", human(pkts / 3), human(bytes / 3), tostring(drops) },
+            { dev, q, pps, bps, nd })
+        local n = #soj
+        for _, c in ipairs({ { p50, soj[math.ceil(n / 2)] }, { p99, soj[math.ceil(0.99 * n)] }, { max, soj[n] } }) do
+            assert.is_true(math.abs(tonumber(c[1]) * 1000 - c[2]) < ORACLE_NS, c[1] .. " us vs " .. c[2] .. " ns")
+        end
+        assert.are.equal(("drops %s queue 0: QDISC_DROP %d"):format(pair.veth_a, drops), lines[4])
+        assert.are.equal("", lines[5])
+    end)
 end)
