@@ -28,12 +28,14 @@ if not dev or interval <= 0 then
   return 2
 end
 
-local rows = {} -- "dev\0queue" -> { dev, queue, pkts, bytes, sojourns = {}, drops = { reason = n } }
+-- "dev\0queue" -> { dev, queue, pkts, bytes, sojourns = {}, drops = { reason = n }, ndrops }
+local rows = {}
 local function row_of(ev)
   local key = ev.dev .. "\0" .. ev.queue
   local r = rows[key]
   if not r then
-    r = { dev = ev.dev, queue = ev.queue, pkts = 0, bytes = 0, sojourns = {}, drops = {}, ndrops = 0 }
+    r = { dev = ev.dev, queue = ev.queue, pkts = 0, bytes = 0, sojourns = {}, drops = {},
+          ndrops = 0 }
     rows[key] = r
   end
   return r
@@ -92,7 +94,8 @@ local function print_table()
     for reason, n in pairs(r.drops) do why[#why + 1] = reason .. " " .. n end
     if #why > 0 then
       table.sort(why)
-      notes[#notes + 1] = string.format("drops %s queue %d: %s\n", r.dev, r.queue, table.concat(why, ", "))
+      notes[#notes + 1] = string.format("drops %s queue %d: %s\n", r.dev, r.queue,
+        table.concat(why, ", "))
     end
   end
   io.write(table.concat(notes), "\n")
