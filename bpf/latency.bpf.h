@@ -28,7 +28,7 @@
  * the driver: their sojourn_ns is the few hundred ns in between. With a qdisc it is the wait in
  * the qdisc plus what held the queue back (a stopped queue: BQL limit, a full ring).
  *
- * `lat_held` is an LRU hash: it cannot grow past NDQ_LATENCY_MAX entries whatever happens to the
+ * `lat_held` (its values: the event's first latency_held_size() bytes) is an LRU hash: it cannot grow past NDQ_LATENCY_MAX entries whatever happens to the
  * packets (one freed by a path without a tracepoint only costs a slot until it is the least
  * recently used). While held, an entry's sojourn_ns holds the queue timestamp and, in the driver
  * (NDQ_EV_XMIT), xmit_ns the start_xmit timestamp; both become durations on their way out.
@@ -57,6 +57,16 @@ struct {
 	__type(value, struct netdevq_event);
 } lat_held SEC(".maps");
 
+/* The bytes of an event held: what deliver() emits (the loader sets lat_held's value size to it,
+ * csrc/latency.c: the same formula), at most the whole event. */
+static __always_inline __u32 latency_held_size(void)
+{
+	__u64 size = paths_emit_size(EVENT_HEAD_SIZE + cfg.snaplen);
+
+	size = (size + 7) & ~7ULL;
+	return size > sizeof(struct netdevq_event) ? sizeof(struct netdevq_event) : size;
+}
+
 /* From handle(): hold the matched event until its fate is known. */
 static __always_inline int latency_hold(struct scratch *s, struct sk_buff *skb,
 					struct net_device *dev)
@@ -84,7 +94,7 @@ static __always_inline void latency_release(struct lat_key *k, struct netdevq_ev
 	if (!cnt || !s)
 		return;
 	ev = &s->ev;
-	if (bpf_probe_read_kernel(ev, sizeof(*ev), v))
+	if (bpf_probe_read_kernel(ev, latency_held_size(), v))
 		return;
 	bpf_map_delete_elem(&lat_held, k);
 	if (cfg.sojourn_set && (!(ev->flags & NDQ_EV_XMIT) || ev->sojourn_ns < cfg.sojourn_min ||

@@ -1,5 +1,6 @@
 /* latency.c - loader side of queue latency and drops (see bpf/latency.bpf.h and latency.h). */
 #include <errno.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,16 +36,31 @@ static bool is_lat_prog(const struct bpf_program *p, const char *mode)
 	return nl > ml + 1 && name[nl - ml - 1] == '_' && strcmp(name + nl - ml, mode) == 0;
 }
 
+/* latency_held_size() of bpf/latency.bpf.h: the bytes of an event the kernel side emits */
+static __u32 held_size(const struct netdevq_config *cfg)
+{
+	size_t size = offsetof(struct netdevq_event, snap) + cfg->snaplen;
+
+	if (cfg->n_paths || cfg->kstack)
+		size = offsetof(struct netdevq_event, path) + 16 * (size_t)cfg->n_paths;
+	size = (size + 7) & ~(size_t)7;
+	return size > sizeof(struct netdevq_event) ? sizeof(struct netdevq_event) : (__u32)size;
+}
+
 void ndq_latency_select(struct bpf_object *obj, const struct netdevq_config *cfg, const char *mode)
 {
 	bool on = cfg->need & NDQ_NEED_LATENCY;
 	struct bpf_program *p;
-	struct bpf_map *m;
+	struct bpf_map *m = bpf_object__find_map_by_name(obj, "lat_held");
 
 	bpf_object__for_each_program(p, obj)
 		if (is_lat_prog(p, NULL))
 			bpf_program__set_autoload(p, on && is_lat_prog(p, mode));
-	if (!on && (m = bpf_object__find_map_by_name(obj, "lat_held")))
+	if (!m)
+		return;
+	if (on)
+		bpf_map__set_value_size(m, held_size(cfg)); /* only what leaves: copied twice */
+	else
 		bpf_map__set_max_entries(m, 1);
 }
 

@@ -265,33 +265,45 @@ tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
         assert.are.same({ "netdevq_raw" }, progs)
     end)
 
-    it("builds the same sojourn_ns histogram by dev,queue in the kernel as in Lua", function()
+    it("builds the same sojourn_ns histogram by dev,queue in the kernel as in Lua from its events", function()
         netns.require_root()
         shape(pair, 100000)
-        local scope = "netns == " .. pair.netns_a
-        local spec = { kind = "hist", keys = { "dev", "queue" }, value = "sojourn_ns" }
-        local plan = assert(require("netdevq.plan").make{ filter = scope, aggregations = { spec } })
-        assert.is_table(plan.kernel_agg) -- --hist alone runs in the kernel
-        local kernel = start_cli({ "-F", "json", "--hist", "sojourn_ns", "--by", "dev,queue", "-f", scope })
-        local lua = start_cli({ "-F", "json", "-o", "dev,queue,len,sojourn_ns", "--hist", "sojourn_ns", "--by",
-            "dev,queue", "-f", scope })
-        burst(pair, N)
-        clirun.sleep(N * TICK / 1e9 + 0.5)
-        local _, k = parse(stop_cli(kernel).out)
-        local events, l = parse(stop_cli(lua).out)
-        assert.are.equal(N, #split(events))
-        local kh, lh = k.hist[1], l.hist[1]
-        assert.are.same(kh, lh)
-        -- and both hold every event's sojourn in its log2 slot: [2^(i-1), 2^i)
+        local netdevq = require("netdevq")
+        local spec = { kind = "hist", name = "@sojourn", keys = { "dev", "queue" }, value = "sojourn_ns" }
+        -- the CLI's --hist alone runs in the kernel
+        local plan = assert(require("netdevq.plan").make{ filter = "netns == " .. pair.netns_a,
+            aggregations = { spec } })
+        assert.is_table(plan.kernel_agg)
+        -- one tracer: the kernel aggregates, and the same events reach Lua, which aggregates them too
+        local t = assert(netdevq.open{ filter = "netns == " .. pair.netns_a, aggregate = spec, events = true,
+            fields = { "dev", "queue", "len", "sojourn_ns" } })
+        finally(function() t:close() end)
+        local lua = netdevq.hist{ name = "@sojourn", keys = { "dev", "queue" }, value = "sojourn_ns" }
+        local feed = netdevq.aggregate.feeder(lua, { "dev", "queue" }, "sojourn_ns")
+        local sojourns = {}
+        t:on_event(function(ev)
+            feed(ev)
+            sojourns[#sojourns + 1] = ev.sojourn_ns
+        end)
+        local sender = pair:spawn("a", { netns.ndq_send(), "--delay-ms", "500", "udp4", pair.ip4_a, pair.ip4_b,
+            "9000", "40000", "1000", tostring(N) })
+        assert(t:run{ duration = 0.5 + N * TICK / 1e9 + 1.5 })
+        assert.is_true((sender:wait()))
+        local kernel = assert(t:read_aggregate(nil))
+        assert.is_true(#sojourns >= N)
+        assert.are.same(lua:json(), kernel:json())
+        assert.are.equal(lua:json_line(), kernel:json_line())
+        -- and both hold every sojourn in its log2 slot [2^(i-1), 2^i), keyed by our device, queue 0
         local want, got = {}, {}
-        for _, ev in ipairs(events) do
+        for _, v in ipairs(sojourns) do
             local lo = 1
-            while lo * 2 <= ev.sojourn_ns do lo = lo * 2 end
+            while lo * 2 <= v do lo = lo * 2 end
             want[lo] = (want[lo] or 0) + 1
         end
-        assert.are.equal(1, #kh.data)
-        assert.are.same({ pair.veth_a, 0 }, kh.data[1].key)
-        for _, b in ipairs(kh.data[1].buckets) do
+        local j = kernel:json()
+        assert.are.equal(1, #j.data)
+        assert.are.same({ pair.veth_a, 0 }, j.data[1].key)
+        for _, b in ipairs(j.data[1].buckets) do
             if b.count > 0 then got[b.min] = b.count end
         end
         assert.are.same(want, got)
