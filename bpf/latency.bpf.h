@@ -12,11 +12,12 @@
  *                       down): emitted with drop_reason (enum skb_drop_reason; the names come from
  *                       the kernel's BTF in user space) and without sojourn_ns. Freed while the
  *                       driver has it: drop_reason rides on the net_dev_xmit event.
- *   skb:consume_skb     freed without error before the driver: software GSO (validate_xmit_skb
- *                       segments a GSO packet the device cannot take and consumes it). The
- *                       segments are new sk_buffs that never passed net_dev_queue: the packet is
- *                       reported once, here, with sojourn_ns up to its segmentation (right before
- *                       the first segment reaches the driver) and no xmit_ns/xmit_rc.
+ *   skb:consume_skb     freed without error before the driver: a GSO packet segmented in software,
+ *                       by validate_xmit_skb (the device lacks the offload) or by a qdisc that
+ *                       splits what exceeds its size (tbf, cake). The segments are new sk_buffs
+ *                       that never passed net_dev_queue and are not followed: the packet is
+ *                       emitted here with neither sojourn_ns nor drop_reason (a time taken here
+ *                       would be ~0 for a qdisc that segments at enqueue, before the wait).
  *
  * A driver that answers NETDEV_TX_BUSY gets the packet requeued: the entry goes back to
  * "queued" with its first timestamp, so sojourn_ns ends at the start_xmit whose call took the
@@ -152,11 +153,8 @@ static __always_inline void lat_free(struct sk_buff *skb, struct net_device *dev
 		v->flags |= NDQ_EV_DROP;
 	}
 	if (v->flags & NDQ_EV_XMIT)
-		return;	  /* the driver has it: net_dev_xmit reports it */
-	if (reason < 0) { /* consumed before the driver: segmented (see above) */
-		v->sojourn_ns = bpf_ktime_get_ns() - v->sojourn_ns;
-		v->flags |= NDQ_EV_XMIT;
-	}
+		return; /* the driver has it: net_dev_xmit reports it */
+	/* dropped, or consumed before the driver: segmented (see above) */
 	latency_release(&k, v);
 }
 

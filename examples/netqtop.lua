@@ -53,8 +53,8 @@ t:on_event(function(ev)
     r.pkts = r.pkts + 1
     r.bytes = r.bytes + ev.len
     r.sojourns[#r.sojourns + 1] = sojourn
-  else
-    local why = ev.drop_reason or "?"
+  elseif ev.drop_reason then -- (neither: a GSO packet segmented in software, not followed)
+    local why = ev.drop_reason
     r.drops[why] = (r.drops[why] or 0) + 1
     r.ndrops = r.ndrops + 1
   end

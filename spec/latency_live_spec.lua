@@ -227,6 +227,46 @@ tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
         end
     end)
 
+    it("reports a GSO packet that tbf segments without sojourn or drop, and holds nothing after", function()
+        netns.require_root()
+        -- 10 Mbit/s, a 1600-byte bucket: tbf splits every TCP GSO packet into its segments
+        tc(pair, { "qdisc", "replace", "dev", pair.veth_a, "root", "tbf", "rate", "10mbit", "burst", "1600",
+            "limit", "1000000" })
+        local cli = start_cli({ "-F", "json", "-o", FIELDS .. ",gso_segs", "-f",
+            "netns == " .. pair.netns_a .. " and port == 7002" })
+        local sink = pair:spawn("b", { netns.ndq_send(), "tcpsink", pair.ip4_b, "7002", "20000" })
+        assert.is_truthy(live.wait_line(sink, "^listening"))
+        live.send(pair, "a", { "tcpbulk", pair.ip4_a, pair.ip4_b, "7002", "41002", "200000" })
+        assert.is_true((sink:wait()))
+        clirun.sleep(0.3)
+        local held = 0
+        for id in pairs(bpfobjs.held(cli.pid).map) do
+            local ok, out = netns.run({ "bpftool", "-j", "map", "show", "id", tostring(id) })
+            if ok and cjson.decode(out).name == "lat_held" then
+                local dok, dump = netns.run({ "bpftool", "-j", "map", "dump", "id", tostring(id) })
+                assert(dok, dump)
+                held = #cjson.decode(dump)
+            end
+        end
+        local events = parse(stop_cli(cli).out)
+        local gso, plain = 0, 0
+        for _, ev in ipairs(events) do
+            assert.is_nil(ev.drop_reason)
+            if ev.len > 1514 then -- segmented by tbf at enqueue: its segments are not followed
+                gso = gso + 1
+                assert.is_true(ev.gso_segs > 1)
+                assert.is_nil(ev.sojourn_ns)
+                assert.is_nil(ev.xmit_ns)
+            else
+                plain = plain + 1
+                assert.is_number(ev.sojourn_ns)
+                assert.are.equal(0, ev.xmit_rc)
+            end
+        end
+        assert.is_true(gso >= 1 and plain >= 1, gso .. " GSO packets, " .. plain .. " others")
+        assert.are.equal(0, held)
+    end)
+
     it("keeps the held-packet map bounded and empty once the packets are gone, drops included", function()
         netns.require_root()
         shape(pair, 3000) -- most of a flood is dropped at the qdisc
@@ -285,10 +325,13 @@ tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
             feed(ev)
             sojourns[#sojourns + 1] = ev.sojourn_ns
         end)
+        local rx = live.receiver(pair, "b", pair.ip4_b, 9000, N)
         local sender = pair:spawn("a", { netns.ndq_send(), "--delay-ms", "500", "udp4", pair.ip4_a, pair.ip4_b,
             "9000", "40000", "1000", tostring(N) })
         assert(t:run{ duration = 0.5 + N * TICK / 1e9 + 1.5 })
-        assert.is_true((sender:wait()))
+        local sok, scode, slines = sender:wait()
+        assert(sok, tostring(scode) .. ": " .. table.concat(slines, " | "))
+        live.received(rx)
         local kernel = assert(t:read_aggregate(nil))
         assert.is_true(#sojourns >= N)
         assert.are.same(lua:json(), kernel:json())
