@@ -28,6 +28,7 @@ local io_stderr = io.stderr
 local EV_L4 = abi.EV.L4
 local EV_TCP = abi.EV.TCP
 local EV_ICMP = abi.EV.ICMP
+local EV_ARP = abi.EV.ARP
 local icmp_text = names.icmp_text
 local format_date = clock.format_date
 local by_name = catalogue.by_name
@@ -44,6 +45,9 @@ local get_sport = by_name.sport.get
 local get_dport = by_name.dport.get
 local get_ethertype = by_name.ethertype.get
 local get_tcp_flags = by_name.tcp_flags.get
+local get_arp_spa, get_arp_tpa = by_name.arp_spa.get, by_name.arp_tpa.get
+local get_arp_sha = by_name.arp_sha.get
+local arp_op_text = names.arp_op_text
 
 -- Doubles print exactly with %.14g (what tostring and table.concat use) below this; ts in ns
 -- passes it after ~28 hours of uptime.
@@ -56,7 +60,8 @@ local _M = {}
 -- and pid columns are the socket owner's when the kernel knows it, the task's otherwise.
 _M.DEFAULT_FIELDS = {
     "time", "comm", "pid", "dev", "len", "proto", "saddr", "sport", "daddr", "dport", "ethertype",
-    "tcp_flags", "icmp_type", "icmp_code", "owner_comm", "owner_pid",
+    "tcp_flags", "icmp_type", "icmp_code", "arp_op", "arp_spa", "arp_tpa", "arp_sha",
+    "owner_comm", "owner_pid",
 }
 
 -- The fields a writer made with these options reads (nil: every field).
@@ -204,6 +209,22 @@ local function endpoint(l3, addr, port)
     return addr .. ":" .. port
 end
 
+-- ARP as tcpdump's one-line form: "who-has 198.18.0.2 tell 198.18.0.1", "198.18.0.2 is-at
+-- 02:00:00:00:00:02"; other operations: their name, then sender > target. Fills parts 7 on.
+local function arp_words(p, parts)
+    local op = p.arp_op
+    if op == 1 then
+        parts[7], parts[8], parts[9], parts[10] = "who-has", get_arp_tpa(p), "tell", get_arp_spa(p)
+    elseif op == 2 then
+        parts[7], parts[8], parts[9] = get_arp_spa(p), "is-at", get_arp_sha(p)
+        return 9
+    else
+        parts[7], parts[8] = arp_op_text(op), get_arp_spa(p)
+        parts[9], parts[10] = ">", get_arp_tpa(p)
+    end
+    return 10
+end
+
 local function default_line(p, parts)
     parts[1] = get_time(p)
     local owner = get_owner_pid(p) -- the socket owner when known (owner.bpf.h), else the task
@@ -219,6 +240,9 @@ local function default_line(p, parts)
     local l3 = p.l3
     if l3 == 0 then
         parts[6] = text_value(get_ethertype(p))
+        if band(p.flags, EV_ARP) ~= 0 then
+            return arp_words(p, parts)
+        end
         return 6
     end
     parts[6] = get_proto(p)
@@ -299,6 +323,22 @@ local function endpoint_columns(fields)
         end
     end
     return list
+end
+
+-- The column names of `-o LIST` text output, one line ("comm pid len saddr:sport > daddr:dport"):
+-- what the CLI prints first when stdout is a terminal. fields: array of names.
+function _M.header(fields)
+    local cols = {}
+    for i, name in ipairs(endpoint_columns(fields)) do
+        if type(name) == "function" then -- the address pair, with ports when it has them
+            local has = {}
+            for _, f in ipairs(fields) do has[f] = true end
+            local ports = has.sport and has.dport
+            name = ports and "saddr:sport > daddr:dport" or "saddr > daddr"
+        end
+        cols[i] = name
+    end
+    return concat(cols, " ")
 end
 
 -- opts: fields (array of names; default: the default layout), extra (names printed after the
