@@ -241,6 +241,9 @@ struct netdevq_config {
 	__u32 n_paths;
 	__u32 kstack;		     /* 1: capture the kernel stack of every matching event */
 	struct netdevq_path path[8]; /* NDQ_PATHS_MAX */
+	/* 1: the pcap expression is decided in the kernel (netdevq_pcap_eth/raw, issue 16) */
+	__u32 pcap;
+	__u32 pcap_pad;
 	/* sojourn_ns kernel filter: sojourn_min <= sojourn_ns <= sojourn_max (and the packet
 	 * reached the driver), decided when its fate is known (bpf/latency.bpf.h) */
 	__u32 sojourn_set;

@@ -57,6 +57,7 @@ struct tracer {
 	__u32 follow_pid;
 	__u32 agg_value_size;
 	struct ndq_pcap *pcap;
+	bool pcap_kernel; /* the kernel decides pcap (pcap_kernel.c); not t->pcap in on_sample */
 	struct ndq_owner *owner;     /* socket-owner links (owner.c) */
 	struct ndq_latency *latency; /* fate program links (latency.c) */
 	__u64 pcap_dropped;
