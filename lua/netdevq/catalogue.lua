@@ -38,28 +38,44 @@ local load = loadstring or load
 local NEED = abi.NEED
 local LOC = abi.LOC
 local EV_MAC, EV_L4, EV_TCP = abi.EV.MAC, abi.EV.L4, abi.EV.TCP
-local format_ipv4, format_ipv6, format_mac = names.format_ipv4, names.format_ipv6,
-    names.format_mac
+local format_mac = names.format_mac
 
 
 local _M = {}
 
 
 -- NUL-terminated, but never read past the array even if the kernel filled it to the brim.
+-- strnlen, not a loop: an inner loop would split every compiled per-event loop that reads a name.
+pcall(ffi.cdef, "size_t ndq_strnlen(const char *s, size_t maxlen) __asm__(\"strnlen\");")
+local C = ffi.C
 local function cstring(buf, size)
-    local n = 0
-    while n < size and buf[n] ~= 0 do
-        n = n + 1
-    end
-    return ffi_string(buf, n)
+    return ffi_string(buf, tonumber(C.ndq_strnlen(buf, size)))
 end
 _M.cstring = cstring
 
-local function format_address(l3, a)
-    if l3 == 4 then return format_ipv4(a) end
-    if l3 == 6 then return format_ipv6(a) end
-    return nil
+-- cstring of a 16-byte name (comm, dev): a direct-mapped cache keyed by its 16 bytes as two
+-- 64-bit words, so that a name seen before costs two loads and compares, not a new string
+-- lookup per event (ffi.string hashes and interns).
+local NAME_SLOTS = 256
+local name_words = ffi.new("uint64_t[?]", NAME_SLOTS * 2)
+local name_text = {}
+local u64_ptr_t = ffi.typeof("const uint64_t *")
+local bxor, rshift = bit.bxor, bit.rshift
+local function name16(buf)
+    local w = ffi.cast(u64_ptr_t, buf)
+    local a, b = w[0], w[1]
+    local slot = tonumber(band(bxor(a, rshift(a, 29), b, rshift(b, 37)), NAME_SLOTS - 1))
+    local text = name_text[slot]
+    if text and name_words[2 * slot] == a and name_words[2 * slot + 1] == b then
+        return text
+    end
+    text = cstring(buf, 16)
+    name_words[2 * slot], name_words[2 * slot + 1] = a, b
+    name_text[slot] = text
+    return text
 end
+
+local format_address = names.address_text -- (l3, bytes) -> text, memoized
 
 
 -- text(p) of icmp_type / icmp_code: the name from the ICMP or ICMPv6 table (by proto)
@@ -257,6 +273,8 @@ local function raw_getter(row, size)
     local value
     if row.type == "address" then
         value = "p.l3, p." .. at
+    elseif row.type == "string" and size == 16 then
+        value = format("name16(p.%s)", at)
     elseif row.type == "string" then
         value = format("cstring(p.%s, %d)", at, size)
     elseif row.type == "mac" then
@@ -276,9 +294,9 @@ local function raw_getter(row, size)
     else
         body = "return " .. value
     end
-    local chunk = assert(load("local band, tonumber, cstring, format_mac = ...\n"
+    local chunk = assert(load("local band, tonumber, cstring, format_mac, name16 = ...\n"
         .. "return function(p) " .. body .. " end", "=catalogue." .. row.name))
-    return chunk(band, tonumber, cstring, format_mac)
+    return chunk(band, tonumber, cstring, format_mac, name16)
 end
 
 -- where the kernel's aggregation finds the field (struct netdevq_field_loc as a table)

@@ -244,14 +244,13 @@ function Tracer:on_event(fn)
 end
 
 -- While deliver() runs (or a coroutine is suspended in one of its callbacks), where it is: the
--- view points at the event being delivered, so the batch index after it is read from there
--- rather than stored for every event.
+-- view's index is the event being delivered, so the batch index after it is read from there
+-- rather than stored in the tracer for every event.
 local function position(self)
     if not self.delivering then
         return self.pend_i
     end
-    return tonumber(ffi_cast(event_ptr_t, rawget(self.view, "_p"))
-        - ffi_cast(event_ptr_t, self.pend)) + 1
+    return rawget(self.view, "_i") + 1
 end
 
 -- matched, with what the batch being delivered has delivered so far (deliver() counts those in a
@@ -274,13 +273,14 @@ local function deliver(self)
     local view, match, where = self.view, self.match, self.where
     local callbacks, ncb = self.callbacks, self.ncallbacks
     local delivered = 0
+    view._b = evs -- the view is (base, index): per event only the index changes (event.lua)
     for i = self.pend_i, n - 1 do
         if delivered >= room then
             self.pend_i = i
             return -- max_events reached: the rest stays pending
         end
+        view._i = i
         local p = evs + i
-        view:_set(p)
         if (match == nil or match(p)) and (where == nil or where(view)) then
             delivered = delivered + 1
             for c = 1, ncb do

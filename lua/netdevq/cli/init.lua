@@ -121,7 +121,7 @@ local function wire_outputs(t, s, writer, pcap_writer, failed)
     if pcap_writer then
         local unix_ns = clock.unix_ns
         t:on_event(function(ev)
-            local p = ev._p
+            local p = ev:pointer()
             written(pcap_writer:write_event(p, unix_ns(p.ts)))
         end)
     end
