@@ -1,5 +1,6 @@
 /* decode.h - header decoding for netdevq.bpf.c: Ethernet with 802.1Q/802.1ad tags, IPv4, IPv6
- * with its extension headers, and the upper layer (ports, TCP flags, ICMP type and code).
+ * with its extension headers, the upper layer (ports, TCP flags, ICMP type and code), and ARP
+ * for IPv4 over Ethernet.
  *
  * Input: the header bytes read into ev->snap (from the link header on), l2 (bytes of link header
  * before the network header, from skb->network_header), avail (bytes of snap that are valid) and
@@ -12,6 +13,7 @@
 
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
+#define ETH_P_ARP 0x0806
 #define ETH_P_8021Q 0x8100
 #define ETH_P_8021AD 0x88A8
 #define ARPHRD_ETHER 1
@@ -151,6 +153,20 @@ static __always_inline void decode_l4(struct netdevq_event *ev, __u32 l4, __u32 
 	}
 }
 
+/* ARP at ip (avail >= 28 checked): Ethernet hardware addresses and IPv4 protocol addresses
+ * only (RFC 826 for IPv4 over Ethernet; anything else stays undecoded, as tcpdump prints it raw). */
+static __always_inline void decode_arp(struct netdevq_event *ev, const __u8 *ip)
+{
+	if (be16_at(ip) != ARPHRD_ETHER || be16_at(ip + 2) != ETH_P_IP || ip[4] != 6 || ip[5] != 4)
+		return;
+	ev->arp_op = be16_at(ip + 6);
+	__builtin_memcpy(ev->arp_sha, ip + 8, 6);
+	__builtin_memcpy(ev->arp_spa, ip + 14, 4);
+	__builtin_memcpy(ev->arp_tha, ip + 18, 6);
+	__builtin_memcpy(ev->arp_tpa, ip + 24, 4);
+	ev->flags |= NDQ_EV_ARP;
+}
+
 /* Everything from the header bytes in ev->snap. hw_proto/hw_tci: the skb's offloaded VLAN tag
  * (skb->vlan_proto in host order, skb->vlan_tci; proto 0: none), the outermost when present. */
 static __always_inline void decode_headers(struct netdevq_event *ev, __u32 l2, __u32 avail,
@@ -205,6 +221,9 @@ static __always_inline void decode_headers(struct netdevq_event *ev, __u32 l2, _
 		l4 = decode_ip6_ext(ev, l3 + 40, avail);
 		if (!l4)
 			return;
+	} else if (etype == ETH_P_ARP && avail >= l3 + 28) {
+		decode_arp(ev, ip);
+		return;
 	} else {
 		return;
 	}

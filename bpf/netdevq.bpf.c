@@ -198,12 +198,14 @@ static __always_inline void put_key(__u8 *slot, const struct netdevq_event *ev,
 	}
 	if (l->off > sizeof(*ev) - 16)
 		return;
-	if (l->kind == NDQ_LOC_ADDRESS) {
-		if (ev->l3 == 4)
+	if (l->kind == NDQ_LOC_ADDRESS || l->kind == NDQ_LOC_IPV4) {
+		__u8 family = l->kind == NDQ_LOC_IPV4 ? 4 : ev->l3;
+
+		if (family == 4)
 			__builtin_memcpy(slot, src, 4);
 		else
 			__builtin_memcpy(slot, src, 16);
-		slot[16] = ev->l3;
+		slot[16] = family;
 	} else if (l->size == 6) {
 		__builtin_memcpy(slot, src, 6);
 	} else {

@@ -65,6 +65,7 @@ enum {
 	NDQ_LOC_NUMBER = 0,  /* an unsigned integer of size 1, 2, 4 or 8 */
 	NDQ_LOC_BYTES = 1,   /* size bytes (names, MACs), copied into the key slot */
 	NDQ_LOC_ADDRESS = 2, /* ev->l3 says the family: 4 (4 bytes) or 6 (16 bytes) */
+	NDQ_LOC_IPV4 = 3,    /* an IPv4 address whatever ev->l3 says (ARP's): 4 bytes */
 };
 
 struct netdevq_field_loc {
@@ -107,6 +108,7 @@ enum {
 	NDQ_EV_VLAN_HW = 64, /* that tag is the skb's offloaded one (not in snap) */
 	NDQ_EV_IPFRAG = 128, /* an IP fragment, first or not: frag_off valid */
 	NDQ_EV_IP6 = 256,    /* IPv6: ip6_ext valid */
+	NDQ_EV_ARP = 512,    /* arp_* valid: ARP for IPv4 over Ethernet */
 	/* owner_* valid (bpf/owner.bpf.h); a high bit, so header-decoding flags keep the low ones */
 	NDQ_EV_OWNER = 0x8000,
 };
@@ -139,8 +141,8 @@ struct netdevq_event {
 	__u16 flags;	/* NDQ_EV_* */
 	__u16 snap_len; /* bytes valid in snap */
 	__u16 l2_len;	/* bytes of link header in snap before the network header */
-	__u16 pad0;
-	/* decoding: ICMP, VLAN, fragments, IPv6 extension headers */
+	__u16 arp_op;	/* ARP operation (1 request, 2 reply, ...), host order */
+	/* decoding: ICMP, VLAN, fragments, IPv6 extension headers, ARP */
 	__u8 icmp_type, icmp_code;
 	__u16 vlan_tci;	  /* PCP (3 bits), DEI, VID (12 bits), host order */
 	__u16 vlan_proto; /* TPID: 0x8100 (802.1Q) or 0x88a8 (802.1ad), host order */
@@ -149,6 +151,8 @@ struct netdevq_event {
 	__u8 vlan_pcp;
 	__u8 ip6_ext; /* IPv6 extension headers walked before the upper layer */
 	__u8 pad1[4];
+	__u8 arp_sha[6], arp_tha[6]; /* ARP sender and target hardware addresses */
+	__u8 arp_spa[4], arp_tpa[4]; /* ARP sender and target protocol (IPv4) addresses */
 	char comm[16];
 	char dev[16];
 	/* socket owner (NDQ_NEED_OWNER): the process that last sent, received, connected, accepted

@@ -328,4 +328,83 @@ describe("decoding real traffic #root", function()
             assert.equal(n, counts[key], key .. " in " .. require("cjson").encode(counts))
         end
     end)
+    -- ARP: the request leaves a, the reply leaves b; fields equal tshark's reading of what tcpdump
+    -- captured on each side, the default text line reads as tcpdump's one-line form, and the
+    -- kernel aggregation keys on ARP's IPv4 addresses (NDQ_LOC_IPV4)
+    for _, mode in ipairs(MODES) do
+        it("ARP who-has and is-at: fields as tshark reads them, tcpdump's words, kernel keys ("
+            .. mode .. ")", function()
+            netns.require_root()
+            local scope = ("(netns == %d or netns == %d)"):format(pair.netns_a, pair.netns_b)
+            local filter = scope .. ' and ethertype == "arp"'
+            local text = live.spawn_cli({ "-d", "60", "--mode", mode, "-f", filter })
+            live.wait_ready(text, mode)
+            local json = start_tracer(mode, nil, filter)
+            local agg = assert(require("netdevq").open{ mode = mode, filter = scope,
+                aggregate = { kind = "count", keys = { "arp_op", "arp_spa", "arp_tpa" } } })
+            finally(function() agg:close() end)
+            local caps = { a = dir .. "/arp_a.pcap", b = dir .. "/arp_b.pcap" }
+            local cap_a, cap_b = start_capture(pair, "a", caps.a), start_capture(pair, "b", caps.b)
+            -- the pair's neighbour entries are static: a resolves b again
+            local ok, out = pair:exec("a", { "ip", "neigh", "del", pair.ip4_b, "dev", pair.veth_a })
+            assert(ok, out)
+            ok, out = pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, "9102",
+                "40102", "8" })
+            assert(ok, out)
+            netns.run({ "sleep", "0.3" })
+            stop_capture(cap_a)
+            stop_capture(cap_b)
+            text:kill("INT")
+            local _, _, lines = text:wait()
+            local events = stop_tracer(json)
+            local mac = {}
+            for side, dev in pairs({ a = pair.veth_a, b = pair.veth_b }) do
+                ok, out = pair:exec(side, { "cat", "/sys/class/net/" .. dev .. "/address" })
+                assert(ok, out)
+                mac[side] = out:match("%x%x:[%x:]+")
+            end
+            -- what tshark reads in the two captures (ARP frames only)
+            local theirs = {}
+            for _, side in ipairs({ "a", "b" }) do
+                local ok2, rows = netns.run({ "tshark", "-r", caps[side], "-Y", "arp", "-T", "fields",
+                    "-e", "arp.opcode", "-e", "arp.src.hw_mac", "-e", "arp.src.proto_ipv4",
+                    "-e", "arp.dst.hw_mac", "-e", "arp.dst.proto_ipv4" })
+                assert(ok2, rows)
+                for row in rows:gmatch("[^\n]+") do
+                    local op, sha, spa, tha, tpa = row:match("^(%d+)\t(%S+)\t(%S+)\t(%S+)\t(%S+)$")
+                    -- (netns.run returns stderr too: tshark's notices are not rows)
+                    theirs[#theirs + 1] = op and { dev = side == "a" and pair.veth_a or pair.veth_b,
+                        arp_op = tonumber(op), arp_sha = sha, arp_spa = spa, arp_tha = tha,
+                        arp_tpa = tpa } or nil
+                end
+            end
+            local ours = {}
+            for _, ev in ipairs(events) do
+                assert.is_nil(ev.saddr) -- not IP: ARP's addresses are its own fields
+                ours[#ours + 1] = { dev = ev.dev, arp_op = ev.arp_op, arp_sha = ev.arp_sha,
+                    arp_spa = ev.arp_spa, arp_tha = ev.arp_tha, arp_tpa = ev.arp_tpa }
+            end
+            assert.same({
+                { dev = pair.veth_a, arp_op = 1, arp_sha = mac.a, arp_spa = pair.ip4_a,
+                  arp_tha = "00:00:00:00:00:00", arp_tpa = pair.ip4_b },
+                { dev = pair.veth_b, arp_op = 2, arp_sha = mac.b, arp_spa = pair.ip4_b,
+                  arp_tha = mac.a, arp_tpa = pair.ip4_a },
+            }, ours)
+            assert.same(theirs, ours)
+            local got = {}
+            for _, l in ipairs(lines) do
+                if not l:match("^netdevq:") then got[#got + 1] = l:match("^%S+ %S+ %S+ (.*)$") end
+            end
+            assert.same({
+                pair.veth_a .. " 42 arp who-has " .. pair.ip4_b .. " tell " .. pair.ip4_a,
+                pair.veth_b .. " 42 arp " .. pair.ip4_b .. " is-at " .. mac.b,
+            }, got)
+            local counts = {}
+            for _, e in ipairs(assert(agg:read_aggregate()):entries()) do
+                counts[e.text] = e.count
+            end
+            assert.equal(1, counts[("[1, %s, %s]"):format(pair.ip4_a, pair.ip4_b)])
+            assert.equal(1, counts[("[2, %s, %s]"):format(pair.ip4_b, pair.ip4_a)])
+        end)
+    end
 end)

@@ -4,10 +4,15 @@
 #
 #   spec/sanitize.sh asan SRC_DIR ASAN_BUILD_DIR [SPEC_FILE...]
 #       configures and builds ASAN_BUILD_DIR with -DNETDEVQ_SANITIZE=ON (the C module built with
-#       -fsanitize=address,undefined), then runs every spec file under busted with the ASan runtime
-#       preloaded into luajit (LuaJIT itself is not instrumented); the CLI runs the specs start use
-#       the same module (NETDEVQ_BUILD). Any AddressSanitizer or UndefinedBehaviorSanitizer report,
-#       in the spec process or in any child, fails the run (reports go to files, then here).
+#       -fsanitize=address,undefined), then runs the spec files (all of them unless some are named)
+#       under busted with the ASan runtime preloaded into luajit (LuaJIT itself is not
+#       instrumented); the CLI runs the specs start use the same module (NETDEVQ_BUILD). Any
+#       AddressSanitizer or UndefinedBehaviorSanitizer report, in the spec process or in any child,
+#       fails the run (reports go to files, then here).
+#   spec/sanitize.sh asan-build SRC_DIR ASAN_BUILD_DIR
+#   spec/sanitize.sh asan-run SRC_DIR ASAN_BUILD_DIR SPEC_FILE...
+#       the two halves of the above: ctest builds once (a fixture), then runs one test per spec
+#       file, each with its own timeout and its own verdict.
 #
 #   spec/sanitize.sh valgrind SRC_DIR BUILD_DIR
 #       two CLI runs under valgrind memcheck (events with JSON and pcapng output and a Lua
@@ -20,7 +25,7 @@
 # BPF objects, by spec/leak_spec.lua and spec/failure_spec.lua.
 set -euo pipefail
 
-mode=${1:?usage: spec/sanitize.sh asan|valgrind SRC_DIR BUILD_DIR}
+mode=${1:?usage: spec/sanitize.sh asan|asan-build|asan-run|valgrind SRC_DIR BUILD_DIR [SPEC...]}
 src=$(cd "${2:?source directory}" && pwd)
 build=${3:?build directory}
 cd "$src"
@@ -30,10 +35,13 @@ if [ "$(id -u)" -ne 0 ] && [ "${CI:-}" = true ]; then
   exit 1
 fi
 
-case "$mode" in
-asan)
+asan_build() {
   cmake -S "$src" -B "$build" -DNETDEVQ_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
   cmake --build "$build" -j "$(nproc)" >/dev/null  # every target: the specs use the test helpers too
+}
+
+asan_run() {
+  [ -f "$build/netdevq/core.so" ] || { echo "sanitize.sh: no sanitized build in $build" >&2; exit 1; }
   cc=$(sed -n 's/^CMAKE_C_COMPILER:[A-Z]*=//p' "$build/CMakeCache.txt")
   runtime=$("${cc:-cc}" -print-file-name=libasan.so)
   [ -f "$runtime" ] || { echo "sanitize.sh: no ASan runtime ($runtime)" >&2; exit 1; }
@@ -61,7 +69,7 @@ asan)
   export NETDEVQ_BUILD="$build" NDQ_SEND="$build/ndq_send"
   failed=()
   start=$(date +%s)
-  specs=("${@:4}") # spec files given after the build directory: only those (for debugging)
+  specs=("$@")
   [ ${#specs[@]} -gt 0 ] || specs=(spec/*_spec.lua)
   for spec in "${specs[@]}"; do
     t0=$(date +%s)
@@ -84,6 +92,21 @@ asan)
   echo "sanitize.sh: ${#specs[@]} spec files with the sanitized module in" \
        "$(( $(date +%s) - start )) s; ${#failed[@]} failed; sanitizer reports: $found"
   [ ${#failed[@]} -eq 0 ] && [ $found -eq 0 ]
+}
+
+case "$mode" in
+asan)
+  asan_build
+  asan_run "${@:4}"
+  ;;
+
+asan-build)
+  asan_build
+  ;;
+
+asan-run)
+  [ $# -ge 4 ] || { echo "usage: spec/sanitize.sh asan-run SRC_DIR BUILD_DIR SPEC_FILE..." >&2; exit 2; }
+  asan_run "${@:4}"
   ;;
 
 valgrind)
@@ -134,7 +157,7 @@ valgrind)
   ;;
 
 *)
-  echo "usage: spec/sanitize.sh asan|valgrind SRC_DIR BUILD_DIR" >&2
+  echo "usage: spec/sanitize.sh asan|asan-build|asan-run|valgrind SRC_DIR BUILD_DIR [SPEC...]" >&2
   exit 2
   ;;
 esac

@@ -117,6 +117,7 @@ _M.LOC = {
     NUMBER = ffi_C.NDQ_LOC_NUMBER,
     BYTES = ffi_C.NDQ_LOC_BYTES,
     ADDRESS = ffi_C.NDQ_LOC_ADDRESS,
+    IPV4 = ffi_C.NDQ_LOC_IPV4,
 }
 
 -- netdevq_config.need bits.
@@ -143,6 +144,7 @@ _M.EV = {
     VLAN_HW = ffi_C.NDQ_EV_VLAN_HW,
     IPFRAG = ffi_C.NDQ_EV_IPFRAG,
     IP6 = ffi_C.NDQ_EV_IP6,
+    ARP = ffi_C.NDQ_EV_ARP,
     OWNER = ffi_C.NDQ_EV_OWNER,
 }
 

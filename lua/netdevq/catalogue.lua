@@ -14,9 +14,10 @@
 --   either        pseudo-fields (port, host): true when either of these two fields matches
 --   example, description
 --   at, when      the struct netdevq_event member that holds it and when the event carries it
---                 (IP, L4, TCP, MAC, ICMP, VLAN, IPFRAG, IP6, NONZERO): from these come raw(p)
+--                 (IP, L4, TCP, MAC, ICMP, VLAN, IPFRAG, IP6, ARP, NONZERO): from these come raw(p)
 --                 and `loc`, where the kernel's aggregation finds it (struct netdevq_field_loc,
 --                 offsetof on the ABI)
+--   family        address fields of one family whatever the event's l3 (4: ARP's IPv4 addresses)
 --   text(p)       optional: the text output's form where it differs from the value (ICMP type
 --                 and code names; JSON, filters and aggregations keep the number)
 -- Adding a kernel-read field is the ABI member, the kernel read, and one row here.
@@ -195,6 +196,19 @@ local ROWS = {
     { name = "ip6_ext", type = "integer", at = "ip6_ext", when = "IP6", need = "HEADERS",
       example = "1",
       description = "IPv6 extension headers before the upper layer; absent when not IPv6" },
+    -- ARP for IPv4 over Ethernet (RFC 826): absent for anything else
+    { name = "arp_op", type = "integer", at = "arp_op", when = "ARP", need = "HEADERS",
+      example = "1", text = function(p)
+          if band(p.flags, abi.EV.ARP) ~= 0 then return names.arp_op_text(p.arp_op) end
+      end, description = "ARP operation: 1 request (who-has), 2 reply (is-at); names in text" },
+    { name = "arp_sha", type = "mac", at = "arp_sha", when = "ARP", need = "HEADERS",
+      example = '"02:00:00:00:00:01"', description = "ARP sender hardware address" },
+    { name = "arp_spa", type = "address", family = 4, at = "arp_spa", when = "ARP",
+      need = "HEADERS", example = '"198.18.0.1"', description = "ARP sender IPv4 address" },
+    { name = "arp_tha", type = "mac", at = "arp_tha", when = "ARP", need = "HEADERS",
+      example = '"00:00:00:00:00:00"', description = "ARP target hardware address" },
+    { name = "arp_tpa", type = "address", family = 4, at = "arp_tpa", when = "ARP",
+      need = "HEADERS", example = '"198.18.0.2"', description = "ARP target IPv4 address" },
     -- the socket's owner (bpf/owner.bpf.h): present when the kernel knows it
     { name = "owner_pid", type = "integer", at = "owner_pid", when = "OWNER", need = "OWNER",
       example = "1234", description = "tgid of the process owning the packet's socket (in softirq "
@@ -236,6 +250,7 @@ local WHEN = {
     VLAN = flag(abi.EV.VLAN),
     IPFRAG = flag(abi.EV.IPFRAG),
     IP6 = flag(abi.EV.IP6),
+    ARP = flag(abi.EV.ARP),
     OWNER = flag(abi.EV.OWNER),
     NONZERO = { lua = "v ~= 0", nonzero = 1 },
 }
@@ -271,7 +286,9 @@ end
 local function raw_getter(row, size)
     local at, when = row.at, row.when and WHEN[row.when]
     local value
-    if row.type == "address" then
+    if row.type == "address" and row.family then -- absent: family 0
+        value = format("(%s) and %d or 0, p.%s", when.lua, row.family, at)
+    elseif row.type == "address" then
         value = "p.l3, p." .. at
     elseif row.type == "string" and size == 16 then
         value = format("name16(p.%s)", at)
@@ -304,7 +321,7 @@ local function kernel_location(row, off, size)
     local when = row.when and WHEN[row.when] or {}
     local kind = LOC.NUMBER
     if row.type == "address" then
-        kind = LOC.ADDRESS
+        kind = row.family == 4 and LOC.IPV4 or LOC.ADDRESS
     elseif row.type == "string" or row.type == "mac" then
         kind = LOC.BYTES
     end

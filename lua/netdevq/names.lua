@@ -491,6 +491,14 @@ function _M.icmp_text(family, icmp_type, code)
 end
 
 
+-- ARP operations (RFC 826, RFC 903 for RARP, RFC 2390 for InARP): 1 -> "request"
+local ARP_OPS = { [1] = "request", [2] = "reply", [3] = "rarp request", [4] = "rarp reply",
+    [8] = "inarp request", [9] = "inarp reply" }
+function _M.arp_op_text(op)
+    return ARP_OPS[op] or tostring(op)
+end
+
+
 ---------------------------------------------------------------------------------------------
 -- Names from outside: printable text
 ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ local io_stderr = io.stderr
 local EV_L4 = abi.EV.L4
 local EV_TCP = abi.EV.TCP
 local EV_ICMP = abi.EV.ICMP
+local EV_ARP = abi.EV.ARP
 local icmp_text = names.icmp_text
 local put_time = clock.put_time
 local put_date = clock.put_date
@@ -54,6 +55,9 @@ local get_sport = by_name.sport.get
 local get_dport = by_name.dport.get
 local get_ethertype = by_name.ethertype.get
 local get_tcp_flags = by_name.tcp_flags.get
+local get_arp_spa, get_arp_tpa = by_name.arp_spa.get, by_name.arp_tpa.get
+local get_arp_sha = by_name.arp_sha.get
+local arp_op_text = names.arp_op_text
 
 -- Doubles print exactly with %.14g (what tostring and table.concat use) below this; ts in ns
 -- passes it after ~28 hours of uptime.
@@ -69,7 +73,8 @@ local _M = {}
 -- and pid columns are the socket owner's when the kernel knows it, the task's otherwise.
 _M.DEFAULT_FIELDS = {
     "time", "comm", "pid", "dev", "len", "proto", "saddr", "sport", "daddr", "dport", "ethertype",
-    "tcp_flags", "icmp_type", "icmp_code", "owner_comm", "owner_pid",
+    "tcp_flags", "icmp_type", "icmp_code", "arp_op", "arp_spa", "arp_tpa", "arp_sha",
+    "owner_comm", "owner_pid",
 }
 
 -- The fields a writer made with these options reads (nil: every field).
@@ -321,9 +326,23 @@ local function put_endpoint(buf, l3, addr, port)
     end
 end
 
+-- ARP as tcpdump's one-line form: "who-has 198.18.0.2 tell 198.18.0.1", "198.18.0.2 is-at
+-- 02:00:00:00:00:02"; other operations: their name, then sender > target.
+local function put_arp(buf, p)
+    local op = p.arp_op
+    if op == 1 then
+        buf:put(" who-has ", get_arp_tpa(p), " tell ", get_arp_spa(p))
+    elseif op == 2 then
+        buf:put(" ", get_arp_spa(p), " is-at ", get_arp_sha(p))
+    else
+        buf:put(" ", arp_op_text(op), " ", get_arp_spa(p), " > ", get_arp_tpa(p))
+    end
+end
+
 -- time comm pid dev len proto saddr:sport > daddr:dport. IPv6 with a port is written [addr]:port
 -- so that the port cannot be read as the last group. Not IP: the ethertype in place of proto and
--- no addresses. The comm and pid columns are the socket owner's when the kernel knows it.
+-- no addresses (ARP: tcpdump's words, see put_arp). The comm and pid columns are the socket
+-- owner's when the kernel knows it.
 local function put_default(buf, p)
     put_time(buf, p.ts)
     buf:put(" ")
@@ -340,6 +359,9 @@ local function put_default(buf, p)
     local l3 = p.l3
     if l3 == 0 then
         put_value(buf, get_ethertype(p))
+        if band(p.flags, EV_ARP) ~= 0 then
+            put_arp(buf, p)
+        end
         return
     end
     buf:put(get_proto(p), " ")
