@@ -92,6 +92,14 @@ local function icmp_text_of(which)
 end
 
 
+-- netns inode -> name, netdevq.netns loaded on first use (a require per event would not compile)
+local netns_module
+local function netns_name(ino)
+    netns_module = netns_module or require("netdevq.netns")
+    return netns_module.name(ino)
+end
+
+
 ---------------------------------------------------------------------------------------------
 -- The rows, in the order fields are listed and printed
 ---------------------------------------------------------------------------------------------
@@ -124,7 +132,7 @@ local ROWS = {
       end, description = "inode number of the device's network namespace (filters take names)" },
     { name = "netns_name", type = "string", need = "NETNS", example = '"blue"',
       untrusted = true, description = "name of that namespace in /run/netns (ip netns), if any",
-      raw = function(p) return require("netdevq.netns").name(p.netns) end },
+      raw = function(p) return netns_name(p.netns) end },
     { name = "len", type = "integer", at = "len", member = "len", example = "1500",
       description = "skb->len" },
     { name = "data_len", type = "integer", at = "data_len", example = "0",

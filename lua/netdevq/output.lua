@@ -12,6 +12,7 @@
 -- every later call returns the same error, so the run loop can stop at its next check.
 -- SIGPIPE must be ignored by the process for EPIPE to arrive here instead of killing it.
 local bit = require("bit")
+local ffi = require("ffi")
 local buffer = require("string.buffer")
 local cjson = require("cjson")
 local abi = require("netdevq.abi")
@@ -188,17 +189,37 @@ local function compile_line(first, cols, sep, putters)
     return chunk(first, G, P, putters, sep)
 end
 
--- What waits in the buffer goes to the file. An io file takes the buffer itself (no string is
--- made) when bulk is set; per event (write-through) a string is written, as the JIT compiles
--- file:write(string) into the delivery loop and not file:write(buffer).
-local function write_out(self, bulk)
+-- An io file is written with fwrite on its FILE * (the FFI converts an io file to it): the
+-- buffer's bytes go to the file's stdio buffer as they are, no string is made, and the JIT
+-- compiles the call into the delivery loop (file:write takes no buffer in compiled code). Any
+-- other file object gets file:write(string).
+local voidp_t = ffi.typeof("void *")
+pcall(ffi.cdef, [[
+size_t ndq_out_fwrite(const void *p, size_t size, size_t n, void *fp) __asm__("fwrite");
+char *ndq_out_strerror(int errnum) __asm__("strerror");
+]])
+local C = ffi.C
+
+local function stdio_of(file)
+    if io_type(file) == "file" then
+        return ffi.cast(voidp_t, file)
+    end
+    return nil
+end
+
+-- What waits in the buffer goes to the file.
+local function write_out(self)
     local buf = self.buf
-    if #buf == 0 then
+    local len = #buf
+    if len == 0 then
         return true
     end
+    local fp = self.fp
     local ok, err
-    if bulk and self.direct then
-        ok, err = self.file:write(buf)
+    if fp then
+        local p = buf:ref()
+        ok = tonumber(C.ndq_out_fwrite(p, 1, len, fp)) == len
+        err = not ok and ffi.string(C.ndq_out_strerror(ffi.errno())) or nil
     else
         ok, err = self.file:write(buf:tostring())
     end
@@ -212,12 +233,10 @@ end
 
 -- the line goes to the file now (write-through), or once FLUSH_AT waits (buffered)
 local function queued(self)
-    if not self.buffered then
-        return write_out(self, false)
-    elseif #self.buf < FLUSH_AT then
+    if self.buffered and #self.buf < FLUSH_AT then
         return true
     end
-    return write_out(self, true)
+    return write_out(self)
 end
 
 
@@ -273,7 +292,7 @@ local function flush(self)
     if self.err then
         return nil, self.err
     end
-    local ok, err = write_out(self, true)
+    local ok, err = write_out(self)
     if not ok then
         return nil, err
     end
@@ -285,7 +304,7 @@ local function new_writer(mt, opts, line)
     return setmetatable({
         file = file,
         err_file = opts.err_file or io_stderr,
-        direct = io_type(file) == "file",
+        fp = stdio_of(file),
         buffered = opts.buffered == true,
         line = line,
         buf = buffer_new(),
