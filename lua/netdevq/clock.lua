@@ -90,6 +90,14 @@ end
 assert(_M.calibrate())
 
 
+-- CLOCK_MONOTONIC now, in ns (a number), through the FFI: a compiled call (core.monotonic_ns,
+-- a C function, ends a JIT trace wherever it is called)
+local ts_now = ffi_new("ndq_clock_timespec")
+function _M.monotonic_ns()
+    C.ndq_clock_gettime(CLOCK_MONOTONIC, ts_now)
+    return tonumber(ts_now.tv_sec) * NS_PER_SEC + tonumber(ts_now.tv_nsec)
+end
+
 -- ts (u64 cdata or number, CLOCK_MONOTONIC ns) -> unix seconds, nanoseconds (both numbers)
 local function unix_time(ts)
     local sec, nsec

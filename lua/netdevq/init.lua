@@ -33,7 +33,9 @@ local pairs = pairs
 local ipairs = ipairs
 local math_max = math.max
 local math_min = math.min
-local monotonic_ns = core.monotonic_ns
+-- the run loop's clock and stop flag, read through the FFI (compiled; C functions are not)
+local monotonic_ns = require("netdevq.clock").monotonic_ns
+local interrupted_flag = ffi_cast("volatile int *", core.interrupted_flag)
 
 local event_ptr_t = abi.event_ptr_t
 
@@ -154,6 +156,7 @@ function _M.open(opts)
         started_ns = monotonic_ns(),
         attached = false,
         pend = false, -- the batch being delivered (see Tracer:poll), its size, the next index
+        pend_evs = false, -- its events (a pointer made once: the C module reuses one batch)
         pend_n = 0,
         pend_i = 0,
         delivering = false,
@@ -267,7 +270,7 @@ end
 -- a callback does (raise, close the tracer, yield) leaves the rest of the batch in place and the
 -- figures exact (see position and matched_now).
 local function deliver(self)
-    local evs = ffi_cast(event_ptr_t, self.pend)
+    local evs = self.pend_evs
     local n, limit = self.pend_n, self.limit
     local room = limit and limit - self.matched or n
     local view, match, where = self.view, self.match, self.where
@@ -318,9 +321,11 @@ function Tracer:poll(timeout_ms)
         if n == 0 then
             return 0, 0
         end
-        -- the batch memory stays valid while the view or the tracer holds it, closed or not
+        -- the batch memory stays valid while the view or the tracer holds it, closed or not;
+        -- the C module hands the same batch every time: its pointer is made once
         if rawget(self.view, "_batch") ~= batch then
             rawset(self.view, "_batch", batch)
+            self.pend_evs = ffi_cast(event_ptr_t, batch)
         end
         self.pend, self.pend_n, self.pend_i, start = batch, n, 0, 0
     end
@@ -404,7 +409,7 @@ function Tracer:run(opts)
     local export_ns = exporter and exporter.period * 1e9
     local next_export = export_ns and monotonic_ns() + export_ns
     while true do
-        if core.interrupted() then
+        if interrupted_flag[0] ~= 0 then
             break
         end
         local now = monotonic_ns()
