@@ -136,8 +136,18 @@ local get_owner_comm = printable_getter(by_name.owner_comm)
 local get_owner_pid = by_name.owner_pid.get
 
 -- a number as an integer: %.14g (what buf:put and table.concat write) is exact below EXACT_BELOW
+-- Below 65536 (ports, lengths, most pids) the text comes from a memo filled as values show up:
+-- a table lookup, where buf:put(number) formats the double each time.
+local SMALL_TEXT = {}
 local function put_integer(buf, v)
-    if v >= EXACT_BELOW or v <= -EXACT_BELOW then
+    if v < 65536 and v >= 0 then
+        local text = SMALL_TEXT[v]
+        if not text then
+            text = tostring(v)
+            SMALL_TEXT[v] = text
+        end
+        buf:put(text)
+    elseif v >= EXACT_BELOW or v <= -EXACT_BELOW then
         buf:put(format("%d", v))
     else
         buf:put(v)
@@ -159,12 +169,14 @@ end
 -- Line functions ------------------------------------------------------------------------------
 
 -- A function(buf, p) that appends the columns to buf, separated by sep: first(buf, p) (may be
--- nil), then each column — cols[i].get(p) written by the putter PUT[cols[i].kind], or
--- cols[i].put(buf, p). The columns are written out as straight code, so that a line has no loop
--- for LuaJIT to trace around, whatever the number of columns (the getters are in arrays: a
--- function has at most 60 upvalues).
-local function compile_line(first, cols, sep, putters)
-    local src = { "local first, G, P, PUT, sep = ...\nreturn function(buf, p)\n" }
+-- nil), then each column: cols[i].put(buf, p), or the code cols[i].code (a format whose %s is
+-- the column's value, cols[i].get(p)). The columns are written out as straight code, so that a
+-- line has no loop for LuaJIT to trace around whatever the number of columns, and no lookup of
+-- how to write a column (the getters are in an array: a function has at most 60 upvalues).
+local json_string -- (below)
+local function compile_line(first, cols, sep)
+    local src = { "local first, G, P, sep, put_value, put_integer, json_string = ...\n"
+                  .. "return function(buf, p)\n" }
     local sep_next = false
     if first then
         src[#src + 1] = "first(buf, p)\n"
@@ -181,12 +193,12 @@ local function compile_line(first, cols, sep, putters)
             src[#src + 1] = format("P[%d](buf, p)\n", i)
         else
             G[i] = col.get
-            src[#src + 1] = format("PUT[%d](buf, G[%d](p), %d)\n", col.kind or 1, i, i)
+            src[#src + 1] = "do " .. format(col.code, format("G[%d](p)", i)) .. " end\n"
         end
     end
     src[#src + 1] = "end\n"
     local chunk = assert(load(concat(src), "=netdevq.output line"))
-    return chunk(first, G, P, putters, sep)
+    return chunk(first, G, P, sep, put_value, put_integer, json_string)
 end
 
 -- An io file is written with fwrite on its FILE * (the FFI converts an io file to it): the
@@ -338,11 +350,13 @@ Text.__index = Text
 local function put_endpoint(buf, l3, addr, port)
     if not port then
         buf:put(addr)
+        return
     elseif l3 == 6 then
-        buf:put("[", addr, "]:", port)
+        buf:put("[", addr, "]:")
     else
-        buf:put(addr, ":", port)
+        buf:put(addr, ":")
     end
+    put_integer(buf, port)
 end
 
 -- ARP as tcpdump's one-line form: "who-has 198.18.0.2 tell 198.18.0.1", "198.18.0.2 is-at
@@ -368,13 +382,19 @@ local function put_default(buf, p)
     local owner = get_owner_pid(p) -- the socket owner when known (owner.bpf.h), else the task
     if owner then
         put_value(buf, get_owner_comm(p))
-        buf:put(" ", owner, " ")
+        buf:put(" ")
+        put_integer(buf, owner)
+        buf:put(" ")
     else
         put_value(buf, get_comm(p))
-        buf:put(" ", get_pid(p), " ")
+        buf:put(" ")
+        put_integer(buf, get_pid(p))
+        buf:put(" ")
     end
     put_value(buf, get_dev(p))
-    buf:put(" ", get_len(p), " ")
+    buf:put(" ")
+    put_integer(buf, get_len(p))
+    buf:put(" ")
     local l3 = p.l3
     if l3 == 0 then
         put_value(buf, get_ethertype(p))
@@ -395,7 +415,7 @@ local function put_default(buf, p)
     end
 end
 
-local TEXT_PUT = { put_value }
+local TEXT_CODE = "put_value(buf, %s)"
 
 -- a text column for a field name (time is put straight into the buffer), or a column already
 -- made (the endpoint pair)
@@ -405,7 +425,7 @@ local function text_column(name)
     elseif name == "time" then
         return { put = function(buf, p) put_time(buf, p.ts) end }
     end
-    return { get = printable_getter(by_name[name], true) }
+    return { get = printable_getter(by_name[name], true), code = TEXT_CODE }
 end
 
 Text.format = format_event
@@ -473,7 +493,7 @@ function _M.text(opts)
             cols[i] = text_column(name)
         end
     end
-    return new_writer(Text, opts, compile_line(first, cols, " ", TEXT_PUT))
+    return new_writer(Text, opts, compile_line(first, cols, " "))
 end
 
 
@@ -491,7 +511,7 @@ Json.__index = Json
 local JSON_MEMO_MAX = 4096
 local json_text, json_n = {}, 0
 
-local function json_string(v)
+function json_string(v)
     local e = json_text[v]
     if e then
         return e
@@ -504,28 +524,18 @@ local function json_string(v)
     return e
 end
 
--- PUT[kind](buf, value, column): each writes ,"key":value, or nothing for an absent value
-local function json_putters(keys)
-    return {
-        function(buf, v, i) -- integer
-            if v ~= nil then
-                buf:put(keys[i])
-                put_integer(buf, v)
-            end
-        end,
-        function(buf, v, i) -- a string made by netdevq: nothing to escape
-            if v ~= nil then
-                buf:put(keys[i], '"', v, '"')
-            end
-        end,
-        function(buf, v, i) -- a string from outside
-            if v ~= nil then
-                buf:put(keys[i], json_string(v))
-            end
-        end,
-    }
+-- the code of a column by kind (see compile_line): ,"key":value, or nothing for an absent value
+local function json_code(kind, key)
+    local put
+    if kind == "integer" then
+        put = "put_integer(buf, v)"
+    elseif kind == "safe" then -- a string made by netdevq: nothing to escape
+        put = "buf:put('\"', v, '\"')"
+    else -- a string from outside
+        put = "buf:put(json_string(v))"
+    end
+    return "local v = %s if v ~= nil then buf:put(" .. format("%q", key) .. ") " .. put .. " end"
 end
-local KIND_INTEGER, KIND_SAFE_STRING, KIND_ESCAPED_STRING = 1, 2, 3
 
 local function json_open(buf)
     buf:put('{"type":"event"')
@@ -585,16 +595,16 @@ function _M.json(opts)
                 buf:put('"')
             end }
         else
-            local kind = KIND_SAFE_STRING
+            local kind = "safe"
             if field.value_type == "integer" then
-                kind = KIND_INTEGER
+                kind = "integer"
             elseif field.untrusted or field.dynamic then
-                kind = KIND_ESCAPED_STRING
+                kind = "escaped"
             end
-            cols[i] = { get = printable_getter(field), kind = kind }
+            cols[i] = { get = printable_getter(field), code = json_code(kind, keys[i]) }
         end
     end
-    return new_writer(Json, opts, compile_line(json_open, cols, "", json_putters(keys)))
+    return new_writer(Json, opts, compile_line(json_open, cols, ""))
 end
 
 
