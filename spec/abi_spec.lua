@@ -52,14 +52,15 @@ describe("netdevq.abi #unit", function()
         end)
 
         it("give the field location kinds, NEED and event flag bits of netdevq.h", function()
-            assert.are.same({ NUMBER = 0, BYTES = 1, ADDRESS = 2 }, abi.LOC)
+            assert.are.same({ NUMBER = 0, BYTES = 1, ADDRESS = 2, IPV4 = 3 }, abi.LOC)
             assert.are.equal(10, ffi.sizeof("struct netdevq_field_loc")) -- with when_path
             assert.are.equal(6, abi.AGG_KEYS_MAX)
             assert.are.equal(24, abi.AGG_KEY_SLOT)
             assert.are.same({ HEADERS = 1, NETNS = 2, GSO = 4, CGROUP = 8, TASK = 16, DEV = 32,
                               TS = 64, OWNER = 128, ALL = 255 }, abi.NEED)
             assert.are.same({ MAC = 1, L4 = 2, TCP = 4, FRAG = 8, ICMP = 16, VLAN = 32,
-                              VLAN_HW = 64, IPFRAG = 128, IP6 = 256, OWNER = 0x8000 }, abi.EV)
+                              VLAN_HW = 64, IPFRAG = 128, IP6 = 256, ARP = 512, OWNER = 0x8000 },
+                            abi.EV)
             assert.are.equal(3, abi.CNT.LOST)
             assert.are.same({ NONE = 0, LOG2 = 1, LINEAR = 2 }, abi.HIST)
         end)

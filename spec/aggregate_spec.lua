@@ -447,6 +447,17 @@ describe("netdevq.aggregate #unit", function()
       assert.are.equal("@c[c]: 3\n", f:read("*a"))
       assert.has_error(function() agg:text(-1) end)
     end)
+
+    it("keeps the same entries in JSON", function()
+      local agg = feed(aggregate.count({ name = "@c", keys = { "dev" } }),
+        { { "a" }, { "b" }, { "b" }, { "c" }, { "c" }, { "c" } })
+      assert.are.same({ { key = { "b" }, value = 2 }, { key = { "c" }, value = 3 } },
+        agg:json(2).data)
+      assert.are.equal('{"type":"map","name":"@c","keys":["dev"],"data":[{"key":["c"],"value":3}]}',
+        agg:json_line(nil, 1))
+      assert.are.equal(3, #agg:json().data)
+      assert.has_error(function() agg:json(1.5) end)
+    end)
   end)
 
   describe("from_kernel", function()

@@ -17,6 +17,8 @@ local CONTRACT = {
     { "icmp_type", "integer" }, { "icmp_code", "integer" }, { "vlan_id", "integer" },
     { "vlan_pcp", "integer" }, { "vlan_proto", "integer" }, { "frag_off", "integer" },
     { "ip6_ext", "integer" },
+    { "arp_op", "integer" }, { "arp_sha", "string" }, { "arp_spa", "string" },
+    { "arp_tha", "string" }, { "arp_tpa", "string" },
     { "owner_pid", "integer" }, { "owner_tid", "integer" }, { "owner_comm", "string" },
     { "owner_cgroup", "integer" }, { "owner_uid", "integer" },
 }
@@ -130,6 +132,10 @@ describe("netdevq.catalogue #unit", function()
             assert.are.equal(abi.EV.ICMP, loc("icmp_code").when_flags)
             assert.are.equal(abi.EV.IPFRAG, loc("frag_off").when_flags)
             assert.are.equal(abi.EV.IP6, loc("ip6_ext").when_flags)
+            -- ARP's IPv4 addresses: family 4 whatever the event's l3 (which is 0 for ARP)
+            assert.are.same({ off = ffi.offsetof("struct netdevq_event", "arp_spa"), size = 4,
+                              kind = abi.LOC.IPV4, when_flags = abi.EV.ARP, when_l3 = 0,
+                              when_nonzero = 0 }, loc("arp_spa"))
         end)
 
         it("needs HEADERS for the parsed fields, TASK, DEV, TS, NETNS, GSO, CGROUP, OWNER for theirs", function()
@@ -138,6 +144,7 @@ describe("netdevq.catalogue #unit", function()
                 ethertype = H, smac = H, dmac = H, saddr = H, daddr = H, proto = H, sport = H,
                 dport = H, tcp_flags = H, ttl = H, tos = H, icmp_type = H, icmp_code = H,
                 vlan_id = H, vlan_pcp = H, vlan_proto = H, frag_off = H, ip6_ext = H,
+                arp_op = H, arp_sha = H, arp_spa = H, arp_tha = H, arp_tpa = H,
                 netns = abi.NEED.NETNS, netns_name = abi.NEED.NETNS, gso_size = abi.NEED.GSO,
                 gso_segs = abi.NEED.GSO,
                 cgroup = abi.NEED.CGROUP, pid = abi.NEED.TASK, tid = abi.NEED.TASK,
@@ -170,7 +177,8 @@ describe("netdevq.catalogue #unit", function()
             }
             -- ICMP, VLAN, fragment and IPv6 fields are absent from an untagged IPv4 TCP event
             local absent = { icmp_type = true, icmp_code = true, vlan_id = true, vlan_pcp = true,
-                             vlan_proto = true, frag_off = true, ip6_ext = true }
+                             vlan_proto = true, frag_off = true, ip6_ext = true, arp_op = true,
+                             arp_sha = true, arp_spa = true, arp_tha = true, arp_tpa = true }
             for _, field in ipairs(catalogue.fields) do
                 local v = field.get(p)
                 assert.are.equal(want[field.name], v, field.name)

@@ -315,6 +315,11 @@ local function generator(seed)
             if not dup then list[#list + 1] = v end
         end
     end
+    -- fields no recorded event carries (ARP's): values of their type all the same
+    seen.arp_sha = seen.arp_sha or { "02:6e:64:71:00:01" }
+    seen.arp_tha = seen.arp_tha or { "00:00:00:00:00:00" }
+    seen.arp_spa = seen.arp_spa or { "198.18.0.1" }
+    seen.arp_tpa = seen.arp_tpa or { "198.18.0.2" }
     seen.port = cat(seen.sport, seen.dport)
     seen.host = {}
     for _, a in ipairs(seen.saddr) do seen.host[#seen.host + 1] = a end

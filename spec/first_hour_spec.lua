@@ -20,7 +20,11 @@ describe("the first hour", function()
     describe("mistakes are told, with exit status 2", function()
         local cases = {
             { { "--by", "dev" },
-              "netdevq: --by names the keys of an aggregation: add --count, --sum, --hist, ...\n" },
+              "netdevq: --by applies to an aggregation: add --count, --sum, --hist, ...\n" },
+            { { "--top", "5" },
+              "netdevq: --top applies to an aggregation: add --count, --sum, --hist, ...\n" },
+            { { "--count", "dev", "--top", "0" }, "netdevq: --top must be a positive number, not 0\n" },
+            { { "--count", "dev", "--top", "2.5" }, "netdevq: --top must be a whole number, not 2.5\n" },
             { { "-p", "abc" }, "netdevq: --pid must be a positive number, not abc\n" },
             { { "-d", "-1" }, "netdevq: --duration must be a positive number, not -1\n" },
             { { "--duration", "-1" }, "netdevq: --duration must be a positive number, not -1\n" },
@@ -142,6 +146,51 @@ describe("the first hour", function()
             assert.equal("map", map.type)
             assert.equal(first.time, map.time)
             assert.same({ { key = { pair.veth_a }, value = 3 } }, map.data)
+        end)
+        it("--top N prints the N largest entries, in text and JSON (bpftrace print(@, N))",
+            function()
+            netns.require_root()
+            local filter = ('netns == %d and dport == 7100'):format(pair.netns_a)
+            -- lengths 50, 60, 70, 80 sent 1, 2, 3, 4 times: the top 2 are 70 (3) and 80 (4)
+            local function traffic()
+                for i, size in ipairs({ 8, 18, 28, 38 }) do udp(size, i) end
+            end
+            local r = traced({ "--count", "len", "--top", "2", "-f", filter, "-d", 2 }, traffic)
+            assert.equal(0, r.code, r.err)
+            assert.same({ "@count[70]: 3", "@count[80]: 4" }, clirun.lines(r.out))
+            local rj = traced({ "--sum", "len", "--by", "len", "--top", "3", "-f", filter, "-d", 2,
+                "-F", "json" }, traffic)
+            assert.equal(0, rj.code, rj.err)
+            local map = cjson.decode(clirun.lines(rj.out)[1])
+            assert.same({ { key = { 60 }, value = 120 }, { key = { 70 }, value = 210 },
+                { key = { 80 }, value = 320 } }, map.data)
+        end)
+        it("names the -o columns in a first line when stdout is a terminal, never in a pipe",
+            function()
+            netns.require_root()
+            local filter = ('netns == %d and dport == 7100'):format(pair.netns_a)
+            local cli = clirun.shell_line(clirun.cli_argv({ "-o", "comm,len,daddr,saddr,dport,sport",
+                "-f", filter, "-n", 2, "-d", 20 }))
+            -- script(1) gives the CLI a terminal; what it writes there comes back in out
+            local bg = clirun.spawn({ "script", "-qec", cli, "/dev/null" },
+                { env = { NETDEVQ_BUILD = clirun.build_dir() } })
+            local ready = false
+            for _ = 1, 300 do
+                if bg:out_text():find(READY, 1, true) then ready = true break end
+                clirun.sleep(0.1)
+            end
+            assert(ready, bg:out_text())
+            udp(10, 2)
+            local r = bg:wait(30)
+            assert.equal(0, r.code, r.out)
+            local lines = {}
+            for l in r.out:gsub("\r", ""):gmatch("[^\n]+") do
+                if not l:match("^netdevq:") then lines[#lines + 1] = l end
+            end
+            local a, b = pair.ip4_a, pair.ip4_b
+            assert.same({ "comm len saddr:sport > daddr:dport",
+                "ndq_send 52 " .. a .. ":40100 > " .. b .. ":7100",
+                "ndq_send 52 " .. a .. ":40100 > " .. b .. ":7100" }, lines)
         end)
     end)
 end)

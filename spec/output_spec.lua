@@ -1,5 +1,6 @@
 local ffi = require("ffi")
 local cjson = require("cjson")
+local abi = require("netdevq.abi")
 
 -- An event with every member set; o overrides (addresses as byte lists).
 local function make_event(o)
@@ -109,6 +110,35 @@ describe("netdevq.output #unit", function()
             assert.are.equal(TIME .. " curl 1234 veth0 60 0x88b5", output.text():format(q))
             local _, r = make_event{ l3 = 0, ethertype = 0, flags = 0, len = 60, dev = "" }
             assert.are.equal(TIME .. " curl 1234 - 60 -", output.text():format(r))
+        end)
+
+        it("writes ARP as tcpdump's one-line form: who-has ... tell ..., ... is-at ...", function()
+            local ARP = abi.EV.ARP
+            local function arp(op, sha, spa, tha, tpa)
+                local ev, p = make_event{ l3 = 0, ethertype = 0x0806, flags = 1 + ARP, len = 42 }
+                ev.arp_op = op
+                for i = 1, 6 do ev.arp_sha[i - 1], ev.arp_tha[i - 1] = sha[i], tha[i] end
+                for i = 1, 4 do ev.arp_spa[i - 1], ev.arp_tpa[i - 1] = spa[i], tpa[i] end
+                return p
+            end
+            local A, B, Z = { 2, 0, 0, 0, 0, 1 }, { 2, 0, 0, 0, 0, 0xb }, { 0, 0, 0, 0, 0, 0 }
+            local a, b = { 198, 18, 0, 1 }, { 198, 18, 0, 2 }
+            assert.are.equal(TIME .. " curl 1234 veth0 42 arp who-has 198.18.0.2 tell 198.18.0.1",
+                             output.text():format(arp(1, A, a, Z, b)))
+            assert.are.equal(TIME .. " curl 1234 veth0 42 arp 198.18.0.2 is-at 02:00:00:00:00:0b",
+                             output.text():format(arp(2, B, b, A, a)))
+            assert.are.equal(TIME .. " curl 1234 veth0 42 arp rarp request 198.18.0.1 > 198.18.0.2",
+                             output.text():format(arp(3, A, a, Z, b)))
+            -- the fields: names in text, numbers and addresses elsewhere; absent when not ARP
+            local w = output.text{ fields = { "arp_op", "arp_sha", "arp_spa", "arp_tha", "arp_tpa",
+                                               "saddr" } }
+            assert.are.equal("reply 02:00:00:00:00:0b 198.18.0.2 02:00:00:00:00:01 198.18.0.1 -",
+                             w:format(arp(2, B, b, A, a)))
+            assert.are.equal('{"type":"event","arp_op":2,"arp_spa":"198.18.0.2"}',
+                             output.json{ fields = { "arp_op", "arp_spa", "saddr" } }
+                                 :format(arp(2, B, b, A, a)))
+            local _, tcp = make_event()
+            assert.are.equal("- - - - - 198.18.0.1", w:format(tcp))
         end)
 
         it("writes the chosen fields in order, '-' for absent ones", function()
@@ -331,7 +361,8 @@ describe("netdevq.output #unit", function()
         it("names what the default line reads, all of them catalogue fields", function()
             assert.are.same({ "time", "comm", "pid", "dev", "len", "proto", "saddr", "sport",
                               "daddr", "dport", "ethertype", "tcp_flags", "icmp_type",
-                              "icmp_code", "owner_comm", "owner_pid" }, output.DEFAULT_FIELDS)
+                              "icmp_code", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "owner_comm",
+                              "owner_pid" }, output.DEFAULT_FIELDS)
             -- headers, the task (comm, pid), the device name, the timestamp and the socket
             -- owner (comm and pid are its when known)
             assert.are.equal(1 + 16 + 32 + 64 + 128, catalogue.needs(output.DEFAULT_FIELDS))

@@ -477,6 +477,22 @@ local function endpoint_columns(fields)
     return list
 end
 
+-- The column names of `-o LIST` text output, one line ("comm pid len saddr:sport > daddr:dport"):
+-- what the CLI prints first when stdout is a terminal. fields: array of names.
+function _M.header(fields)
+    local cols = {}
+    for i, name in ipairs(endpoint_columns(fields)) do
+        if type(name) == "function" then -- the address pair, with ports when it has them
+            local has = {}
+            for _, f in ipairs(fields) do has[f] = true end
+            local ports = has.sport and has.dport
+            name = ports and "saddr:sport > daddr:dport" or "saddr > daddr"
+        end
+        cols[i] = name
+    end
+    return concat(cols, " ")
+end
+
 -- opts: fields (array of names; default: the default layout), extra (names printed after the
 -- default layout), file (io.stdout), err_file (io.stderr: lost-event notices and the summary),
 -- buffered (lines wait in the writer until flush(); see the top of this file).

@@ -25,9 +25,10 @@
 --     comm: <comm>, pid: <pid>, tid: <tid>, queue: <queue>, mark: <mark>
 --
 -- e.g. "comm: curl, pid: 5130, tid: 5130, queue: 0, mark: 0" (numbers in decimal; bytes of comm
--- outside printable ASCII become '?'). comm, pid and tid are the socket owner's when the kernel
--- knows it (ev.flags has NDQ_EV_OWNER: a TCP ACK sent from softirq names its process), the task's
--- on the CPU otherwise. Pass `comments = false` to open() to leave them out.
+-- outside printable ASCII are written \xNN and a backslash \\, as in text and JSON output).
+-- comm, pid and tid are the socket owner's when the kernel knows it (ev.flags has NDQ_EV_OWNER:
+-- a TCP ACK sent from softirq names its process), the task's on the CPU otherwise. Pass
+-- `comments = false` to open() to leave them out.
 --
 -- Timestamps: write_packet takes ts_ns as unix-epoch nanoseconds, a Lua number (exact only to
 -- 2^53, i.e. about a quarter of a microsecond today) or a uint64_t cdata (exact). write_event takes
@@ -46,6 +47,7 @@ local ffi = require("ffi")
 local bit = require("bit")
 local abi = require("netdevq.abi")
 local clock = require("netdevq.clock")
+local printable = require("netdevq.names").printable
 
 local ffi_cast, ffi_copy, ffi_string, ffi_gc = ffi.cast, ffi.copy, ffi.string, ffi.gc
 local ffi_errno = ffi.errno
@@ -492,7 +494,7 @@ local function put_vlan_frame(dst, ev, caplen)
   if caplen > 16 then ffi_copy(dst + 16, ev.snap + 12, caplen - 16) end
 end
 
-local COMMENT_MAX = 4 + 6 + 16 + 7 + 10 + 7 + 10 + 9 + 5 + 8 + 10 + 3
+local COMMENT_MAX = 4 + 6 + 16 * 4 + 7 + 10 + 7 + 10 + 9 + 5 + 8 + 10 + 3 -- comm: 16 \xNN
 
 --- Writes one event: linktype from flags & NDQ_EV_MAC, data = snap, caplen = snap_len,
 -- origlen = len, comment as documented above. unix_ns: see the header.
@@ -538,12 +540,17 @@ function Writer:write_event(ev, unix_ns)
     put_lit(self, "comm: ")
     local owner = band(ev.flags, EV_OWNER) ~= 0
     local comm, buf = owner and ev.owner_comm or ev.comm, self.buf
-    for i = 0, 15 do
-      local c = comm[i]
-      if c == 0 then break end
-      if c < 32 or c > 126 then c = 63 end      -- '?'
-      buf[self.pos] = c
-      self.pos = self.pos + 1
+    local n, plain = 0, true
+    while n < 16 and comm[n] ~= 0 do
+      local c = comm[n]
+      if c < 32 or c > 126 or c == 92 then plain = false end
+      n = n + 1
+    end
+    if plain then -- the common case, copied as it is
+      ffi_copy(buf + self.pos, comm, n)
+      self.pos = self.pos + n
+    else          -- escaped as text and JSON escape it (names.printable)
+      put_lit(self, printable(ffi_string(comm, n)))
     end
     put_lit(self, ", pid: ")
     put_dec(self, owner and ev.owner_pid or ev.pid)

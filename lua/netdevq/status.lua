@@ -22,6 +22,7 @@ local function isatty(fd)
 end
 
 local _M = {}
+_M.isatty = isatty
 
 local Status = {}
 Status.__index = Status

@@ -131,20 +131,22 @@ end
 -- stats: "@name[k]: count N, average A, total T" lines and a blank line;
 -- hist, lhist: per key "@name[k]: " then the rows, each key followed by a blank line.
 -- top (optional): only the top entries, the largest values, like bpftrace's print(@map, top).
+-- The first index of entries() that `top` keeps (the largest values are last).
+local function top_from(list, top, level)
+  if top == nil then return 1 end
+  if type(top) ~= "number" or top < 0 or top % 1 ~= 0 then
+    error("netdevq.aggregate: top must be a whole number", level + 1)
+  end
+  local from = #list - top + 1
+  return from < 1 and 1 or from
+end
+
 function _M.text(self, top)
   if self.size == 0 then return "" end
   local kind, name = self.kind, self.name
   local buf, n = {}, 0
   local list = self:entries()
-  local from = 1
-  if top ~= nil then
-    if type(top) ~= "number" or top < 0 or top % 1 ~= 0 then
-      error("netdevq.aggregate: print's top must be a whole number", 2)
-    end
-    from = #list - top + 1
-    if from < 1 then from = 1 end
-  end
-  for i = from, #list do
+  for i = top_from(list, top, 2), #list do
     local e = list[i]
     n = n + 1
     if is_hist[kind] then
@@ -188,11 +190,13 @@ end
 -- Data in entries() order; buckets from the first to the last non-empty one; an open-ended
 -- bucket has no min (below the lowest bound) or no max (at or above the highest).
 -- Note: lua-cjson 2.1.0 encodes an empty table as {}; json_line() writes the exact line.
-function _M.json(self)
+-- top (optional): only the entries with the largest values, as text(top).
+function _M.json(self, top)
   local kind = self.kind
   local data = {}
   local list = self:entries()
-  for i = 1, #list do
+  local from = top_from(list, top, 2)
+  for i = from, #list do
     local e = list[i]
     local row = { key = e.key }
     if is_hist[kind] then
@@ -202,7 +206,7 @@ function _M.json(self)
     else
       row.value = e.value
     end
-    data[i] = row
+    data[i - from + 1] = row
   end
   local keys = {}
   for i = 1, #self.keys do keys[i] = self.keys[i] end
@@ -225,9 +229,10 @@ end
 
 --- The JSON object as one line (no newline): keys in the contract's order, integers written
 -- as integers, [] for an empty key list.
--- time (optional): RFC 3339 text added as "time" (interval outputs carry when they were taken)
-function _M.json_line(self, time)
-  local obj = self:json()
+-- time (optional): RFC 3339 text added as "time" (interval outputs carry when they were taken);
+-- top (optional): as json(top)
+function _M.json_line(self, time, top)
+  local obj = self:json(top)
   local rows = {}
   for i = 1, #obj.data do
     local d = obj.data[i]
@@ -258,10 +263,10 @@ function _M.json_line(self, time)
 end
 
 --- Write json_line() and a newline to fh (default io.stdout); nothing for an empty aggregation
--- (as bpftrace skips empty maps).
-function _M.write_json(self, fh, time)
+-- (as bpftrace skips empty maps). top: as json(top).
+function _M.write_json(self, fh, time, top)
   if self.size == 0 then return true end
-  return (fh or io_stdout):write(self:json_line(time), "\n")
+  return (fh or io_stdout):write(self:json_line(time, top), "\n")
 end
 
 

@@ -175,9 +175,9 @@ local function print_aggregations(t, s, reset, interval)
             break
         end
         if json then
-            ok, werr = agg:write_json(out, interval and now or nil)
+            ok, werr = agg:write_json(out, interval and now or nil, s.args.top)
         else
-            ok, werr = agg:print(out)
+            ok, werr = agg:print(out, s.args.top)
         end
         if reset and s.exporter then
             s.exporter:fold(agg) -- the exported totals stay cumulative
@@ -333,6 +333,11 @@ function _M.run(s)
     end
     io_stderr:write(format("netdevq: tracing net_dev_queue (%s) ... Ctrl-C to stop\n", args.mode))
     io_stderr:flush()
+    local status = require("netdevq.status")
+    if s.print_events and s.fields and args.format == "text" and s.out == io.stdout
+        and status.isatty(1) then -- column names for a reader, never for a pipe
+        s.out:write(output.header(s.fields), "\n")
+    end
 
     local reported_lost = 0
     local function report_lost()
@@ -344,7 +349,7 @@ function _M.run(s)
         end
     end
 
-    local status_line = require("netdevq.status").new(args, s.print_events)
+    local status_line = status.new(args, s.print_events)
     local stats, rerr = t:run{
         duration = args.duration,
         max_events = args.max_events,

@@ -34,6 +34,7 @@ local NUMBER_OPTIONS = {
     ["-d"] = true, ["--duration"] = true, ["-i"] = true, ["--interval"] = true,
     ["-n"] = true, ["--max-events"] = true, ["-p"] = true, ["--pid"] = true,
     ["-s"] = true, ["--snaplen"] = true, ["--ringbuf-size"] = true, ["--max-keys"] = true,
+    ["--top"] = true,
 }
 
 local function build_parser()
@@ -74,6 +75,8 @@ local function build_parser()
     p:option("--hist", "power-of-2 histogram of FIELD per --by key"):argname("FIELD")
     p:option("--lhist", "linear histogram per --by key"):argname("FIELD:MIN:MAX:STEP")
     p:option("--by", "key fields for the aggregations (comma list)"):argname("KEYS")
+    p:option("--top", "print only the N keys with the largest values (bpftrace print(@, N))")
+        :argname("N")
     p:option("--max-keys", "keys per aggregation (default 65536; more are counted, not kept)")
         :argname("N")
     p:option("-i --interval", "print and reset aggregations every SEC"):argname("SEC")
@@ -129,7 +132,7 @@ end
 local NUMBERS = {
     { "duration", false, false }, { "interval", false, false }, { "max_events", false, true },
     { "pid", false, true }, { "snaplen", true, true }, { "ringbuf_size", false, true },
-    { "max_keys", false, true },
+    { "max_keys", false, true }, { "top", false, true },
 }
 
 local function spelled(name)
@@ -254,8 +257,11 @@ local function aggregation_specs(args)
             specs[#specs + 1] = spec
         end
     end
-    if args.by and #specs == 0 then
-        return nil, "--by names the keys of an aggregation: add --count, --sum, --hist, ..."
+    for _, opt in ipairs({ "by", "top" }) do
+        if args[opt] and #specs == 0 then
+            return nil, format("--%s applies to an aggregation: add --count, --sum, --hist, ...",
+                opt)
+        end
     end
     return specs
 end
