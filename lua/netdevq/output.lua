@@ -482,7 +482,7 @@ end
 function _M.header(fields)
     local cols = {}
     for i, name in ipairs(endpoint_columns(fields)) do
-        if type(name) == "function" then -- the address pair, with ports when it has them
+        if type(name) ~= "string" then -- the address pair, with ports when it has them
             local has = {}
             for _, f in ipairs(fields) do has[f] = true end
             local ports = has.sport and has.dport
