@@ -212,12 +212,6 @@ char *ndq_out_strerror(int errnum) __asm__("strerror");
 ]])
 local C = ffi.C
 
-local function stdio_of(file)
-    if io_type(file) == "file" then
-        return ffi.cast(voidp_t, file)
-    end
-    return nil
-end
 
 -- What waits in the buffer goes to the file.
 local function write_out(self)
@@ -226,9 +220,10 @@ local function write_out(self)
     if len == 0 then
         return true
     end
-    local fp = self.fp
+    -- read at each write: a file closed meanwhile gives NULL (and file:write's own error)
+    local fp = self.stdio and ffi.cast(voidp_t, self.file)
     local ok, err
-    if fp then
+    if fp ~= nil and fp then
         local p = buf:ref()
         ok = tonumber(C.ndq_out_fwrite(p, 1, len, fp)) == len
         err = not ok and ffi.string(C.ndq_out_strerror(ffi.errno())) or nil
@@ -316,7 +311,7 @@ local function new_writer(mt, opts, line)
     return setmetatable({
         file = file,
         err_file = opts.err_file or io_stderr,
-        fp = stdio_of(file),
+        stdio = io_type(file) == "file",
         buffered = opts.buffered == true,
         line = line,
         buf = buffer_new(),
