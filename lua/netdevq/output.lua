@@ -14,7 +14,6 @@
 local bit = require("bit")
 local ffi = require("ffi")
 local buffer = require("string.buffer")
-local cjson = require("cjson")
 local abi = require("netdevq.abi")
 local catalogue = require("netdevq.catalogue")
 local clock = require("netdevq.clock")
@@ -24,7 +23,6 @@ local names = require("netdevq.names")
 local band = bit.band
 local format = string.format
 local concat = table.concat
-local encode_string = cjson.encode
 local buffer_new = buffer.new
 local io_type = io.type
 local load = loadstring or load
@@ -42,7 +40,6 @@ local EV_ICMP = abi.EV.ICMP
 local EV_ARP = abi.EV.ARP
 local icmp_text = names.icmp_text
 local put_time = clock.put_time
-local put_date = clock.put_date
 local by_name = catalogue.by_name
 local unknown_message = catalogue.unknown_message
 local event_pointer = event.pointer
@@ -173,8 +170,8 @@ end
 -- the column's value, cols[i].get(p)). The columns are written out as straight code, so that a
 -- line has no loop for LuaJIT to trace around whatever the number of columns, and no lookup of
 -- how to write a column (the getters are in an array: a function has at most 60 upvalues).
-local json_string -- (below)
-local function compile_line(first, cols, sep)
+-- json_string: for JSON code (netdevq.jsonlines).
+local function compile_line(first, cols, sep, json_string)
     local src = { "local first, G, P, sep, put_value, put_integer, json_string = ...\n"
                   .. "return function(buf, p)\n" }
     local sep_next = false
@@ -508,114 +505,17 @@ function _M.text(opts)
 end
 
 
--- JSON lines ---------------------------------------------------------------------------------
---
--- The line is put together here rather than by cjson.encode: cjson prints numbers with at most
--- 14 significant digits (ts in ns has 15-16), and a hand-built line keeps its keys in column
--- order. cjson still escapes the strings that can hold arbitrary bytes (comm, dev; memoized);
--- the other string fields are made by fields.lua from hex digits, dots, colons and names.
--- Absent fields are omitted, with and without --fields (never null): a consumer tests for the key.
+-- JSON lines: netdevq.jsonlines, from these parts ------------------------------------------
 
-local Json = {}
-Json.__index = Json
-
-local JSON_MEMO_MAX = 4096
-local json_text, json_n = {}, 0
-
-function json_string(v)
-    local e = json_text[v]
-    if e then
-        return e
-    end
-    e = encode_string(v)
-    if json_n >= JSON_MEMO_MAX then
-        json_text, json_n = {}, 0
-    end
-    json_text[v], json_n = e, json_n + 1
-    return e
-end
-
--- the code of a column by kind (see compile_line): ,"key":value, or nothing for an absent value
-local function json_code(kind, key)
-    local put
-    if kind == "integer" then
-        put = "put_integer(buf, v)"
-    elseif kind == "safe" then -- a string made by netdevq: nothing to escape
-        put = "buf:put('\"', v, '\"')"
-    else -- a string from outside
-        put = "buf:put(json_string(v))"
-    end
-    return "local v = %s if v ~= nil then buf:put(" .. format("%q", key) .. ") " .. put .. " end"
-end
-
-local function json_open(buf)
-    buf:put('{"type":"event"')
-end
-
-Json.flush = flush
-
-function Json:event(ev)
-    if self.err then
-        return nil, self.err
-    end
-    local buf = self.buf
-    self.line(buf, event_pointer(ev))
-    buf:put("}\n")
-    return queued(self)
-end
-
-function Json:format(ev)
-    local buf = self.scratch
-    buf:reset()
-    self.line(buf, event_pointer(ev))
-    buf:put("}")
-    return buf:tostring()
-end
-
-function Json:lost(count)
-    return write_line(self, format('{"type":"lost","count":%d}', count))
-end
-
--- stats: { events=, matched=, lost=, duration_s= }. Writes the JSON summary line to file and the
--- summary text to err_file (the contract wants both).
-function Json:summary(stats)
-    local ok, err = write_line(self,
-        format('{"type":"summary","time":"%s","events":%d,"matched":%d,"lost":%d,'
-               .. '"kfiltered":%d,"agg_overflow":%d,"duration_s":%.3f}', clock.now_rfc3339(),
-               stats.events or 0, stats.matched or 0, stats.lost or 0, stats.kfiltered or 0,
-               stats.agg_overflow or 0, stats.duration_s or 0))
-    if not ok then
-        return nil, err
-    end
-    return write_err_line(self, summary_text(stats))
-end
+local writer_parts = {
+    check_opts = check_opts, printable_getter = printable_getter, compile_line = compile_line,
+    new_writer = new_writer, queued = queued, write_line = write_line,
+    write_err_line = write_err_line, flush = flush, summary_text = summary_text,
+}
 
 -- opts: fields (array of names; default: every catalogue field), file, err_file, buffered.
 function _M.json(opts)
-    opts = check_opts(opts, "output.json")
-    local list = opts.fields or catalogue.names
-    local cols, keys = {}, {}
-    for i, name in ipairs(list) do
-        local field = by_name[name]
-        keys[i] = ',"' .. name .. '":'
-        if name == "time" then -- JSON lines carry the date: `time` is RFC 3339 in UTC there
-            local key = keys[i]
-            cols[i] = { put = function(buf, p)
-                buf:put(key, '"')
-                put_date(buf, p.ts)
-                buf:put('"')
-            end }
-        else
-            local kind = "safe"
-            if field.value_type == "integer" then
-                kind = "integer"
-            elseif field.untrusted or field.dynamic then
-                kind = "escaped"
-            end
-            cols[i] = { get = printable_getter(field), code = json_code(kind, keys[i]) }
-        end
-    end
-    return new_writer(Json, opts, compile_line(json_open, cols, ""))
+    return require("netdevq.jsonlines").new(opts, writer_parts)
 end
 
 
