@@ -171,8 +171,17 @@ end
 -- line has no loop for LuaJIT to trace around whatever the number of columns, and no lookup of
 -- how to write a column (the getters are in an array: a function has at most 60 upvalues).
 -- json_string: for JSON code (netdevq.jsonlines).
+--
+-- A JSON line of every field is longer than one LuaJIT trace may be (it would then run in the
+-- interpreter, 2-3x slower): every TRACE_COLUMNS columns it calls a C function (the JIT ends a
+-- trace before a C function and starts the next after it), so that it runs as several traces.
+local TRACE_COLUMNS = 12
+local trace_break -- any cheap C function will do (loaded on first use: --help runs without it)
 local function compile_line(first, cols, sep, json_string)
-    local src = { "local first, G, P, sep, put_value, put_integer, json_string = ...\n"
+    if json_string then
+        trace_break = trace_break or require("netdevq.core").interrupted
+    end
+    local src = { "local first, G, P, sep, put_value, put_integer, json_string, trace_break = ...\n"
                   .. "return function(buf, p)\n" }
     local sep_next = false
     if first then
@@ -192,10 +201,13 @@ local function compile_line(first, cols, sep, json_string)
             G[i] = col.get
             src[#src + 1] = "do " .. format(col.code, format("G[%d](p)", i)) .. " end\n"
         end
+        if json_string and i % TRACE_COLUMNS == 0 then
+            src[#src + 1] = "trace_break()\n"
+        end
     end
     src[#src + 1] = "end\n"
     local chunk = assert(load(concat(src), "=netdevq.output line"))
-    return chunk(first, G, P, sep, put_value, put_integer, json_string)
+    return chunk(first, G, P, sep, put_value, put_integer, json_string, trace_break)
 end
 
 -- An io file is written with fwrite on its FILE * (the FFI converts an io file to it): the
