@@ -14,6 +14,7 @@
 --   format+write the default text line written to /dev/null the way the CLI writes it: a
 --                buffered writer (output.text{ buffered = true }) flushed after every poll
 --   json         the same with the JSON writer and every field (the CLI's -F json)
+--   aggregate    a Lua aggregation, count by comm (netdevq.aggregate.feeder)
 -- eps: events over the whole wall-clock time. cpu_eps: the best of several rounds, events over
 -- the process's CPU time in that round (other work on the machine slows the wall clock, not
 -- this). bytes_per_event: what the Lua heap grew by per event over a round with the collector
@@ -158,6 +159,9 @@ end)
 null:close()
 assert(counted > 0 and #last > 0)
 
+local by_comm = require("netdevq.aggregate").count{ keys = { "comm" } }
+measure("aggregate", require("netdevq.aggregate").feeder(by_comm, { "comm" }))
+
 -- Targets (issue 12): rates per CPU second, the best round
 local function target(verdict, text)
     io.stdout:write("target ", verdict, " ", text, "\n")
@@ -174,6 +178,8 @@ target("report", string.format("Lua counting callback: %s events/s (84,600,000 m
                                .. "before issue 12's features)", thousands(results.count.cpu_eps)))
 target("report", string.format("Lua JSON lines, every field (buffered, to /dev/null): %s lines/s",
                                thousands(results.json.cpu_eps)))
+target("report", string.format("Lua aggregation (count by comm, fed from the view): %s events/s",
+                               thousands(results.aggregate.cpu_eps)))
 target("report", string.format("Lua heap bytes per event: count %.1f, format %.1f, "
                                .. "format+write %.1f, json %.1f", results.count.bytes, ff.bytes,
                                fw.bytes, results.json.bytes))
