@@ -411,6 +411,79 @@ static __always_inline void read_headers(struct scratch *s, struct sk_buff *skb,
 	}
 }
 
+/* --- pcap-filter expressions decided in the kernel (issue 16) ---------------------------------
+ * netdevq_pcap_eth and netdevq_pcap_raw are stubs whose bodies the loader replaces as the
+ * program loads (csrc/pcap_kernel.c) with the translation of libpcap's program for an Ethernet
+ * and a raw IP link (csrc/cbpf_ebpf.c); cfg.pcap says whether handle() calls them. They see
+ * the packet as libpcap does on a live capture: from the link header (Ethernet; an offloaded
+ * VLAN tag written back after the MACs) or from the IP header, the header bytes read (frame),
+ * and past them the sk_buff's linear data at `data`. */
+struct ndq_pcap_frame {
+	__u8 b[NDQ_SNAP_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ndq_pcap_frame);
+} pcap_frame SEC(".maps");
+
+/* the volatile and the asm keep the compiler from assuming what the stub returns or leaving
+ * arguments it does not read unset */
+__noinline int netdevq_pcap_eth(const struct ndq_pcap_frame *frame, __u32 caplen, __u32 wirelen,
+				__u64 data, __u32 linear)
+{
+	volatile int match = 1;
+
+	asm volatile("" ::"r"(caplen), "r"(wirelen), "r"(data), "r"(linear));
+	return frame ? match : 0;
+}
+
+__noinline int netdevq_pcap_raw(const struct ndq_pcap_frame *frame, __u32 caplen, __u32 wirelen,
+				__u64 data, __u32 linear)
+{
+	volatile int match = 1;
+
+	asm volatile("" ::"r"(caplen), "r"(wirelen), "r"(data), "r"(linear));
+	return frame ? match : 0;
+}
+
+static __always_inline int pcap_match(struct scratch *s, struct sk_buff *skb, const bool btf)
+{
+	struct netdevq_event *ev = &s->ev;
+	/* a number, not a pointer the verifier follows (tp_btf): the program only passes it on */
+	unsigned char *head = btf ? BPF_CORE_READ(skb, head) : SKB(head);
+	__u16 mac = SKB(mac_header), net = SKB(network_header);
+	__u32 start = mac != (__u16)~0U ? mac : net;
+	__u64 data = (__u64)(head + start);
+	__u32 linear_end = (__u32)(SKB(data) - head) + ev->len - ev->data_len;
+	__u32 avail = linear_end > start ? linear_end - start : 0;
+	__u32 caplen = ev->snap_len, l2 = ev->l2_len, zero = 0;
+	struct ndq_pcap_frame *f;
+
+	if (!(ev->flags & NDQ_EV_MAC)) { /* from the IP header: past it in the frame, read it all */
+		l2 = l2 < avail ? l2 : avail;
+		return netdevq_pcap_raw((void *)ev->snap, 0, ev->len > l2 ? ev->len - l2 : 0,
+					data + l2, avail - l2);
+	}
+	if (!(ev->flags & NDQ_EV_VLAN_HW))
+		return netdevq_pcap_eth((void *)ev->snap, caplen, ev->len, data, avail);
+	f = bpf_map_lookup_elem(&pcap_frame, &zero);
+	if (!f || caplen < 12)
+		return 0;
+	__builtin_memcpy(f->b, ev->snap, 12);
+	f->b[12] = ev->vlan_proto >> 8;
+	f->b[13] = ev->vlan_proto & 0xff;
+	f->b[14] = ev->vlan_tci >> 8;
+	f->b[15] = ev->vlan_tci & 0xff;
+	bpf_probe_read_kernel(f->b + 16, NDQ_SNAP_MAX - 16, ev->snap + 12);
+	/* past the frame, byte i of what libpcap sees is byte i - 4 of the packet */
+	return netdevq_pcap_eth(f, caplen + 4 < NDQ_SNAP_MAX ? caplen + 4 : NDQ_SNAP_MAX,
+				ev->len + 4, data - 4, avail + 4);
+}
+/* --- end of pcap-filter expressions ------------------------------------------------------- */
+
 #include "owner.bpf.h" /* socket owner: maps, learning programs, owner_read, owner_who_filter */
 
 static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf)
@@ -498,6 +571,8 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	read_headers(s, skb, btf);
 	/* also when the read failed: then nothing parsed, and L3/L4 conditions must fail */
 	if (filter_l3l4 && !l3l4_filter(ev))
+		goto filtered;
+	if (cfg.pcap && !pcap_match(s, skb, btf)) /* issue 16 */
 		goto filtered;
 
 	if (cfg.n_cgroup || (cfg.need & NDQ_NEED_CGROUP)) {

@@ -227,6 +227,9 @@ struct netdevq_config {
 	__u32 n_paths;
 	__u32 kstack;		     /* 1: capture the kernel stack of every matching event */
 	struct netdevq_path path[8]; /* NDQ_PATHS_MAX */
+	/* 1: the pcap expression is decided in the kernel (netdevq_pcap_eth/raw, issue 16) */
+	__u32 pcap;
+	__u32 pcap_pad;
 };
 
 /* In-kernel aggregation map: per-CPU hash, key -> value. A key field takes one 24-byte slot:

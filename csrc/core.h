@@ -56,6 +56,7 @@ struct tracer {
 	__u32 follow_pid;
 	__u32 agg_value_size;
 	struct ndq_pcap *pcap;
+	bool pcap_kernel; /* the kernel decides pcap (pcap_kernel.c); not t->pcap in on_sample */
 	struct ndq_owner *owner; /* socket-owner links (owner.c) */
 	__u64 pcap_dropped;
 	__u64 received;

@@ -17,6 +17,7 @@
 #include "kstack.h"
 #include "owner.h"
 #include "pcap_filter.h"
+#include "pcap_kernel.h"
 
 #define PCAP_BUDGET_MS 10000 /* libpcap's optimizer is slow on long expressions */
 
@@ -425,15 +426,18 @@ static struct tracer_ud *push_tracer(lua_State *L, int batch)
 
 /* core.open{ mode=, object=, object_bytes=, config=, ringbuf_size=, batch=, agg_max_keys=,
  *            btf_path=, pcap=, pcap_snaplen=, verbose= } -> tracer | nil, err, kind
- * kind: "usage" (the pcap expression is wrong or over its compile budget) or "runtime" */
+ * kind: "usage" (the pcap expression is wrong or over its compile budget), "pcap_kernel" (the
+ * config asks the kernel to decide the pcap expression and it cannot: open again with the
+ * expression in user space) or "runtime" */
 int ndq_core_open(lua_State *L)
 {
 	LIBBPF_OPTS(bpf_object_open_opts, oopts);
 	struct open_opts o;
 	struct tracer *t = NULL;
 	struct tracer_ud *ud;
-	char msg[512] = "out of memory";
-	bool usage = false;
+	char msg[512] = "out of memory", why[320];
+	bool usage = false, pcap_kernel = false;
+	int rc;
 
 	read_options(L, &o);
 	if (o.pcap && strlen(o.pcap) != o.pcap_len) {
@@ -461,16 +465,40 @@ int ndq_core_open(lua_State *L)
 	if (o.pcap && !(t->pcap = ndq_pcap_compile(o.pcap, o.pcap_snaplen, PCAP_BUDGET_MS,
 						   &ndq_interrupted, msg, sizeof(msg), &usage)))
 		goto cleanup;
+	/* the kernel decides the pcap expression: spliced into the program as it loads; when that
+	 * load fails, the caller opens again with the expression in user space */
+	t->pcap_kernel = t->pcap && o.cfg.pcap;
+	if (t->pcap_kernel && ndq_pcap_kernel_register()) {
+		snprintf(msg, sizeof(msg), "pcap filter: libbpf refused the load handler");
+		pcap_kernel = true;
+		goto cleanup;
+	}
 	if (check_btf(&o, &oopts, msg, sizeof(msg)) ||
 	    open_object(t, &o, &oopts, msg, sizeof(msg)) ||
-	    configure_object(t, &o, msg, sizeof(msg)) || load_object(t, msg, sizeof(msg)))
+	    configure_object(t, &o, msg, sizeof(msg)))
 		goto cleanup;
+	if (t->pcap_kernel)
+		ndq_pcap_kernel_request(t->obj, t->prog, t->pcap);
+	rc = load_object(t, msg, sizeof(msg));
+	if (t->pcap_kernel && (ndq_pcap_kernel_finish(rc == 0, why, sizeof(why)) || rc)) {
+		char load[sizeof(msg)];
+
+		snprintf(load, sizeof(load), "%s", rc ? msg : why);
+		snprintf(msg, sizeof(msg), "pcap filter: the kernel refused it in %s mode (%.400s)",
+			 o.mode, load);
+		pcap_kernel = true;
+		goto cleanup;
+	}
+	if (rc)
+		goto cleanup;
+	if (t->pcap && !t->pcap_kernel && ndq_verbose)
+		fprintf(stderr, "netdevq: pcap filter decided in user space (libpcap)\n");
 	ud->t = t;
 	return 1;
 cleanup:
 	ndq_tracer_free(t);
 	lua_pop(L, 1);
 	ndq_push_fail(L, "%s", msg);
-	lua_pushstring(L, usage ? "usage" : "runtime");
+	lua_pushstring(L, usage ? "usage" : pcap_kernel ? "pcap_kernel" : "runtime");
 	return 3;
 }

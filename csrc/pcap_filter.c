@@ -297,6 +297,16 @@ int ndq_pcap_match_event(const struct ndq_pcap *p, const struct netdevq_event *e
 			      len > off ? len - off : caplen - off);
 }
 
+const struct sock_filter *ndq_pcap_insns(const struct ndq_pcap *p, int ethernet, size_t *len)
+{
+	const struct bpf_program *prog = ethernet ? &p->eth : &p->raw;
+
+	if (!(ethernet ? p->have_eth : p->have_raw))
+		return NULL;
+	*len = prog->bf_len;
+	return (const struct sock_filter *)prog->bf_insns;
+}
+
 void ndq_pcap_free(struct ndq_pcap *p)
 {
 	if (!p)

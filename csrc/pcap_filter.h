@@ -24,5 +24,10 @@ int ndq_pcap_match(const struct ndq_pcap *p, int ethernet, const unsigned char *
 struct netdevq_event;
 int ndq_pcap_match_event(const struct ndq_pcap *p, const struct netdevq_event *ev);
 void ndq_pcap_free(struct ndq_pcap *p);
+/* The compiled program for Ethernet (ethernet != 0) or raw IP in the kernel's struct sock_filter
+ * layout (libpcap's struct bpf_insn), *len instructions; NULL when the expression has no meaning
+ * on that link type. */
+struct sock_filter;
+const struct sock_filter *ndq_pcap_insns(const struct ndq_pcap *p, int ethernet, size_t *len);
 
 #endif

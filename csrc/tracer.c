@@ -50,7 +50,7 @@ int ndq_on_sample(void *ctx, void *data, size_t size)
 	memcpy(dst, data, size);
 	if (size < sizeof(*dst) && dst->snap_len > size - offsetof(struct netdevq_event, snap))
 		dst->snap_len = 0;
-	if (t->pcap && !ndq_pcap_match_event(t->pcap, dst)) {
+	if (t->pcap && !t->pcap_kernel && !ndq_pcap_match_event(t->pcap, dst)) {
 		t->pcap_dropped++;
 		return 0;
 	}

@@ -27,11 +27,13 @@ describe("netdevq.open with filter, pcap and where on live traffic #root", funct
             return ev.mark == 7
         end
 
+        -- the pcap expression in user space (pcap_kernel = false), where pcap_dropped counts its
+        -- drops (decided in the kernel, they count in kfiltered: spec/pcap_kernel_live_spec.lua)
         local setups = {
-            all = { filter = full_filter, pcap = pcap, where = marked },
+            all = { filter = full_filter, pcap = pcap, pcap_kernel = false, where = marked },
             filter_only = { filter = full_filter, mode = "btf" },
             kernel_and_where = { filter = kernel_filter, where = function(ev) return ev.mark == 7 end },
-            pcap_only = { filter = scope, pcap = pcap, mode = "btf" },
+            pcap_only = { filter = scope, pcap = pcap, pcap_kernel = false, mode = "btf" },
         }
         local tracers, delivered = {}, {}
         finally(function()

@@ -57,16 +57,16 @@ describe("netdevq gives everything back #root", function()
             t:close()
             t:close() -- idempotent
         end
-        -- what one tracer holds: its program(s), link(s) and the twelve maps (kstacks among them); every field (no
-        -- `fields`) and follow_pid include the socket owner: six more programs and links;
-        -- follow_pid adds sched_process_fork and sched_process_exit
-        assert.same({ { 7, 7, 12 }, { 7, 7, 12 }, { 1, 1, 12 }, { 9, 9, 12 } }, per_variant)
+        -- what one tracer holds: its program(s), link(s) and the thirteen maps (kstacks and
+        -- pcap_frame among them); every field (no `fields`) and follow_pid include the socket
+        -- owner: six more programs and links; follow_pid adds sched_process_fork and sched_process_exit
+        assert.same({ { 7, 7, 13 }, { 7, 7, 13 }, { 1, 1, 13 }, { 9, 9, 13 } }, per_variant)
         assert.same({}, bpfobjs.diff(before, bpfobjs.fds()))
         assert.same({ prog = {}, map = {}, link = {} }, bpfobjs.held(pid))
         assert.same({}, bpfobjs.still_loaded(ids))
         -- ids are never reused: every cycle loaded its own objects
         assert.equal((7 + 7 + 1 + 9) * CYCLES / 4, count(ids.prog))
-        assert.equal(CYCLES * 12, count(ids.map))
+        assert.equal(CYCLES * 13, count(ids.map))
     end)
 
     it("when a tracer is only dropped: the garbage collector closes it", function()
@@ -155,8 +155,8 @@ describe("netdevq gives everything back #root", function()
         assert.is_true(run:wait_err("Ctrl%-C to stop\n", 20), run:err_text())
         clirun.sleep(1)
         local held = bpfobjs.held(run.pid)
-        assert.same({ 1, 1, 12 }, { count(held.prog), count(held.link), count(held.map) })
-        assert.equal(#bpfobjs.still_loaded(held, 0), 14) -- bpftool sees them all while it runs
+        assert.same({ 1, 1, 13 }, { count(held.prog), count(held.link), count(held.map) })
+        assert.equal(#bpfobjs.still_loaded(held, 0), 15) -- bpftool sees them all while it runs
         assert.is_true(run:kill("KILL"))
         local r = run:wait(10)
         assert.equal(137, r.code) -- 128 + SIGKILL

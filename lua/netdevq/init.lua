@@ -70,7 +70,7 @@ end
 local OPEN_KEYS = {
     mode = true, filter = true, pcap = true, where = true, fields = true, snaplen = true,
     aggregate = true, aggregations = true, emit = true, events = true, follow_pid = true,
-    pid = true, comm = true,
+    pid = true, comm = true, pcap_kernel = true,
     ringbuf_size = true, batch = true, wakeup_bytes = true, max_keys = true, agg_max_keys = true,
     verbose = true, object = true, object_bytes = true, btf_path = true, attach = true,
 }
@@ -134,6 +134,16 @@ function _M.open(opts)
     end
 
     local t, cerr, ckind = core.open(p.core)
+    if not t and ckind == "pcap_kernel" then
+        -- the kernel refused the translated pcap program: say so once, decide it in user space
+        io.stderr:write("netdevq: ", cerr, ": the expression runs in user space\n")
+        popts.pcap_kernel = false
+        p, err, info = plan.make(popts)
+        if not p then
+            return nil, err, info
+        end
+        t, cerr, ckind = core.open(p.core)
+    end
     if not t then
         return nil, "netdevq: " .. cerr, { kind = ckind or "runtime" }
     end

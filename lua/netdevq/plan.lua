@@ -8,7 +8,10 @@
 -- opts (all optional):
 --   mode          "raw" | "btf"
 --   filter        field expression; its kernel part goes into the config
---   pcap          tcpdump/pcap-filter expression (run on the event's header bytes)
+--   pcap          tcpdump/pcap-filter expression (libpcap's program, translated into eBPF and
+--                 decided in the kernel: csrc/pcap_kernel.c)
+--   pcap_kernel   false: decide pcap in user space instead, on the event's header bytes (what
+--                 netdevq.open falls back to when the kernel refuses the translation)
 --   where         function(ev) -> boolean, after filter
 --   fields        names the consumers read (nil: every field)
 --   aggregations  specs { kind=, keys=, value=, min=, max=, step=, name= } run by the tracer
@@ -167,6 +170,9 @@ local function check_options(opts)
     if opts.pcap ~= nil and (type(opts.pcap) ~= "string" or opts.pcap:find("\0", 1, true)) then
         return usage("pcap expression must be text without NUL bytes")
     end
+    if opts.pcap_kernel ~= nil and type(opts.pcap_kernel) ~= "boolean" then
+        return usage("pcap_kernel must be true or false")
+    end
     if opts.fields ~= nil then
         if type(opts.fields) ~= "table" then
             return usage("fields must be an array of field names")
@@ -183,7 +189,7 @@ end
 
 -- which aggregations run in the kernel: one, whose keys and value the kernel reads, behind a
 -- filter the kernel checks completely, with nothing else wanting events
-local function split_aggregations(opts, specs, filter_plan)
+local function split_aggregations(opts, specs, filter_plan, pcap_user)
     local kernel = require("netdevq.aggregate.kernel")
     if opts.aggregate then
         local ok, why = kernel.supports(opts.aggregate)
@@ -191,13 +197,13 @@ local function split_aggregations(opts, specs, filter_plan)
             return false, "this aggregation cannot run in the kernel (" .. why
                           .. "); aggregate in Lua instead"
         end
-        if filter_plan.match or opts.where or opts.pcap then
+        if filter_plan.match or opts.where or pcap_user then
             return false, "in-kernel aggregation needs a filter the kernel checks completely"
         end
         return opts.aggregate, {}
     end
     if #specs == 1 and not opts.events and not filter_plan.match and not opts.where
-       and not opts.pcap and kernel.supports(specs[1]) then
+       and not pcap_user and kernel.supports(specs[1]) then
         return specs[1], {}
     end
     return nil, specs
@@ -230,7 +236,9 @@ function _M.make(opts)
         end
     end
 
-    local kernel_agg, lua_aggs = split_aggregations(opts, specs, filter_plan)
+    -- the pcap expression: decided in the kernel unless the caller says otherwise
+    local pcap_user = opts.pcap ~= nil and opts.pcap_kernel == false
+    local kernel_agg, lua_aggs = split_aggregations(opts, specs, filter_plan, pcap_user)
     if kernel_agg == false then
         return usage(lua_aggs)
     end
@@ -258,8 +266,9 @@ function _M.make(opts)
     local snaplen = keep
     if opts.pcap then
         snaplen = abi.SNAP_MAX
-        -- the link type (Ethernet or raw IP) comes from the parsed headers and the device
-        need = bor(need, abi.NEED.HEADERS, abi.NEED.DEV)
+        -- the link type (Ethernet or raw IP) comes from the parsed headers (and the device)
+        need = bor(need, abi.NEED.HEADERS, pcap_user and abi.NEED.DEV or 0)
+        cfg.pcap = pcap_user and 0 or 1
     end
 
     local events = opts.events
@@ -274,7 +283,7 @@ function _M.make(opts)
     -- events cross to Lua when someone reads them, or when Lua must still decide them (a filter
     -- remainder, where, a pcap expression): matched then counts what passed. Otherwise the kernel
     -- counts alone (Tracer:stats: matched = seen - kfiltered - read_failed).
-    local lua_decides = filter_plan.match ~= nil or opts.where ~= nil or opts.pcap ~= nil
+    local lua_decides = filter_plan.match ~= nil or opts.where ~= nil or pcap_user
     cfg.emit = (events or #lua_aggs > 0 or (lua_decides and not kernel_agg)) and 1 or 0
     cfg.wakeup_bytes = opts.wakeup_bytes or _M.DEFAULT_WAKEUP_BYTES
     cfg.follow_pid = opts.follow_pid or 0
@@ -299,6 +308,7 @@ function _M.make(opts)
         remainder = filter_plan.remainder,
         kernel_agg = kernel_agg,
         lua_aggs = lua_aggs,
+        pcap_path = opts.pcap and (pcap_user and "user" or "kernel") or nil,
         max_keys = opts.max_keys or _M.DEFAULT_MAX_KEYS,
         core = {
             mode = opts.mode or "raw",
