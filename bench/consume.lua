@@ -7,10 +7,19 @@
 -- (open{attach = false} loads the BPF object once, to get a genuine Tracer; its core is closed
 -- and replaced by the fake before anything is measured.)
 --
--- stdout, one line per callback kind:  consume KIND events=N seconds=S eps=N
+-- stdout, one line per callback kind:
+--   consume KIND events=N seconds=S eps=N cpu_eps=N bytes_per_event=N
 --   count        callback increments a counter
---   format       callback builds the default text line (output.text():format)
---   format+write the same line written to /dev/null (what the CLI does per event)
+--   format       callback builds the default text line as a string (output.text():format)
+--   format+write the default text line written to /dev/null the way the CLI writes it: a
+--                buffered writer (output.text{ buffered = true }) flushed after every poll
+--   json         the same with the JSON writer and every field (the CLI's -F json)
+--   aggregate    a Lua aggregation, count by comm (netdevq.aggregate.feeder)
+-- eps: events over the whole wall-clock time. cpu_eps: the best of several rounds, events over
+-- the process's CPU time in that round (other work on the machine slows the wall clock, not
+-- this). bytes_per_event: what the Lua heap grew by per event over a round with the collector
+-- stopped (0: the path allocates nothing per event).
+-- Then one line per target of issue 12:  target PASS|FAIL|report TEXT
 local here = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/.."
 package.path = here .. "/lua/?.lua;" .. here .. "/lua/?/init.lua;" .. package.path
 package.cpath = here .. "/build/?.so;" .. package.cpath
@@ -22,6 +31,7 @@ local output = require("netdevq.output")
 
 local monotonic_ns = netdevq.core.monotonic_ns
 local seconds = tonumber(arg[1] or "") or 1.5
+local ROUNDS = 5
 local BATCH = 4096 -- the C module's default batch
 
 -- A batch that looks like the flood: UDP over lo from ndq_send, and its ICMP replies.
@@ -58,26 +68,66 @@ local tr = assert(netdevq.open{ attach = false })
 tr.t:close()
 tr.t = fake_core
 
-local function measure(kind, cb)
-    tr.callbacks, tr.ncallbacks = { cb }, 1
-    tr.matched = 0
-    -- warm up (JIT traces), then measure whole batches for about `seconds`
-    for _ = 1, 50 do
-        tr:poll(0)
-    end
+-- one round: whole batches for `round_s`; returns events, wall seconds, CPU seconds
+local function round(round_s, after_poll)
     local delivered = 0
+    local c0 = os.clock()
     local t0 = monotonic_ns()
-    local deadline = t0 + seconds * 1e9
+    local deadline = t0 + round_s * 1e9
     local now
     repeat
         for _ = 1, 16 do
             delivered = delivered + tr:poll(0)
+            if after_poll then
+                after_poll()
+            end
         end
         now = monotonic_ns()
     until now >= deadline
-    local s = (now - t0) / 1e9
-    io.stdout:write(string.format("consume %s events=%d seconds=%.3f eps=%.0f\n", kind, delivered,
-                                  s, delivered / s))
+    return delivered, (now - t0) / 1e9, os.clock() - c0
+end
+
+-- heap growth per event over 16 polls with the collector stopped
+local function bytes_per_event(after_poll)
+    collectgarbage()
+    collectgarbage("stop")
+    local before = collectgarbage("count")
+    local n = 0
+    for _ = 1, 16 do
+        n = n + tr:poll(0)
+        if after_poll then
+            after_poll()
+        end
+    end
+    local grown = (collectgarbage("count") - before) * 1024
+    collectgarbage("restart")
+    return grown / n
+end
+
+local results = {}
+local function measure(kind, cb, after_poll)
+    tr.callbacks, tr.ncallbacks = { cb }, 1
+    tr.matched = 0
+    -- warm up (JIT traces), then ROUNDS rounds over about `seconds`
+    for _ = 1, 50 do
+        tr:poll(0)
+        if after_poll then
+            after_poll()
+        end
+    end
+    local events, wall, best = 0, 0, 0
+    for _ = 1, ROUNDS do
+        local n, w, c = round(seconds / ROUNDS, after_poll)
+        events, wall = events + n, wall + w
+        if c > 0 and n / c > best then
+            best = n / c
+        end
+    end
+    local bytes = bytes_per_event(after_poll)
+    results[kind] = { eps = events / wall, cpu_eps = best, bytes = bytes }
+    io.stdout:write(string.format("consume %s events=%d seconds=%.3f eps=%.0f cpu_eps=%.0f "
+                                  .. "bytes_per_event=%.1f\n", kind, events, wall, events / wall,
+                                  best, bytes))
     io.stdout:flush()
 end
 
@@ -93,9 +143,43 @@ measure("format", function(ev)
 end)
 
 local null = assert(io.open("/dev/null", "w"))
-local null_writer = output.text{ file = null }
+local null_writer = output.text{ file = null, buffered = true }
 measure("format+write", function(ev)
     null_writer:event(ev)
+end, function()
+    assert(null_writer:flush())
+end)
+
+local json_writer = output.json{ file = null, buffered = true }
+measure("json", function(ev)
+    json_writer:event(ev)
+end, function()
+    assert(json_writer:flush())
 end)
 null:close()
 assert(counted > 0 and #last > 0)
+
+local by_comm = require("netdevq.aggregate").count{ keys = { "comm" } }
+measure("aggregate", require("netdevq.aggregate").feeder(by_comm, { "comm" }))
+
+-- Targets (issue 12): rates per CPU second, the best round
+local function target(verdict, text)
+    io.stdout:write("target ", verdict, " ", text, "\n")
+end
+local function thousands(n)
+    return (string.format("%.0f", n):reverse():gsub("(%d%d%d)", "%1,"):reverse():gsub("^,", ""))
+end
+local fw, ff = results["format+write"], results.format
+target(fw.cpu_eps >= 3e6 and "PASS" or "FAIL",
+       string.format("Lua text lines, the CLI's way (buffered, to /dev/null): %s lines/s "
+                     .. "(>= 3,000,000); as strings (format): %s lines/s", thousands(fw.cpu_eps),
+                     thousands(ff.cpu_eps)))
+target("report", string.format("Lua counting callback: %s events/s (84,600,000 measured "
+                               .. "before issue 12's features)", thousands(results.count.cpu_eps)))
+target("report", string.format("Lua JSON lines, every field (buffered, to /dev/null): %s lines/s",
+                               thousands(results.json.cpu_eps)))
+target("report", string.format("Lua aggregation (count by comm, fed from the view): %s events/s",
+                               thousands(results.aggregate.cpu_eps)))
+target("report", string.format("Lua heap bytes per event: count %.1f, format %.1f, "
+                               .. "format+write %.1f, json %.1f", results.count.bytes, ff.bytes,
+                               fw.bytes, results.json.bytes))

@@ -555,6 +555,43 @@ static __always_inline int pcap_match(struct scratch *s, struct sk_buff *skb, co
 
 #include "owner.bpf.h" /* socket owner: maps, learning programs, owner_read, owner_who_filter */
 
+/* BPF_RB_* flags for an event of size bytes: wake the consumer once per wakeup_bytes emitted on
+ * this CPU; in between it picks events up on its poll timeout. Cheaper than asking the ring how
+ * full it is. */
+static __always_inline __u64 wake_flags(struct scratch *s, __u64 size)
+{
+	if (!cfg.wakeup_bytes)
+		return 0;
+	s->pending += size;
+	if (s->pending >= cfg.wakeup_bytes) {
+		s->pending = 0;
+		return BPF_RB_FORCE_WAKEUP;
+	}
+	return BPF_RB_NO_WAKEUP;
+}
+
+/* A matched event out: into the aggregation and/or the ring buffer (from handle(), or from
+ * bpf/latency.bpf.h when its fate is known). */
+static __always_inline void deliver(struct scratch *s, struct counters *cnt)
+{
+	struct netdevq_event *ev = &s->ev;
+
+	if (cfg.agg_on)
+		aggregate(s, cnt);
+	if (cfg.emit) {
+		__u64 size = paths_emit_size(EVENT_HEAD_SIZE + cfg.snaplen);
+
+		if (size > sizeof(*ev))
+			size = sizeof(*ev);
+		if (bpf_ringbuf_output(&events, ev, size, wake_flags(s, size)))
+			cnt->c[NDQ_CNT_LOST]++;
+		else
+			cnt->c[NDQ_CNT_EMITTED]++;
+	}
+}
+
+#include "latency.bpf.h" /* queue latency and drops: lat_held, the fate programs */
+
 /* btf: skb is a BTF pointer (members are loads); cast: the direct program, which may call
  * bpf_rdonly_cast.
  * Long on purpose (over 200 lines): filters, the ring reservation and the fill share one event
@@ -578,7 +615,9 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	/* Reserve in place: with nothing to filter, the event is written straight into its ring
 	 * buffer record (no scratch copy), and a full ring costs one failed reserve. Member paths,
 	 * kstacks and aggregations keep the scratch event. */
-	const bool in_place = cfg.emit && !filter_any && !cfg.agg_on && !cfg.n_paths && !cfg.kstack;
+	const bool held = cfg.need & NDQ_NEED_LATENCY; /* out later, from scratch (latency.bpf.h) */
+	const bool in_place = cfg.emit && !filter_any && !cfg.agg_on && !cfg.n_paths &&
+			      !cfg.kstack && !held;
 	__u64 size = paths_emit_size(EVENT_HEAD_SIZE + cfg.snaplen);
 	__u32 zero = 0;
 	struct counters *cnt = bpf_map_lookup_elem(&counters, &zero);
@@ -690,7 +729,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 
 	/* matched. A filtered event (built in scratch) takes its ring record now: when the ring is
 	 * full, the reads below are skipped (the aggregation, when there is one, still wants them) */
-	if (cfg.emit && !in_place && !cfg.agg_on) {
+	if (cfg.emit && !in_place && !cfg.agg_on && !held) {
 		rec = bpf_ringbuf_reserve(&events, size, 0);
 		if (!rec) {
 			cnt->c[NDQ_CNT_LOST]++;
@@ -731,34 +770,17 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	if (!in_place) /* in_place: no paths, no kstack (and no room for them in the record) */
 		finish_paths(ctx, ev, skb, s->skb);
 
-	if (cfg.agg_on)
-		aggregate(s, cnt);
-	if (cfg.emit) {
-		__u64 flags = 0;
-
-		if (cfg.wakeup_bytes) {
-			/* Wake the consumer once per wakeup_bytes emitted on this CPU; in between it picks
-			 * events up on its poll timeout. Cheaper than asking the ring how full it is. */
-			s->pending += size;
-			if (s->pending >= cfg.wakeup_bytes) {
-				s->pending = 0;
-				flags = BPF_RB_FORCE_WAKEUP;
-			} else {
-				flags = BPF_RB_NO_WAKEUP;
-			}
-		}
-		if (in_place) {
-			bpf_ringbuf_submit(ev, flags);
-			cnt->c[NDQ_CNT_EMITTED]++;
-		} else if (rec) {
-			bpf_probe_read_kernel(rec, size, ev); /* scratch to its record: one copy */
-			bpf_ringbuf_submit(rec, flags);
-			cnt->c[NDQ_CNT_EMITTED]++;
-		} else if (bpf_ringbuf_output(&events, ev, size, flags)) {
-			cnt->c[NDQ_CNT_LOST]++;
-		} else {
-			cnt->c[NDQ_CNT_EMITTED]++;
-		}
+	if (cfg.need & NDQ_NEED_LATENCY)
+		return latency_hold(s, skb, dev); /* out when its fate is known (never in place) */
+	if (in_place) {
+		bpf_ringbuf_submit(ev, wake_flags(s, size));
+		cnt->c[NDQ_CNT_EMITTED]++;
+	} else if (rec) {
+		bpf_probe_read_kernel(rec, size, ev); /* scratch to its record: one copy */
+		bpf_ringbuf_submit(rec, wake_flags(s, size));
+		cnt->c[NDQ_CNT_EMITTED]++;
+	} else {
+		deliver(s, cnt);
 	}
 	return 0;
 

@@ -94,6 +94,9 @@ enum {
 	 * it too when who_pid, who_comm or follow_pid ask for the owner */
 	NDQ_NEED_OWNER = 128,
 	NDQ_NEED_ALL = 255,
+	/* sojourn_ns, xmit_ns, xmit_rc, drop_reason: loads and attaches the fate programs
+	 * (bpf/latency.bpf.h); outside NDQ_NEED_ALL, so that only asking for them costs */
+	NDQ_NEED_LATENCY = 256,
 };
 
 /* Event flags (netdevq_event.flags). */
@@ -111,6 +114,11 @@ enum {
 	NDQ_EV_ARP = 512,    /* arp_* valid: ARP for IPv4 over Ethernet */
 	/* owner_* valid (bpf/owner.bpf.h); a high bit, so header-decoding flags keep the low ones */
 	NDQ_EV_OWNER = 0x8000,
+	/* fate (bpf/latency.bpf.h): handed to the driver (sojourn_ns valid), the driver returned
+	 * (xmit_ns, xmit_rc valid), freed by kfree_skb (drop_reason valid) */
+	NDQ_EV_XMIT = 0x1000,
+	NDQ_EV_XMIT_DONE = 0x2000,
+	NDQ_EV_DROP = 0x4000,
 };
 
 /* Histogram kinds (netdevq_config.agg_hist). */
@@ -163,6 +171,12 @@ struct netdevq_event {
 	__u32 owner_uid; /* sk->sk_uid */
 	__u32 owner_pad;
 	char owner_comm[16];
+	/* fate (NDQ_NEED_LATENCY, bpf/latency.bpf.h): ns from net_dev_queue to net_dev_start_xmit,
+	 * ns from net_dev_start_xmit to net_dev_xmit and the driver's return code, enum
+	 * skb_drop_reason of a kfree_skb before the driver returned */
+	__u64 sojourn_ns, xmit_ns;
+	__u32 xmit_rc; /* int in the kernel: the catalogue reads it signed */
+	__u32 drop_reason;
 	__u8 snap[256]; /* NDQ_SNAP_MAX bytes from the start of the link header */
 	/* sk_buff member paths and kstack, after snap: only an event of a run that asks for them
 	 * carries them (it is then sent up to its last path). Bit i of path_present: path i was
@@ -246,6 +260,11 @@ struct netdevq_config {
 	/* 1: the pcap expression is decided in the kernel (netdevq_pcap_eth/raw, issue 16) */
 	__u32 pcap;
 	__u32 pcap_pad;
+	/* sojourn_ns kernel filter: sojourn_min <= sojourn_ns <= sojourn_max (and the packet
+	 * reached the driver), decided when its fate is known (bpf/latency.bpf.h) */
+	__u32 sojourn_set;
+	__u32 sojourn_pad;
+	__u64 sojourn_min, sojourn_max;
 };
 
 /* In-kernel aggregation map: per-CPU hash, key -> value. A key field takes one 24-byte slot:

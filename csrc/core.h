@@ -36,6 +36,7 @@
 
 struct ndq_pcap;
 struct ndq_owner;
+struct ndq_latency;
 
 struct tracer {
 	struct bpf_object *obj;
@@ -57,7 +58,8 @@ struct tracer {
 	__u32 agg_value_size;
 	struct ndq_pcap *pcap;
 	bool pcap_kernel; /* the kernel decides pcap (pcap_kernel.c); not t->pcap in on_sample */
-	struct ndq_owner *owner; /* socket-owner links (owner.c) */
+	struct ndq_owner *owner;     /* socket-owner links (owner.c) */
+	struct ndq_latency *latency; /* fate program links (latency.c) */
 	__u64 pcap_dropped;
 	__u64 received;
 	char mode[8];

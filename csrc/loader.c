@@ -16,6 +16,7 @@
 
 #include "core.h"
 #include "kstack.h"
+#include "latency.h"
 #include "owner.h"
 #include "pcap_filter.h"
 #include "pcap_kernel.h"
@@ -437,6 +438,7 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 		bpf_program__set_autoload(p, p == t->prog || follow);
 	}
 	ndq_owner_select(t->obj, &o->cfg);
+	ndq_latency_select(t->obj, &o->cfg, o->mode);
 	t->follow_pid = o->cfg.follow_pid;
 	size_maps(t, o);
 	if (ndq_kstack_setup(t->obj, &o->cfg)) {

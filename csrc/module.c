@@ -9,6 +9,7 @@
 #include "core.h"
 #include "btf_path.h"
 #include "kstack.h"
+#include "latency.h"
 
 /* The BPF object and the ABI header, embedded by bpf_blobs.S (see CMakeLists.txt). */
 extern const char netdevq_abi_header[];
@@ -111,6 +112,10 @@ static void push_layout(lua_State *L)
 	OFF(owner_tid);
 	OFF(owner_uid);
 	OFF(owner_comm);
+	OFF(sojourn_ns);
+	OFF(xmit_ns);
+	OFF(xmit_rc);
+	OFF(drop_reason);
 	OFF(snap);
 	lua_setfield(L, -2, "offsets");
 	lua_createtable(L, 0, 4);
@@ -131,6 +136,7 @@ int luaopen_netdevq_core(lua_State *L)
 	static const luaL_Reg funcs[] = {
 		{ "open", ndq_core_open },
 		{ "monotonic_ns", core_monotonic_ns },
+		{ "drop_reasons", ndq_drop_reasons },
 		{ NULL, NULL },
 	};
 

@@ -9,6 +9,7 @@
 #include <bpf/libbpf.h>
 
 #include "core.h"
+#include "latency.h"
 #include "owner.h"
 #include "pcap_filter.h"
 
@@ -23,6 +24,7 @@ void ndq_tracer_free(struct tracer *t)
 	bpf_link__destroy(t->fork_link);
 	bpf_link__destroy(t->exit_link);
 	ndq_owner_free(t->owner);
+	ndq_latency_free(t->latency);
 	bpf_object__close(t->obj);
 	ndq_pcap_free(t->pcap);
 	free(t->agg_keys);
@@ -100,6 +102,8 @@ static int tracer_attach(lua_State *L)
 		return err;
 	if (!t->owner && ndq_owner_attach(&t->owner, t->obj, msg, sizeof(msg)))
 		return ndq_push_fail(L, "%s", msg);
+	if (!t->latency && ndq_latency_attach(&t->latency, t->obj, msg, sizeof(msg)))
+		return ndq_push_fail(L, "%s", msg);
 	t->link = bpf_program__attach(t->prog);
 	if (!t->link) {
 		err = errno;
@@ -128,6 +132,8 @@ static int tracer_detach(lua_State *L)
 	t->link = t->fork_link = t->exit_link = NULL;
 	ndq_owner_free(t->owner);
 	t->owner = NULL;
+	ndq_latency_free(t->latency);
+	t->latency = NULL;
 	return 0;
 }
 

@@ -1,21 +1,24 @@
--- Per transmit queue of one device, every interval: average size, packet-size buckets,
--- bytes/s and packets/s (the TX half of bcc's netqtop, from net_dev_queue).
+-- Per device and transmit queue, every interval: packets/s, bytes/s, how long packets waited in
+-- the queue (sojourn p50, p99, max) and what was dropped before the driver, by drop reason. bcc's
+-- netqtop shows the rates; the wait and the drops come from following each packet from
+-- net_dev_queue to the driver (sojourn_ns, drop_reason: see the README).
 --
---   bpftrace -e 'tracepoint:net:net_dev_queue /str(args->name) == "eth0"/ {
---     $q = ((struct sk_buff *)args->skbaddr)->queue_mapping;
---     @pkts[$q] = count(); @bytes[$q] = sum(args->len); }
---     interval:s:1 { print(@pkts); print(@bytes); clear(@pkts); clear(@bytes); }'
+--   bpftrace needs a join of two probes for the wait alone:
+--   bpftrace -e 'tracepoint:net:net_dev_queue { @q[args->skbaddr] = nsecs; }
+--     tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/ {
+--       @us[str(args->name), args->queue_mapping] = hist((nsecs - @q[args->skbaddr]) / 1000);
+--       delete(@q[args->skbaddr]); }'
 --
 -- Usage: luajit scripts/netdevq.lua examples/netqtop.lua DEV [INTERVAL] [COUNT] [NETNS]
---   DEV       device name
+--   DEV       device name, or "all" for every device
 --   INTERVAL  seconds between tables (default 1)
 --   COUNT     stop after COUNT tables (default: at Ctrl-C)
---   NETNS     only DEV in this network namespace (inode number; default: any)
+--   NETNS     only devices in this network namespace (inode number; default: any)
 --
--- Buckets as in bcc: [0, 64), [64, 512), [512, 2K), [2K, 16K), [16K, 64K) bytes (larger GSO
--- packets count in the totals only). Rates are per INTERVAL seconds. Rows go from queue 0 to
--- the highest queue seen. Several values per event and buckets of unequal width: Lua
--- aggregates, the kernel only filters on dev (and netns).
+-- One row per device and queue that saw packets in the interval: PPS and BPS (bytes/s) count the
+-- packets that reached the driver; P50, P99 and MAX are their sojourns in microseconds (nearest
+-- rank); DROPS counts the packets freed before the driver, and a line under the table names their
+-- reasons (QDISC_DROP: a full qdisc). A packet counts in the interval its fate was known in.
 local netdevq = require("netdevq")
 
 local dev, interval = arg[1], tonumber(arg[2]) or 1
@@ -25,32 +28,39 @@ if not dev or interval <= 0 then
   return 2
 end
 
-local BOUNDS = { 64, 512, 2048, 16384, 65536 }
-local HEADERS = { "QueueID", "avg_size", "[0, 64)", "[64, 512)", "[512, 2K)", "[2K, 16K)",
-  "[16K, 64K)", "BPS", "PPS" }
-
-local queues, top = {}, -1 -- queue id -> { pkts, bytes, bucket counts 1..5 }
-local function zero() return { pkts = 0, bytes = 0, 0, 0, 0, 0, 0 } end
-
-local filter = string.format("dev == %q", dev)
-if netns then filter = filter .. " and netns == " .. netns end
-local t = assert(netdevq.open{ filter = filter, fields = { "queue", "len" } })
-t:on_event(function(ev)
-  local id, len = ev.queue, ev.len
-  local q = queues[id]
-  if not q then
-    q = zero()
-    queues[id] = q
-    if id > top then top = id end
+-- "dev\0queue" -> { dev, queue, pkts, bytes, sojourns = {}, drops = { reason = n }, ndrops }
+local rows = {}
+local function row_of(ev)
+  local key = ev.dev .. "\0" .. ev.queue
+  local r = rows[key]
+  if not r then
+    r = { dev = ev.dev, queue = ev.queue, pkts = 0, bytes = 0, sojourns = {}, drops = {},
+          ndrops = 0 }
+    rows[key] = r
   end
-  q.pkts = q.pkts + 1
-  q.bytes = q.bytes + len
-  for i = 1, #BOUNDS do
-    if len < BOUNDS[i] then q[i] = q[i] + 1; break end
+  return r
+end
+
+local conds = {}
+if dev ~= "all" then conds[#conds + 1] = string.format("dev == %q", dev) end
+if netns then conds[#conds + 1] = "netns == " .. netns end
+local t = assert(netdevq.open{ filter = table.concat(conds, " and "),
+  fields = { "dev", "queue", "len", "sojourn_ns", "drop_reason" } })
+t:on_event(function(ev)
+  local r = row_of(ev)
+  local sojourn = ev.sojourn_ns
+  if sojourn then
+    r.pkts = r.pkts + 1
+    r.bytes = r.bytes + ev.len
+    r.sojourns[#r.sojourns + 1] = sojourn
+  elseif ev.drop_reason then -- (neither: a GSO packet segmented in software, not followed)
+    local why = ev.drop_reason
+    r.drops[why] = (r.drops[why] or 0) + 1
+    r.ndrops = r.ndrops + 1
   end
 end)
 
--- bcc's to_str: K and M for large numbers, two decimals for fractions
+-- K and M for large numbers, two decimals for fractions (bcc's to_str)
 local function human(n)
   if n >= 1048576 then return string.format("%.2fM", n / 1048576) end
   if n >= 1024 then return string.format("%.2fK", n / 1024) end
@@ -58,28 +68,39 @@ local function human(n)
   return string.format("%.2f", n)
 end
 
-local function row(label, q)
-  local avg = q.pkts > 0 and math.floor(q.bytes / q.pkts) or 0
-  io.write(string.format("%8s %10s %10s %10s %10s %10s %10s %10s %10s\n", label, human(avg),
-    human(q[1]), human(q[2]), human(q[3]), human(q[4]), human(q[5]),
-    human(q.bytes / interval), human(q.pkts / interval)))
+-- nearest rank of sorted list, in microseconds ("-" without values)
+local function pct(sorted, p)
+  if #sorted == 0 then return "-" end
+  return string.format("%.1f", sorted[math.max(1, math.ceil(p / 100 * #sorted))] / 1000)
 end
 
+local FMT = "%-16s %5s %10s %10s %10s %10s %10s %7s\n"
 local tables = 0
 local function print_table()
-  io.write(os.date("%a %b %d %H:%M:%S %Y"), "\nTX ", dev, "\n")
-  io.write(string.format("%8s %10s %10s %10s %10s %10s %10s %10s %10s\n", unpack(HEADERS)))
-  local total = zero()
-  for id = 0, top do
-    local q = queues[id] or zero()
-    row(tostring(id), q)
-    total.pkts, total.bytes = total.pkts + q.pkts, total.bytes + q.bytes
-    for i = 1, #BOUNDS do total[i] = total[i] + q[i] end
-    queues[id] = zero()
+  io.write(os.date("%a %b %d %H:%M:%S %Y"), "\n")
+  io.write(string.format(FMT, "DEV", "QUEUE", "PPS", "BPS", "P50_US", "P99_US", "MAX_US", "DROPS"))
+  local list = {}
+  for _, r in pairs(rows) do list[#list + 1] = r end
+  table.sort(list, function(a, b)
+    if a.dev ~= b.dev then return a.dev < b.dev end
+    return a.queue < b.queue
+  end)
+  local notes = {}
+  for _, r in ipairs(list) do
+    table.sort(r.sojourns)
+    io.write(string.format(FMT, r.dev, r.queue, human(r.pkts / interval), human(r.bytes / interval),
+      pct(r.sojourns, 50), pct(r.sojourns, 99), pct(r.sojourns, 100), r.ndrops))
+    local why = {}
+    for reason, n in pairs(r.drops) do why[#why + 1] = reason .. " " .. n end
+    if #why > 0 then
+      table.sort(why)
+      notes[#notes + 1] = string.format("drops %s queue %d: %s\n", r.dev, r.queue,
+        table.concat(why, ", "))
+    end
   end
-  row("Total", total)
-  io.write("\n")
+  io.write(table.concat(notes), "\n")
   io.stdout:flush()
+  rows = {}
   tables = tables + 1
 end
 

@@ -133,6 +133,7 @@ _M.NEED = {
     TS = ffi_C.NDQ_NEED_TS,
     OWNER = ffi_C.NDQ_NEED_OWNER,
     ALL = ffi_C.NDQ_NEED_ALL,
+    LATENCY = ffi_C.NDQ_NEED_LATENCY, -- not in ALL: only asked for
 }
 
 -- netdevq_event.flags bits.
@@ -148,6 +149,9 @@ _M.EV = {
     IP6 = ffi_C.NDQ_EV_IP6,
     ARP = ffi_C.NDQ_EV_ARP,
     OWNER = ffi_C.NDQ_EV_OWNER,
+    XMIT = ffi_C.NDQ_EV_XMIT,
+    XMIT_DONE = ffi_C.NDQ_EV_XMIT_DONE,
+    DROP = ffi_C.NDQ_EV_DROP,
 }
 
 -- Per-CPU counter indexes (array map "counters").

@@ -28,7 +28,7 @@ local names = require("netdevq.names")
 local clock = require("netdevq.clock")
 
 local ffi_string = ffi.string
-local band, bor, tohex = bit.band, bit.bor, bit.tohex
+local band, bor, tohex, tobit = bit.band, bit.bor, bit.tohex, bit.tobit
 local format, byte, sub, find = string.format, string.byte, string.sub, string.find
 local concat, sort = table.concat, table.sort
 local min = math.min
@@ -39,28 +39,44 @@ local load = loadstring or load
 local NEED = abi.NEED
 local LOC = abi.LOC
 local EV_MAC, EV_L4, EV_TCP = abi.EV.MAC, abi.EV.L4, abi.EV.TCP
-local format_ipv4, format_ipv6, format_mac = names.format_ipv4, names.format_ipv6,
-    names.format_mac
+local format_mac = names.format_mac
 
 
 local _M = {}
 
 
 -- NUL-terminated, but never read past the array even if the kernel filled it to the brim.
+-- strnlen, not a loop: an inner loop would split every compiled per-event loop that reads a name.
+pcall(ffi.cdef, "size_t ndq_strnlen(const char *s, size_t maxlen) __asm__(\"strnlen\");")
+local C = ffi.C
 local function cstring(buf, size)
-    local n = 0
-    while n < size and buf[n] ~= 0 do
-        n = n + 1
-    end
-    return ffi_string(buf, n)
+    return ffi_string(buf, tonumber(C.ndq_strnlen(buf, size)))
 end
 _M.cstring = cstring
 
-local function format_address(l3, a)
-    if l3 == 4 then return format_ipv4(a) end
-    if l3 == 6 then return format_ipv6(a) end
-    return nil
+-- cstring of a 16-byte name (comm, dev): a direct-mapped cache keyed by its 16 bytes as two
+-- 64-bit words, so that a name seen before costs two loads and compares, not a new string
+-- lookup per event (ffi.string hashes and interns).
+local NAME_SLOTS = 256
+local name_words = ffi.new("uint64_t[?]", NAME_SLOTS * 2)
+local name_text = {}
+local u64_ptr_t = ffi.typeof("const uint64_t *")
+local bxor, rshift = bit.bxor, bit.rshift
+local function name16(buf)
+    local w = ffi.cast(u64_ptr_t, buf)
+    local a, b = w[0], w[1]
+    local slot = tonumber(band(bxor(a, rshift(a, 29), b, rshift(b, 37)), NAME_SLOTS - 1))
+    local text = name_text[slot]
+    if text and name_words[2 * slot] == a and name_words[2 * slot + 1] == b then
+        return text
+    end
+    text = cstring(buf, 16)
+    name_words[2 * slot], name_words[2 * slot + 1] = a, b
+    name_text[slot] = text
+    return text
 end
+
+local format_address = names.address_text -- (l3, bytes) -> text, memoized
 
 
 -- text(p) of icmp_type / icmp_code: the name from the ICMP or ICMPv6 table (by proto)
@@ -73,6 +89,26 @@ local function icmp_text_of(which)
         if which == "type" then return type_text(family, p.icmp_type) end
         return code_text(family, p.icmp_type, p.icmp_code)
     end
+end
+
+
+-- netns inode -> name, netdevq.netns loaded on first use (a require per event would not compile)
+local netns_module
+local function netns_name(ino)
+    netns_module = netns_module or require("netdevq.netns")
+    return netns_module.name(ino)
+end
+
+
+-- drop_reason: enum skb_drop_reason value -> name ("QDISC_DROP"), from the kernel's BTF on first
+-- use; a value the kernel's enum does not name (a subsystem's reason) stays a number's text
+local drop_reasons
+local function drop_reason_name(v)
+    if not drop_reasons then
+        local ok, names_or_nil = pcall(function() return require("netdevq.core").drop_reasons() end)
+        drop_reasons = ok and names_or_nil or {}
+    end
+    return drop_reasons[v] or tostring(v)
 end
 
 
@@ -108,7 +144,7 @@ local ROWS = {
       end, description = "inode number of the device's network namespace (filters take names)" },
     { name = "netns_name", type = "string", need = "NETNS", example = '"blue"',
       untrusted = true, description = "name of that namespace in /run/netns (ip netns), if any",
-      raw = function(p) return require("netdevq.netns").name(p.netns) end },
+      raw = function(p) return netns_name(p.netns) end },
     { name = "len", type = "integer", at = "len", member = "len", example = "1500",
       description = "skb->len" },
     { name = "data_len", type = "integer", at = "data_len", example = "0",
@@ -205,6 +241,23 @@ local ROWS = {
       need = "OWNER", example = "1", description = "the socket's cgroup v2 id (sk_cgrp_data)" },
     { name = "owner_uid", type = "integer", at = "owner_uid", when = "OWNER", need = "OWNER",
       example = "0", description = "the socket's uid (sk_uid)" },
+    -- queue latency and drops (bpf/latency.bpf.h): such events leave when the packet's fate is
+    -- known, at net_dev_xmit or at its drop
+    { name = "sojourn_ns", type = "integer", at = "sojourn_ns", when = "XMIT", need = "LATENCY",
+      member = "sojourn", example = "5000000", description = "ns from net_dev_queue to "
+      .. "net_dev_start_xmit (qdisc wait, stopped queue); absent: dropped before the driver" },
+    { name = "xmit_ns", type = "integer", at = "xmit_ns", when = "XMIT_DONE", need = "LATENCY",
+      example = "1500", description = "ns the driver call took (net_dev_start_xmit to "
+      .. "net_dev_xmit)" },
+    { name = "xmit_rc", type = "integer", at = "xmit_rc", when = "XMIT_DONE", need = "LATENCY",
+      example = "0", raw = function(p)
+          if band(p.flags, abi.EV.XMIT_DONE) ~= 0 then return tobit(p.xmit_rc) end
+      end, description = "the driver's return code (net_dev_xmit rc: 0 NETDEV_TX_OK)" },
+    { name = "drop_reason", type = "string", need = "LATENCY", example = '"QDISC_DROP"',
+      raw = function(p)
+          if band(p.flags, abi.EV.DROP) ~= 0 then return drop_reason_name(p.drop_reason) end
+      end, description = "why the packet was freed before the driver returned "
+      .. "(enum skb_drop_reason, named from kernel BTF)" },
 }
 
 -- Filter-only names: true when either of two fields matches (`port == 53`: sport or dport).
@@ -236,6 +289,8 @@ local WHEN = {
     IP6 = flag(abi.EV.IP6),
     ARP = flag(abi.EV.ARP),
     OWNER = flag(abi.EV.OWNER),
+    XMIT = flag(abi.EV.XMIT),
+    XMIT_DONE = flag(abi.EV.XMIT_DONE),
     NONZERO = { lua = "v ~= 0", nonzero = 1 },
 }
 
@@ -274,6 +329,8 @@ local function raw_getter(row, size)
         value = format("(%s) and %d or 0, p.%s", when.lua, row.family, at)
     elseif row.type == "address" then
         value = "p.l3, p." .. at
+    elseif row.type == "string" and size == 16 then
+        value = format("name16(p.%s)", at)
     elseif row.type == "string" then
         value = format("cstring(p.%s, %d)", at, size)
     elseif row.type == "mac" then
@@ -293,9 +350,9 @@ local function raw_getter(row, size)
     else
         body = "return " .. value
     end
-    local chunk = assert(load("local band, tonumber, cstring, format_mac = ...\n"
+    local chunk = assert(load("local band, tonumber, cstring, format_mac, name16 = ...\n"
         .. "return function(p) " .. body .. " end", "=catalogue." .. row.name))
-    return chunk(band, tonumber, cstring, format_mac)
+    return chunk(band, tonumber, cstring, format_mac, name16)
 end
 
 -- where the kernel's aggregation finds the field (struct netdevq_field_loc as a table)

@@ -90,6 +90,14 @@ end
 assert(_M.calibrate())
 
 
+-- CLOCK_MONOTONIC now, in ns (a number), through the FFI: a compiled call (core.monotonic_ns,
+-- a C function, ends a JIT trace wherever it is called)
+local ts_now = ffi_new("ndq_clock_timespec")
+function _M.monotonic_ns()
+    C.ndq_clock_gettime(CLOCK_MONOTONIC, ts_now)
+    return tonumber(ts_now.tv_sec) * NS_PER_SEC + tonumber(ts_now.tv_nsec)
+end
+
 -- ts (u64 cdata or number, CLOCK_MONOTONIC ns) -> unix seconds, nanoseconds (both numbers)
 local function unix_time(ts)
     local sec, nsec
@@ -125,6 +133,24 @@ function _M.format_time(ts)
     return format("%s.%06d", hms_text, floor(nsec / 1000))
 end
 
+-- "000" .. "999": digits put three at a time, so that the text writers' per-event time makes
+-- no string (format_time's "%06d" and rfc3339's "%09d", written into a string.buffer)
+local D3 = {}
+for i = 0, 999 do
+    D3[i] = format("%03d", i)
+end
+
+-- format_time(ts), appended to buf (a string.buffer)
+function _M.put_time(buf, ts)
+    local sec, nsec = unix_time(ts)
+    if sec ~= hms_sec then
+        hms_sec, hms_text = sec, os_date("%H:%M:%S", sec)
+    end
+    local us = floor(nsec / 1000)
+    local ms = floor(us / 1000)
+    buf:put(hms_text, ".", D3[ms], D3[us - ms * 1000])
+end
+
 local date_sec, date_text = nil, nil
 
 -- unix seconds, nanoseconds -> RFC 3339 in UTC with nanoseconds: "2026-11-30T19:41:30.123456789Z"
@@ -139,6 +165,17 @@ _M.rfc3339 = rfc3339
 -- ts -> RFC 3339 UTC text of the event (what JSON lines carry as "date")
 function _M.format_date(ts)
     return rfc3339(unix_time(ts))
+end
+
+-- format_date(ts), appended to buf (a string.buffer)
+function _M.put_date(buf, ts)
+    local sec, nsec = unix_time(ts)
+    if sec ~= date_sec then
+        date_sec, date_text = sec, os_date("!%Y-%m-%dT%H:%M:%S", sec)
+    end
+    local us = floor(nsec / 1000)
+    local ms = floor(us / 1000)
+    buf:put(date_text, ".", D3[ms], D3[us - ms * 1000], D3[nsec - us * 1000], "Z")
 end
 
 -- now, as RFC 3339 UTC text (interval and summary lines)

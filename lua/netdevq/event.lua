@@ -16,18 +16,23 @@ local getmetatable = getmetatable
 local _M = {}
 
 
+-- The view holds a base pointer (_b) and an index (_i), never the event pointer itself: the
+-- tracer sets _b once per batch and only the number _i per event, so switching events allocates
+-- nothing (a pointer stored in a table would be a new cdata object per event), and a getter's
+-- `_b + _i` stays inside the compiled trace.
 local function view_set(self, p)
-    self._p = p or false      -- never nil: a missing raw _p would go through __index
+    self._b = p or false      -- never nil: a missing raw _b would go through __index
+    self._i = 0
     return self
 end
 
 -- the event pointer of the view (what writers and pcapng read), or an error outside a callback
 local function view_pointer(self)
-    local p = self._p
-    if not p then
+    local b = self._b
+    if not b then
         error("event view has no event (used outside its callback?)", 3)
     end
-    return p
+    return b + self._i
 end
 
 -- A plain table of the present fields (all, or those in list): it outlives the callback, the
@@ -56,9 +61,9 @@ local view_mt = {
     __index = function(self, name)
         local field = by_name[name]
         if field and field.get then
-            local p = self._p
-            if p then
-                return field.get(p)
+            local b = self._b
+            if b then
+                return field.get(b + self._i)
             end
             error("event view has no event (used outside its callback?)", 2)
         end
@@ -68,19 +73,19 @@ local view_mt = {
         error("event fields are read-only (assigning '" .. tostring(name) .. "')", 2)
     end,
     __tostring = function(self)
-        local p = self._p
-        if not p then
+        if not self._b then
             return "netdevq.event (none)"
         end
+        local p = self._b + self._i
         return format("netdevq.event (%s %s len=%d)", by_name.comm.get(p), by_name.dev.get(p),
                       p.len)
     end,
 }
 
--- The methods and the pointer are plain fields of the object, so ev.len costs one __index call
--- and view:_set(p) none; field names never collide with them.
+-- The methods, the base and the index are plain fields of the object, so ev.len costs one
+-- __index call and view:_set(p) none; field names never collide with them.
 function _M.view(p)
-    return setmetatable({ _p = p or false, _set = view_set, totable = view_totable,
+    return setmetatable({ _b = p or false, _i = 0, _set = view_set, totable = view_totable,
                           pointer = view_pointer }, view_mt)
 end
 

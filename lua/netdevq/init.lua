@@ -33,7 +33,9 @@ local pairs = pairs
 local ipairs = ipairs
 local math_max = math.max
 local math_min = math.min
-local monotonic_ns = core.monotonic_ns
+-- the run loop's clock and stop flag, read through the FFI (compiled; C functions are not)
+local monotonic_ns = require("netdevq.clock").monotonic_ns
+local interrupted_flag = ffi_cast("volatile int *", core.interrupted_flag)
 
 local event_ptr_t = abi.event_ptr_t
 
@@ -165,6 +167,7 @@ function _M.open(opts)
         started_ns = monotonic_ns(),
         attached = false,
         pend = false, -- the batch being delivered (see Tracer:poll), its size, the next index
+        pend_evs = false, -- its events (a pointer made once: the C module reuses one batch)
         pend_n = 0,
         pend_i = 0,
         delivering = false,
@@ -255,14 +258,13 @@ function Tracer:on_event(fn)
 end
 
 -- While deliver() runs (or a coroutine is suspended in one of its callbacks), where it is: the
--- view points at the event being delivered, so the batch index after it is read from there
--- rather than stored for every event.
+-- view's index is the event being delivered, so the batch index after it is read from there
+-- rather than stored in the tracer for every event.
 local function position(self)
     if not self.delivering then
         return self.pend_i
     end
-    return tonumber(ffi_cast(event_ptr_t, rawget(self.view, "_p"))
-        - ffi_cast(event_ptr_t, self.pend)) + 1
+    return rawget(self.view, "_i") + 1
 end
 
 -- matched, with what the batch being delivered has delivered so far (deliver() counts those in a
@@ -279,19 +281,20 @@ end
 -- a callback does (raise, close the tracer, yield) leaves the rest of the batch in place and the
 -- figures exact (see position and matched_now).
 local function deliver(self)
-    local evs = ffi_cast(event_ptr_t, self.pend)
+    local evs = self.pend_evs
     local n, limit = self.pend_n, self.limit
     local room = limit and limit - self.matched or n
     local view, match, where = self.view, self.match, self.where
     local callbacks, ncb = self.callbacks, self.ncallbacks
     local delivered = 0
+    view._b = evs -- the view is (base, index): per event only the index changes (event.lua)
     for i = self.pend_i, n - 1 do
         if delivered >= room then
             self.pend_i = i
             return -- max_events reached: the rest stays pending
         end
+        view._i = i
         local p = evs + i
-        view:_set(p)
         if (match == nil or match(p)) and (where == nil or where(view)) then
             delivered = delivered + 1
             for c = 1, ncb do
@@ -329,9 +332,11 @@ function Tracer:poll(timeout_ms)
         if n == 0 then
             return 0, 0
         end
-        -- the batch memory stays valid while the view or the tracer holds it, closed or not
+        -- the batch memory stays valid while the view or the tracer holds it, closed or not;
+        -- the C module hands the same batch every time: its pointer is made once
         if rawget(self.view, "_batch") ~= batch then
             rawset(self.view, "_batch", batch)
+            self.pend_evs = ffi_cast(event_ptr_t, batch)
         end
         self.pend, self.pend_n, self.pend_i, start = batch, n, 0, 0
     end
@@ -415,7 +420,7 @@ function Tracer:run(opts)
     local export_ns = exporter and exporter.period * 1e9
     local next_export = export_ns and monotonic_ns() + export_ns
     while true do
-        if core.interrupted() then
+        if interrupted_flag[0] ~= 0 then
             break
         end
         local now = monotonic_ns()

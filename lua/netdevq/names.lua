@@ -4,6 +4,7 @@
 -- The catalogue's formatters, the filter's literals, the aggregation key decoders and the pcapng
 -- comments all use these tables; nothing else spells a protocol name.
 local bit = require("bit")
+local ffi = require("ffi")
 
 local band, bor, lshift = bit.band, bit.bor, bit.lshift
 local byte, char, sub, find, match, format, rep, lower =
@@ -11,6 +12,7 @@ local byte, char, sub, find, match, format, rep, lower =
     string.lower
 local concat, sort = table.concat, table.sort
 local floor = math.floor
+local ffi_string = ffi.string
 local tonumber, tostring, type, pairs, unpack = tonumber, tostring, type, pairs, unpack
 
 
@@ -217,6 +219,37 @@ local function format_ipv6(a)
     return compress_groups(group6)
 end
 _M.format_ipv6 = format_ipv6
+
+-- family 4 or 6 and a pointer to the address bytes -> text (nil for another family). Memoized:
+-- the same addresses come again and again, and a table lookup makes no string per event.
+local ADDRESS_MEMO_MAX = 4096
+local v4_text, v6_text, address_n = {}, {}, 0
+function _M.address_text(family, a)
+    local key, memo, text
+    if family == 4 then
+        key, memo = ((a[0] * 256 + a[1]) * 256 + a[2]) * 256 + a[3], v4_text
+        text = memo[key]
+        if text then
+            return text
+        end
+        text = format_ipv4(a)
+    elseif family == 6 then
+        key, memo = ffi_string(a, 16), v6_text
+        text = memo[key]
+        if text then
+            return text
+        end
+        text = format_ipv6(a)
+    else
+        return nil
+    end
+    if address_n >= ADDRESS_MEMO_MAX then
+        v4_text, v6_text, address_n = {}, {}, 0
+        memo = family == 4 and v4_text or v6_text
+    end
+    memo[key], address_n = text, address_n + 1
+    return text
+end
 
 -- a: pointer to 6 bytes
 function _M.format_mac(a)

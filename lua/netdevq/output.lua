@@ -1,12 +1,19 @@
 -- netdevq.output: per-event writers (text lines, JSON lines) and the end-of-run summary.
 --
--- A writer is made once with its column list; the getters are looked up then, so writing an
--- event is a loop over an array into a reused buffer and one file write — no closure, no table.
+-- A writer is made once with its column list: the getters are looked up then, and a function
+-- that appends one line to a string.buffer is generated from them (straight code, no loop over
+-- the columns, for LuaJIT to compile into the delivery loop). Writing an event makes no string,
+-- no closure and no table: its text goes into the writer's buffer (times, names and addresses
+-- come from memos), and the buffer goes to the file in one write:
+--   - by default after each event (what a script wants: nothing waits in Lua);
+--   - with opts.buffered (the CLI), when flush() is called (the CLI flushes once per poll batch,
+--     at a stop and at the end) or when FLUSH_AT bytes are waiting.
 -- Write failures (EPIPE when the reader went away, ENOSPC, ...) come back as nil, err and stick:
 -- every later call returns the same error, so the run loop can stop at its next check.
 -- SIGPIPE must be ignored by the process for EPIPE to arrive here instead of killing it.
 local bit = require("bit")
-local cjson = require("cjson")
+local ffi = require("ffi")
+local buffer = require("string.buffer")
 local abi = require("netdevq.abi")
 local catalogue = require("netdevq.catalogue")
 local clock = require("netdevq.clock")
@@ -16,7 +23,9 @@ local names = require("netdevq.names")
 local band = bit.band
 local format = string.format
 local concat = table.concat
-local encode_string = cjson.encode
+local buffer_new = buffer.new
+local io_type = io.type
+local load = loadstring or load
 local type = type
 local tostring = tostring
 local error = error
@@ -30,12 +39,11 @@ local EV_TCP = abi.EV.TCP
 local EV_ICMP = abi.EV.ICMP
 local EV_ARP = abi.EV.ARP
 local icmp_text = names.icmp_text
-local format_date = clock.format_date
+local put_time = clock.put_time
 local by_name = catalogue.by_name
 local unknown_message = catalogue.unknown_message
 local event_pointer = event.pointer
 
-local get_time = by_name.time.get
 local get_pid = by_name.pid.get
 local get_len = by_name.len.get
 local get_proto = by_name.proto.get
@@ -52,6 +60,9 @@ local arp_op_text = names.arp_op_text
 -- Doubles print exactly with %.14g (what tostring and table.concat use) below this; ts in ns
 -- passes it after ~28 hours of uptime.
 local EXACT_BELOW = 1e14
+
+-- A buffered writer writes out once this much waits, whether or not flush() comes.
+local FLUSH_AT = 65536
 
 
 local _M = {}
@@ -101,7 +112,7 @@ local function check_opts(opts, who)
     return opts
 end
 
-local escape_name = require("netdevq.names").printable
+local escape_name = names.printable
 _M.escape_name = escape_name
 
 -- the getter a writer uses for a field: names from outside come escaped; text output takes a
@@ -121,11 +132,127 @@ local get_dev = printable_getter(by_name.dev)
 local get_owner_comm = printable_getter(by_name.owner_comm)
 local get_owner_pid = by_name.owner_pid.get
 
-local function integer_text(v)
-    if v >= EXACT_BELOW or v <= -EXACT_BELOW then
-        return format("%d", v)
+-- a number as an integer: %.14g (what buf:put and table.concat write) is exact below EXACT_BELOW
+-- Below 65536 (ports, lengths, most pids) the text comes from a memo filled as values show up:
+-- a table lookup, where buf:put(number) formats the double each time.
+local SMALL_TEXT = {}
+local function put_integer(buf, v)
+    if v < 65536 and v >= 0 then
+        local text = SMALL_TEXT[v]
+        if not text then
+            text = tostring(v)
+            SMALL_TEXT[v] = text
+        end
+        buf:put(text)
+    elseif v >= EXACT_BELOW or v <= -EXACT_BELOW then
+        buf:put(format("%d", v))
+    else
+        buf:put(v)
     end
-    return v
+end
+
+-- a text column: "-" for absent or empty
+local function put_value(buf, v)
+    if v == nil or v == "" then
+        buf:put("-")
+    elseif type(v) == "number" then
+        put_integer(buf, v)
+    else
+        buf:put(v)
+    end
+end
+
+
+-- Line functions ------------------------------------------------------------------------------
+
+-- A function(buf, p) that appends the columns to buf, separated by sep: first(buf, p) (may be
+-- nil), then each column: cols[i].put(buf, p), or the code cols[i].code (a format whose %s is
+-- the column's value, cols[i].get(p)). The columns are written out as straight code, so that a
+-- line has no loop for LuaJIT to trace around whatever the number of columns, and no lookup of
+-- how to write a column (the getters are in an array: a function has at most 60 upvalues).
+-- json_string: for JSON code (netdevq.jsonlines).
+--
+-- A JSON line of every field is longer than one LuaJIT trace may be (it would then run in the
+-- interpreter, 2-3x slower): every TRACE_COLUMNS columns it calls a C function (the JIT ends a
+-- trace before a C function and starts the next after it), so that it runs as several traces.
+local TRACE_COLUMNS = 12
+local trace_break -- any cheap C function will do (loaded on first use: --help runs without it)
+local function compile_line(first, cols, sep, json_string)
+    if json_string then
+        trace_break = trace_break or require("netdevq.core").interrupted
+    end
+    local src = { "local first, G, P, sep, put_value, put_integer, json_string, trace_break = ...\n"
+                  .. "return function(buf, p)\n" }
+    local sep_next = false
+    if first then
+        src[#src + 1] = "first(buf, p)\n"
+        sep_next = true
+    end
+    local G, P = {}, {}
+    for i, col in ipairs(cols) do
+        if sep_next and sep ~= "" then
+            src[#src + 1] = "buf:put(sep)\n"
+        end
+        sep_next = true
+        if col.put then
+            P[i] = col.put
+            src[#src + 1] = format("P[%d](buf, p)\n", i)
+        else
+            G[i] = col.get
+            src[#src + 1] = "do " .. format(col.code, format("G[%d](p)", i)) .. " end\n"
+        end
+        if json_string and i % TRACE_COLUMNS == 0 then
+            src[#src + 1] = "trace_break()\n"
+        end
+    end
+    src[#src + 1] = "end\n"
+    local chunk = assert(load(concat(src), "=netdevq.output line"))
+    return chunk(first, G, P, sep, put_value, put_integer, json_string, trace_break)
+end
+
+-- An io file is written with fwrite on its FILE * (the FFI converts an io file to it): the
+-- buffer's bytes go to the file's stdio buffer as they are, no string is made, and the JIT
+-- compiles the call into the delivery loop (file:write takes no buffer in compiled code). Any
+-- other file object gets file:write(string).
+local voidp_t = ffi.typeof("void *")
+pcall(ffi.cdef, [[
+size_t ndq_out_fwrite(const void *p, size_t size, size_t n, void *fp) __asm__("fwrite");
+char *ndq_out_strerror(int errnum) __asm__("strerror");
+]])
+local C = ffi.C
+
+
+-- What waits in the buffer goes to the file.
+local function write_out(self)
+    local buf = self.buf
+    local len = #buf
+    if len == 0 then
+        return true
+    end
+    -- read at each write: a file closed meanwhile gives NULL (and file:write's own error)
+    local fp = self.stdio and ffi.cast(voidp_t, self.file)
+    local ok, err
+    if fp ~= nil and fp then
+        local p = buf:ref()
+        ok = tonumber(C.ndq_out_fwrite(p, 1, len, fp)) == len
+        err = not ok and ffi.string(C.ndq_out_strerror(ffi.errno())) or nil
+    else
+        ok, err = self.file:write(buf:tostring())
+    end
+    buf:reset()
+    if not ok then
+        self.err = tostring(err)
+        return nil, self.err
+    end
+    return true
+end
+
+-- the line goes to the file now (write-through), or once FLUSH_AT waits (buffered)
+local function queued(self)
+    if self.buffered and #self.buf < FLUSH_AT then
+        return true
+    end
+    return write_out(self)
 end
 
 
@@ -140,18 +267,66 @@ local function outcome(self, ok, err)
     return true
 end
 
-local function write_line(self, fh, a, b)
+-- a line to err_file (written at once: notices and the summary text)
+local function write_err_line(self, text)
     if self.err then
         return nil, self.err
     end
-    return outcome(self, fh:write(a, b))
+    return outcome(self, self.err_file:write(text, "\n"))
 end
 
+-- a line to file, in order with the event lines before it
+local function write_line(self, text)
+    if self.err then
+        return nil, self.err
+    end
+    self.buf:put(text, "\n")
+    return queued(self)
+end
+
+-- an event's line, made by self.line
+local function write_event(self, ev)
+    if self.err then
+        return nil, self.err
+    end
+    local buf = self.buf
+    self.line(buf, event_pointer(ev))
+    buf:put("\n")
+    return queued(self)
+end
+
+-- the line of one event, as a string without the newline
+local function format_event(self, ev)
+    local buf = self.scratch
+    buf:reset()
+    self.line(buf, event_pointer(ev))
+    return buf:tostring()
+end
+
+-- what waits in the buffer is written, then the file is flushed
 local function flush(self)
     if self.err then
         return nil, self.err
     end
+    local ok, err = write_out(self)
+    if not ok then
+        return nil, err
+    end
     return outcome(self, self.file:flush())
+end
+
+local function new_writer(mt, opts, line)
+    local file = opts.file or io_stdout
+    return setmetatable({
+        file = file,
+        err_file = opts.err_file or io_stderr,
+        stdio = io_type(file) == "file",
+        buffered = opts.buffered == true,
+        line = line,
+        buf = buffer_new(),
+        scratch = buffer_new(),
+        err = nil,
+    }, mt)
 end
 
 -- "netdevq: N events, M matched, L lost", and the events no aggregation had room for when there
@@ -168,128 +343,107 @@ local function summary_text(stats)
 end
 _M.summary_text = summary_text
 
-local function text_lost(self, count)
-    return write_line(self, self.err_file,
-                      format("netdevq: %d events lost (ring buffer full; a larger --ringbuf-size "
-                             .. "or a kernel-side filter helps)", count), "\n")
-end
-
-local function text_summary(self, stats)
-    return write_line(self, self.err_file, summary_text(stats), "\n")
-end
-
 
 -- Text ------------------------------------------------------------------------------------------
 
 local Text = {}
 Text.__index = Text
 
-local function text_value(v)
-    if v == nil or v == "" then
-        return "-"
-    end
-    if type(v) == "number" then
-        return integer_text(v)
-    end
-    return v
-end
-
--- time comm pid dev len proto saddr:sport > daddr:dport. IPv6 with a port is written [addr]:port
--- (RFC 5952 section 6) so that the port cannot be read as the last group. Not IP: the ethertype
--- in place of proto and no addresses.
 -- "198.18.0.1:53", "[2001:db8::1]:53" (RFC 5952 section 6: the port cannot be read as the last
 -- group), or the address alone without a port
-local function endpoint(l3, addr, port)
+local function put_endpoint(buf, l3, addr, port)
     if not port then
-        return addr
+        buf:put(addr)
+        return
+    elseif l3 == 6 then
+        buf:put("[", addr, "]:")
+    else
+        buf:put(addr, ":")
     end
-    if l3 == 6 then
-        return "[" .. addr .. "]:" .. port
-    end
-    return addr .. ":" .. port
+    put_integer(buf, port)
 end
 
 -- ARP as tcpdump's one-line form: "who-has 198.18.0.2 tell 198.18.0.1", "198.18.0.2 is-at
--- 02:00:00:00:00:02"; other operations: their name, then sender > target. Fills parts 7 on.
-local function arp_words(p, parts)
+-- 02:00:00:00:00:02"; other operations: their name, then sender > target.
+local function put_arp(buf, p)
     local op = p.arp_op
     if op == 1 then
-        parts[7], parts[8], parts[9], parts[10] = "who-has", get_arp_tpa(p), "tell", get_arp_spa(p)
+        buf:put(" who-has ", get_arp_tpa(p), " tell ", get_arp_spa(p))
     elseif op == 2 then
-        parts[7], parts[8], parts[9] = get_arp_spa(p), "is-at", get_arp_sha(p)
-        return 9
+        buf:put(" ", get_arp_spa(p), " is-at ", get_arp_sha(p))
     else
-        parts[7], parts[8] = arp_op_text(op), get_arp_spa(p)
-        parts[9], parts[10] = ">", get_arp_tpa(p)
+        buf:put(" ", arp_op_text(op), " ", get_arp_spa(p), " > ", get_arp_tpa(p))
     end
-    return 10
 end
 
-local function default_line(p, parts)
-    parts[1] = get_time(p)
+-- time comm pid dev len proto saddr:sport > daddr:dport. IPv6 with a port is written [addr]:port
+-- so that the port cannot be read as the last group. Not IP: the ethertype in place of proto and
+-- no addresses (ARP: tcpdump's words, see put_arp). The comm and pid columns are the socket
+-- owner's when the kernel knows it.
+local function put_default(buf, p)
+    put_time(buf, p.ts)
+    buf:put(" ")
     local owner = get_owner_pid(p) -- the socket owner when known (owner.bpf.h), else the task
     if owner then
-        parts[2] = text_value(get_owner_comm(p))
-        parts[3] = owner
+        put_value(buf, get_owner_comm(p))
+        buf:put(" ")
+        put_integer(buf, owner)
+        buf:put(" ")
     else
-        parts[2] = text_value(get_comm(p))
-        parts[3] = get_pid(p)
+        put_value(buf, get_comm(p))
+        buf:put(" ")
+        put_integer(buf, get_pid(p))
+        buf:put(" ")
     end
-    parts[4] = text_value(get_dev(p))
-    parts[5] = get_len(p)
+    put_value(buf, get_dev(p))
+    buf:put(" ")
+    put_integer(buf, get_len(p))
+    buf:put(" ")
     local l3 = p.l3
     if l3 == 0 then
-        parts[6] = text_value(get_ethertype(p))
+        put_value(buf, get_ethertype(p))
         if band(p.flags, EV_ARP) ~= 0 then
-            return arp_words(p, parts)
+            put_arp(buf, p)
         end
-        return 6
+        return
     end
-    parts[6] = get_proto(p)
+    buf:put(get_proto(p), " ")
     local l4 = band(p.flags, EV_L4) ~= 0
-    parts[7] = endpoint(l3, get_saddr(p), l4 and get_sport(p))
-    parts[8] = ">"
-    parts[9] = endpoint(l3, get_daddr(p), l4 and get_dport(p))
+    put_endpoint(buf, l3, get_saddr(p), l4 and get_sport(p))
+    buf:put(" > ")
+    put_endpoint(buf, l3, get_daddr(p), l4 and get_dport(p))
     if band(p.flags, EV_TCP) ~= 0 then -- tcpdump's "Flags [S.]"
-        parts[10] = "[" .. get_tcp_flags(p) .. "]"
-        return 10
+        buf:put(" [", get_tcp_flags(p), "]")
     elseif band(p.flags, EV_ICMP) ~= 0 then -- as tcpdump: "echo request", "port unreachable"
-        parts[10] = icmp_text(p.proto == 58 and 6 or 4, p.icmp_type, p.icmp_code)
-        return 10
+        buf:put(" ", icmp_text(p.proto == 58 and 6 or 4, p.icmp_type, p.icmp_code))
     end
-    return 9
 end
 
--- The line for one event, without the newline. ev: an event view or event pointer.
-function Text:format(ev)
-    local p = event_pointer(ev)
-    local parts = self.parts
-    local getters = self.getters
-    if not getters then
-        local n = default_line(p, parts)
-        local extra = self.extra
-        for i = 1, #extra do
-            parts[n + i] = text_value(extra[i](p))
-        end
-        return concat(parts, " ", 1, n + #extra)
+local TEXT_CODE = "put_value(buf, %s)"
+
+-- a text column for a field name (time is put straight into the buffer), or a column already
+-- made (the endpoint pair)
+local function text_column(name)
+    if type(name) == "table" then
+        return name
+    elseif name == "time" then
+        return { put = function(buf, p) put_time(buf, p.ts) end }
     end
-    local n = #getters
-    for i = 1, n do
-        parts[i] = text_value(getters[i](p))
-    end
-    return concat(parts, " ", 1, n)
+    return { get = printable_getter(by_name[name], true), code = TEXT_CODE }
 end
 
-function Text:event(ev)
-    if self.err then
-        return nil, self.err
-    end
-    return write_line(self, self.file, self:format(ev), "\n")
-end
-
+Text.format = format_event
+Text.event = write_event
 Text.flush = flush
-Text.lost = text_lost
-Text.summary = text_summary
+
+function Text:lost(count)
+    return write_err_line(self, format("netdevq: %d events lost (ring buffer full; a larger "
+                                       .. "--ringbuf-size or a kernel-side filter helps)", count))
+end
+
+function Text:summary(stats)
+    return write_err_line(self, summary_text(stats))
+end
 
 -- -o with saddr and daddr keeps tcpdump's "addr:port > addr:port", whatever their order: the
 -- four become one column where the first of them stood (ports only when they were asked for).
@@ -305,15 +459,17 @@ local function endpoint_columns(fields)
         return fields
     end
     local with_ports = has.sport and has.dport
-    local pair = function(p)
+    local pair = { put = function(buf, p)
         local l3 = p.l3
         if l3 == 0 then
-            return nil
+            buf:put("-")
+            return
         end
         local l4 = with_ports and band(p.flags, EV_L4) ~= 0
-        return endpoint(l3, get_saddr(p), l4 and get_sport(p)) .. " > "
-            .. endpoint(l3, get_daddr(p), l4 and get_dport(p))
-    end
+        put_endpoint(buf, l3, get_saddr(p), l4 and get_sport(p))
+        buf:put(" > ")
+        put_endpoint(buf, l3, get_daddr(p), l4 and get_dport(p))
+    end }
     local list = {}
     for i, name in ipairs(fields) do
         if i == at then
@@ -330,7 +486,7 @@ end
 function _M.header(fields)
     local cols = {}
     for i, name in ipairs(endpoint_columns(fields)) do
-        if type(name) == "function" then -- the address pair, with ports when it has them
+        if type(name) ~= "string" then -- the address pair, with ports when it has them
             local has = {}
             for _, f in ipairs(fields) do has[f] = true end
             local ports = has.sport and has.dport
@@ -342,135 +498,36 @@ function _M.header(fields)
 end
 
 -- opts: fields (array of names; default: the default layout), extra (names printed after the
--- default layout), file (io.stdout), err_file (io.stderr: lost-event notices and the summary).
+-- default layout), file (io.stdout), err_file (io.stderr: lost-event notices and the summary),
+-- buffered (lines wait in the writer until flush(); see the top of this file).
 function _M.text(opts)
     opts = check_opts(opts, "output.text")
-    local extra = {}
-    for i, name in ipairs(opts.extra or {}) do
-        extra[i] = printable_getter(by_name[name], true)
-    end
-    local getters
+    local cols, first = {}, put_default
     if opts.fields then
-        getters = {}
-        local list = endpoint_columns(opts.fields)
-        for i, name in ipairs(list) do
-            getters[i] = type(name) == "function" and name or printable_getter(by_name[name], true)
+        first = nil
+        for i, name in ipairs(endpoint_columns(opts.fields)) do
+            cols[i] = text_column(name)
+        end
+    else
+        for i, name in ipairs(opts.extra or {}) do
+            cols[i] = text_column(name)
         end
     end
-    return setmetatable({
-        file = opts.file or io_stdout,
-        err_file = opts.err_file or io_stderr,
-        getters = getters,
-        extra = extra,
-        parts = {},
-        err = nil,
-    }, Text)
+    return new_writer(Text, opts, compile_line(first, cols, " "))
 end
 
 
--- JSON lines ---------------------------------------------------------------------------------
---
--- The line is put together here rather than by cjson.encode: cjson prints numbers with at most
--- 14 significant digits (ts in ns has 15-16), and a hand-built line keeps its keys in column
--- order. cjson still escapes the strings that can hold arbitrary bytes (comm, dev); the other
--- string fields are made by fields.lua from hex digits, dots, colons and names.
--- Absent fields are omitted, with and without --fields (never null): a consumer tests for the key.
+-- JSON lines: netdevq.jsonlines, from these parts ------------------------------------------
 
-local Json = {}
-Json.__index = Json
+local writer_parts = {
+    check_opts = check_opts, printable_getter = printable_getter, compile_line = compile_line,
+    new_writer = new_writer, queued = queued, write_line = write_line,
+    write_err_line = write_err_line, flush = flush, summary_text = summary_text,
+}
 
-local KIND_INTEGER, KIND_SAFE_STRING, KIND_ESCAPED_STRING = 1, 2, 3
-
-function Json:format(ev)
-    local p = event_pointer(ev)
-    local parts = self.parts
-    local getters, kinds, keys = self.getters, self.kinds, self.keys
-    local n = 1                                    -- parts[1] is '{"type":"event"'
-    for i = 1, #getters do
-        local v = getters[i](p)
-        if v ~= nil then
-            local kind = kinds[i]
-            if kind == KIND_INTEGER then
-                parts[n + 1] = keys[i]
-                parts[n + 2] = integer_text(v)
-                n = n + 2
-            elseif kind == KIND_SAFE_STRING then
-                parts[n + 1] = keys[i]
-                parts[n + 2] = '"'
-                parts[n + 3] = v
-                parts[n + 4] = '"'
-                n = n + 4
-            else
-                parts[n + 1] = keys[i]
-                parts[n + 2] = encode_string(v)
-                n = n + 2
-            end
-        end
-    end
-    parts[n + 1] = "}"
-    return concat(parts, "", 1, n + 1)
-end
-
-function Json:event(ev)
-    if self.err then
-        return nil, self.err
-    end
-    return write_line(self, self.file, self:format(ev), "\n")
-end
-
-function Json:lost(count)
-    return write_line(self, self.file, format('{"type":"lost","count":%d}', count), "\n")
-end
-
--- stats: { events=, matched=, lost=, duration_s= }. Writes the JSON summary line to file and the
--- summary text to err_file (the contract wants both).
-function Json:summary(stats)
-    local ok, err = write_line(self, self.file,
-        format('{"type":"summary","time":"%s","events":%d,"matched":%d,"lost":%d,'
-               .. '"kfiltered":%d,"agg_overflow":%d,"duration_s":%.3f}', clock.now_rfc3339(),
-               stats.events or 0, stats.matched or 0, stats.lost or 0, stats.kfiltered or 0,
-               stats.agg_overflow or 0, stats.duration_s or 0),
-        "\n")
-    if not ok then
-        return nil, err
-    end
-    return write_line(self, self.err_file, summary_text(stats), "\n")
-end
-
-Json.flush = flush
-
--- opts: fields (array of names; default: every catalogue field), file, err_file.
+-- opts: fields (array of names; default: every catalogue field), file, err_file, buffered.
 function _M.json(opts)
-    opts = check_opts(opts, "output.json")
-    local list = opts.fields or catalogue.names
-    local getters, kinds, keys = {}, {}, {}
-    for i, name in ipairs(list) do
-        local field = by_name[name]
-        getters[i] = printable_getter(field)
-        keys[i] = ',"' .. name .. '":'
-        if field.value_type == "integer" then
-            kinds[i] = KIND_INTEGER
-        elseif field.untrusted or field.dynamic then
-            kinds[i] = KIND_ESCAPED_STRING
-        else
-            kinds[i] = KIND_SAFE_STRING
-        end
-    end
-    -- JSON lines carry the date: `time` is RFC 3339 in UTC there
-    for i, name in ipairs(list) do
-        if name == "time" then
-            getters[i] = function(p) return format_date(p.ts) end
-        end
-    end
-    return setmetatable({
-        file = opts.file or io_stdout,
-        err_file = opts.err_file or io_stderr,
-        getters = getters,
-        kinds = kinds,
-        keys = keys,
-        parts = { '{"type":"event"' },
-        err = nil,
-    }, Json)
+    return require("netdevq.jsonlines").new(opts, writer_parts)
 end
 
 

@@ -28,7 +28,9 @@
 -- outside printable ASCII are written \xNN and a backslash \\, as in text and JSON output).
 -- comm, pid and tid are the socket owner's when the kernel knows it (ev.flags has NDQ_EV_OWNER:
 -- a TCP ACK sent from softirq names its process), the task's on the CPU otherwise. Pass
--- `comments = false` to open() to leave them out.
+-- `comments = false` to open() to leave them out. An event that carries queue
+-- latency (sojourn_ns, xmit_ns, xmit_rc, drop_reason: asked for, bpf/latency.bpf.h) has them
+-- appended, each only when present: ", sojourn_ns: N, xmit_ns: N, xmit_rc: N, drop_reason: NAME".
 --
 -- Timestamps: write_packet takes ts_ns as unix-epoch nanoseconds, a Lua number (exact only to
 -- 2^53, i.e. about a quarter of a microsecond today) or a uint64_t cdata (exact). write_event takes
@@ -239,6 +241,27 @@ local function put_lit(self, s)
   local n = #s
   ffi_copy(self.buf + self.pos, s, n)
   self.pos = self.pos + n
+end
+
+-- the queue latency part of a comment (see the header)
+local EV_XMIT, EV_XMIT_DONE, EV_DROP = abi.EV.XMIT, abi.EV.XMIT_DONE, abi.EV.DROP
+local EV_FATE = EV_XMIT + EV_XMIT_DONE + EV_DROP
+local function put_fate(self, ev)
+  local by_name = require("netdevq.catalogue").by_name
+  if band(ev.flags, EV_XMIT) ~= 0 then
+    put_lit(self, ", sojourn_ns: ")
+    put_dec(self, tonumber(ev.sojourn_ns))
+  end
+  if band(ev.flags, EV_XMIT_DONE) ~= 0 then
+    put_lit(self, ", xmit_ns: ")
+    put_dec(self, tonumber(ev.xmit_ns))
+    local rc = by_name.xmit_rc.raw(ev)
+    put_lit(self, ", xmit_rc: " .. (rc < 0 and "-" or ""))
+    put_dec(self, rc < 0 and -rc or rc)
+  end
+  if band(ev.flags, EV_DROP) ~= 0 then
+    put_lit(self, ", drop_reason: " .. by_name.drop_reason.raw(ev):sub(1, 48):gsub("[^%w_]", "?"))
+  end
 end
 
 -- Blocks -------------------------------------------------------------------------------------
@@ -495,6 +518,7 @@ local function put_vlan_frame(dst, ev, caplen)
 end
 
 local COMMENT_MAX = 4 + 6 + 16 * 4 + 7 + 10 + 7 + 10 + 9 + 5 + 8 + 10 + 3 -- comm: 16 \xNN
+  + 14 + 20 + 11 + 20 + 11 + 11 + 15 + 48 -- the latency fields
 
 --- Writes one event: linktype from flags & NDQ_EV_MAC, data = snap, caplen = snap_len,
 -- origlen = len, comment as documented above. unix_ns: see the header.
@@ -560,6 +584,7 @@ function Writer:write_event(ev, unix_ns)
     put_dec(self, ev.queue)
     put_lit(self, ", mark: ")
     put_dec(self, ev.mark)
+    if band(ev.flags, EV_FATE) ~= 0 then put_fate(self, ev) end
     local p = ffi_cast(u16p_t, buf + opt)
     p[0], p[1] = OPT_COMMENT, self.pos - opt - 4
     put_pad(self)

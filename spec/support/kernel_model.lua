@@ -106,6 +106,11 @@ function _M.kernel_model(cfg, ev, sets)
     if cfg.len_set ~= 0 and (ev.len < cfg.len_min or ev.len > cfg.len_max) then
         return false
     end
+    -- sojourn: checked when the packet's fate is known; absent (a drop) fails
+    if cfg.sojourn_set ~= 0 and (ev.sojourn_ns == nil or ev.sojourn_ns < cfg.sojourn_min
+                                 or ev.sojourn_ns > cfg.sojourn_max) then
+        return false
+    end
     if not (in_u32_set(cfg.mark, ev.mark) and in_u32_set(cfg.queue, ev.queue)
             and in_u32_set(cfg.priority, ev.priority) and in_u32_set(cfg.ifindex, ev.ifindex)
             and in_names(cfg.dev, cfg.n_dev, ev.dev) and in_u32_set(cfg.netns, ev.netns)
@@ -197,6 +202,10 @@ function _M.kernel_summary(cfg)
     names("comm", cfg.comm, cfg.n_comm)
     if cfg.len_set ~= 0 then
         parts[#parts + 1] = format("len %d..%d", cfg.len_min, cfg.len_max)
+    end
+    if cfg.sojourn_set ~= 0 then
+        parts[#parts + 1] = format("sojourn_ns %.0f..%.0f", tonumber(cfg.sojourn_min),
+                                   tonumber(cfg.sojourn_max))
     end
     set("mark", cfg.mark)
     set("queue", cfg.queue)

@@ -122,7 +122,7 @@ local function wire_outputs(t, s, writer, pcap_writer, failed)
     if pcap_writer then
         local unix_ns = clock.unix_ns
         t:on_event(function(ev)
-            local p = ev._p
+            local p = ev:pointer()
             written(pcap_writer:write_event(p, unix_ns(p.ts)))
         end)
     end
@@ -263,7 +263,9 @@ end
 function _M.run(s)
     local args = s.args
     warn_unknown_devices(args.dev)
-    local writer = output.new(args.format, { fields = s.fields, extra = s.extra, file = s.out })
+    -- buffered: the lines of a poll batch go out in one write, at the flush in stop() below
+    local writer = output.new(args.format, { fields = s.fields, extra = s.extra, file = s.out,
+                                             buffered = true })
     local pcap_writer
     if args.write then
         local err
@@ -343,6 +345,7 @@ function _M.run(s)
         local st = t:stats()
         if st and st.lost > reported_lost then
             writer:lost(st.lost - reported_lost)
+            writer:flush() -- a JSON lost line goes out now, before anything printed after it
             reported_lost = st.lost
         end
     end
@@ -404,12 +407,13 @@ function _M.finish(t, s, r)
     local closed_pipe = blocked or failed.err and failed.err:match("[Bb]roken pipe")
     if not failed.err then
         r.report_lost()
-        if #s.specs > 0 then
-            local ok, err = print_aggregations(t, s, false, false)
+        -- the event lines still in the writer's buffer go before the aggregations
+        local ok, err = r.writer:flush()
+        if not ok then failed.err = err end
+        if not failed.err and #s.specs > 0 then
+            ok, err = print_aggregations(t, s, false, false)
             if not ok then failed.err = err end
         end
-        local ok, err = r.writer:flush()
-        if not ok then failed.err = failed.err or err end
     end
     if r.pcap then
         local ok, err = r.pcap:close()

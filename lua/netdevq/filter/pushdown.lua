@@ -52,6 +52,8 @@ local MEMBERS = {
     ifindex = { kind = "set", lo = 0, hi = U32, always = true },
     netns = { kind = "set", lo = 0, hi = U32, always = true },
     len = { kind = "range", lo = 0, hi = U32, always = true },
+    -- decided when the packet's fate is known (bpf/latency.bpf.h); absent for drops
+    sojourn = { kind = "range", lo = 0, hi = 2 ^ 53 - 1 },
     queue = { kind = "set", lo = 0, hi = U16, always = true },
     priority = { kind = "set", lo = 0, hi = U32, always = true },
     mark = { kind = "set", lo = 0, hi = U32, always = true },
@@ -70,6 +72,7 @@ local MEMBERS = {
 local MEMBER_ORDER = {
     "pid", "tid", "comm", "len", "mark", "queue", "priority", "ifindex", "dev", "netns",
     "ethertype", "proto", "saddr", "daddr", "host", "sport", "dport", "port", "cgroup",
+    "sojourn",
 }
 
 
@@ -278,6 +281,7 @@ end
 --   sport, dport: the packet has an L4 header (NDQ_EV_L4) and the port is one of v[0..n)
 --   port: L4 header and (sport or dport is one of v[0..n))
 --   len_set: len_min <= len <= len_max (an empty range, min > max, passes nothing)
+--   sojourn_set: the same for sojourn_ns, which a packet dropped before the driver lacks (it fails)
 --   cgroup[0..n_cgroup): the task's cgroup id is one of them
 --   comm[0..n_comm), dev[0..n_dev): the name equals one of them as a C string (both sides
 --     NUL-padded to 16 bytes; filled here with zeros after the name)
@@ -355,8 +359,8 @@ end
 -- the part of cfg for member m is still empty (pushdown never overwrites a caller's setting)
 local function member_free(cfg, m)
     local kind = MEMBERS[m].kind
-    if m == "len" then
-        return cfg.len_set == 0
+    if MEMBERS[m].kind == "range" then -- len, sojourn: <m>_set, <m>_min, <m>_max
+        return cfg[m .. "_set"] == 0
     elseif m == "cgroup" then
         return cfg.n_cgroup == 0
     elseif kind == "names" then
@@ -368,11 +372,11 @@ end
 local function write_member(cfg, m, c)
     local kind = MEMBERS[m].kind
     if kind == "range" then
-        cfg.len_set = 1
+        cfg[m .. "_set"] = 1
         if #c == 0 then
-            cfg.len_min, cfg.len_max = 1, 0
+            cfg[m .. "_min"], cfg[m .. "_max"] = 1, 0
         else
-            cfg.len_min, cfg.len_max = c[1][1], c[1][2]
+            cfg[m .. "_min"], cfg[m .. "_max"] = c[1][1], c[1][2]
         end
     elseif kind == "set" then
         local vals = {}

@@ -1,0 +1,421 @@
+-- Queue latency and drops on live traffic (sojourn_ns, xmit_ns, xmit_rc, drop_reason: the fate
+-- programs of bpf/latency.bpf.h). Each test has its own namespace pair; every tracer run is
+-- scoped to namespace a (`netns == ...`): device names repeat in other specs' namespaces.
+--
+-- The shaper: tbf at 1 Mbit/s with a 1600-byte bucket on a's veth. A datagram of 1000 bytes is a
+-- 1042-byte frame (Ethernet 14 + IPv4 20 + UDP 8): tbf lets it go once the bucket holds 1042
+-- bytes of tokens, i.e. 1042 * 8 / 1e6 s = 8.336 ms after the previous one when a burst waits.
+local netns = require("support.netns")
+local clirun = require("support.clirun")
+local live = require("support.live")
+local bpfobjs = require("support.bpfobjs")
+local cjson = require("cjson")
+local ffi = require("ffi")
+require("netdevq.abi")
+
+local RATE = 1e6            -- bit/s
+local FRAME = 1042          -- bytes on the wire per datagram (skb->len, what tbf charges)
+local TICK = FRAME * 8 / RATE * 1e9 -- ns between departures of a waiting burst: 8336000
+local N = 8                 -- datagrams per burst
+-- A departure is never earlier than its tokens allow (tbf computes them in ns from the time it
+-- dequeues) and later only by how late tbf's watchdog hrtimer fired: microseconds on an idle
+-- machine, up to milliseconds on a loaded 2-CPU VM. A late departure does not delay the next
+-- ones (the tokens keep accruing), so each is checked against the schedule, not its neighbour.
+local EARLY_NS, LATE_NS = 100e3, 4e6
+-- Two programs at the same two tracepoints (ours and bpftrace's) run one after the other: their
+-- times differ by one program's run time (a few us) plus any hard interrupt in between.
+local ORACLE_NS = 200e3
+
+local running = {}
+local function start_cli(args)
+    local bg = live.start_cli(args)
+    running[bg] = true
+    return bg
+end
+local function stop_cli(bg)
+    running[bg] = nil
+    return live.stop_cli(bg)
+end
+
+-- JSON lines -> events (in order) and the other objects by type
+local function parse(out)
+    local events, others = {}, {}
+    for l in out:gmatch("[^\n]+") do
+        if l:sub(1, 1) == "{" then
+            local obj = cjson.decode(l)
+            if obj.type == "event" then
+                events[#events + 1] = obj
+            else
+                others[obj.type] = others[obj.type] or {}
+                table.insert(others[obj.type], obj)
+            end
+        end
+    end
+    return events, others
+end
+
+local function tc(pair, args)
+    local argv = { "tc" }
+    for _, a in ipairs(args) do argv[#argv + 1] = a end
+    local ok, out = pair:exec("a", argv)
+    assert(ok, table.concat(argv, " ") .. ": " .. out)
+    return out
+end
+
+local function shape(pair, limit)
+    tc(pair, { "qdisc", "replace", "dev", pair.veth_a, "root", "tbf", "rate", "1mbit", "burst", "1600",
+        "limit", tostring(limit) })
+end
+
+local function burst(pair, count)
+    live.send(pair, "a", { "udp4", pair.ip4_a, pair.ip4_b, "9000", "40000", "1000", tostring(count) })
+end
+
+-- the datagrams' events (others on the device: counted apart, for the token schedule)
+local function split(events)
+    local dgrams = {}
+    for _, ev in ipairs(events) do
+        if ev.len == FRAME then dgrams[#dgrams + 1] = ev end
+    end
+    return dgrams
+end
+
+describe("queue latency and drops #root", function()
+    local pair, dir
+    live.pair_each_test({ name = "ndqlat", tmpdir = true }, function(p, d) pair, dir = p, d end)
+
+    after_each(function()
+        for bg in pairs(running) do
+            bg:kill("INT")
+            bg:wait(20)
+            running[bg] = nil
+        end
+    end)
+
+    local FIELDS = "ts,skb,dev,queue,len,sojourn_ns,xmit_ns,xmit_rc,drop_reason"
+
+    for _, mode in ipairs({ "raw", "btf" }) do
+        it("follows tbf's token schedule for each datagram of a burst, as bpftrace's join measures it ("
+            .. mode .. ")", function()
+            netns.require_root()
+            shape(pair, 100000)
+            -- the oracle: bpftrace joins the same two tracepoints on the skb
+            local script = dir .. "/join.bt"
+            local f = assert(io.open(script, "w"))
+            f:write(([[
+tracepoint:net:net_dev_queue /args->len == %d && ((struct sk_buff *)args->skbaddr)->dev->nd_net.net->ns.inum == %d/
+{ @q[args->skbaddr] = nsecs; }
+tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
+{ printf("J %%lx %%lu\n", (uint64)args->skbaddr, nsecs - @q[args->skbaddr]); delete(@q[args->skbaddr]); }
+]]):format(FRAME, pair.netns_a))
+            f:close()
+            local bt = netns.spawn({ "bpftrace", script })
+            finally(function() bt:stop() end)
+            assert(live.wait_line(bt, "^Attaching"), "bpftrace did not attach")
+            local cli = start_cli({ "--mode", mode, "-F", "json", "-o", FIELDS, "-f", "netns == " .. pair.netns_a })
+            burst(pair, N)
+            clirun.sleep(N * TICK / 1e9 + 0.5)
+            local events = parse(stop_cli(cli).out)
+            bt:kill("INT")
+            local _, _, lines = bt:wait()
+            local joined = {}
+            for _, l in ipairs(lines) do
+                local skb, ns = l:match("^J (%x+) (%d+)$")
+                if skb then joined[#joined + 1] = { skb = "0x" .. skb, ns = tonumber(ns) } end
+            end
+
+            local d = split(events)
+            assert.are.equal(N, #d)
+            assert.are.equal(N, #joined)
+            -- every event left at its driver handoff: sojourn, driver call, veth's NETDEV_TX_OK
+            for k, ev in ipairs(d) do
+                assert.are.same({ pair.veth_a, 0, 0 }, { ev.dev, ev.queue, ev.xmit_rc })
+                assert.is_nil(ev.drop_reason)
+                assert.is_true(ev.xmit_ns > 0 and ev.xmit_ns < 1e6, "xmit_ns " .. ev.xmit_ns)
+                -- the same packet as bpftrace's k-th, the same wait within ORACLE_NS
+                assert.are.equal(joined[k].skb, ev.skb)
+                assert.is_true(math.abs(ev.sojourn_ns - joined[k].ns) < ORACLE_NS,
+                    ("packet %d: sojourn %d, bpftrace %d"):format(k, ev.sojourn_ns, joined[k].ns))
+            end
+            -- the model: from the second datagram on the bucket is empty; each departure (queued at
+            -- ts, left at ts + sojourn) comes when the tokens for every frame that left since the
+            -- second datagram have accrued (other frames on the device count too)
+            local all = {}
+            for _, ev in ipairs(events) do
+                if ev.sojourn_ns then all[#all + 1] = { dep = ev.ts + ev.sojourn_ns, len = ev.len } end
+            end
+            table.sort(all, function(x, y) return x.dep < y.dep end)
+            local start = d[2].ts + d[2].sojourn_ns
+            local bytes = 0
+            for _, e in ipairs(all) do
+                if e.dep > start then
+                    bytes = bytes + e.len
+                    local due = start + bytes * 8 / RATE * 1e9
+                    assert.is_true(e.dep > due - EARLY_NS and e.dep < due + LATE_NS,
+                        ("left %d ns after the schedule"):format(e.dep - due))
+                end
+            end
+            -- and so the wait grows by ~TICK per datagram, less the time between their queueing
+            for k = 3, N do
+                local grow = d[k].sojourn_ns - d[k - 1].sojourn_ns + (d[k].ts - d[k - 1].ts)
+                assert.is_true(math.abs(grow - TICK) < LATE_NS + EARLY_NS, "datagram " .. k .. ": " .. grow)
+            end
+            assert.is_true(d[N].sojourn_ns > (N - 2) * TICK - LATE_NS)
+        end)
+    end
+
+    for _, mode in ipairs({ "raw", "btf" }) do
+    it("reports each tail drop with its reason, as many as tc counts, and only the slow packets with a kernel filter ("
+        .. mode .. ")", function()
+            netns.require_root()
+            shape(pair, 3000) -- the backlog holds two datagrams (2084 bytes), a third is dropped
+            local scope = "netns == " .. pair.netns_a
+            local file = dir .. "/slow.pcapng"
+            local cli = start_cli({ "--mode", mode, "-F", "json", "-o", FIELDS, "-f", scope })
+            local slow = start_cli({ "--mode", mode, "-q", "-w", file, "-f", scope .. " and sojourn_ns > 5000000" })
+            burst(pair, 12)
+            clirun.sleep(0.5)
+            local events = parse(stop_cli(cli).out)
+            stop_cli(slow)
+            local stats = tc(pair, { "-s", "qdisc", "show", "dev", pair.veth_a })
+            local tc_dropped = tonumber(stats:match("dropped (%d+)"))
+            local tc_sent = tonumber(stats:match("Sent %d+ bytes (%d+) pkt"))
+
+            local dropped, sent, slow_want = 0, 0, {}
+            for _, ev in ipairs(events) do
+                if ev.drop_reason then
+                    dropped = dropped + 1
+                    assert.are.equal("QDISC_DROP", ev.drop_reason)
+                    assert.are.equal(FRAME, ev.len)
+                    assert.is_nil(ev.sojourn_ns)
+                    assert.is_nil(ev.xmit_ns)
+                else
+                    sent = sent + 1
+                    assert.is_number(ev.sojourn_ns)
+                    if ev.sojourn_ns > 5000000 then slow_want[#slow_want + 1] = ev.sojourn_ns end
+                end
+            end
+            assert.is_true(tc_dropped >= 9, stats) -- 12 back to back, room for 3 at most
+            assert.are.same({ tc_dropped, tc_sent }, { dropped, sent })
+            -- the pcapng run: the kernel let only the slow packets through, comments carry them
+            assert.is_true(#slow_want >= 1)
+            local ok, out = netns.run({ "tshark", "-r", file, "-T", "fields", "-e", "frame.len", "-e",
+                "frame.comment" })
+            assert(ok, out)
+            local got = {}
+            for _, l in ipairs(clirun.lines(out)) do
+                local len, soj = l:match("^(%d+)\t.*, sojourn_ns: (%d+), xmit_ns: %d+, xmit_rc: 0$")
+                if len then
+                    assert.are.equal(FRAME, tonumber(len))
+                    got[#got + 1] = tonumber(soj)
+                end
+            end
+            assert.are.equal(#slow_want, #got, out)
+            for i = 1, #got do
+                assert.is_true(math.abs(got[i] - slow_want[i]) < ORACLE_NS)
+                assert.is_true(got[i] > 5000000)
+            end
+        end)
+
+    end
+
+    it("gives devices without a queue a small sojourn (noqueue veth)", function()
+        netns.require_root()
+        local cli = start_cli({ "--mode", "btf", "-F", "json", "-o", FIELDS, "-f", "netns == " .. pair.netns_a })
+        burst(pair, 5)
+        local d = split(parse(stop_cli(cli).out))
+        assert.are.equal(5, #d)
+        for _, ev in ipairs(d) do
+            -- net_dev_queue to start_xmit runs with bottom halves off: only hard interrupts stretch it
+            assert.is_true(ev.sojourn_ns > 0 and ev.sojourn_ns < 1e6, "sojourn " .. ev.sojourn_ns)
+            assert.are.equal(0, ev.xmit_rc)
+        end
+    end)
+
+    it("reports a GSO packet that tbf segments without sojourn or drop, and holds nothing after", function()
+        netns.require_root()
+        -- 10 Mbit/s, a 1600-byte bucket: tbf splits every TCP GSO packet into its segments
+        tc(pair, { "qdisc", "replace", "dev", pair.veth_a, "root", "tbf", "rate", "10mbit", "burst", "1600",
+            "limit", "1000000" })
+        local cli = start_cli({ "-F", "json", "-o", FIELDS .. ",gso_segs", "-f",
+            "netns == " .. pair.netns_a .. " and port == 7002" })
+        local sink = pair:spawn("b", { netns.ndq_send(), "tcpsink", pair.ip4_b, "7002", "20000" })
+        assert.is_truthy(live.wait_line(sink, "^listening"))
+        live.send(pair, "a", { "tcpbulk", pair.ip4_a, pair.ip4_b, "7002", "41002", "200000" })
+        assert.is_true((sink:wait()))
+        clirun.sleep(0.3)
+        local held = 0
+        for id in pairs(bpfobjs.held(cli.pid).map) do
+            local ok, out = netns.run({ "bpftool", "-j", "map", "show", "id", tostring(id) })
+            if ok and cjson.decode(out).name == "lat_held" then
+                local dok, dump = netns.run({ "bpftool", "-j", "map", "dump", "id", tostring(id) })
+                assert(dok, dump)
+                held = #cjson.decode(dump)
+            end
+        end
+        local events = parse(stop_cli(cli).out)
+        local gso, plain = 0, 0
+        for _, ev in ipairs(events) do
+            assert.is_nil(ev.drop_reason)
+            if ev.len > 1514 then -- segmented by tbf at enqueue: its segments are not followed
+                gso = gso + 1
+                assert.is_true(ev.gso_segs > 1)
+                assert.is_nil(ev.sojourn_ns)
+                assert.is_nil(ev.xmit_ns)
+            else
+                plain = plain + 1
+                assert.is_number(ev.sojourn_ns)
+                assert.are.equal(0, ev.xmit_rc)
+            end
+        end
+        assert.is_true(gso >= 1 and plain >= 1, gso .. " GSO packets, " .. plain .. " others")
+        assert.are.equal(0, held)
+    end)
+
+    it("keeps the held-packet map bounded: packets leave it at their fate, drops included", function()
+        netns.require_root()
+        shape(pair, 3000) -- most of a flood is dropped at the qdisc
+        local scope = "netns == " .. pair.netns_a
+        local cli = start_cli({ "-q", "--hist", "sojourn_ns", "-F", "json", "-f", scope })
+        local maps
+        for id in pairs(bpfobjs.held(cli.pid).map) do
+            local ok, out = netns.run({ "bpftool", "-j", "map", "show", "id", tostring(id) })
+            local m = ok and cjson.decode(out)
+            if m and m.name == "lat_held" then maps = m end
+        end
+        assert.is_table(maps, "no lat_held map")
+        assert.are.same({ "lru_hash", 16384 }, { maps.type, maps.max_entries })
+        live.send(pair, "a", { "flood", pair.ip4_b, "9000", "2", "1000" })
+        clirun.sleep(0.3) -- the backlog drains (two frames)
+        local ok, out = netns.run({ "bpftool", "-j", "map", "dump", "id", tostring(maps.id) })
+        local now = require("netdevq.core").monotonic_ns()
+        assert(ok, out)
+        local left = {}
+        for _, e in ipairs(cjson.decode(out)) do -- what is held: len, flags, the queue time
+            local v = {}
+            for i, x in ipairs(e.value) do v[i - 1] = tonumber(x) end
+            local function num(member, size)
+                local off, n = ffi.offsetof("struct netdevq_event", member), 0
+                for i = size - 1, 0, -1 do n = n * 256 + v[off + i] end
+                return n
+            end
+            left[#left + 1] = ("len %d flags 0x%x ethertype 0x%x queued %.3f s ago"):format(num("len", 4),
+                num("flags", 2), num("ethertype", 2), (tonumber(now) - num("sojourn_ns", 8)) / 1e9)
+        end
+        local _, others = parse(stop_cli(cli).out)
+        local n = others.summary[1].events
+        assert.is_true(n > 1000, "only " .. n .. " packets") -- far more than fit in the qdisc
+        -- Every packet's fate removes its entry. Rarely (a few in a million flooded packets on
+        -- this kernel) one stays: neither these programs nor bpftrace see a fate tracepoint for it
+        -- on this device (cause unknown); the LRU bounds such strays, which is what this checks.
+        assert.is_true(#left <= math.max(2, n / 50000), table.concat(left, "; "))
+        -- without latency fields the map is one entry and no fate program is loaded
+        local plain = start_cli({ "-q", "--count", "dev", "-f", scope })
+        local names = {}
+        local snap = bpfobjs.snapshot()
+        for id in pairs(bpfobjs.held(plain.pid).map) do
+            local e = snap.map[id]
+            if e and e.name == "lat_held" then names[#names + 1] = e.max_entries end
+        end
+        local progs = {}
+        for id in pairs(bpfobjs.held(plain.pid).prog) do
+            progs[#progs + 1] = snap.prog[id] and snap.prog[id].name or "?"
+        end
+        stop_cli(plain)
+        assert.are.same({ 1 }, names)
+        assert.are.same({ "netdevq_raw" }, progs)
+    end)
+
+    it("builds the same sojourn_ns histogram by dev,queue in the kernel as in Lua from its events", function()
+        netns.require_root()
+        shape(pair, 100000)
+        local netdevq = require("netdevq")
+        local spec = { kind = "hist", name = "@sojourn", keys = { "dev", "queue" }, value = "sojourn_ns" }
+        -- the CLI's --hist alone runs in the kernel
+        local plan = assert(require("netdevq.plan").make{ filter = "netns == " .. pair.netns_a,
+            aggregations = { spec } })
+        assert.is_table(plan.kernel_agg)
+        -- one tracer: the kernel aggregates, and the same events reach Lua, which aggregates them too
+        local t = assert(netdevq.open{ filter = "netns == " .. pair.netns_a, aggregate = spec, events = true,
+            fields = { "dev", "queue", "len", "sojourn_ns" } })
+        finally(function() t:close() end)
+        local lua = netdevq.hist{ name = "@sojourn", keys = { "dev", "queue" }, value = "sojourn_ns" }
+        local feed = netdevq.aggregate.feeder(lua, { "dev", "queue" }, "sojourn_ns")
+        local sojourns = {}
+        t:on_event(function(ev)
+            feed(ev)
+            sojourns[#sojourns + 1] = ev.sojourn_ns
+        end)
+        local rx = live.receiver(pair, "b", pair.ip4_b, 9000, N)
+        local sender = pair:spawn("a", { netns.ndq_send(), "--delay-ms", "500", "udp4", pair.ip4_a, pair.ip4_b,
+            "9000", "40000", "1000", tostring(N) })
+        assert(t:run{ duration = 0.5 + N * TICK / 1e9 + 1.5 })
+        local sok, scode, slines = sender:wait()
+        assert(sok, tostring(scode) .. ": " .. table.concat(slines, " | "))
+        live.received(rx)
+        local kernel = assert(t:read_aggregate(nil))
+        assert.is_true(#sojourns >= N)
+        assert.are.same(lua:json(), kernel:json())
+        assert.are.equal(lua:json_line(), kernel:json_line())
+        -- and both hold every sojourn in its log2 slot [2^(i-1), 2^i), keyed by our device, queue 0
+        local want, got = {}, {}
+        for _, v in ipairs(sojourns) do
+            local lo = 1
+            while lo * 2 <= v do lo = lo * 2 end
+            want[lo] = (want[lo] or 0) + 1
+        end
+        local j = kernel:json()
+        assert.are.equal(1, #j.data)
+        assert.are.same({ pair.veth_a, 0 }, j.data[1].key)
+        for _, b in ipairs(j.data[1].buckets) do
+            if b.count > 0 then got[b.min] = b.count end
+        end
+        assert.are.same(want, got)
+    end)
+
+    it("examples/netqtop.lua shows the burst's rates, sojourn percentiles and drops by reason", function()
+        netns.require_root()
+        shape(pair, 3000)
+        local scope = "netns == " .. pair.netns_a
+        local cli = start_cli({ "-F", "json", "-o", FIELDS, "-f", scope })
+        local top = netns.spawn({ "luajit", "scripts/netdevq.lua", "examples/netqtop.lua", "all", "3", "1",
+            tostring(pair.netns_a) })
+        finally(function() top:stop() end)
+        assert.are.equal(live.READY, top:line())
+        burst(pair, 12)
+        local ok, code, lines = top:wait()
+        assert(ok, code .. ": " .. table.concat(lines, "\n"))
+        local events = parse(stop_cli(cli).out)
+        -- what netqtop must show, from the other tracer's events of the same packets
+        local pkts, bytes, soj, drops = 0, 0, {}, 0
+        for _, ev in ipairs(events) do
+            assert.are.same({ pair.veth_a, 0 }, { ev.dev, ev.queue })
+            if ev.sojourn_ns then
+                pkts, bytes = pkts + 1, bytes + ev.len
+                soj[#soj + 1] = ev.sojourn_ns
+            else
+                assert.are.equal("QDISC_DROP", ev.drop_reason)
+                drops = drops + 1
+            end
+        end
+        table.sort(soj)
+        local stats = tc(pair, { "-s", "qdisc", "show", "dev", pair.veth_a })
+        assert.are.equal(tonumber(stats:match("dropped (%d+)")), drops)
+        local function human(n)
+            if n >= 1024 then return ("%.2fK"):format(n / 1024) end
+            if n == math.floor(n) then return ("%d"):format(n) end
+            return ("%.2f"):format(n)
+        end
+        assert.are.equal(5, #lines, table.concat(lines, "\n"))
+        local dev, q, pps, bps, p50, p99, max, nd = lines[3]:match(
+            "^(%S+) +(%d+) +(%S+) +(%S+) +(%S+) +(%S+) +(%S+) +(%d+)$")
+        assert.are.same({ pair.veth_a, "0", human(pkts / 3), human(bytes / 3), tostring(drops) },
+            { dev, q, pps, bps, nd })
+        local n = #soj
+        for _, c in ipairs({ { p50, soj[math.ceil(n / 2)] }, { p99, soj[math.ceil(0.99 * n)] }, { max, soj[n] } }) do
+            assert.is_true(math.abs(tonumber(c[1]) * 1000 - c[2]) < ORACLE_NS, c[1] .. " us vs " .. c[2] .. " ns")
+        end
+        assert.are.equal(("drops %s queue 0: QDISC_DROP %d"):format(pair.veth_a, drops), lines[4])
+        assert.are.equal("", lines[5])
+    end)
+end)
