@@ -323,7 +323,7 @@ tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
         end
         stop_cli(plain)
         assert.are.same({ 1 }, names)
-        assert.are.same({ "netdevq_raw" }, progs)
+        assert.are.same({ "netdevq_direct" }, progs) -- raw mode, --read auto: direct on this kernel
     end)
 
     it("builds the same sojourn_ns histogram by dev,queue in the kernel as in Lua from its events", function()
