@@ -173,13 +173,20 @@ tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
             local file = dir .. "/slow.pcapng"
             local cli = start_cli({ "--mode", mode, "-F", "json", "-o", FIELDS, "-f", scope })
             local slow = start_cli({ "--mode", mode, "-q", "-w", file, "-f", scope .. " and sojourn_ns > 5000000" })
+            -- tc's counters since the tracers attached: the qdisc may have sent a packet of the
+            -- namespace's own (an IPv6 router solicitation) before they were there
+            local function tc_counts()
+                local stats = tc(pair, { "-s", "qdisc", "show", "dev", pair.veth_a })
+                return tonumber(stats:match("dropped (%d+)")),
+                    tonumber(stats:match("Sent %d+ bytes (%d+) pkt")), stats
+            end
+            local dropped0, sent0 = tc_counts()
             burst(pair, 12)
             clirun.sleep(0.5)
             local events = parse(stop_cli(cli).out)
             stop_cli(slow)
-            local stats = tc(pair, { "-s", "qdisc", "show", "dev", pair.veth_a })
-            local tc_dropped = tonumber(stats:match("dropped (%d+)"))
-            local tc_sent = tonumber(stats:match("Sent %d+ bytes (%d+) pkt"))
+            local tc_dropped, tc_sent, stats = tc_counts()
+            tc_dropped, tc_sent = tc_dropped - dropped0, tc_sent - sent0
 
             local dropped, sent, slow_want = 0, 0, {}
             for _, ev in ipairs(events) do
