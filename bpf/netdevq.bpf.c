@@ -655,7 +655,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	finish_paths(ctx, ev, skb, s->skb);
 
 	if (cfg.need & NDQ_NEED_LATENCY)
-		return latency_hold(s, skb, dev); /* out when its fate is known */
+		return latency_hold(s, cnt, skb, dev); /* out when its fate is known */
 	deliver(s, cnt);
 	return 0;
 
