@@ -69,8 +69,8 @@ static __always_inline __u32 latency_held_size(void)
 }
 
 /* From handle(): hold the matched event until its fate is known. */
-static __always_inline int latency_hold(struct scratch *s, struct sk_buff *skb,
-					struct net_device *dev)
+static __always_inline int latency_hold(struct scratch *s, struct counters *cnt,
+					struct sk_buff *skb, struct net_device *dev)
 {
 	struct lat_key k = { .skb = (__u64)skb, .dev = (__u64)dev };
 	struct netdevq_event *ev = &s->ev;
@@ -80,7 +80,18 @@ static __always_inline int latency_hold(struct scratch *s, struct sk_buff *skb,
 	ev->xmit_ns = 0;
 	ev->xmit_rc = 0;
 	ev->drop_reason = 0;
-	bpf_map_update_elem(&lat_held, &k, ev, BPF_ANY);
+	long err = bpf_map_update_elem(&lat_held, &k, ev, BPF_NOEXIST);
+
+	if (err == 0) {
+		cnt->c[NDQ_CNT_HELD]++;
+		return 0;
+	}
+	/* Not held, so this event cannot come out; or the address is held already: that packet was
+	 * freed and its memory reused without a fate seen here, and its event is the one lost (this
+	 * one takes its place, the held count stays). Counted as lost either way, never silent. */
+	cnt->c[NDQ_CNT_LOST]++;
+	if (err == -17 /* EEXIST */)
+		bpf_map_update_elem(&lat_held, &k, ev, BPF_EXIST);
 	return 0;
 }
 
@@ -97,7 +108,9 @@ static __always_inline void latency_release(struct lat_key *k, struct netdevq_ev
 	ev = &s->ev;
 	if (bpf_probe_read_kernel(ev, latency_held_size(), v))
 		return;
-	bpf_map_delete_elem(&lat_held, k);
+	if (bpf_map_delete_elem(&lat_held, k))
+		return; /* another CPU released it first */
+	cnt->c[NDQ_CNT_HELD]--;
 	if (cfg.sojourn_set && (!(ev->flags & NDQ_EV_XMIT) || ev->sojourn_ns < cfg.sojourn_min ||
 				ev->sojourn_ns > cfg.sojourn_max)) {
 		cnt->c[NDQ_CNT_KFILTERED]++;

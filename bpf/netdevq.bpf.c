@@ -771,7 +771,8 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 		finish_paths(ctx, ev, skb, s->skb);
 
 	if (cfg.need & NDQ_NEED_LATENCY)
-		return latency_hold(s, skb, dev); /* out when its fate is known (never in place) */
+		return latency_hold(s, cnt, skb,
+				    dev); /* out when its fate is known (never in place) */
 	if (in_place) {
 		bpf_ringbuf_submit(ev, wake_flags(s, size));
 		cnt->c[NDQ_CNT_EMITTED]++;

@@ -55,7 +55,11 @@ enum netdevq_counter {
 	NDQ_CNT_AGGREGATED = 4,	  /* folded into the in-kernel aggregation */
 	NDQ_CNT_AGG_OVERFLOW = 5, /* aggregation map full: key not added */
 	NDQ_CNT_READ_FAILED = 6,  /* raw mode: the sk_buff could not be read (seen, then dropped) */
-	NDQ_CNT_MAX = 7,
+	/* latency fields: +1 when a matched event is held for its fate, -1 when it leaves (on
+	 * another CPU maybe: only the sum over CPUs means something). What is still held, plus what
+	 * never came out (pushed out of the full hold map, or a fate not seen) */
+	NDQ_CNT_HELD = 7,
+	NDQ_CNT_MAX = 8,
 };
 
 /* Where the kernel finds one aggregation key or value in struct netdevq_event, and when the event

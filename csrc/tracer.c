@@ -170,7 +170,7 @@ static int tracer_counters(lua_State *L)
 {
 	static const char *names[NDQ_CNT_MAX] = { "seen",	"kfiltered",  "emitted",
 						  "lost",	"aggregated", "agg_overflow",
-						  "read_failed" };
+						  "read_failed", "held" };
 	struct tracer *t = check_tracer(L);
 	int ncpu = libbpf_num_possible_cpus();
 	__u64 sum[NDQ_CNT_MAX] = { 0 };

@@ -503,6 +503,11 @@ describe("netdevq.aggregate #unit", function()
       assert.are.equal("lldp", d("ethertype", k2, 3))
       assert.are.equal(aggregate.ABSENT, d("saddr", k2, 4))
       assert.are.equal(aggregate.ABSENT, d("sport", k2, 4))
+      -- a driver's negative return code, zero-extended in the key: signed as the Lua path has it
+      put_u64(k2, 5, 0xffffff97)
+      put_u64(k2, 6, 0x10)
+      assert.are.equal(-105, d("xmit_rc", k2, 5))
+      assert.are.equal(16, d("xmit_rc", k2, 6))
     end)
 
     it("accepts an array of records or an iterator, and adds to a given aggregation", function()

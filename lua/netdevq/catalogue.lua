@@ -252,6 +252,8 @@ local ROWS = {
     { name = "xmit_rc", type = "integer", at = "xmit_rc", when = "XMIT_DONE", need = "LATENCY",
       example = "0", raw = function(p)
           if band(p.flags, abi.EV.XMIT_DONE) ~= 0 then return tobit(p.xmit_rc) end
+      end, decode_key = function(b, off) -- the kernel's key holds it zero-extended: signed here
+          return tobit(ffi.cast("const uint32_t *", b + off)[0])
       end, description = "the driver's return code (net_dev_xmit rc: 0 NETDEV_TX_OK)" },
     { name = "drop_reason", type = "string", need = "LATENCY", example = '"QDISC_DROP"',
       raw = function(p)

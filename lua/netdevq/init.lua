@@ -36,6 +36,8 @@ local math_min = math.min
 -- the run loop's clock and stop flag, read through the FFI (compiled; C functions are not)
 local monotonic_ns = require("netdevq.clock").monotonic_ns
 local interrupted_flag = ffi_cast("volatile int *", core.interrupted_flag)
+local band = require("bit").band
+local NEED_LATENCY = abi.NEED.LATENCY
 
 local event_ptr_t = abi.event_ptr_t
 
@@ -363,8 +365,10 @@ end
 --   seen (net_dev_queue hits), kfiltered (dropped by the kernel filter), emitted (to the ring
 --   buffer), lost (ring buffer full), pcap_dropped, lua_filtered, matched (delivered to
 --   callbacks), aggregated, agg_overflow, read_failed (raw mode: the sk_buff could not be read),
---   pending (taken from the kernel, not yet delivered: see poll); events = seen.
--- With events streamed: seen == kfiltered + emitted + lost + read_failed, and
+--   pending (taken from the kernel, not yet delivered: see poll), held (latency fields only:
+--   matched events still waiting for their fate in the kernel, or that never came out); events =
+--   seen.
+-- With events streamed: seen == kfiltered + emitted + lost + read_failed + held, and
 -- received == matched + lua_filtered + pending.
 function Tracer:stats()
     local c, err = live(self):counters()
@@ -372,10 +376,13 @@ function Tracer:stats()
         return nil, "netdevq: " .. err
     end
     c.events = c.seen
+    if band(self.plan.cfg.need, NEED_LATENCY) == 0 then
+        c.held = nil -- no fate programs: nothing is ever held
+    end
     if self.agg_spec and self.ncallbacks == 0 then
         c.matched = c.aggregated
     elseif self.plan.cfg.emit == 0 then -- nothing crosses: the kernel's figures say it all
-        c.matched = c.seen - c.kfiltered - (c.read_failed or 0)
+        c.matched = c.seen - c.kfiltered - (c.read_failed or 0) - (c.held or 0)
     else
         c.matched = matched_now(self)
     end

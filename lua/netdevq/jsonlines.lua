@@ -84,9 +84,10 @@ end
 function Json:summary(stats)
     local ok, err = w.write_line(self,
         format('{"type":"summary","time":"%s","events":%d,"matched":%d,"lost":%d,'
-               .. '"kfiltered":%d,"agg_overflow":%d,"duration_s":%.3f}', clock.now_rfc3339(),
+               .. '"kfiltered":%d,"agg_overflow":%d,%s"duration_s":%.3f}', clock.now_rfc3339(),
                stats.events or 0, stats.matched or 0, stats.lost or 0, stats.kfiltered or 0,
-               stats.agg_overflow or 0, stats.duration_s or 0))
+               stats.agg_overflow or 0, stats.held and format('"held":%d,', stats.held) or "",
+               stats.duration_s or 0))
     if not ok then
         return nil, err
     end

@@ -339,6 +339,10 @@ local function summary_text(stats)
         text = text .. format(", %d not aggregated (aggregation full: raise --max-keys)",
                               overflow)
     end
+    local held = stats.held or 0
+    if held > 0 then -- latency fields: matched, but no fate seen by the end
+        text = text .. format(", %d held (no fate seen: still queued, or not followed)", held)
+    end
     return text
 end
 _M.summary_text = summary_text
