@@ -168,8 +168,8 @@ static int tracer_poll(lua_State *L)
  *                   read_failed=, pcap_dropped=, received= } */
 static int tracer_counters(lua_State *L)
 {
-	static const char *names[NDQ_CNT_MAX] = { "seen",	"kfiltered",  "emitted",
-						  "lost",	"aggregated", "agg_overflow",
+	static const char *names[NDQ_CNT_MAX] = { "seen",	 "kfiltered",  "emitted",
+						  "lost",	 "aggregated", "agg_overflow",
 						  "read_failed", "held" };
 	struct tracer *t = check_tracer(L);
 	int ncpu = libbpf_num_possible_cpus();
