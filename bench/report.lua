@@ -200,9 +200,10 @@ for _, key in ipairs({ "raw_all", "raw_probe", "raw_4", "raw_len", "raw_owner", 
                                    r.label, thousands(r.lost)))
     end
 end
-if cc then
-    target(cc.eps >= 3e6, format("Lua consumption, counting callback: %s events/s (>= 3,000,000)",
-                                 thousands(cc.eps)))
+-- issue 12's Lua target is text formatting: the CLI's way, each batch's lines to the file
+if cw then
+    target(cw.eps >= 3e6, format("Lua text lines, the CLI's way (to /dev/null): %s lines/s "
+                                 .. "(>= 3,000,000)", thousands(cw.eps)))
 end
 if nq and bt then
     local r = nq.median_ms / bt.median_ms
