@@ -18,50 +18,9 @@ local function touch(path)
 end
 
 -- tracers still running when a test ends (a failed assertion): stopped in after_each
-local running = {}
-
--- the CLI in the background, once it has attached; Ctrl-C once its last events are in
-local function start_cli(args)
-    local bg = live.start_cli(args)
-    running[bg] = true
-    return bg
-end
-
-local function stop_cli(bg)
-    running[bg] = nil
-    return live.stop_cli(bg)
-end
-
--- JSON lines -> events (in order) and the other objects by type
-local function parse(out)
-    local events, others = {}, {}
-    for l in out:gmatch("[^\n]+") do
-        local obj = cjson.decode(l)
-        if obj.type == "event" then
-            events[#events + 1] = obj
-        else
-            others[obj.type] = others[obj.type] or {}
-            table.insert(others[obj.type], obj)
-        end
-    end
-    return events, others
-end
-
--- the first cgroup v2 mount point, or nil
-local function cgroup2_root()
-    for l in io.lines("/proc/mounts") do
-        local dir, fstype = l:match("^%S+ (%S+) (%S+)")
-        if fstype == "cgroup2" then
-            return dir
-        end
-    end
-end
-
-local function inode(path)
-    local ok, out = netns.run({ "stat", "-c", "%i", path })
-    assert(ok, out)
-    return tonumber(out:match("%d+"))
-end
+local clis = live.tracked_clis()
+local start_cli, stop_cli, parse = clis.start, clis.stop, live.json_objects
+local cgroup2_root, inode = live.cgroup2_root, live.inode
 
 -- lines of a spawned ndq_send until one equals want; the pid from its "pid N" line
 local function until_line(proc, want)
@@ -85,11 +44,7 @@ describe("socket owner attribution #root", function()
     end)
 
     after_each(function()
-        for bg in pairs(running) do
-            bg:kill("INT")
-            bg:wait(20)
-            running[bg] = nil
-        end
+        clis.stop_all()
         if pair then
             pair:destroy()
             pair = nil

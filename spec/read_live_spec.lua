@@ -11,21 +11,7 @@ local netns = require("support.netns")
 local live = require("support.live")
 local clirun = require("support.clirun")
 
--- the first cgroup v2 mount point, or nil
-local function cgroup2_root()
-    for l in io.lines("/proc/mounts") do
-        local dir, fstype = l:match("^%S+ (%S+) (%S+)")
-        if fstype == "cgroup2" then
-            return dir
-        end
-    end
-end
-
-local function inode(path)
-    local ok, out = netns.run({ "stat", "-c", "%i", path })
-    assert(ok, out)
-    return tonumber(out:match("%d+"))
-end
+local cgroup2_root, inode = live.cgroup2_root, live.inode
 
 -- every field but the clock, as one line (the same skb gives the same line in every tracer)
 local function signature(ev)

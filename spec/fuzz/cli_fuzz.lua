@@ -66,6 +66,8 @@ local events = ffi.new("struct netdevq_event[?]", BATCH)
 local agg_keys = ffi.new("struct netdevq_agg_key[4]")
 local agg_vals = ffi.new("struct netdevq_agg_value[4]")
 local state = { polls = 0 }
+-- the C module's stop flag (what a signal handler sets): the run loop and the CLI read it
+local stop_flag = ffi.cast("volatile int *", real_core.interrupted_flag)
 
 local function rnd_name(buf, len)
     local n = random(0, len - 1)
@@ -121,10 +123,14 @@ end
 function Tracer:detach()
     if self.closed then error("netdevq: tracer is closed") end
 end
+function Tracer:read_path() -- as the C module says it: "probe" | "direct" | "btf"
+    return pick({ "probe", "direct", "btf" })
+end
 function Tracer:poll(timeout)
     if self.closed then error("netdevq: tracer is closed") end
     assert(timeout == nil or type(timeout) == "number", "poll: timeout must be a number")
     state.polls = state.polls + 1
+    stop_flag[0] = 2 -- "SIGINT" after this poll: Tracer:run reads the C flag itself
     if state.polls > 2 then
         return 0, events
     end
@@ -183,11 +189,12 @@ fake.open = function(opts)
             .. "netdevq needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     end
     state.polls = 0
+    stop_flag[0] = 0
     return setmetatable({ received = 0 }, Tracer)
 end
 fake.catch_signals = function() end
 fake.ignore_sigpipe = function() end
-fake.interrupted = function() return state.polls > 0 and 2 or false end
+fake.interrupted = function() return stop_flag[0] ~= 0 and stop_flag[0] or false end
 fake.spawn = function(argv)
     assert(type(argv) == "table" and #argv >= 1, "spawn: empty command")
     for i = 1, #argv do

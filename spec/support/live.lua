@@ -179,6 +179,65 @@ function _M.stop_cli(bg)
     return r
 end
 
+--- CLI runs a spec stops itself, and stops in after_each when a failed assertion left them
+-- running: local clis = live.tracked_clis(); clis.start(args), clis.stop(bg), clis.stop_all().
+function _M.tracked_clis()
+    local running = {}
+    local t = {}
+    function t.start(args, opts)
+        local bg = _M.start_cli(args, opts)
+        running[bg] = true
+        return bg
+    end
+    function t.stop(bg)
+        running[bg] = nil
+        return _M.stop_cli(bg)
+    end
+    function t.stop_all()
+        for bg in pairs(running) do
+            bg:kill("INT")
+            bg:wait(20)
+            running[bg] = nil
+        end
+    end
+    return t
+end
+
+--- JSON lines (other lines skipped) -> the events in order, and the other objects by type.
+function _M.json_objects(out)
+    local cjson = require("cjson")
+    local events, others = {}, {}
+    for l in out:gmatch("[^\n]+") do
+        if l:sub(1, 1) == "{" then
+            local obj = cjson.decode(l)
+            if obj.type == "event" then
+                events[#events + 1] = obj
+            else
+                others[obj.type] = others[obj.type] or {}
+                table.insert(others[obj.type], obj)
+            end
+        end
+    end
+    return events, others
+end
+
+--- The first cgroup v2 mount point, or nil.
+function _M.cgroup2_root()
+    for l in io.lines("/proc/mounts") do
+        local dir, fstype = l:match("^%S+ (%S+) (%S+)")
+        if fstype == "cgroup2" then
+            return dir
+        end
+    end
+end
+
+--- The inode number of path (a cgroup's is its id).
+function _M.inode(path)
+    local ok, out = netns.run({ "stat", "-c", "%i", path })
+    assert(ok, out)
+    return tonumber(out:match("%d+"))
+end
+
 -- Traffic --------------------------------------------------------------------------------------
 
 --- Reads a process's lines until one matches pattern (or the output ends); returns that line or
