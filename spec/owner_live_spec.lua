@@ -87,13 +87,7 @@ describe("socket owner attribution #root", function()
             for _, v in ipairs(sends) do
                 local argv = { "ip", "netns", "exec", pair.ns_a, "setpriv", "--reuid", "65534", "--regid", "65534",
                     "--clear-groups", netns.ndq_send(), "--name", v[1], v[2], v[3], v[4], "9000", "40000", "100", "3" }
-                for i, a in ipairs(argv) do
-                    argv[i] = clirun.quote(a)
-                end
-                local script = (cg and ("echo $$ > " .. clirun.quote(cg .. "/cgroup.procs") .. " && ") or "")
-                    .. "exec " .. table.concat(argv, " ")
-                local ok, out = netns.run({ "sh", "-c", script })
-                assert(ok, out)
+                local out = live.run_in_cgroup(argv, cg)
                 senders[v[1]] = tonumber(out:match("pid (%d+)"))
             end
             -- the datagrams wait in the neighbour queue; now b's addresses come back

@@ -44,13 +44,7 @@ local function send_in_cgroup(pair, cg, ns, args)
     for _, a in ipairs(args) do
         argv[#argv + 1] = a
     end
-    for i, a in ipairs(argv) do
-        argv[i] = clirun.quote(a)
-    end
-    local script = (cg and ("echo $$ > " .. clirun.quote(cg .. "/cgroup.procs") .. " && ") or "")
-        .. "exec " .. table.concat(argv, " ")
-    local ok, out = netns.run({ "sh", "-c", script })
-    assert(ok, out)
+    local out = live.run_in_cgroup(argv, cg)
     return assert(tonumber(out:match("pid (%d+)")), out)
 end
 

@@ -222,6 +222,15 @@ char *ndq_out_strerror(int errnum) __asm__("strerror");
 local C = ffi.C
 
 
+-- a write's result: an error sticks to the writer, so that the run loop stops at its next check
+local function outcome(self, ok, err)
+    if not ok then
+        self.err = tostring(err)
+        return nil, self.err
+    end
+    return true
+end
+
 -- What waits in the buffer goes to the file.
 local function write_out(self)
     local buf = self.buf
@@ -240,11 +249,7 @@ local function write_out(self)
         ok, err = self.file:write(buf:tostring())
     end
     buf:reset()
-    if not ok then
-        self.err = tostring(err)
-        return nil, self.err
-    end
-    return true
+    return outcome(self, ok, err)
 end
 
 -- the line goes to the file now (write-through), or once FLUSH_AT waits (buffered)
@@ -258,14 +263,6 @@ end
 
 -- Shared by both writers ----------------------------------------------------------------------
 
--- a write's result: an error sticks to the writer, so that the run loop stops at its next check
-local function outcome(self, ok, err)
-    if not ok then
-        self.err = tostring(err)
-        return nil, self.err
-    end
-    return true
-end
 
 -- a line to err_file (written at once: notices and the summary text)
 local function write_err_line(self, text)

@@ -231,6 +231,20 @@ function _M.cgroup2_root()
     end
 end
 
+--- Runs argv through sh, in cgroup directory cg first when given (nil: where it is); asserts
+-- success and returns its output.
+function _M.run_in_cgroup(argv, cg)
+    local words = {}
+    for i, a in ipairs(argv) do
+        words[i] = clirun.quote(a)
+    end
+    local script = (cg and ("echo $$ > " .. clirun.quote(cg .. "/cgroup.procs") .. " && ") or "")
+        .. "exec " .. table.concat(words, " ")
+    local ok, out = netns.run({ "sh", "-c", script })
+    assert(ok, out)
+    return out
+end
+
 --- The inode number of path (a cgroup's is its id).
 function _M.inode(path)
     local ok, out = netns.run({ "stat", "-c", "%i", path })
