@@ -94,6 +94,7 @@ end)
 describe("fuzzing the BPF object loader #root", function()
     it(inputs(2000) .. " mutated objects in netdevq.core.open: a tracer or a clean error, never a crash", function()
         netns.require_root()
-        assert_clean("elf_fuzz", inputs(2000))
+        -- each input loads the whole object (every program the verifier checks): ~0.1 s apiece
+        assert_clean("elf_fuzz", inputs(2000), { timeout = 400 })
     end)
 end)
