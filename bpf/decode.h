@@ -242,4 +242,61 @@ static __always_inline void decode_headers(struct netdevq_event *ev, const __u8 
 	decode_l4(ev, snap, l4, avail);
 }
 
+/* What l3l4_filter checks (l3, proto, the addresses when asked, the ports), from a few loads
+ * where the headers are plain: no VLAN tag in the frame, IPv4, or IPv6 whose next header is the
+ * upper layer. Returns 1 when ev then holds exactly what decode_headers would put there (the
+ * same bytes and bounds), 0 when it cannot tell (a tag, an IPv6 extension header): then
+ * decode_headers decides. Only the members named are written. */
+static __always_inline int peek_headers(struct netdevq_event *ev, const __u8 *pkt, __u32 l2,
+					__u32 avail, const bool addrs)
+{
+	const __u8 *ip;
+	__u32 l4;
+	__u8 p;
+
+	ev->flags = 0;
+	ev->l3 = 0;
+	if (l2 >= 64) /* decode_headers reads no network header there */
+		return 1;
+	if (l2 >= 14 && avail >= 14 && vlan_tpid(be16_at(pkt + 12)))
+		return 0;
+	/* untagged: the network header at l2, its protocol skb->protocol (see decode_l2) */
+	barrier_var(l2);
+	ip = pkt + (l2 & 63);
+	if (ev->ethertype == ETH_P_IP && avail >= l2 + 20 && (ip[0] >> 4) == 4) {
+		__u32 ihl = (ip[0] & 0xf) * 4;
+		if (ihl < 20)
+			return 1;
+		ev->l3 = 4;
+		p = ev->proto = ip[9];
+		if (addrs) {
+			__builtin_memcpy(ev->saddr, ip + 12, 4);
+			__builtin_memcpy(ev->daddr, ip + 16, 4);
+		}
+		if (be16_at(ip + 6) & 0x1fff) /* not the first fragment: no upper-layer header */
+			return 1;
+		l4 = l2 + ihl;
+	} else if (ev->ethertype == ETH_P_IPV6 && avail >= l2 + 40 && (ip[0] >> 4) == 6) {
+		ev->l3 = 6;
+		p = ev->proto = ip[6];
+		if (ip6_ext_hdr(p))
+			return 0;
+		if (addrs) {
+			__builtin_memcpy(ev->saddr, ip + 8, 16);
+			__builtin_memcpy(ev->daddr, ip + 24, 16);
+		}
+		l4 = l2 + 40;
+	} else {
+		return 1; /* ARP or another protocol: no l3 */
+	}
+	if (l4 > PARSE_BYTES || avail < l4 + 4 ||
+	    (p != IPPROTO_TCP && p != IPPROTO_UDP && p != IPPROTO_SCTP))
+		return 1;
+	barrier_var(l4);
+	ev->sport = be16_at(pkt + (l4 & SNAP_MASK));
+	ev->dport = be16_at(pkt + (l4 & SNAP_MASK) + 2);
+	ev->flags = NDQ_EV_L4;
+	return 1;
+}
+
 #endif /* NETDEVQ_DECODE_H */

@@ -85,4 +85,11 @@ struct task_struct {
 
 #pragma clang attribute pop
 
+/* What the running kernel's verifier allows, as enum values in its BTF (checked with
+ * bpf_core_enum_value_exists): bpf_rdonly_cast(p, 0) gives read-only untrusted memory, loads
+ * at any offset that cannot fault (Linux 6.16+). */
+enum bpf_features {
+	BPF_FEAT_RDONLY_CAST_TO_VOID = 0,
+};
+
 #endif /* NETDEVQ_KERNEL_H */

@@ -324,6 +324,13 @@ static __always_inline void aggregate(struct scratch *s, struct counters *cnt)
 	cnt->c[NDQ_CNT_AGGREGATED]++;
 }
 
+/* a kernel filter on the protocol, an address or a port: the headers must be decoded */
+static __always_inline bool filter_l3l4(void)
+{
+	return cfg.proto.n || cfg.saddr.n || cfg.daddr.n || cfg.host.n || cfg.sport.n ||
+	       cfg.dport.n || cfg.port.n;
+}
+
 static __always_inline int l3l4_filter(const struct netdevq_event *ev)
 {
 	if (cfg.proto.n && (!ev->l3 || !IN_SET(proto, ev->proto)))
@@ -441,8 +448,8 @@ static __always_inline __u64 read_cgroup(void)
  * the network header when the device has none. One read serves parsing and the snap bytes: into
  * the event when it needs no parsing (or is the scratch event carrying all NDQ_SNAP_MAX bytes),
  * else into scratch, and the snaplen bytes the event carries are copied from there. */
-static __always_inline void read_headers(struct scratch *s, struct netdevq_event *ev,
-					 struct sk_buff *skb, const bool btf, const bool in_place)
+static __always_inline int read_headers(struct scratch *s, struct netdevq_event *ev,
+					struct sk_buff *skb, const bool btf, const bool in_place)
 {
 	unsigned char *head = SKB(head);
 	unsigned char *data = SKB(data);
@@ -451,8 +458,7 @@ static __always_inline void read_headers(struct scratch *s, struct netdevq_event
 	__u32 linear_end = (__u32)(data - head) + ev->len - ev->data_len;
 	__u32 avail = linear_end > start ? linear_end - start : 0;
 	__u32 want = cfg.snaplen;
-	const bool parse = (cfg.need & NDQ_NEED_HEADERS) || cfg.proto.n || cfg.saddr.n ||
-			   cfg.daddr.n || cfg.host.n || cfg.sport.n || cfg.dport.n || cfg.port.n;
+	const bool parse = (cfg.need & NDQ_NEED_HEADERS) || filter_l3l4();
 	/* addresses only for the output or an address filter (a port filter skips their copies) */
 	const bool addrs = (cfg.need & NDQ_NEED_HEADERS) || cfg.saddr.n || cfg.daddr.n ||
 			   cfg.host.n;
@@ -469,6 +475,31 @@ static __always_inline void read_headers(struct scratch *s, struct netdevq_event
 	 * room after its snap, a ring record ends there */
 	const bool own = parse && (cfg.snaplen < NDQ_SNAP_MAX || in_place);
 	__u8 *buf = own ? s->hdr : ev->snap;
+
+	/* A kernel whose verifier lets loads reach any address safely (tp_btf and --read direct,
+	 * Linux 6.16+) reads the headers where they lie. A protocol, address or port filter first
+	 * looks at the few bytes it checks (a packet it rejects costs no decode); with no snap bytes
+	 * to carry, the headers are decoded in place, no copy (a 192-byte probe read: ~80 ns). Same
+	 * bytes, same bounds: the same fields. */
+	if (btf && parse &&
+	    bpf_core_enum_value_exists(enum bpf_features, BPF_FEAT_RDONLY_CAST_TO_VOID)) {
+		const __u8 *pkt = bpf_rdonly_cast(head + start, 0);
+		__u32 l2 = net >= start ? net - start : 0;
+
+		if (filter_l3l4() &&
+		    peek_headers(ev, pkt, l2, avail < want ? avail : want,
+				 cfg.saddr.n || cfg.daddr.n || cfg.host.n) &&
+		    !l3l4_filter(ev))
+			return 0;
+		if (!cfg.snaplen) {
+			ev->flags = 0;
+			ev->l3 = 0;
+			ev->l2_len = l2;
+			decode_headers(ev, pkt, l2, avail < want ? avail : want,
+				       bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci), addrs);
+			return 1;
+		}
+	}
 	if (want && bpf_probe_read_kernel(buf, want, head + start) == 0) {
 		ev->snap_len = avail < cfg.snaplen ? avail : cfg.snaplen;
 		ev->l2_len = net >= start ? net - start : 0;
@@ -478,6 +509,7 @@ static __always_inline void read_headers(struct scratch *s, struct netdevq_event
 		if (own && cfg.snaplen)
 			bpf_probe_read_kernel(ev->snap, cfg.snaplen, buf);
 	}
+	return 1;
 }
 
 /* --- pcap-filter expressions decided in the kernel (issue 16) ---------------------------------
@@ -604,14 +636,12 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	 * read comes after. cfg members are constants to the verifier: untaken branches vanish. */
 	const bool filter_task = cfg.pid.n || cfg.tid.n; /* follow_pid: owner_who_filter */
 	const bool filter_dev = cfg.ifindex.n || cfg.n_dev || cfg.netns.n;
-	const bool filter_l3l4 = cfg.proto.n || cfg.saddr.n || cfg.daddr.n || cfg.host.n ||
-				 cfg.sport.n || cfg.dport.n || cfg.port.n;
 	const bool need_dev = (cfg.need & (NDQ_NEED_DEV | NDQ_NEED_NETNS)) || cfg.agg_on;
 	const bool filter_who = (cfg.need & NDQ_NEED_OWNER) &&
 				(cfg.follow_pid || cfg.who_pid.n || cfg.n_who_comm);
 	const bool filter_any = filter_task || cfg.n_comm || filter_who || cfg.len_set ||
 				cfg.mark.n || cfg.queue.n || cfg.priority.n || cfg.ethertype.n ||
-				filter_dev || filter_l3l4 || cfg.n_cgroup || cfg.pcap;
+				filter_dev || filter_l3l4() || cfg.n_cgroup || cfg.pcap;
 	/* Reserve in place: with nothing to filter, the event is written straight into its ring
 	 * buffer record (no scratch copy), and a full ring costs one failed reserve. Member paths,
 	 * kstacks and aggregations keep the scratch event. */
@@ -704,9 +734,10 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 			goto filtered;
 	}
 
-	read_headers(s, ev, skb, btf, in_place);
+	if (!read_headers(s, ev, skb, btf, in_place)) /* its first look rejected the packet */
+		goto filtered;
 	/* also when the read failed: then nothing parsed, and L3/L4 conditions must fail */
-	if (filter_l3l4 && !l3l4_filter(ev))
+	if (filter_l3l4() && !l3l4_filter(ev))
 		goto filtered;
 	if (cfg.pcap && !pcap_match(s, skb, btf)) /* issue 16 */
 		goto filtered;
