@@ -201,9 +201,9 @@ describe("decoding real traffic #root", function()
                     if t.proto == "udp" then want_protos[#want_protos + 1] = t end
                 end
                 local function projected(list)
-                    local out = {}
-                    for i, ev in ipairs(list) do out[i] = project(ev) end
-                    return out
+                    local projections = {}
+                    for i, ev in ipairs(list) do projections[i] = project(ev) end
+                    return projections
                 end
                 assert.same(want_ports, projected(on_side(port_events, pair, side)),
                     mode .. " port filter " .. side)
