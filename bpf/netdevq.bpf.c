@@ -289,11 +289,13 @@ static __always_inline void aggregate(struct scratch *s, struct counters *cnt)
 
 	if (cfg.agg_has_value && !loc_present(ev, &cfg.agg_value))
 		return; /* nothing to fold: the Lua path skips such events too */
-	__builtin_memset(&s->key, 0, sizeof(s->key));
 #pragma unroll
-	for (int i = 0; i < NDQ_AGG_KEYS_MAX; i++)
-		if (i < cfg.agg_nkeys)
+	for (int i = 0; i < NDQ_AGG_KEYS_MAX; i++) { /* the map's key is agg_nkeys slots long */
+		if (i < cfg.agg_nkeys) {
+			__builtin_memset(s->key.k + i * NDQ_AGG_KEY_SLOT, 0, NDQ_AGG_KEY_SLOT);
 			put_key(s->key.k + i * NDQ_AGG_KEY_SLOT, ev, &cfg.agg_key[i]);
+		}
+	}
 	if (cfg.agg_has_value)
 		val = loc_number(ev, &cfg.agg_value);
 
@@ -306,12 +308,14 @@ static __always_inline void aggregate(struct scratch *s, struct counters *cnt)
 			return;
 		}
 	}
-	if (v->count == 0 || val < v->min)
-		v->min = val;
-	if (val > v->max)
-		v->max = val;
 	v->count++;
-	v->sum += val;
+	if (cfg.agg_has_value) { /* a count alone leaves sum, min and max at 0 */
+		if (v->count == 1 || val < v->min)
+			v->min = val;
+		if (val > v->max)
+			v->max = val;
+		v->sum += val;
+	}
 	if (cfg.agg_hist) {
 		__u32 slot = cfg.agg_hist == NDQ_HIST_LOG2 ? log2_slot(val) : linear_slot(val);
 		if (slot >= NDQ_AGG_SLOTS)
@@ -361,6 +365,25 @@ static __always_inline int l3l4_filter(const struct netdevq_event *ev)
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
 
+/* A 16-byte name as its two little-endian words w0, w1 into out, every byte after the first NUL
+ * zeroed: a renamed device keeps stale bytes after it (strscpy does not pad), and names are
+ * compared and keyed whole. (v - 0x01..) & ~v & 0x80.. marks the zero bytes; its lowest bit is
+ * the first one's. */
+static __always_inline void clean_name(__u64 *out, __u64 w0, __u64 w1)
+{
+	const __u64 ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+	__u64 z0 = (w0 - ones) & ~w0 & highs, z1 = (w1 - ones) & ~w1 & highs;
+
+	if (z0) {
+		w0 &= ((z0 & -z0) >> 7) - 1;
+		w1 = 0;
+	} else if (z1) {
+		w1 &= ((z1 & -z1) >> 7) - 1;
+	}
+	out[0] = w0;
+	out[1] = w1;
+}
+
 /* The device's ifindex, type, name and namespace pointer. Raw mode fetches them with one
  * bpf_probe_read_kernel of the span of net_device that holds them (offsets are CO-RE
  * relocations, so the span is a constant the verifier sees; a kernel where the members lie
@@ -374,9 +397,7 @@ static __always_inline struct net *read_dev(struct scratch *s, struct netdevq_ev
 		ev->ifindex = dev->ifindex;
 		ev->dev_type = dev->type;
 		net = dev->nd_net.net;
-		*(__u64 *)&ev->dev[0] = 0;
-		*(__u64 *)&ev->dev[8] = 0;
-		bpf_core_read_str(ev->dev, sizeof(ev->dev), &dev->name);
+		clean_name((__u64 *)ev->dev, *(__u64 *)&dev->name[0], *(__u64 *)&dev->name[8]);
 		return net;
 	}
 	/* type lies far from the others (536 vs 224..296 on 6.18): raw mode does not read it and
@@ -391,15 +412,9 @@ static __always_inline struct net *read_dev(struct scratch *s, struct netdevq_ev
 			return NULL;
 		ev->ifindex = *(int *)(s->devspan + OFF(net_device, ifindex) - lo);
 		net = *(struct net **)(s->devspan + OFF(net_device, nd_net) - lo);
-		__builtin_memcpy(ev->dev, s->devspan + OFF(net_device, name) - lo, 16);
-		/* a renamed device may keep stale bytes after the NUL: compare and key on a clean name */
-		bool end = false;
-#pragma unroll
-		for (int i = 0; i < 16; i++) {
-			end = end || ev->dev[i] == 0;
-			if (end)
-				ev->dev[i] = 0;
-		}
+		clean_name((__u64 *)ev->dev,
+			   *(__u64 *)(s->devspan + OFF(net_device, name) - lo),
+			   *(__u64 *)(s->devspan + OFF(net_device, name) - lo + 8));
 		return net;
 	}
 	ev->ifindex = BPF_CORE_READ(dev, ifindex);

@@ -203,6 +203,54 @@ describe("raw-mode read paths on live traffic #root", function()
             t:close()
         end
     end)
+    it("names a renamed device by its new name only, in every read path (filters, keys, events)",
+        function()
+        netns.require_root()
+        local netdevq = require("netdevq")
+        -- the kernel's rename copies the new name and its NUL over the old one (strscpy): the
+        -- old name's tail stays behind in dev->name
+        local function rename(from, to)
+            for _, argv in ipairs({ { "ip", "link", "set", "dev", from, "down" },
+                { "ip", "link", "set", "dev", from, "name", to },
+                { "ip", "link", "set", "dev", to, "up" } }) do
+                local ok, out = pair:exec("a", argv)
+                assert(ok, out)
+            end
+        end
+        rename(pair.veth_a, "ndqrenamed12345")
+        rename("ndqrenamed12345", "r0")
+        finally(function() rename("r0", pair.veth_a) end)
+        local ok, out = pair:exec("a", { "ip", "neigh", "replace", pair.ip4_b, "lladdr", pair.mac_b,
+            "dev", "r0", "nud", "permanent" })
+        assert(ok, out)
+        -- UDP only: the link just came up, IPv6 may send its MLD reports any time now
+        local scope = ('netns == %d and proto == "udp"'):format(pair.netns_a)
+        local tracers = {}
+        finally(function()
+            for _, t in pairs(tracers) do t:close() end
+        end)
+        local opens = { probe = { read = "probe" }, direct = { read = "direct" }, btf = { mode = "btf" } }
+        local names = {}
+        for name, opts in pairs(opens) do
+            -- the name compared whole in the kernel, and an in-kernel key on it
+            opts.filter = scope .. ' and dev == "r0"'
+            tracers[name] = assert(netdevq.open(opts))
+            names[name] = {}
+            tracers[name]:on_event(function(ev) names[name][#names[name] + 1] = ev.dev end)
+            tracers[name .. " count"] = assert(netdevq.open{ mode = opts.mode, read = opts.read,
+                filter = scope, aggregate = { kind = "count", keys = { "dev" } } })
+        end
+        live.send(pair, "a", { "udp4", pair.ip4_a, pair.ip4_b, "7000", "40000", "100,300,50" })
+        drain(tracers)
+        for name in pairs(opens) do
+            assert.are.same({ "r0", "r0", "r0" }, names[name], name)
+            local counts = {}
+            for _, e in ipairs(assert(tracers[name .. " count"]:read_aggregate()):entries()) do
+                counts[e.text] = e.count
+            end
+            assert.are.same({ ["[r0]"] = 3 }, counts, name .. " count")
+        end
+    end)
 end)
 
 describe("--read on the command line", function()
