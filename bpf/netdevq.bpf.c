@@ -412,8 +412,7 @@ static __always_inline struct net *read_dev(struct scratch *s, struct netdevq_ev
 			return NULL;
 		ev->ifindex = *(int *)(s->devspan + OFF(net_device, ifindex) - lo);
 		net = *(struct net **)(s->devspan + OFF(net_device, nd_net) - lo);
-		clean_name((__u64 *)ev->dev,
-			   *(__u64 *)(s->devspan + OFF(net_device, name) - lo),
+		clean_name((__u64 *)ev->dev, *(__u64 *)(s->devspan + OFF(net_device, name) - lo),
 			   *(__u64 *)(s->devspan + OFF(net_device, name) - lo + 8));
 		return net;
 	}
