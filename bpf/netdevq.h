@@ -131,29 +131,33 @@ enum { NDQ_HIST_NONE = 0, NDQ_HIST_LOG2 = 1, NDQ_HIST_LINEAR = 2 };
 struct netdevq_event {
 	__u64 ts;  /* bpf_ktime_get_ns() */
 	__u64 skb; /* skb address */
-	__u64 cgroup;
-	__u32 pid, tid;
-	__u32 cpu;
-	__u32 ifindex;
-	__u32 netns; /* inode number of the device's network namespace */
+	/* what every event is written (up to l3): the first bytes of its ring record, so that an
+	 * event of a few fields dirties few cache lines */
 	__u32 len, data_len;
 	__u16 mac_len, hdr_len;
-	__u16 queue, gso_size;
-	__u16 gso_segs;
+	__u16 queue;
 	__u16 ethertype; /* host order, from skb->protocol */
 	__u32 priority, mark, hash;
+	__u32 cpu;
+	__u16 flags;	/* NDQ_EV_* */
+	__u16 snap_len; /* bytes valid in snap */
+	__u16 l2_len;	/* bytes of link header in snap before the network header */
+	__u16 l3;	/* 0 none, 4 IPv4, 6 IPv6 */
+	__u32 pid, tid;
+	char comm[16];
+	char dev[16];
+	__u32 ifindex;
+	__u32 netns; /* inode number of the device's network namespace */
+	__u64 cgroup;
+	__u16 gso_size, gso_segs;
 	__u16 dev_type;		   /* ARPHRD_* of the device (btf mode; 0 in raw mode) */
-	__u16 l3;		   /* 0 none, 4 IPv4, 6 IPv6 */
+	__u16 arp_op;		   /* ARP operation (1 request, 2 reply, ...), host order */
 	__u8 saddr[16], daddr[16]; /* IPv4 in the first 4 bytes, network order */
 	__u16 sport, dport;	   /* host order */
 	__u8 proto;		   /* IP protocol number (IPv6: after the extension headers) */
 	__u8 tcp_flags;		   /* TCP header byte 13 (CWR ECE URG ACK PSH RST SYN FIN) */
 	__u8 ttl, tos;
 	__u8 smac[6], dmac[6];
-	__u16 flags;	/* NDQ_EV_* */
-	__u16 snap_len; /* bytes valid in snap */
-	__u16 l2_len;	/* bytes of link header in snap before the network header */
-	__u16 arp_op;	/* ARP operation (1 request, 2 reply, ...), host order */
 	/* decoding: ICMP, VLAN, fragments, IPv6 extension headers, ARP */
 	__u8 icmp_type, icmp_code;
 	__u16 vlan_tci;	  /* PCP (3 bits), DEI, VID (12 bits), host order */
@@ -161,12 +165,10 @@ struct netdevq_event {
 	__u16 frag_off;	  /* fragment offset in bytes (IPv4 and IPv6) */
 	__u16 vlan_id;	  /* vlan_tci's VID and PCP, apart: what aggregation keys read */
 	__u8 vlan_pcp;
-	__u8 ip6_ext; /* IPv6 extension headers walked before the upper layer */
-	__u8 pad1[4];
+	__u8 ip6_ext;		     /* IPv6 extension headers walked before the upper layer */
 	__u8 arp_sha[6], arp_tha[6]; /* ARP sender and target hardware addresses */
 	__u8 arp_spa[4], arp_tpa[4]; /* ARP sender and target protocol (IPv4) addresses */
-	char comm[16];
-	char dev[16];
+	__u8 pad1[4];
 	/* socket owner (NDQ_NEED_OWNER): the process that last sent, received, connected, accepted
 	 * or listened on skb->sk (a request sock: its listener). owner_pid 0: no socket or owner
 	 * unknown, and then every owner_* member is 0 */

@@ -118,8 +118,8 @@ describe("netdevq CLI #root", function()
 
     it("shows comm, pid, dev, mac_len and hdr_len as bpftrace reads them from the sk_buff", function()
         netns.require_root()
-        -- bpftrace's tracepoint probes need tracefs; mount it for this test when it is not
-        local mounted, bt, proc = false, nil, nil
+        local bt, proc
+        local unmount = live.tracefs()
         -- busted keeps only the last finally of a test: this one undoes all the test started
         finally(function()
             if proc then proc:kill("INT") end
@@ -127,12 +127,8 @@ describe("netdevq CLI #root", function()
                 bt:kill("INT")
                 bt:wait()
             end
-            if mounted then netns.run({ "umount", "/sys/kernel/tracing" }) end
+            unmount()
         end)
-        if not io.open("/sys/kernel/tracing/events/net/net_dev_queue/format") then
-            assert.is_true((netns.run({ "mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing" })))
-            mounted = true
-        end
         bt = netns.spawn({ "bpftrace", "-e", string.format(
             'tracepoint:net:net_dev_queue /str(args->name) == "%s" && ((struct sk_buff *)'
             .. 'args->skbaddr)->dev->nd_net.net->ns.inum == %d/ { $s = (struct sk_buff *)'

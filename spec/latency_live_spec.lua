@@ -80,8 +80,13 @@ tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
 { printf("J %%lx %%lu\n", (uint64)args->skbaddr, nsecs - @q[args->skbaddr]); delete(@q[args->skbaddr]); }
 ]]):format(FRAME, pair.netns_a))
             f:close()
-            local bt = netns.spawn({ "bpftrace", script })
-            finally(function() bt:stop() end)
+            local unmount = live.tracefs()
+            local bt
+            finally(function() -- busted keeps a test's last finally only
+                if bt then bt:stop() end
+                unmount()
+            end)
+            bt = netns.spawn({ "bpftrace", script })
             assert(live.wait_line(bt, "^Attaching"), "bpftrace did not attach")
             local cli = start_cli({ "--mode", mode, "-F", "json", "-o", FIELDS, "-f", "netns == " .. pair.netns_a })
             burst(pair, N)

@@ -57,10 +57,7 @@ end
 
 -- bpftrace's tracepoint probes need tracefs
 local function ensure_tracefs()
-    if not io.open("/sys/kernel/tracing/events/net/net_dev_queue/format") then
-        assert.is_true((netns.run({ "mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing" })))
-        defer(function() netns.run({ "umount", "/sys/kernel/tracing" }) end)
-    end
+    defer(live.tracefs())
 end
 
 local function spawn_bpftrace(program)

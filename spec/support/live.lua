@@ -246,6 +246,18 @@ function _M.run_in_cgroup(argv, cg)
 end
 
 --- The inode number of path (a cgroup's is its id).
+-- bpftrace's tracepoint probes (tracepoint:net:...) need tracefs, which a machine without
+-- systemd may not have mounted: mounts it when it is not there. Returns the undo (a no-op when
+-- it was mounted already), for the test's finally.
+function _M.tracefs()
+    if io.open("/sys/kernel/tracing/events/net/net_dev_queue/format") then
+        return function() end
+    end
+    assert(netns.run({ "mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing" }),
+        "cannot mount tracefs on /sys/kernel/tracing")
+    return function() netns.run({ "umount", "/sys/kernel/tracing" }) end
+end
+
 function _M.inode(path)
     local ok, out = netns.run({ "stat", "-c", "%i", path })
     assert(ok, out)
