@@ -717,14 +717,12 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	ev->len = SKB(len);
 	if (cfg.len_set && (ev->len < cfg.len_min || ev->len > cfg.len_max))
 		goto filtered;
-	ev->mark = SKB(mark);
-	if (cfg.mark.n && !IN_SET(mark, ev->mark))
+	/* read here only to be checked; for the output, below */
+	if (cfg.mark.n && !IN_SET(mark, SKB(mark)))
 		goto filtered;
-	ev->queue = SKB(queue_mapping);
-	if (cfg.queue.n && !IN_SET(queue, ev->queue))
+	if (cfg.queue.n && !IN_SET(queue, SKB(queue_mapping)))
 		goto filtered;
-	ev->priority = SKB(priority);
-	if (cfg.priority.n && !IN_SET(priority, ev->priority))
+	if (cfg.priority.n && !IN_SET(priority, SKB(priority)))
 		goto filtered;
 	ev->ethertype = bpf_ntohs(SKB(protocol));
 	if (cfg.ethertype.n && !IN_SET(ethertype, ev->ethertype))
@@ -807,6 +805,9 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	}
 	if (cfg.need & NDQ_NEED_TS)
 		ev->ts = bpf_ktime_get_ns();
+	ev->mark = SKB(mark);
+	ev->queue = SKB(queue_mapping);
+	ev->priority = SKB(priority);
 	ev->mac_len = SKB(mac_len);
 	ev->hdr_len = SKB(hdr_len);
 	ev->hash = SKB(hash);
