@@ -59,10 +59,10 @@ struct {
 } lat_held SEC(".maps");
 
 /* The bytes of an event held: what deliver() emits (the loader sets lat_held's value size to it,
- * csrc/latency.c: the same formula), at most the whole event. */
+ * csrc/latency.c: the same formula, for a run with latency fields), at most the whole event. */
 static __always_inline __u32 latency_held_size(void)
 {
-	__u64 size = paths_emit_size(EVENT_HEAD_SIZE + cfg.snaplen);
+	__u64 size = emit_size();
 
 	size = (size + 7) & ~7ULL;
 	return size > sizeof(struct netdevq_event) ? sizeof(struct netdevq_event) : size;

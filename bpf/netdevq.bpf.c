@@ -105,6 +105,19 @@ static __always_inline bool in_tree(__u32 tgid)
 
 #include "skbpath.h" /* sk_buff member paths: reads cfg */
 
+/* Bytes of an event's ring record: up to the last member the run fills. The fate members
+ * (sojourn_ns .. drop_reason) end the head: left out unless latency fields are asked for or
+ * snap bytes follow; then the snap bytes carried, then the member paths. */
+static __always_inline __u64 emit_size(void)
+{
+	__u64 size = EVENT_HEAD_SIZE + cfg.snaplen;
+
+	if (!cfg.snaplen && !(cfg.need & NDQ_NEED_LATENCY))
+		size = __builtin_offsetof(struct netdevq_event, sojourn_ns);
+	size = paths_emit_size(size);
+	return size > sizeof(struct netdevq_event) ? sizeof(struct netdevq_event) : size;
+}
+
 /* Sets of more than NDQ_SET_MAX values (netdevq.h): their values are keys of this map. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -625,10 +638,8 @@ static __always_inline void deliver(struct scratch *s, struct counters *cnt)
 	if (cfg.agg_on)
 		aggregate(s, cnt);
 	if (cfg.emit) {
-		__u64 size = paths_emit_size(EVENT_HEAD_SIZE + cfg.snaplen);
+		__u64 size = emit_size();
 
-		if (size > sizeof(*ev))
-			size = sizeof(*ev);
 		if (bpf_ringbuf_output(&events, ev, size, wake_flags(s, size)))
 			cnt->c[NDQ_CNT_LOST]++;
 		else
@@ -662,7 +673,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	const bool held = cfg.need & NDQ_NEED_LATENCY; /* out later, from scratch (latency.bpf.h) */
 	const bool in_place = cfg.emit && !filter_any && !cfg.agg_on && !cfg.n_paths &&
 			      !cfg.kstack && !held;
-	__u64 size = paths_emit_size(EVENT_HEAD_SIZE + cfg.snaplen);
+	__u64 size = emit_size();
 	__u32 zero = 0;
 	struct counters *cnt = bpf_map_lookup_elem(&counters, &zero);
 	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
@@ -673,8 +684,6 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	if (!cnt || !s)
 		return 0;
 	cnt->c[NDQ_CNT_SEEN]++;
-	if (size > sizeof(*ev))
-		size = sizeof(*ev);
 	if (in_place) {
 		ev = bpf_ringbuf_reserve(&events, size, 0);
 		if (!ev) {
