@@ -66,10 +66,17 @@ local function median(t)
     return n % 2 == 1 and t[(n + 1) / 2] or (t[n / 2] + t[n / 2 + 1]) / 2
 end
 
+-- ns/event: the lower of the two traced floods' (best_*); both floods together otherwise
+local function ns_per_event(r)
+    if (r.best_cnt or 0) > 0 then
+        return r.best_time_ns / r.best_cnt
+    end
+    return r.cnt > 0 and r.time_ns / r.cnt or nil
+end
 local empty = by_key.empty
-local empty_ns = empty and empty.cnt > 0 and empty.time_ns / empty.cnt or nil
+local empty_ns = empty and ns_per_event(empty) or nil
 for _, r in ipairs(rows) do
-    r.ns = r.cnt > 0 and r.time_ns / r.cnt or nil
+    r.ns = ns_per_event(r)
     r.x_empty = r.ns and empty_ns and r.ns / empty_ns or nil
     r.ratio = r.base_pps > 0 and r.pps / r.base_pps or nil
     r.per_pkt = r.sent > 0 and r.cnt > 0 and r.cnt / r.sent or nil
@@ -131,7 +138,7 @@ emit(line_of(header))
 for i = 1, #rows do
     emit(line_of(cells[i]))
 end
-emit("ns/event = delta run_time_ns / delta run_cnt over two traced floods; events = delta run_cnt "
+emit("ns/event = delta run_time_ns / delta run_cnt, the lower of the two traced floods; events = delta run_cnt "
      .. "(ev/pkt: per datagram sent, 2 = datagram + ICMP reply); pps traced: the better of the two "
      .. "floods; untraced: the better of the untraced floods just before and after; delivered, "
      .. "lost: over the tracer's life. See bench/README.md.")
