@@ -138,7 +138,8 @@ emit(line_of(header))
 for i = 1, #rows do
     emit(line_of(cells[i]))
 end
-emit("ns/event = delta run_time_ns / delta run_cnt, the lower of the two traced floods; events = delta run_cnt "
+emit("ns/event = delta run_time_ns / delta run_cnt, the lower of the two traced floods; "
+     .. "events = delta run_cnt "
      .. "(ev/pkt: per datagram sent, 2 = datagram + ICMP reply); pps traced: the better of the two "
      .. "floods; untraced: the better of the untraced floods just before and after; delivered, "
      .. "lost: over the tracer's life. See bench/README.md.")

@@ -485,7 +485,7 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 	__u32 linear_end = (__u32)(data - head) + ev->len - ev->data_len;
 	__u32 avail = linear_end > start ? linear_end - start : 0;
 	__u32 want = cfg.snaplen;
-	const bool parse = (cfg.need & NDQ_NEED_HEADERS) || filter_l3l4();
+	const bool parse = (cfg.need & (NDQ_NEED_HEADERS | NDQ_NEED_L4)) || filter_l3l4();
 	/* addresses only for the output or an address filter (a port filter skips their copies) */
 	const bool addrs = (cfg.need & NDQ_NEED_HEADERS) || cfg.saddr.n || cfg.daddr.n ||
 			   cfg.host.n;
@@ -513,11 +513,17 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 		const __u8 *pkt = bpf_rdonly_cast(head + start, 0);
 		__u32 l2 = net >= start ? net - start : 0;
 
-		if (filter_l3l4() &&
+		/* the peek is all a filter on them, or proto and the ports alone, need */
+		if ((filter_l3l4() || !(cfg.need & NDQ_NEED_HEADERS)) &&
 		    peek_headers(ev, pkt, l2, avail < want ? avail : want,
-				 cfg.saddr.n || cfg.daddr.n || cfg.host.n) &&
-		    !l3l4_filter(ev))
-			return 0;
+				 cfg.saddr.n || cfg.daddr.n || cfg.host.n)) {
+			if (filter_l3l4() && !l3l4_filter(ev))
+				return 0;
+			if (!(cfg.need & NDQ_NEED_HEADERS) && !cfg.snaplen) {
+				ev->l2_len = l2;
+				return 1;
+			}
+		}
 		if (!cfg.snaplen) {
 			ev->flags = 0;
 			ev->l3 = 0;

@@ -101,6 +101,10 @@ enum {
 	/* sojourn_ns, xmit_ns, xmit_rc, drop_reason: loads and attaches the fate programs
 	 * (bpf/latency.bpf.h); outside NDQ_NEED_ALL, so that only asking for them costs */
 	NDQ_NEED_LATENCY = 256,
+	/* proto, sport, dport without the rest of the headers: where the kernel can (Linux 6.16+,
+	 * bpf/decode.h peek_headers) they come from a few loads instead of the whole decoding.
+	 * NDQ_NEED_HEADERS covers them; outside NDQ_NEED_ALL, which has HEADERS */
+	NDQ_NEED_L4 = 512,
 };
 
 /* Event flags (netdevq_event.flags). */

@@ -57,7 +57,7 @@ describe("netdevq.abi #unit", function()
             assert.are.equal(6, abi.AGG_KEYS_MAX)
             assert.are.equal(24, abi.AGG_KEY_SLOT)
             assert.are.same({ HEADERS = 1, NETNS = 2, GSO = 4, CGROUP = 8, TASK = 16, DEV = 32,
-                              TS = 64, OWNER = 128, ALL = 255, LATENCY = 256 }, abi.NEED)
+                              TS = 64, OWNER = 128, ALL = 255, LATENCY = 256, L4 = 512 }, abi.NEED)
             assert.are.same({ MAC = 1, L4 = 2, TCP = 4, FRAG = 8, ICMP = 16, VLAN = 32,
                               VLAN_HW = 64, IPFRAG = 128, IP6 = 256, ARP = 512, OWNER = 0x8000,
                               XMIT = 0x1000, XMIT_DONE = 0x2000, DROP = 0x4000 }, abi.EV)

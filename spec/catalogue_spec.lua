@@ -141,11 +141,12 @@ describe("netdevq.catalogue #unit", function()
                               when_nonzero = 0 }, loc("arp_spa"))
         end)
 
-        it("needs HEADERS for the parsed fields, TASK, DEV, TS, NETNS, GSO, CGROUP, OWNER for theirs", function()
-            local H = abi.NEED.HEADERS
+        it("needs HEADERS for the parsed fields (L4 for proto and the ports alone), TASK, DEV, TS, NETNS, GSO, "
+            .. "CGROUP, OWNER for theirs", function()
+            local H, L4 = abi.NEED.HEADERS, abi.NEED.L4
             local expect = {
-                ethertype = H, smac = H, dmac = H, saddr = H, daddr = H, proto = H, sport = H,
-                dport = H, tcp_flags = H, ttl = H, tos = H, icmp_type = H, icmp_code = H,
+                ethertype = H, smac = H, dmac = H, saddr = H, daddr = H, proto = L4, sport = L4,
+                dport = L4, tcp_flags = H, ttl = H, tos = H, icmp_type = H, icmp_code = H,
                 vlan_id = H, vlan_pcp = H, vlan_proto = H, frag_off = H, ip6_ext = H,
                 arp_op = H, arp_sha = H, arp_spa = H, arp_tha = H, arp_tpa = H,
                 netns = abi.NEED.NETNS, netns_name = abi.NEED.NETNS, gso_size = abi.NEED.GSO,
@@ -160,6 +161,7 @@ describe("netdevq.catalogue #unit", function()
                 xmit_rc = abi.NEED.LATENCY, drop_reason = abi.NEED.LATENCY,
             }
             assert.are.equal(0, bit.band(abi.NEED.ALL, abi.NEED.LATENCY)) -- asked for only
+            assert.are.equal(0, bit.band(abi.NEED.ALL, abi.NEED.L4)) -- HEADERS covers it
             for _, field in ipairs(catalogue.fields) do
                 assert.are.equal(expect[field.name] or 0, field.need_bits, field.name)
             end
@@ -617,9 +619,10 @@ describe("netdevq.catalogue #unit", function()
             assert.are.equal(0, catalogue.needs{ "len", "skb", "cpu", "mark" })
             assert.are.equal(abi.NEED.TASK + abi.NEED.TS, catalogue.needs{ "pid", "comm", "time" })
             assert.are.equal(abi.NEED.HEADERS + abi.NEED.NETNS, catalogue.needs{ "saddr", "netns" })
-            assert.are.equal(abi.NEED.ALL, catalogue.needs{ "cgroup", "gso_segs", "tcp_flags",
-                                                         "netns", "dport", "comm", "dev", "ts",
-                                                         "owner_uid" })
+            assert.are.equal(abi.NEED.ALL + abi.NEED.L4, catalogue.needs{ "cgroup", "gso_segs",
+                                                         "tcp_flags", "netns", "dport", "comm", "dev",
+                                                         "ts", "owner_uid" })
+            assert.are.equal(abi.NEED.L4 + abi.NEED.DEV, catalogue.needs{ "proto", "sport", "dev" })
             assert.are.equal(0, catalogue.needs{})
         end)
 

@@ -27,9 +27,13 @@ end
 -- snap: the header bytes each event carries (-s). With none (0), a kernel that allows it
 -- (Linux 6.16+) decodes the headers in place instead of in a copy; a port or protocol filter
 -- then first looks at the bytes it checks. Both ways must give the same fields.
-local function cli_argv(mode, pcapng, filter, expr, snap)
+local function cli_argv(mode, pcapng, filter, expr, snap, fields)
     local args = { "-d", "60", "--mode", mode, "-F", "json", "-s", tostring(snap or 256), "-f",
         filter }
+    if fields then
+        args[#args + 1] = "-o"
+        args[#args + 1] = fields
+    end
     if pcapng then
         args[#args + 1] = "-w"
         args[#args + 1] = pcapng
@@ -38,8 +42,8 @@ local function cli_argv(mode, pcapng, filter, expr, snap)
     return clirun.cli_argv(args)
 end
 
-local function start_tracer(mode, pcapng, filter, expr, snap)
-    local p = netns.spawn(cli_argv(mode, pcapng, filter, expr, snap))
+local function start_tracer(mode, pcapng, filter, expr, snap, fields)
+    local p = netns.spawn(cli_argv(mode, pcapng, filter, expr, snap, fields))
     live.wait_ready(p, mode)
     return p
 end
@@ -139,6 +143,8 @@ describe("decoding real traffic #root", function()
             local proto_filter = "(" .. filter .. ") and proto == \"udp\""
             local ports = start_tracer(mode, nil, port_filter, nil, 0)
             local protos = start_tracer(mode, nil, proto_filter, nil, 0)
+            -- proto and the ports alone: the kernel reads just them where it can
+            local l4_only = start_tracer(mode, nil, filter, nil, 0, "dev,netns,len,proto,sport,dport")
             local ca, cb = start_capture(pair, "a", cap.a), start_capture(pair, "b", cap.b)
             local ok, out
             -- MLD: a new address joins its solicited-node group (hop-by-hop + ICMPv6 143)
@@ -182,6 +188,7 @@ describe("decoding real traffic #root", function()
             local events = stop_tracer(tracer)
             local events_in_place = stop_tracer(in_place)
             local port_events, proto_events = stop_tracer(ports), stop_tracer(protos)
+            local l4_events = stop_tracer(l4_only)
 
             local seen = {}
             for _, side in ipairs({ "a", "b" }) do
@@ -207,6 +214,14 @@ describe("decoding real traffic #root", function()
                 end
                 assert.same(want_ports, projected(on_side(port_events, pair, side)),
                     mode .. " port filter " .. side)
+                local l4_mine, l4_want = on_side(l4_events, pair, side), {}
+                assert.equal(#theirs, #l4_mine, mode .. " proto and ports alone: packets " .. side)
+                for i, t in ipairs(theirs) do
+                    l4_want[i] = { len = t.frame_len, proto = t.proto, sport = t.sport, dport = t.dport }
+                    local e = l4_mine[i] or {}
+                    l4_mine[i] = { len = e.len, proto = e.proto, sport = e.sport, dport = e.dport }
+                end
+                assert.same(l4_want, l4_mine, mode .. " proto and ports alone " .. side)
                 assert.same(want_protos, projected(on_side(proto_events, pair, side)),
                     mode .. " protocol filter " .. side)
                 if side == "a" then -- b only answers, with ICMP errors: no ports there

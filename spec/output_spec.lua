@@ -363,9 +363,9 @@ describe("netdevq.output #unit", function()
                               "daddr", "dport", "ethertype", "tcp_flags", "icmp_type",
                               "icmp_code", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "owner_comm",
                               "owner_pid" }, output.DEFAULT_FIELDS)
-            -- headers, the task (comm, pid), the device name, the timestamp and the socket
-            -- owner (comm and pid are its when known)
-            assert.are.equal(1 + 16 + 32 + 64 + 128, catalogue.needs(output.DEFAULT_FIELDS))
+            -- headers (and proto, ports: L4), the task (comm, pid), the device name, the
+            -- timestamp and the socket owner (comm and pid are its when known)
+            assert.are.equal(1 + 16 + 32 + 64 + 128 + 512, catalogue.needs(output.DEFAULT_FIELDS))
         end)
     end)
 end)

@@ -134,6 +134,7 @@ _M.NEED = {
     OWNER = ffi_C.NDQ_NEED_OWNER,
     ALL = ffi_C.NDQ_NEED_ALL,
     LATENCY = ffi_C.NDQ_NEED_LATENCY, -- not in ALL: only asked for
+    L4 = ffi_C.NDQ_NEED_L4, -- not in ALL: HEADERS covers it
 }
 
 -- netdevq_event.flags bits.
