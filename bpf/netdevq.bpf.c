@@ -635,6 +635,23 @@ static __always_inline __u64 wake_flags(struct scratch *s, __u64 size)
 	return BPF_RB_NO_WAKEUP;
 }
 
+/* Whether anything reads the members every event carries whatever `need` says (skb, mark,
+ * cpu, ...: the block before pid in struct netdevq_event): events go out, or an aggregation
+ * key or value lies there. An in-kernel count by device reads none of them. */
+static __always_inline bool common_read(void)
+{
+	const __u32 end = __builtin_offsetof(struct netdevq_event, pid);
+	bool used = cfg.emit;
+
+#pragma unroll
+	for (int i = 0; i < NDQ_AGG_KEYS_MAX; i++)
+		if (i < cfg.agg_nkeys && cfg.agg_key[i].off < end)
+			used = true;
+	if (cfg.agg_has_value && cfg.agg_value.off < end)
+		used = true;
+	return used;
+}
+
 /* A matched event out: into the aggregation and/or the ring buffer (from handle(), or from
  * bpf/latency.bpf.h when its fate is known). */
 static __always_inline void deliver(struct scratch *s, struct counters *cnt)
@@ -820,14 +837,16 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	}
 	if (cfg.need & NDQ_NEED_TS)
 		ev->ts = bpf_ktime_get_ns();
-	ev->mark = SKB(mark);
-	ev->queue = SKB(queue_mapping);
-	ev->priority = SKB(priority);
-	ev->mac_len = SKB(mac_len);
-	ev->hdr_len = SKB(hdr_len);
-	ev->hash = SKB(hash);
-	ev->skb = (__u64)skb;
-	ev->cpu = bpf_get_smp_processor_id();
+	if (common_read()) {
+		ev->mark = SKB(mark);
+		ev->queue = SKB(queue_mapping);
+		ev->priority = SKB(priority);
+		ev->mac_len = SKB(mac_len);
+		ev->hdr_len = SKB(hdr_len);
+		ev->hash = SKB(hash);
+		ev->skb = (__u64)skb;
+		ev->cpu = bpf_get_smp_processor_id();
+	}
 	if (!in_place) /* in_place: no paths, no kstack (and no room for them in the record) */
 		finish_paths(ctx, ev, skb, s->skb);
 
