@@ -126,9 +126,27 @@ struct {
 	__type(value, __u8);
 } sets SEC(".maps");
 
+/* Large sets whose values all lie below 65536, as bitmaps (netdevq.h NDQ_SET_IN_BITS): an array
+ * lookup is inlined, a hash lookup is a call (~55 ns here) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1); /* the loader sets the size: NDQ_SET_BITS_WORDS per such set */
+	__type(key, __u32);
+	__type(value, __u64);
+} set_bits SEC(".maps");
+
 /* v is in cfg's set at offset off (IN_SET: the member by name) */
 static __always_inline int in_set_at(const volatile struct netdevq_u32_set *s, __u32 off, __u32 v)
 {
+	if (s->n == NDQ_SET_IN_BITS) {
+		__u32 word = s->v[0] * NDQ_SET_BITS_WORDS + ((v >> 6) & (NDQ_SET_BITS_WORDS - 1));
+		__u64 *bits;
+
+		if (v > 0xffff)
+			return 0;
+		bits = bpf_map_lookup_elem(&set_bits, &word);
+		return bits && ((*bits >> (v & 63)) & 1);
+	}
 	if (s->n == NDQ_SET_IN_MAP) {
 		struct netdevq_set_key k = { .set = off, .v = v };
 		return bpf_map_lookup_elem(&sets, &k) != NULL;

@@ -206,6 +206,11 @@ enum {
 	NDQ_SET_IN_MAP = 0x10000, /* netdevq_u32_set.n: the values are in the map */
 	NDQ_SET_MAP_MAX =
 		4096, /* values of one set the map may hold (a "!= x" of 65535 stays in Lua) */
+	/* netdevq_u32_set.n of such a set whose values all lie below 65536 (ports, protocols,
+	 * queues, ...), as the loader rewrites it (csrc/sets.c): a bitmap of NDQ_SET_BITS_WORDS
+	 * 64-bit words in the array map "set_bits", from word v[0] * NDQ_SET_BITS_WORDS on */
+	NDQ_SET_IN_BITS = 0x20000,
+	NDQ_SET_BITS_WORDS = 1024,
 };
 
 struct netdevq_set_key {

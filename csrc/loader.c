@@ -20,6 +20,7 @@
 #include "owner.h"
 #include "pcap_filter.h"
 #include "pcap_kernel.h"
+#include "sets.h"
 
 #define PCAP_BUDGET_MS 10000 /* libpcap's optimizer is slow on long expressions */
 
@@ -33,6 +34,7 @@ struct open_opts {
 	size_t object_len, pcap_len;
 	const char *set_values; /* struct netdevq_set_key[]: the values of the sets kept in a map */
 	size_t set_values_len;
+	int set_bitmaps;  /* those sets that became bitmaps (csrc/sets.c) */
 	const char *path; /* the read path in use: read_path(), then "probe" after a fallback */
 	int ringbuf_size, batch, agg_keys, pcap_snaplen;
 	struct netdevq_config cfg;
@@ -121,6 +123,7 @@ static void read_options(lua_State *L, struct open_opts *o)
 	if (config)
 		memcpy(&o->cfg, config, sizeof(o->cfg));
 	ndq_owner_config(&o->cfg);
+	o->set_bitmaps = ndq_sets_plan(&o->cfg, o->set_values, o->set_values_len);
 }
 
 /* --- the raw-mode read path (--read) ---------------------------------------------------------
@@ -398,9 +401,7 @@ static void size_maps(struct tracer *t, const struct open_opts *o)
 		t->agg_value_size = offsetof(struct netdevq_agg_value, slot);
 	}
 	bpf_map__set_value_size(aggs, t->agg_value_size);
-	if (o->set_values_len)
-		bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "sets"),
-					 o->set_values_len / sizeof(struct netdevq_set_key));
+	ndq_sets_size(t->obj, cfg, o->set_values, o->set_values_len, o->set_bitmaps);
 	if (!cfg->follow_pid) {
 		bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "tracked"), 1);
 		bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "exited"), 1);
@@ -410,7 +411,8 @@ static void size_maps(struct tracer *t, const struct open_opts *o)
 /* Config, map sizes and programs of the opened object: -1 with msg set */
 static int configure_object(struct tracer *t, const struct open_opts *o, char *msg, size_t msglen)
 {
-	static const char *maps[] = { "events", "aggs", "tracked", "exited", "counters", "sets" };
+	static const char *maps[] = { "events",	  "aggs", "tracked", "exited",
+				      "counters", "sets", "set_bits" };
 	struct bpf_map *rodata = map_by_suffix(t->obj, ".rodata");
 	struct bpf_program *p;
 	size_t cfg_off = 0;
@@ -444,26 +446,6 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 	if (ndq_kstack_setup(t->obj, &o->cfg)) {
 		snprintf(msg, msglen, "this BPF object cannot capture kernel stacks: rebuild it");
 		return -1;
-	}
-	return 0;
-}
-
-/* The values of the large filter sets into the map "sets" (before attach): -1 with msg set */
-static int fill_sets(struct tracer *t, const struct open_opts *o, char *msg, size_t msglen)
-{
-	int fd = bpf_map__fd(bpf_object__find_map_by_name(t->obj, "sets"));
-	size_t n = o->set_values_len / sizeof(struct netdevq_set_key);
-	__u8 one = 1;
-
-	for (size_t i = 0; i < n; i++) {
-		struct netdevq_set_key k;
-
-		memcpy(&k, o->set_values + i * sizeof(k), sizeof(k));
-		if (bpf_map_update_elem(fd, &k, &one, BPF_ANY)) {
-			snprintf(msg, msglen, "setting the kernel filter's sets failed (%s)",
-				 strerror(errno));
-			return -1;
-		}
 	}
 	return 0;
 }
@@ -522,7 +504,8 @@ static int open_and_load(struct tracer *t, struct open_opts *o, struct bpf_objec
 		return 1;
 	}
 	if (rc == 0)
-		return fill_sets(t, o, msg, msglen);
+		return ndq_sets_fill(t->obj, &o->cfg, o->set_values, o->set_values_len,
+				     o->set_bitmaps, msg, msglen);
 	if (strcmp(o->path, "direct") != 0)
 		return -1;
 	if (strcmp(o->read, "direct") == 0) {

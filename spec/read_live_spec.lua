@@ -173,6 +173,34 @@ describe("raw-mode read paths on live traffic #root", function()
         assert.is_true(gso >= 1, "no GSO packet in 200000 bytes of TCP")
     end)
 
+    it("checks a 12-mark set of large values in the kernel (a hash, not a bitmap): exact packets", function()
+        netns.require_root()
+        local netdevq = require("netdevq")
+        local marks = { "mark == 7" }
+        for i = 1, 11 do
+            marks[#marks + 1] = "mark == " .. (100000 + i)
+        end
+        local expr = ("(netns == %d or netns == %d) and (%s)"):format(pair.netns_a, pair.netns_b,
+            table.concat(marks, " or "))
+        for _, read in ipairs({ "probe", "direct" }) do
+            local t = assert(netdevq.open{ filter = expr, read = read })
+            finally(function() t:close() end)
+            assert.is_nil(t.plan.match) -- nothing left to Lua
+            local got = {}
+            t:on_event(function(ev) got[#got + 1] = ev.len .. " " .. ev.mark end)
+            live.send(pair, "a", { "--mark", "7", "udp4", pair.ip4_a, pair.ip4_b, "7000", "40000", "100,300" })
+            live.send(pair, "a", { "--mark", "9", "udp4", pair.ip4_a, pair.ip4_b, "7000", "40000", "100" })
+            live.send(pair, "a", { "--mark", "100012", "udp4", pair.ip4_a, pair.ip4_b, "7000", "40000", "100" })
+            drain({ t })
+            table.sort(got)
+            assert.are.same({ "142 7", "342 7" }, got, read)
+            local st = t:stats()
+            assert.are.same({ 2, 2, 0, st.seen - 2, 0 },
+                { st.emitted, st.received, st.lua_filtered, st.kfiltered, st.lost }, read)
+            t:close()
+        end
+    end)
+
     it("checks a 64-port set in the kernel: the exact packets pass, nothing else crosses", function()
         netns.require_root()
         local netdevq = require("netdevq")
