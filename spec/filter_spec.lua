@@ -767,7 +767,7 @@ describe("netdevq.filter #unit", function()
             assert.are.same({ dev = { "eth0" }, proto = { 6 }, dport = { 443 },
                               len = { 1001, U32 } }, t)
             assert.is_nil(rest)
-            assert.are.equal(1 + 32, need) -- headers, the device
+            assert.are.equal(abi.NEED.L4 + abi.NEED.DEV, need) -- proto and the port alone, the device
             assert.are.same({ "len", "dev", "proto", "dport" }, pushed)
         end)
 
