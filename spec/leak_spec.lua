@@ -58,17 +58,17 @@ describe("netdevq gives everything back #root", function()
             t:close()
             t:close() -- idempotent
         end
-        -- what one tracer holds: its program(s), link(s) and the fifteen maps (kstacks, sets,
-        -- pcap_frame and lat_held among them); every field (no `fields`) and follow_pid include
+        -- what one tracer holds: its program(s), link(s) and the sixteen maps (kstacks, sets,
+        -- set_bits, pcap_frame and lat_held among them); every field (no `fields`) and follow_pid include
         -- the socket owner: six more programs and links; follow_pid adds sched_process_fork and
         -- sched_process_exit; sojourn_ns the four fate programs
-        assert.same({ { 7, 7, 15 }, { 7, 7, 15 }, { 1, 1, 15 }, { 9, 9, 15 }, { 5, 5, 15 } }, per_variant)
+        assert.same({ { 7, 7, 16 }, { 7, 7, 16 }, { 1, 1, 16 }, { 9, 9, 16 }, { 5, 5, 16 } }, per_variant)
         assert.same({}, bpfobjs.diff(before, bpfobjs.fds()))
         assert.same({ prog = {}, map = {}, link = {} }, bpfobjs.held(pid))
         assert.same({}, bpfobjs.still_loaded(ids))
         -- ids are never reused: every cycle loaded its own objects
         assert.equal((7 + 7 + 1 + 9 + 5) * CYCLES / 5, count(ids.prog))
-        assert.equal(CYCLES * 15, count(ids.map))
+        assert.equal(CYCLES * 16, count(ids.map))
     end)
 
     it("when a tracer is only dropped: the garbage collector closes it", function()
@@ -158,8 +158,8 @@ describe("netdevq gives everything back #root", function()
         assert.is_true(run:wait_err("Ctrl%-C to stop\n", 20), run:err_text())
         clirun.sleep(1)
         local held = bpfobjs.held(run.pid)
-        assert.same({ 1, 1, 15 }, { count(held.prog), count(held.link), count(held.map) })
-        assert.equal(#bpfobjs.still_loaded(held, 0), 17) -- bpftool sees them all while it runs
+        assert.same({ 1, 1, 16 }, { count(held.prog), count(held.link), count(held.map) })
+        assert.equal(#bpfobjs.still_loaded(held, 0), 18) -- bpftool sees them all while it runs
         assert.is_true(run:kill("KILL"))
         local r = run:wait(10)
         assert.equal(137, r.code) -- 128 + SIGKILL
