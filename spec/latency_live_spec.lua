@@ -75,12 +75,12 @@ describe("queue latency and drops #root", function()
             -- the oracle: bpftrace joins the same two tracepoints on the skb
             local script = dir .. "/join.bt"
             local f = assert(io.open(script, "w"))
-            f:write(([[
+            f:write(live.bpftrace_attached(([[
 tracepoint:net:net_dev_queue /args->len == %d && ((struct sk_buff *)args->skbaddr)->dev->nd_net.net->ns.inum == %d/
 { @q[args->skbaddr] = nsecs; }
 tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
 { printf("J %%lx %%lu\n", (uint64)args->skbaddr, nsecs - @q[args->skbaddr]); delete(@q[args->skbaddr]); }
-]]):format(FRAME, pair.netns_a))
+]]):format(FRAME, pair.netns_a)))
             f:close()
             local unmount = live.tracefs()
             local bt
@@ -89,7 +89,7 @@ tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
                 unmount()
             end)
             bt = netns.spawn({ "bpftrace", script })
-            assert(live.wait_line(bt, "^Attaching"), "bpftrace did not attach")
+            assert(live.wait_line(bt, live.BPFTRACE_READY_PATTERN), "bpftrace did not attach")
             local cli = start_cli({ "--mode", mode, "-F", "json", "-o", FIELDS, "-f", "netns == " .. pair.netns_a })
             burst(pair, N)
             clirun.sleep(N * TICK / 1e9 + 0.5)
@@ -142,7 +142,8 @@ tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
                 :format(start - origin))
             for _, e in ipairs(after) do
                 local due = origin + e.bytes * 8 / RATE * 1e9
-                assert.is_true(e.dep > due - EARLY_NS and e.dep < due + LATE_NS,
+                -- (>=: the departure that sets the origin lies exactly EARLY_NS early)
+                assert.is_true(e.dep >= due - EARLY_NS and e.dep < due + LATE_NS,
                     ("left %d ns after the schedule"):format(e.dep - due))
             end
             -- and so the wait grows by ~TICK per datagram, less the time between their queueing

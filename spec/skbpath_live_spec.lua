@@ -61,11 +61,9 @@ local function ensure_tracefs()
 end
 
 local function spawn_bpftrace(program)
-    local bt = netns.spawn({ "bpftrace", "-e", program })
+    local bt = netns.spawn({ "bpftrace", "-e", live.bpftrace_attached(program) })
     defer(function() bt:kill("INT") end)
-    repeat
-        local l = bt:line()
-    until l == nil or l:match("^Attaching")
+    assert(live.wait_line(bt, live.BPFTRACE_READY_PATTERN), "bpftrace did not attach")
     return bt
 end
 

@@ -258,6 +258,14 @@ function _M.tracefs()
     return function() netns.run({ "umount", "/sys/kernel/tracing" }) end
 end
 
+-- bpftrace prints "Attaching N probes..." before it attaches them; its BEGIN probe fires once all
+-- are attached. attached(program): the program, printing READY from BEGIN first; wait for
+-- READY_PATTERN, not for "Attaching" (an early packet would be missed under load).
+_M.BPFTRACE_READY_PATTERN = "^bpftrace%-attached"
+function _M.bpftrace_attached(program)
+    return 'BEGIN { printf("bpftrace-attached\\n"); }\n' .. program
+end
+
 function _M.inode(path)
     local ok, out = netns.run({ "stat", "-c", "%i", path })
     assert(ok, out)
