@@ -139,12 +139,12 @@ struct {
 static __always_inline int in_set_at(const volatile struct netdevq_u32_set *s, __u32 off, __u32 v)
 {
 	if (s->n == NDQ_SET_IN_BITS) {
-		__u32 word = s->v[0] * NDQ_SET_BITS_WORDS + ((v >> 6) & (NDQ_SET_BITS_WORDS - 1));
+		__u32 word = s->v[0] * NDQ_SET_BITS_WORDS + (v >> 6);
 		__u64 *bits;
 
 		if (v > 0xffff)
 			return 0;
-		bits = bpf_map_lookup_elem(&set_bits, &word);
+		bits = bpf_map_lookup_elem(&set_bits, &word); /* bounds-checked */
 		return bits && ((*bits >> (v & 63)) & 1);
 	}
 	if (s->n == NDQ_SET_IN_MAP) {
@@ -492,7 +492,9 @@ static __always_inline __u64 read_cgroup(void)
 /* Header bytes start at the link header (reset by __dev_queue_xmit before the tracepoint), or at
  * the network header when the device has none. One read serves parsing and the snap bytes: into
  * the event when it needs no parsing (or is the scratch event carrying all NDQ_SNAP_MAX bytes),
- * else into scratch, and the snaplen bytes the event carries are copied from there. */
+ * else into scratch, and the snaplen bytes the event carries are copied from there.
+ * Returns 0 when the kernel filter on the protocol, an address or a port rejects the packet
+ * (also when the read failed: then nothing parsed, and such a filter must fail). */
 static __always_inline int read_headers(struct scratch *s, struct netdevq_event *ev,
 					struct sk_buff *skb, const bool btf, const bool in_place)
 {
@@ -500,13 +502,15 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 	unsigned char *data = SKB(data);
 	__u16 mac = SKB(mac_header), net = SKB(network_header);
 	__u32 start = mac != (__u16)~0U ? mac : net;
+	__u32 l2 = net >= start ? net - start : 0;
 	__u32 linear_end = (__u32)(data - head) + ev->len - ev->data_len;
 	__u32 avail = linear_end > start ? linear_end - start : 0;
-	__u32 want = cfg.snaplen;
+	__u32 want = cfg.snaplen, span;
 	const bool parse = (cfg.need & (NDQ_NEED_HEADERS | NDQ_NEED_L4)) || filter_l3l4();
+	const bool filter_addrs = cfg.saddr.n || cfg.daddr.n || cfg.host.n;
 	/* addresses only for the output or an address filter (a port filter skips their copies) */
-	const bool addrs = (cfg.need & NDQ_NEED_HEADERS) || cfg.saddr.n || cfg.daddr.n ||
-			   cfg.host.n;
+	const bool addrs = (cfg.need & NDQ_NEED_HEADERS) || filter_addrs;
+	bool decided = !filter_l3l4(); /* the filter has passed (or there is none) */
 
 	ev->flags = 0;
 	ev->l3 = 0;
@@ -516,6 +520,7 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 		want = PARSE_BYTES;
 	if (want > NDQ_SNAP_MAX)
 		want = NDQ_SNAP_MAX;
+	span = avail < want ? avail : want; /* the bytes decoding may look at */
 	/* decoding reads a few bytes past an offset below NDQ_SNAP_MAX: only the scratch event has
 	 * room after its snap, a ring record ends there */
 	const bool own = parse && (cfg.snaplen < NDQ_SNAP_MAX || in_place);
@@ -529,14 +534,13 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 	if (btf && parse &&
 	    bpf_core_enum_value_exists(enum bpf_features, BPF_FEAT_RDONLY_CAST_TO_VOID)) {
 		const __u8 *pkt = bpf_rdonly_cast(head + start, 0);
-		__u32 l2 = net >= start ? net - start : 0;
 
 		/* the peek is all a filter on them, or proto and the ports alone, need */
-		if ((filter_l3l4() || !(cfg.need & NDQ_NEED_HEADERS)) &&
-		    peek_headers(ev, pkt, l2, avail < want ? avail : want,
-				 cfg.saddr.n || cfg.daddr.n || cfg.host.n)) {
-			if (filter_l3l4() && !l3l4_filter(ev))
+		if ((!decided || !(cfg.need & NDQ_NEED_HEADERS)) &&
+		    peek_headers(ev, pkt, l2, span, filter_addrs)) {
+			if (!decided && !l3l4_filter(ev))
 				return 0;
+			decided = true; /* the decoding below gives these members the same values */
 			if (!(cfg.need & NDQ_NEED_HEADERS) && !cfg.snaplen) {
 				ev->l2_len = l2;
 				return 1;
@@ -546,21 +550,21 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 			ev->flags = 0;
 			ev->l3 = 0;
 			ev->l2_len = l2;
-			decode_headers(ev, pkt, l2, avail < want ? avail : want,
-				       bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci), addrs);
-			return 1;
+			decode_headers(ev, pkt, l2, span, bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci),
+				       addrs);
+			return decided || l3l4_filter(ev);
 		}
 	}
 	if (want && bpf_probe_read_kernel(buf, want, head + start) == 0) {
 		ev->snap_len = avail < cfg.snaplen ? avail : cfg.snaplen;
-		ev->l2_len = net >= start ? net - start : 0;
+		ev->l2_len = l2;
 		if (parse)
-			decode_headers(ev, buf, ev->l2_len, avail < want ? avail : want,
-				       bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci), addrs);
+			decode_headers(ev, buf, l2, span, bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci),
+				       addrs);
 		if (own && cfg.snaplen)
 			bpf_probe_read_kernel(ev->snap, cfg.snaplen, buf);
 	}
-	return 1;
+	return decided || l3l4_filter(ev);
 }
 
 /* --- pcap-filter expressions decided in the kernel (issue 16) ---------------------------------
@@ -796,10 +800,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 			goto filtered;
 	}
 
-	if (!read_headers(s, ev, skb, btf, in_place)) /* its first look rejected the packet */
-		goto filtered;
-	/* also when the read failed: then nothing parsed, and L3/L4 conditions must fail */
-	if (filter_l3l4() && !l3l4_filter(ev))
+	if (!read_headers(s, ev, skb, btf, in_place)) /* the protocol, address, port filter */
 		goto filtered;
 	if (cfg.pcap && !pcap_match(s, skb, btf)) /* issue 16 */
 		goto filtered;

@@ -51,9 +51,10 @@ int ndq_on_sample(void *ctx, void *data, size_t size)
 		size = sizeof(*dst);
 	memcpy(dst, data, size);
 	/* a record may end before snap (no snap bytes, no fate members) or within it */
-	if (dst->snap_len > (size > offsetof(struct netdevq_event, snap) ?
-				     size - offsetof(struct netdevq_event, snap) :
-				     0))
+	size_t snap_room = size > offsetof(struct netdevq_event, snap) ?
+				   size - offsetof(struct netdevq_event, snap) :
+				   0;
+	if (dst->snap_len > snap_room)
 		dst->snap_len = 0;
 	if (t->pcap && !t->pcap_kernel && !ndq_pcap_match_event(t->pcap, dst)) {
 		t->pcap_dropped++;
