@@ -137,7 +137,7 @@ describe("netdevq CLI #root", function()
         assert(live.wait_line(bt, live.BPFTRACE_READY_PATTERN), "bpftrace did not attach")
         -- device names repeat across namespaces (other runs may have an ndqa1 too): scope both
         proc = cli({ "-o", "comm,pid,dev,len,mac_len,hdr_len", "-I", pair.veth_a,
-            "-f", "netns == " .. pair.netns_a, "-d", "3" })
+            "-f", "netns == " .. pair.netns_a, "-d", "60" })
         wait_ready(proc)
         local listener = live.listener(pair, "b", pair.ip4_b, 8081)
         assert.is_true((pair:exec("a", { netns.ndq_send(), "tcp4", pair.ip4_a, pair.ip4_b, "8081",
@@ -145,9 +145,8 @@ describe("netdevq CLI #root", function()
         assert.is_true((pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b, "7003",
             "40103", "1,100" })))
         listener:wait()
-        local _, code, lines = proc:wait()
+        local _, code, lines = live.stop_spawned(proc)
         assert.equal(0, code)
-        os.execute("sleep 0.3")
         bt:kill("INT")
         local _, _, bt_lines = bt:wait()
         local ours, theirs = {}, {}

@@ -79,10 +79,10 @@ describe("sk_buff member paths on live traffic #root", function()
                                              "1400" })))
             local scope = "netns == " .. pair.netns_a
             local all = cli({ "--mode", mode, "-F", "json", "-o", "dev,len,skb.dev.mtu", "-f",
-                              scope, "-d", "4" })
+                              scope, "-d", "60" })
             defer(function() all:kill("INT") end)
             local picked = cli({ "--mode", mode, "-F", "json", "-o", "dev,len,skb.dev.mtu", "-f",
-                                 scope .. " and skb.dev.mtu < 1500", "-d", "4" })
+                                 scope .. " and skb.dev.mtu < 1500", "-d", "60" })
             defer(function() picked:kill("INT") end)
             wait_ready(all)
             wait_ready(picked)
@@ -97,9 +97,9 @@ describe("sk_buff member paths on live traffic #root", function()
             assert.is_true((pair:exec("a", { netns.ndq_send(), "udp4", "127.0.0.1", "127.0.0.1",
                                              "7101", "40101", "50,60" })))
             rx:wait()
-            local _, code, lines = all:wait()
+            local _, code, lines = live.stop_spawned(all)
             assert.equal(0, code)
-            local _, pcode, plines = picked:wait()
+            local _, pcode, plines = live.stop_spawned(picked)
             assert.equal(0, pcode)
 
             local seen = {}
@@ -137,13 +137,13 @@ describe("sk_buff member paths on live traffic #root", function()
             local proc = cli({ "--mode", mode, "-F", "json", "-o",
                                "skb.len,skb.sk.sk_rcvbuf,skb.mark,skb.priority,skb.ip_summed,"
                                .. "skb.dev.mtu", "-I", pair.veth_a,
-                               "-f", "netns == " .. pair.netns_a, "-d", "3" })
+                               "-f", "netns == " .. pair.netns_a, "-d", "60" })
             defer(function() proc:kill("INT") end)
             wait_ready(proc)
             assert.is_true((pair:exec("a", { netns.ndq_send(), "--mark", "7", "--priority", "5",
                                              "--rcvbuf", "65536", "udp4", pair.ip4_a, pair.ip4_b,
                                              "7102", "40102", "100,200" })))
-            local _, code, lines = proc:wait()
+            local _, code, lines = live.stop_spawned(proc)
             assert.equal(0, code)
             os.execute("sleep 0.3")
             bt:kill("INT")
@@ -173,7 +173,7 @@ describe("aggregations on member paths #root", function()
         netns.require_root()
         local pair = assert(netns.pair{ name = "ndqh" })
         defer(function() pair:destroy() end)
-        local scope = { "-I", pair.veth_a, "-f", "netns == " .. pair.netns_a, "-d", "3" }
+        local scope = { "-I", pair.veth_a, "-f", "netns == " .. pair.netns_a, "-d", "60" }
         local function run(extra)
             local argv = { "--hist", "skb.sk.sk_wmem_queued", "--by", "dev,skb.dev.mtu" }
             for _, a in ipairs(extra) do argv[#argv + 1] = a end
@@ -197,7 +197,7 @@ describe("aggregations on member paths #root", function()
                                          "7104", "40104", "10,20" })))
         listener:wait()
         local function hist(proc)
-            local _, code, lines = proc:wait()
+            local _, code, lines = live.stop_spawned(proc)
             assert.equal(0, code)
             local out, on = {}, false
             for _, l in ipairs(lines) do
@@ -231,12 +231,12 @@ describe("kstack on live traffic #root", function()
             .. 'args->skbaddr)->dev->nd_net.net->ns.inum == %d/ { @[kstack] = count(); }',
             pair.veth_a, pair.netns_a))
         local proc = cli({ "--count", "kstack", "-I", pair.veth_a, "-f",
-                           "netns == " .. pair.netns_a, "-d", "3" })
+                           "netns == " .. pair.netns_a, "-d", "60" })
         defer(function() proc:kill("INT") end)
         wait_ready(proc)
         assert.is_true((pair:exec("a", { netns.ndq_send(), "udp4", pair.ip4_a, pair.ip4_b,
                                          "7103", "40103", "10,20,30" })))
-        local _, code, lines = proc:wait()
+        local _, code, lines = live.stop_spawned(proc)
         assert.equal(0, code)
         os.execute("sleep 0.3")
         bt:kill("INT")

@@ -179,6 +179,15 @@ function _M.stop_cli(bg)
     return r
 end
 
+--- Ctrl-C to a spawn_cli/netns.spawn run once the traffic is sent and its events are surely in;
+-- returns what proc:wait() returns. Live specs end their tracers this way, not by --duration:
+-- a duration counts from the start, and a loaded machine can spend it before the traffic ends.
+function _M.stop_spawned(proc)
+    clirun.sleep(0.3)
+    proc:kill("INT")
+    return proc:wait()
+end
+
 --- CLI runs a spec stops itself, and stops in after_each when a failed assertion left them
 -- running: local clis = live.tracked_clis(); clis.start(args), clis.stop(bg), clis.stop_all().
 function _M.tracked_clis()
