@@ -45,29 +45,43 @@ static __always_inline bool vlan_tpid(__u16 t)
 	return t == ETH_P_8021Q || t == ETH_P_8021AD;
 }
 
+enum { LINK_OTHER, LINK_ETHER, LINK_ETHER_TAGGED };
+
+/* The link header's kind, from the l2 bytes before the network header: Ethernet (and loopback,
+ * which fakes one), tagged when a VLAN tag follows the MACs, or another (none, tun, GRE ...).
+ * dev_type is known only in btf mode; without it a 14-byte link header, or a longer one
+ * starting with a VLAN tag, is taken for Ethernet. Decoding and the kernel's pcap expression
+ * (which picks libpcap's Ethernet or raw IP program by it) agree through this one place. */
+static __always_inline int link_kind(const __u8 *snap, __u32 l2, __u32 avail, __u16 dev_type)
+{
+	bool tagged;
+
+	if (l2 < 14 || l2 >= 64 || avail < 14)
+		return LINK_OTHER;
+	tagged = vlan_tpid(be16_at(snap + 12));
+	if (dev_type ? dev_type != ARPHRD_ETHER && dev_type != ARPHRD_LOOPBACK :
+		       l2 != 14 && !tagged)
+		return LINK_OTHER;
+	return tagged ? LINK_ETHER_TAGGED : LINK_ETHER;
+}
+
 /* The link layer: MACs and the tags in the frame. Returns the offset of the network header and
  * sets *etype to the network protocol (the frame's after its tags, else skb->protocol). */
 static __always_inline __u32 decode_l2(struct netdevq_event *ev, const __u8 *snap, __u32 l2,
 				       __u32 avail, __u16 *etype, const bool addrs)
 {
 	__u32 off = 14;
-	bool tagged;
+	int link = link_kind(snap, l2, avail, ev->dev_type);
 
 	*etype = ev->ethertype;
-	if (l2 < 14 || l2 >= 64 || avail < 14)
-		return l2;
-	tagged = vlan_tpid(be16_at(snap + 12));
-	/* Ethernet (and loopback, which fakes one). dev_type is known only in btf mode; without it
-	 * a 14-byte link header, or a longer one starting with a VLAN tag, is taken for Ethernet. */
-	if (ev->dev_type ? ev->dev_type != ARPHRD_ETHER && ev->dev_type != ARPHRD_LOOPBACK :
-			   l2 != 14 && !tagged)
+	if (link == LINK_OTHER)
 		return l2;
 	if (addrs) {
 		__builtin_memcpy(ev->dmac, snap, 6);
 		__builtin_memcpy(ev->smac, snap + 6, 6);
 	}
 	ev->flags |= NDQ_EV_MAC;
-	if (!tagged)
+	if (link != LINK_ETHER_TAGGED)
 		return l2;
 		/* The tags in the frame; the first is the fields' tag unless the skb holds one (outermost).
 	 * The network header follows the last, wherever skb->network_header points. */

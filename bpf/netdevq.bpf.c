@@ -495,16 +495,38 @@ static __always_inline __u64 read_cgroup(void)
  * else into scratch, and the snaplen bytes the event carries are copied from there.
  * Returns 0 when the kernel filter on the protocol, an address or a port rejects the packet
  * (also when the read failed: then nothing parsed, and such a filter must fail). */
+struct frame {
+	unsigned char *at; /* the link header, or the network header on a device without one */
+	__u32 l2;	   /* bytes before the network header */
+	__u32 avail;	   /* bytes from at to the end of the linear data */
+	__u16 dev_type;	   /* ARPHRD_* of the device where the sk_buff is a BTF pointer, else 0 */
+};
+
+/* Where the packet's headers lie (ev->len and ev->data_len read). */
+static __always_inline struct frame frame_of(struct scratch *s, struct netdevq_event *ev,
+					     struct sk_buff *skb, const bool btf)
+{
+	unsigned char *head = SKB(head);
+	__u16 mac = SKB(mac_header), net = SKB(network_header);
+	__u32 start = mac != (__u16)~0U ? mac : net;
+	__u32 linear_end = (__u32)(SKB(data) - head) + ev->len - ev->data_len;
+
+	return (struct frame){ .at = head + start,
+			       .l2 = net >= start ? net - start : 0,
+			       .avail = linear_end > start ? linear_end - start : 0,
+			       .dev_type = btf ? skb->dev->type : 0 };
+}
+
+/* Whether loads may reach any address safely (bpf_rdonly_cast to void: Linux 6.16+), for a
+ * program whose sk_buff is a BTF pointer (tp_btf, --read direct) */
+#define IN_PLACE_OK(btf) \
+	((btf) && bpf_core_enum_value_exists(enum bpf_features, BPF_FEAT_RDONLY_CAST_TO_VOID))
+
 static __always_inline int read_headers(struct scratch *s, struct netdevq_event *ev,
 					struct sk_buff *skb, const bool btf, const bool in_place)
 {
-	unsigned char *head = SKB(head);
-	unsigned char *data = SKB(data);
-	__u16 mac = SKB(mac_header), net = SKB(network_header);
-	__u32 start = mac != (__u16)~0U ? mac : net;
-	__u32 l2 = net >= start ? net - start : 0;
-	__u32 linear_end = (__u32)(data - head) + ev->len - ev->data_len;
-	__u32 avail = linear_end > start ? linear_end - start : 0;
+	struct frame fr = frame_of(s, ev, skb, btf);
+	__u32 l2 = fr.l2, avail = fr.avail;
 	__u32 want = cfg.snaplen, span;
 	const bool parse = (cfg.need & (NDQ_NEED_HEADERS | NDQ_NEED_L4)) || filter_l3l4();
 	const bool filter_addrs = cfg.saddr.n || cfg.daddr.n || cfg.host.n;
@@ -516,8 +538,11 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 	ev->l3 = 0;
 	ev->snap_len = 0;
 	ev->l2_len = 0;
-	if (parse && want < PARSE_BYTES)
-		want = PARSE_BYTES;
+	if (parse) {
+		ev->dev_type = fr.dev_type; /* read_dev's value: decoding goes by it (link_kind) */
+		if (want < PARSE_BYTES)
+			want = PARSE_BYTES;
+	}
 	if (want > NDQ_SNAP_MAX)
 		want = NDQ_SNAP_MAX;
 	span = avail < want ? avail : want; /* the bytes decoding may look at */
@@ -531,9 +556,8 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 	 * looks at the few bytes it checks (a packet it rejects costs no decode); with no snap bytes
 	 * to carry, the headers are decoded in place, no copy (a 192-byte probe read: ~80 ns). Same
 	 * bytes, same bounds: the same fields. */
-	if (btf && parse &&
-	    bpf_core_enum_value_exists(enum bpf_features, BPF_FEAT_RDONLY_CAST_TO_VOID)) {
-		const __u8 *pkt = bpf_rdonly_cast(head + start, 0);
+	if (parse && IN_PLACE_OK(btf)) {
+		const __u8 *pkt = bpf_rdonly_cast(fr.at, 0);
 
 		/* the peek is all a filter on them, or proto and the ports alone, need */
 		if ((!decided || !(cfg.need & NDQ_NEED_HEADERS)) &&
@@ -555,7 +579,7 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 			return decided || l3l4_filter(ev);
 		}
 	}
-	if (want && bpf_probe_read_kernel(buf, want, head + start) == 0) {
+	if (want && bpf_probe_read_kernel(buf, want, fr.at) == 0) {
 		ev->snap_len = avail < cfg.snaplen ? avail : cfg.snaplen;
 		ev->l2_len = l2;
 		if (parse)
@@ -570,10 +594,13 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 /* --- pcap-filter expressions decided in the kernel (issue 16) ---------------------------------
  * netdevq_pcap_eth and netdevq_pcap_raw are stubs whose bodies the loader replaces as the
  * program loads (csrc/pcap_kernel.c) with the translation of libpcap's program for an Ethernet
- * and a raw IP link (csrc/cbpf_ebpf.c); cfg.pcap says whether handle() calls them. They see
- * the packet as libpcap does on a live capture: from the link header (Ethernet; an offloaded
- * VLAN tag written back after the MACs) or from the IP header, the header bytes read (frame),
- * and past them the sk_buff's linear data at `data`. */
+ * and a raw IP link (csrc/cbpf_ebpf.c); cfg.pcap says whether handle() calls them, before any
+ * decoding (a rejected packet costs the expression alone). They see the packet as libpcap does
+ * on a live capture: from the link header (Ethernet; an offloaded VLAN tag written back after
+ * the MACs) or from the IP header. frame holds its first caplen bytes (at most NDQ_SNAP_MAX
+ * are loaded from it); past them the translation reads the linear data at `data` (linear bytes
+ * there). Where loads may reach any address (IN_PLACE_OK), frame is the packet itself; else,
+ * and for an offloaded tag, a per-CPU copy. */
 struct ndq_pcap_frame {
 	__u8 b[NDQ_SNAP_MAX];
 };
@@ -585,58 +612,93 @@ struct {
 	__type(value, struct ndq_pcap_frame);
 } pcap_frame SEC(".maps");
 
-/* the volatile and the asm keep the compiler from assuming what the stub returns or leaving
- * arguments it does not read unset */
-__noinline int netdevq_pcap_eth(const struct ndq_pcap_frame *frame, __u32 caplen, __u32 wirelen,
-				__u64 data, __u32 linear)
+/* Static, so that the verifier checks the spliced body at each call with the caller's registers
+ * (the packet, or the copy). The volatile and the asm keep the compiler from assuming what the
+ * stub returns, or dropping arguments it does not read. */
+static __noinline int netdevq_pcap_eth(const void *frame, __u32 caplen, __u32 wirelen,
+				       const void *data, __u32 linear)
 {
 	volatile int match = 1;
 
-	asm volatile("" ::"r"(caplen), "r"(wirelen), "r"(data), "r"(linear));
-	return frame ? match : 0;
+	asm volatile("" ::"r"(frame), "r"(caplen), "r"(wirelen), "r"(data), "r"(linear));
+	return match;
 }
 
-__noinline int netdevq_pcap_raw(const struct ndq_pcap_frame *frame, __u32 caplen, __u32 wirelen,
-				__u64 data, __u32 linear)
+static __noinline int netdevq_pcap_raw(const void *frame, __u32 caplen, __u32 wirelen,
+				       const void *data, __u32 linear)
 {
 	volatile int match = 1;
 
-	asm volatile("" ::"r"(caplen), "r"(wirelen), "r"(data), "r"(linear));
-	return frame ? match : 0;
+	asm volatile("" ::"r"(frame), "r"(caplen), "r"(wirelen), "r"(data), "r"(linear));
+	return match;
 }
 
-static __always_inline int pcap_match(struct scratch *s, struct sk_buff *skb, const bool btf)
+/* n bytes at p into the per-CPU frame from byte off (a constant), as many as fit */
+static __always_inline int frame_copy(struct ndq_pcap_frame *f, const __u32 off, const void *p,
+				      __u64 n)
 {
-	struct netdevq_event *ev = &s->ev;
-	/* a number, not a pointer the verifier follows (tp_btf): the program only passes it on */
-	unsigned char *head = btf ? BPF_CORE_READ(skb, head) : SKB(head);
-	__u16 mac = SKB(mac_header), net = SKB(network_header);
-	__u32 start = mac != (__u16)~0U ? mac : net;
-	__u64 data = (__u64)(head + start);
-	__u32 linear_end = (__u32)(SKB(data) - head) + ev->len - ev->data_len;
-	__u32 avail = linear_end > start ? linear_end - start : 0;
-	__u32 caplen = ev->snap_len, l2 = ev->l2_len, zero = 0;
+	const __u64 room = NDQ_SNAP_MAX - off;
+
+	if (n > room)
+		n = room;
+	barrier_var(n);
+	if (n > room) /* (the verifier's bound) */
+		return -1;
+	return bpf_probe_read_kernel(f->b + off, n, p);
+}
+
+static __always_inline int pcap_match(struct scratch *s, struct netdevq_event *ev,
+				      struct sk_buff *skb, const bool btf)
+{
+	struct frame fr = frame_of(s, ev, skb, btf);
+	__u16 tpid = bpf_ntohs(SKB(vlan_proto)), tci = SKB(vlan_tci);
+	__u32 zero = 0, l2;
 	struct ndq_pcap_frame *f;
+	int link;
 
-	if (!(ev->flags & NDQ_EV_MAC)) { /* from the IP header: past it in the frame, read it all */
-		l2 = l2 < avail ? l2 : avail;
-		return netdevq_pcap_raw((void *)ev->snap, 0, ev->len > l2 ? ev->len - l2 : 0,
-					data + l2, avail - l2);
+	if (IN_PLACE_OK(btf)) { /* the packet itself */
+		const __u8 *pkt = bpf_rdonly_cast(fr.at, 0);
+
+		link = link_kind(pkt, fr.l2, fr.avail, fr.dev_type);
+		if (link == LINK_OTHER) { /* from the IP header */
+			l2 = MIN(fr.l2, fr.avail);
+			return netdevq_pcap_raw(pkt + l2, fr.avail - l2,
+						ev->len > l2 ? ev->len - l2 : 0, fr.at + l2,
+						fr.avail - l2);
+		}
+		if (!tpid)
+			return netdevq_pcap_eth(pkt, fr.avail, ev->len, fr.at, fr.avail);
 	}
-	if (!(ev->flags & NDQ_EV_VLAN_HW))
-		return netdevq_pcap_eth((void *)ev->snap, caplen, ev->len, data, avail);
 	f = bpf_map_lookup_elem(&pcap_frame, &zero);
-	if (!f || caplen < 12)
+	if (!f)
 		return 0;
-	__builtin_memcpy(f->b, ev->snap, 12);
-	f->b[12] = ev->vlan_proto >> 8;
-	f->b[13] = ev->vlan_proto & 0xff;
-	f->b[14] = ev->vlan_tci >> 8;
-	f->b[15] = ev->vlan_tci & 0xff;
-	bpf_probe_read_kernel(f->b + 16, NDQ_SNAP_MAX - 16, ev->snap + 12);
-	/* past the frame, byte i of what libpcap sees is byte i - 4 of the packet */
-	return netdevq_pcap_eth(f, caplen + 4 < NDQ_SNAP_MAX ? caplen + 4 : NDQ_SNAP_MAX,
-				ev->len + 4, data - 4, avail + 4);
+	if (!IN_PLACE_OK(btf)) { /* a copy of it */
+		if (frame_copy(f, 0, fr.at, fr.avail))
+			return 0;
+		link = link_kind(f->b, fr.l2, fr.avail, fr.dev_type);
+		if (link == LINK_OTHER) {
+			l2 = MIN(fr.l2, fr.avail);
+			if (l2 && frame_copy(f, 0, fr.at + l2, (__u64)fr.avail - l2))
+				return 0;
+			return netdevq_pcap_raw(f, MIN(fr.avail - l2, NDQ_SNAP_MAX),
+						ev->len > l2 ? ev->len - l2 : 0, fr.at + l2,
+						fr.avail - l2);
+		}
+		if (!tpid)
+			return netdevq_pcap_eth(f, MIN(fr.avail, NDQ_SNAP_MAX), ev->len, fr.at,
+						fr.avail);
+	}
+	/* an offloaded tag, written back after the MACs: past the frame, byte i of what libpcap
+	 * sees is byte i - 4 of the packet */
+	if (fr.avail < 12 || frame_copy(f, 0, fr.at, 12) ||
+	    frame_copy(f, 16, fr.at + 12, (__u64)fr.avail - 12))
+		return 0;
+	f->b[12] = tpid >> 8;
+	f->b[13] = tpid & 0xff;
+	f->b[14] = tci >> 8;
+	f->b[15] = tci & 0xff;
+	return netdevq_pcap_eth(f, MIN(fr.avail + 4, NDQ_SNAP_MAX), ev->len + 4, fr.at - 4,
+				fr.avail + 4);
 }
 /* --- end of pcap-filter expressions ------------------------------------------------------- */
 
@@ -800,9 +862,9 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 			goto filtered;
 	}
 
-	if (!read_headers(s, ev, skb, btf, in_place)) /* the protocol, address, port filter */
+	if (cfg.pcap && !pcap_match(s, ev, skb, btf)) /* issue 16 */
 		goto filtered;
-	if (cfg.pcap && !pcap_match(s, skb, btf)) /* issue 16 */
+	if (!read_headers(s, ev, skb, btf, in_place)) /* the protocol, address, port filter */
 		goto filtered;
 
 	if (cfg.n_cgroup || (cfg.need & NDQ_NEED_CGROUP)) {

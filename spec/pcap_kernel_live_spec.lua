@@ -14,8 +14,18 @@ local live = require("support.live")
 local frames = require("support.frames")
 local ffi = require("ffi")
 
-local MODES = { "raw", "btf" }
+-- probe: raw mode with --read probe, where the expression reads a copy of the frame; raw
+-- (--read direct) and btf read the packet itself on Linux 6.16+, a copy before
+local MODES = { "raw", "btf", "probe" }
 local KEY_BYTES = 40
+
+-- open options for a mode; the events carry the header bytes the comparison reads (-s 64)
+local function in_mode(mode, opts)
+    opts.mode = mode == "probe" and "raw" or mode
+    opts.read = mode == "probe" and "probe" or nil
+    opts.snaplen = opts.snaplen or 64
+    return opts
+end
 
 local function tool(name)
     return clirun.build_dir() .. "/" .. name
@@ -209,13 +219,13 @@ describe("pcap expressions decided in the kernel against tcpdump #root", functio
             for _, mode in ipairs(MODES) do
                 local k = mode .. " " .. i
                 got[k] = {}
-                tracers[k] = tracer(netdevq, { pcap = expr, filter = scope, mode = mode,
-                    ringbuf_size = 65536 }, got[k], pair)
+                tracers[k] = tracer(netdevq, in_mode(mode, { pcap = expr, filter = scope,
+                    ringbuf_size = 65536 }), got[k], pair)
             end
         end
         for _, mode in ipairs(MODES) do -- every frame on the device, no expression
             base[mode] = {}
-            tracers[mode] = tracer(netdevq, { filter = scope, mode = mode, snaplen = 64 }, base[mode], pair)
+            tracers[mode] = tracer(netdevq, in_mode(mode, { filter = scope }), base[mode], pair)
         end
 
         local list = crafted(pair)
@@ -271,7 +281,8 @@ describe("pcap expressions decided in the kernel against tcpdump #root", functio
         dump = start_tcpdump(pair, expr, dir .. "/paged.pcap")
         for _, mode in ipairs(MODES) do
             got[mode] = {}
-            tracers[mode] = tracer(netdevq, { pcap = expr, filter = scope, mode = mode }, got[mode], pair)
+            tracers[mode] = tracer(netdevq, in_mode(mode, { pcap = expr, filter = scope }), got[mode],
+                pair)
         end
         tracers.base = tracer(netdevq, { filter = scope, snaplen = 64 }, base, pair, lens)
         local sink = pair:spawn("b", { netns.ndq_send(), "tcpsink", pair.ip4_b, "8090", "5000" })
@@ -303,8 +314,8 @@ describe("pcap expressions decided in the kernel against tcpdump #root", functio
             for _, t in pairs(tracers) do t:close() end
         end)
         for _, mode in ipairs(MODES) do
-            tracers[mode] = assert(netdevq.open{ mode = mode, filter = scope, pcap = "tcp port 443",
-                aggregations = { { kind = "count", keys = { "dev" } } } })
+            tracers[mode] = assert(netdevq.open(in_mode(mode, { filter = scope, pcap = "tcp port 443",
+                aggregations = { { kind = "count", keys = { "dev" } } } })))
             assert.is_table(tracers[mode].plan.kernel_agg)
             assert.equal(0, tracers[mode].plan.cfg.emit)
         end
@@ -361,7 +372,8 @@ describe("pcap expressions decided in the kernel against tcpdump #root", functio
             for _, mode in ipairs(MODES) do
                 local k = mode .. " " .. i
                 got[k] = {}
-                local t = assert(netdevq.open{ pcap = expr, filter = scope, mode = mode, ringbuf_size = 65536 })
+                local t = assert(netdevq.open(in_mode(mode, { pcap = expr, filter = scope,
+                    ringbuf_size = 65536 })))
                 t:on_event(function(ev)
                     local e = event.pointer(ev)
                     got[k][#got[k] + 1] = key(e.len, e.snap, e.snap_len)

@@ -270,15 +270,17 @@ function _M.make(opts)
         need = bor(need, catalogue.needs(used))
     end
 
-    -- header bytes: what the consumers keep, and all of them for a pcap expression (which may
-    -- look anywhere in them: -s only says what is kept)
+    -- header bytes: what the consumers keep. A pcap expression decided in user space reads all
+    -- of them (it may look anywhere: -s only says what is kept), and its link type (Ethernet or
+    -- raw IP) from the parsed headers and the device; in the kernel it reads the packet itself.
     local keep = opts.snaplen or 0
     local snaplen = keep
     if opts.pcap then
-        snaplen = abi.SNAP_MAX
-        -- the link type (Ethernet or raw IP) comes from the parsed headers (and the device)
-        need = bor(need, abi.NEED.HEADERS, pcap_user and abi.NEED.DEV or 0)
         cfg.pcap = pcap_user and 0 or 1
+        if pcap_user then
+            snaplen = abi.SNAP_MAX
+            need = bor(need, abi.NEED.HEADERS, abi.NEED.DEV)
+        end
     end
 
     local events = opts.events
@@ -340,7 +342,7 @@ function _M.make(opts)
             btf_path = opts.btf_path,
             pcap = opts.pcap,
             set_values = set_values,
-            pcap_snaplen = opts.pcap and snaplen or nil,
+            pcap_snaplen = opts.pcap and abi.SNAP_MAX or nil,
             ringbuf_size = opts.ringbuf_size,
             batch = opts.batch,
             agg_max_keys = opts.max_keys or _M.DEFAULT_MAX_KEYS,
