@@ -242,6 +242,15 @@ for _, key in ipairs({ "filter", "filter64" }) do
                                         f.x_empty))
     end
 end
+-- issue 16's: a pcap expression decided in the kernel, matching nothing
+for _, key in ipairs({ "pcap", "pcap_btf" }) do
+    local f = by_key[key]
+    if f and f.x_empty then
+        target(f.x_empty <= 1.8, format("non-matching pcap expression in the kernel (%s): %.2fx "
+                                        .. "the empty program (<= 1.8x)",
+                                        key == "pcap" and "raw" or "btf", f.x_empty))
+    end
+end
 local ct, td = by_key.cli_text, by_key.tcpdump
 if td and td.ratio then
     emit(format("tcpdump -i lo -w /dev/null keeps %.0f%% of the flood (%s packets captured "

@@ -33,7 +33,6 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
 #define SKB_COPY_MAX 512
 #define DEV_SPAN_MAX 320
-#define EVENT_HEAD_SIZE __builtin_offsetof(struct netdevq_event, snap)
 
 /* Set by the loader between open and load; frozen afterwards, so the verifier treats every
  * member as a constant and prunes the checks left at zero. */
@@ -105,17 +104,13 @@ static __always_inline bool in_tree(__u32 tgid)
 
 #include "skbpath.h" /* sk_buff member paths: reads cfg */
 
-/* Bytes of an event's ring record: up to the last member the run fills. The fate members
- * (sojourn_ns .. drop_reason) end the head: left out unless latency fields are asked for or
- * snap bytes follow; then the snap bytes carried, then the member paths. */
+/* Bytes of an event's ring record (csrc/derive.c): up to the last member the run fills. The
+ * fate members (sojourn_ns .. drop_reason) end the head: left out unless latency fields are
+ * asked for or snap bytes follow; then the snap bytes carried, then the member paths. A
+ * constant to the verifier, which checks every use against the record and the scratch event. */
 static __always_inline __u64 emit_size(void)
 {
-	__u64 size = EVENT_HEAD_SIZE + cfg.snaplen;
-
-	if (!cfg.snaplen && !(cfg.need & NDQ_NEED_LATENCY))
-		size = __builtin_offsetof(struct netdevq_event, sojourn_ns);
-	size = paths_emit_size(size);
-	return size > sizeof(struct netdevq_event) ? sizeof(struct netdevq_event) : size;
+	return cfg.event_size;
 }
 
 /* Sets of more than NDQ_SET_MAX values (netdevq.h): their values are keys of this map. */
@@ -362,8 +357,7 @@ static __always_inline void aggregate(struct scratch *s, struct counters *cnt)
 /* a kernel filter on the protocol, an address or a port: the headers must be decoded */
 static __always_inline bool filter_l3l4(void)
 {
-	return cfg.proto.n || cfg.saddr.n || cfg.daddr.n || cfg.host.n || cfg.sport.n ||
-	       cfg.dport.n || cfg.port.n;
+	return cfg.derived & NDQ_DERIVED_FILTER_L3L4;
 }
 
 static __always_inline int l3l4_filter(const struct netdevq_event *ev)
@@ -721,19 +715,10 @@ static __always_inline __u64 wake_flags(struct scratch *s, __u64 size)
 
 /* Whether anything reads the members every event carries whatever `need` says (skb, mark,
  * cpu, ...: the block before pid in struct netdevq_event): events go out, or an aggregation
- * key or value lies there. An in-kernel count by device reads none of them. */
+ * key or value lies there (csrc/derive.c). An in-kernel count by device reads none of them. */
 static __always_inline bool common_read(void)
 {
-	const __u32 end = __builtin_offsetof(struct netdevq_event, pid);
-	bool used = cfg.emit;
-
-#pragma unroll
-	for (int i = 0; i < NDQ_AGG_KEYS_MAX; i++)
-		if (i < cfg.agg_nkeys && cfg.agg_key[i].off < end)
-			used = true;
-	if (cfg.agg_has_value && cfg.agg_value.off < end)
-		used = true;
-	return used;
+	return cfg.derived & NDQ_DERIVED_COMMON;
 }
 
 /* A matched event out: into the aggregation and/or the ring buffer (from handle(), or from
@@ -766,20 +751,15 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 {
 	/* Filters run first, each reading only what it checks; what the output needs and no filter
 	 * read comes after. cfg members are constants to the verifier: untaken branches vanish. */
-	const bool filter_task = cfg.pid.n || cfg.tid.n; /* follow_pid: owner_who_filter */
-	const bool filter_dev = cfg.ifindex.n || cfg.n_dev || cfg.netns.n;
-	const bool need_dev = (cfg.need & (NDQ_NEED_DEV | NDQ_NEED_NETNS)) || cfg.agg_on;
-	const bool filter_who = (cfg.need & NDQ_NEED_OWNER) &&
-				(cfg.follow_pid || cfg.who_pid.n || cfg.n_who_comm);
-	const bool filter_any = filter_task || cfg.n_comm || filter_who || cfg.len_set ||
-				cfg.mark.n || cfg.queue.n || cfg.priority.n || cfg.ethertype.n ||
-				filter_dev || filter_l3l4() || cfg.n_cgroup || cfg.pcap;
-	/* Reserve in place: with nothing to filter, the event is written straight into its ring
-	 * buffer record (no scratch copy), and a full ring costs one failed reserve. Member paths,
-	 * kstacks and aggregations keep the scratch event. */
+	const bool filter_task = cfg.derived &
+				 NDQ_DERIVED_FILTER_TASK; /* follow_pid: owner_who_filter */
+	const bool filter_dev = cfg.derived & NDQ_DERIVED_FILTER_DEV;
+	const bool need_dev = cfg.derived & NDQ_DERIVED_NEED_DEV;
+	/* Reserve in place: with nothing to filter (NDQ_DERIVED_FILTER_ANY), the event is written
+	 * straight into its ring buffer record (no scratch copy), and a full ring costs one failed
+	 * reserve. Member paths, kstacks and aggregations keep the scratch event. */
 	const bool held = cfg.need & NDQ_NEED_LATENCY; /* out later, from scratch (latency.bpf.h) */
-	const bool in_place = cfg.emit && !filter_any && !cfg.agg_on && !cfg.n_paths &&
-			      !cfg.kstack && !held;
+	const bool in_place = cfg.derived & NDQ_DERIVED_IN_PLACE;
 	__u64 size = emit_size();
 	__u32 zero = 0;
 	struct counters *cnt = bpf_map_lookup_elem(&counters, &zero);

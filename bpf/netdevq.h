@@ -280,6 +280,23 @@ struct netdevq_config {
 	__u32 sojourn_set;
 	__u32 sojourn_pad;
 	__u64 sojourn_min, sojourn_max;
+	/* What the members above imply, written by the loader last (csrc/derive.c): NDQ_DERIVED_*
+	 * bits and the size of an event's ring record. The program tests a bit where it would
+	 * otherwise combine a dozen members on every event: the verifier drops the branches a
+	 * constant decides, not the loads and arithmetic that decide them. */
+	__u32 derived;
+	__u32 event_size;
+};
+
+enum {
+	NDQ_DERIVED_FILTER_TASK = 1,  /* pid or tid set (-p checks the owner: FILTER_WHO) */
+	NDQ_DERIVED_FILTER_DEV = 2,   /* ifindex, device name or netns set */
+	NDQ_DERIVED_NEED_DEV = 4,     /* the device is read: dev or netns fields, aggregations */
+	NDQ_DERIVED_FILTER_WHO = 8,   /* the socket owner is checked (-p, --comm, -c) */
+	NDQ_DERIVED_FILTER_L3L4 = 16, /* a protocol, address or port set */
+	NDQ_DERIVED_FILTER_ANY = 32,  /* any filter the program checks before an event is out */
+	NDQ_DERIVED_IN_PLACE = 64,    /* events are written straight into their ring records */
+	NDQ_DERIVED_COMMON = 128,     /* the members before pid are read (netdevq_event) */
 };
 
 /* In-kernel aggregation map: per-CPU hash, key -> value. A key field takes one 24-byte slot:

@@ -22,15 +22,6 @@ struct {
 	__uint(value_size, NDQ_KSTACK_DEPTH * sizeof(__u64));
 } kstacks SEC(".maps");
 
-/* Bytes of the event to send: the path block lies after snap, so an event with paths or a
- * kernel stack goes up to its last path in use; others stop after their snap bytes. */
-static __always_inline __u64 paths_emit_size(__u64 size)
-{
-	if (cfg.n_paths || cfg.kstack)
-		return __builtin_offsetof(struct netdevq_event, path) + 16 * cfg.n_paths;
-	return size;
-}
-
 /* The low `size` bytes of v (size 1..8). */
 static __always_inline __u64 low_bytes(__u64 v, __u32 size)
 {

@@ -15,6 +15,7 @@
 #include <bpf/libbpf.h>
 
 #include "core.h"
+#include "derive.h"
 #include "kstack.h"
 #include "latency.h"
 #include "owner.h"
@@ -124,6 +125,7 @@ static void read_options(lua_State *L, struct open_opts *o)
 		memcpy(&o->cfg, config, sizeof(o->cfg));
 	ndq_owner_config(&o->cfg);
 	o->set_bitmaps = ndq_sets_plan(&o->cfg, o->set_values, o->set_values_len);
+	ndq_derive(&o->cfg); /* last: from every member above */
 }
 
 /* --- the raw-mode read path (--read) ---------------------------------------------------------

@@ -1,0 +1,65 @@
+/* derive.c - see derive.h
+ *
+ * The program (bpf/netdevq.bpf.c handle()) used to combine these members itself on every event.
+ * Their values are constants to the verifier, which then drops the branches they decide, but
+ * the loads and the arithmetic deciding them stayed: about 90 instructions before the first
+ * filter. Here they are decided once, by the rules the program documents where it tests each
+ * bit. */
+#include <stddef.h>
+
+#include "derive.h"
+
+/* the size of an event's ring record: up to its last header byte, or up to its last member
+ * path when it carries paths or a kernel stack; without header bytes or fate members it stops
+ * before the fate members */
+static __u32 event_size(const struct netdevq_config *cfg)
+{
+	size_t size = offsetof(struct netdevq_event, snap) + cfg->snaplen;
+
+	if (!cfg->snaplen && !(cfg->need & NDQ_NEED_LATENCY))
+		size = offsetof(struct netdevq_event, sojourn_ns);
+	if (cfg->n_paths || cfg->kstack)
+		size = offsetof(struct netdevq_event, path) + 16 * (size_t)cfg->n_paths;
+	return (__u32)(size > sizeof(struct netdevq_event) ? sizeof(struct netdevq_event) : size);
+}
+
+/* whether anything reads the members every event carries whatever `need` says (the block
+ * before pid): events go out, or an aggregation key or value lies there */
+static int common_read(const struct netdevq_config *cfg)
+{
+	const size_t end = offsetof(struct netdevq_event, pid);
+
+	if (cfg->emit)
+		return 1;
+	for (__u32 i = 0; i < cfg->agg_nkeys && i < NDQ_AGG_KEYS_MAX; i++)
+		if (cfg->agg_key[i].off < end)
+			return 1;
+	return cfg->agg_has_value && cfg->agg_value.off < end;
+}
+
+void ndq_derive(struct netdevq_config *cfg)
+{
+	const int filter_task = cfg->pid.n || cfg->tid.n;
+	const int filter_dev = cfg->ifindex.n || cfg->n_dev || cfg->netns.n;
+	const int need_dev = (cfg->need & (NDQ_NEED_DEV | NDQ_NEED_NETNS)) || cfg->agg_on;
+	const int filter_who = (cfg->need & NDQ_NEED_OWNER) &&
+			       (cfg->follow_pid || cfg->who_pid.n || cfg->n_who_comm);
+	const int filter_l3l4 = cfg->proto.n || cfg->saddr.n || cfg->daddr.n || cfg->host.n ||
+				cfg->sport.n || cfg->dport.n || cfg->port.n;
+	const int filter_any = filter_task || cfg->n_comm || filter_who || cfg->len_set ||
+			       cfg->mark.n || cfg->queue.n || cfg->priority.n || cfg->ethertype.n ||
+			       filter_dev || filter_l3l4 || cfg->n_cgroup || cfg->pcap;
+	/* a filter, member paths, kstacks, aggregations and held events (latency) build the
+	 * event in scratch first */
+	const int in_place = cfg->emit && !filter_any && !cfg->agg_on && !cfg->n_paths &&
+			     !cfg->kstack && !(cfg->need & NDQ_NEED_LATENCY);
+
+	cfg->derived =
+		(filter_task ? NDQ_DERIVED_FILTER_TASK : 0) |
+		(filter_dev ? NDQ_DERIVED_FILTER_DEV : 0) | (need_dev ? NDQ_DERIVED_NEED_DEV : 0) |
+		(filter_who ? NDQ_DERIVED_FILTER_WHO : 0) |
+		(filter_l3l4 ? NDQ_DERIVED_FILTER_L3L4 : 0) |
+		(filter_any ? NDQ_DERIVED_FILTER_ANY : 0) | (in_place ? NDQ_DERIVED_IN_PLACE : 0) |
+		(common_read(cfg) ? NDQ_DERIVED_COMMON : 0);
+	cfg->event_size = event_size(cfg);
+}
