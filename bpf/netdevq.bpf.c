@@ -532,11 +532,8 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 	ev->l3 = 0;
 	ev->snap_len = 0;
 	ev->l2_len = 0;
-	if (parse) {
-		ev->dev_type = fr.dev_type; /* read_dev's value: decoding goes by it (link_kind) */
-		if (want < PARSE_BYTES)
-			want = PARSE_BYTES;
-	}
+	if (parse && want < PARSE_BYTES)
+		want = PARSE_BYTES;
 	if (want > NDQ_SNAP_MAX)
 		want = NDQ_SNAP_MAX;
 	span = avail < want ? avail : want; /* the bytes decoding may look at */
@@ -568,6 +565,7 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 			ev->flags = 0;
 			ev->l3 = 0;
 			ev->l2_len = l2;
+			ev->dev_type = fr.dev_type; /* read_dev's value: link_kind goes by it */
 			decode_headers(ev, pkt, l2, span, bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci),
 				       addrs);
 			return decided || l3l4_filter(ev);
@@ -576,9 +574,11 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 	if (want && bpf_probe_read_kernel(buf, want, fr.at) == 0) {
 		ev->snap_len = avail < cfg.snaplen ? avail : cfg.snaplen;
 		ev->l2_len = l2;
-		if (parse)
+		if (parse) {
+			ev->dev_type = fr.dev_type;
 			decode_headers(ev, buf, l2, span, bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci),
 				       addrs);
+		}
 		if (own && cfg.snaplen)
 			bpf_probe_read_kernel(ev->snap, cfg.snaplen, buf);
 	}
