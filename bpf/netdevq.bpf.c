@@ -765,7 +765,6 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	struct counters *cnt = bpf_map_lookup_elem(&counters, &zero);
 	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
 	struct netdevq_event *ev, *rec = NULL;
-	struct net_device *dev;
 	struct net *net = NULL;
 
 	if (!cnt || !s)
@@ -825,9 +824,8 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 		goto filtered;
 	ev->data_len = SKB(data_len);
 
-	dev = SKB(dev);
 	if (filter_dev || need_dev) {
-		net = read_dev(s, ev, dev, btf);
+		net = read_dev(s, ev, SKB(dev), btf);
 		if (cfg.ifindex.n && !IN_SET(ifindex, ev->ifindex))
 			goto filtered;
 		if (cfg.n_dev && !in_name_set(cfg.dev, cfg.n_dev, ev->dev))
@@ -913,7 +911,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 
 	if (cfg.need & NDQ_NEED_LATENCY)
 		return latency_hold(s, cnt, skb,
-				    dev); /* out when its fate is known (never in place) */
+				    SKB(dev)); /* out when its fate is known (never in place) */
 	if (in_place) {
 		bpf_ringbuf_submit(ev, wake_flags(s, size));
 		cnt->c[NDQ_CNT_EMITTED]++;
