@@ -27,9 +27,14 @@ end
 -- snap: the header bytes each event carries (-s). With none (0), a kernel that allows it
 -- (Linux 6.16+) decodes the headers in place instead of in a copy; a port or protocol filter
 -- then first looks at the bytes it checks. Both ways must give the same fields.
+-- mode: raw, btf, or probe (raw mode reading through copies: --read probe).
 local function cli_argv(mode, pcapng, filter, expr, snap, fields)
-    local args = { "-d", "60", "--mode", mode, "-F", "json", "-s", tostring(snap or 256), "-f",
-        filter }
+    local args = { "-d", "60", "--mode", mode == "probe" and "raw" or mode, "-F", "json", "-s",
+        tostring(snap or 256), "-f", filter }
+    if mode == "probe" then
+        args[#args + 1] = "--read"
+        args[#args + 1] = "probe"
+    end
     if fields then
         args[#args + 1] = "-o"
         args[#args + 1] = fields
@@ -44,7 +49,7 @@ end
 
 local function start_tracer(mode, pcapng, filter, expr, snap, fields)
     local p = netns.spawn(cli_argv(mode, pcapng, filter, expr, snap, fields))
-    live.wait_ready(p, mode)
+    live.wait_ready(p, mode == "probe" and "raw" or mode)
     return p
 end
 
@@ -292,6 +297,10 @@ describe("decoding real traffic #root", function()
             local filter = ("netns == %d"):format(pair.netns_a)
             local all = start_tracer(mode, pcapng, filter)
             local selected = start_tracer(mode, nil, filter, "vlan and udp port 9000")
+            -- the expression on a copy of the frame (raw mode's --read probe), offloaded tags
+            -- written back into it as into the packet read in place
+            local copied = mode == "raw" and start_tracer("probe", nil, filter,
+                "vlan and udp port 9000")
             -- a port filter in the kernel: tags in the frame are walked, offloaded ones skipped
             local by_port = start_tracer(mode, nil, filter .. " and dport == 9000", nil, 0)
             local capture = start_capture(pair, "a", cap)
@@ -324,6 +333,7 @@ describe("decoding real traffic #root", function()
             stop_capture(capture)
             local events = on_side(stop_tracer(all), pair, "a")
             local chosen = on_side(stop_tracer(selected), pair, "a")
+            local chosen_copy = copied and on_side(stop_tracer(copied), pair, "a")
             local ported = on_side(stop_tracer(by_port), pair, "a")
             assert.same({ 40000, 40000, 40002, 40010, 40012 }, pluck(ported, "sport"))
             assert.same({ 100, 100, 200, 10, false }, pluck(ported, "vlan_id"))
@@ -355,6 +365,9 @@ describe("decoding real traffic #root", function()
             -- 802.1Q-tagged UDP to 9000: two offloaded, one in the frame; QinQ needs `vlan and
             -- vlan`, untagged and other ports fail
             assert.same({ 40000, 40000, 40010 }, pluck(chosen, "sport"))
+            if chosen_copy then
+                assert.same({ 40000, 40000, 40010 }, pluck(chosen_copy, "sport"))
+            end
         end)
     end
 
