@@ -59,7 +59,7 @@ struct {
 } lat_held SEC(".maps");
 
 /* The bytes of an event held: what deliver() emits (the loader sets lat_held's value size to it,
- * csrc/latency.c: the same formula, for a run with latency fields), at most the whole event. */
+ * csrc/latency.c, from the same cfg.event_size), at most the whole event. */
 static __always_inline __u32 latency_held_size(void)
 {
 	__u64 size = emit_size();

@@ -36,14 +36,12 @@ static bool is_lat_prog(const struct bpf_program *p, const char *mode)
 	return nl > ml + 1 && name[nl - ml - 1] == '_' && strcmp(name + nl - ml, mode) == 0;
 }
 
-/* latency_held_size() of bpf/latency.bpf.h: the bytes of an event the kernel side emits */
+/* latency_held_size() of bpf/latency.bpf.h: the bytes of an event the kernel side emits (its
+ * record size, csrc/derive.c), in 8-byte words */
 static __u32 held_size(const struct netdevq_config *cfg)
 {
-	size_t size = offsetof(struct netdevq_event, snap) + cfg->snaplen;
+	size_t size = ((size_t)cfg->event_size + 7) & ~(size_t)7;
 
-	if (cfg->n_paths || cfg->kstack)
-		size = offsetof(struct netdevq_event, path) + 16 * (size_t)cfg->n_paths;
-	size = (size + 7) & ~(size_t)7;
 	return size > sizeof(struct netdevq_event) ? sizeof(struct netdevq_event) : (__u32)size;
 }
 
