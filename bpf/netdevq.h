@@ -154,8 +154,16 @@ struct netdevq_event {
 	__u32 netns; /* inode number of the device's network namespace */
 	__u64 cgroup;
 	__u16 gso_size, gso_segs;
-	__u16 dev_type;		   /* ARPHRD_* of the device (btf mode; 0 in raw mode) */
-	__u16 arp_op;		   /* ARP operation (1 request, 2 reply, ...), host order */
+	__u16 dev_type; /* ARPHRD_* of the device (btf mode; 0 in raw mode) */
+	__u16 arp_op;	/* ARP operation (1 request, 2 reply, ...), host order */
+	/* socket owner (NDQ_NEED_OWNER): the process that last sent, received, connected, accepted
+	 * or listened on skb->sk (a request sock: its listener). owner_pid 0: no socket or owner
+	 * unknown, and then every owner_* member is 0 */
+	__u64 owner_cgroup; /* the sock's cgroup v2 id (sk->sk_cgrp_data) */
+	__u32 owner_pid, owner_tid;
+	__u32 owner_uid; /* sk->sk_uid */
+	__u32 owner_pad;
+	char owner_comm[16];
 	__u8 saddr[16], daddr[16]; /* IPv4 in the first 4 bytes, network order */
 	__u16 sport, dport;	   /* host order */
 	__u8 proto;		   /* IP protocol number (IPv6: after the extension headers) */
@@ -173,14 +181,6 @@ struct netdevq_event {
 	__u8 arp_sha[6], arp_tha[6]; /* ARP sender and target hardware addresses */
 	__u8 arp_spa[4], arp_tpa[4]; /* ARP sender and target protocol (IPv4) addresses */
 	__u8 pad1[4];
-	/* socket owner (NDQ_NEED_OWNER): the process that last sent, received, connected, accepted
-	 * or listened on skb->sk (a request sock: its listener). owner_pid 0: no socket or owner
-	 * unknown, and then every owner_* member is 0 */
-	__u64 owner_cgroup; /* the sock's cgroup v2 id (sk->sk_cgrp_data) */
-	__u32 owner_pid, owner_tid;
-	__u32 owner_uid; /* sk->sk_uid */
-	__u32 owner_pad;
-	char owner_comm[16];
 	/* fate (NDQ_NEED_LATENCY, bpf/latency.bpf.h): ns from net_dev_queue to net_dev_start_xmit,
 	 * ns from net_dev_start_xmit to net_dev_xmit and the driver's return code, enum
 	 * skb_drop_reason of a kfree_skb before the driver returned */
