@@ -238,10 +238,12 @@ describe("socket owner attribution #root", function()
         -- another process's datagrams wait in the same neighbour queue: not the command's
         assert(pair:exec("a", { netns.ndq_send(), "--name", "ndq_other", "udp4", pair.ip4_a, pair.ip4_b,
             "9001", "40001", "100", "2" }))
-        -- the command: sends 3 datagrams (queued), gives b its address, waits for the release
+        -- the command: sends 3 datagrams (queued), gives b its address, waits until a has
+        -- resolved b (the queue is released then; 10 s at most), and a moment more
         local script = table.concat({ "ip netns exec", pair.ns_a, netns.ndq_send(), "--name ndq_cmd udp4",
             pair.ip4_a, pair.ip4_b, "9000 40000 100 3; ip -n", pair.ns_b, "addr add", pair.ip4_b .. "/24 dev",
-            pair.veth_b, "; sleep 2" }, " ")
+            pair.veth_b, "; i=0; while [ $i -lt 100 ] && ! ip -n", pair.ns_a, "neigh show", pair.ip4_b,
+            "dev", pair.veth_a, "| grep -q REACHABLE; do sleep 0.1; i=$((i+1)); done; sleep 0.5" }, " ")
         local r = clirun.cli({ "-F", "json", "-o", "comm,pid,dport,owner_pid,owner_comm", "-f",
             "netns == " .. pair.netns_a .. ' and proto == "udp"', "-c", "sh -c '" .. script .. "'" },
             { timeout = 30 })
