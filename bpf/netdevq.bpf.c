@@ -755,7 +755,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 				 NDQ_DERIVED_FILTER_TASK; /* follow_pid: owner_who_filter */
 	const bool filter_dev = cfg.derived & NDQ_DERIVED_FILTER_DEV;
 	const bool need_dev = cfg.derived & NDQ_DERIVED_NEED_DEV;
-	/* Reserve in place: with nothing to filter (NDQ_DERIVED_FILTER_ANY), the event is written
+	/* Reserve in place: with nothing to filter (csrc/derive.c), the event is written
 	 * straight into its ring buffer record (no scratch copy), and a full ring costs one failed
 	 * reserve. Member paths, kstacks and aggregations keep the scratch event. */
 	const bool held = cfg.need & NDQ_NEED_LATENCY; /* out later, from scratch (latency.bpf.h) */

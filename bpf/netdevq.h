@@ -289,12 +289,10 @@ struct netdevq_config {
 };
 
 enum {
-	NDQ_DERIVED_FILTER_TASK = 1,  /* pid or tid set (-p checks the owner: FILTER_WHO) */
+	NDQ_DERIVED_FILTER_TASK = 1,  /* pid or tid set (-p checks the socket owner instead) */
 	NDQ_DERIVED_FILTER_DEV = 2,   /* ifindex, device name or netns set */
 	NDQ_DERIVED_NEED_DEV = 4,     /* the device is read: dev or netns fields, aggregations */
-	NDQ_DERIVED_FILTER_WHO = 8,   /* the socket owner is checked (-p, --comm, -c) */
 	NDQ_DERIVED_FILTER_L3L4 = 16, /* a protocol, address or port set */
-	NDQ_DERIVED_FILTER_ANY = 32,  /* any filter the program checks before an event is out */
 	NDQ_DERIVED_IN_PLACE = 64,    /* events are written straight into their ring records */
 	NDQ_DERIVED_COMMON = 128,     /* the members before pid are read (netdevq_event) */
 };

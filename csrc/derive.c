@@ -80,9 +80,7 @@ void ndq_derive(struct netdevq_config *cfg)
 	cfg->derived =
 		(filter_task ? NDQ_DERIVED_FILTER_TASK : 0) |
 		(filter_dev ? NDQ_DERIVED_FILTER_DEV : 0) | (need_dev ? NDQ_DERIVED_NEED_DEV : 0) |
-		(filter_who ? NDQ_DERIVED_FILTER_WHO : 0) |
 		(filter_l3l4 ? NDQ_DERIVED_FILTER_L3L4 : 0) |
-		(filter_any ? NDQ_DERIVED_FILTER_ANY : 0) | (in_place ? NDQ_DERIVED_IN_PLACE : 0) |
-		(common_read(cfg) ? NDQ_DERIVED_COMMON : 0);
+		(in_place ? NDQ_DERIVED_IN_PLACE : 0) | (common_read(cfg) ? NDQ_DERIVED_COMMON : 0);
 	cfg->event_size = event_size(cfg);
 }
