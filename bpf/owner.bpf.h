@@ -392,16 +392,25 @@ found:
 	ev->owner_cgroup = o->cgroup;
 }
 
-/* -p, --comm and -c (cfg.who_pid, cfg.who_comm, cfg.follow_pid) check the socket owner when it
- * is known and the task on the CPU otherwise. Runs after owner_read. */
+/* -p, --comm and -c (cfg.who_pid, cfg.who_comm, cfg.follow_pid) check the packet's sender: the
+ * socket owner when it is known, else the task on the CPU when it queued the packet itself. A
+ * packet queued from softirq with no known owner has no sender (a reply the kernel makes, a
+ * neighbour's retransmission, a datagram of a socket closed before netdevq started released by
+ * an ARP answer): the task it interrupted is a bystander, and none of them selects it. Runs after
+ * owner_read. */
 static __always_inline int owner_who_filter(struct netdevq_event *ev)
 {
 	__u32 pid = ev->owner_pid;
 	__u64 task_comm[2];
 	const char *comm = ev->owner_comm;
 
-	if (!pid)
+	if (!cfg.follow_pid && !cfg.who_pid.n && !cfg.n_who_comm)
+		return 1;
+	if (!pid) {
+		if (!owner_in_task())
+			return 0;
 		pid = current_pid_tgid() >> 32;
+	}
 	if (cfg.follow_pid && !in_tree(pid))
 		return 0;
 	if (cfg.who_pid.n && !in_u32_set(&cfg.who_pid, pid))

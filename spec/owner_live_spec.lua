@@ -263,6 +263,62 @@ describe("socket owner attribution #root", function()
         assert.are.equal(3, n)
     end)
 
+    for _, mode in ipairs({ "raw", "btf" }) do
+    it("-p, --comm and -c take no packet the kernel queues from softirq without an owner, whoever it interrupted ("
+        .. mode .. " mode)", function()
+            netns.require_root()
+            pair = assert(netns.pair{ name = "ndqok" })
+            local scope = "netns == " .. pair.netns_a
+            -- a sends to its own address on a port nobody listens on: each datagram crosses a's
+            -- lo, and the kernel's port-unreachable reply is queued in the softirq that runs as
+            -- the datagram leaves, mostly on the sender's own stack (taking the task on the CPU
+            -- for the sender would select the replies: mutation checked)
+            local function send(name, sport, extra)
+                local argv = { netns.ndq_send(), "--name", name }
+                for _, a in ipairs(extra or {}) do
+                    argv[#argv + 1] = a
+                end
+                for _, a in ipairs({ "udp4", pair.ip4_a, pair.ip4_a, "9", sport, "100", "3" }) do
+                    argv[#argv + 1] = a
+                end
+                return argv
+            end
+            local fields = { "--mode", mode, "-F", "json", "-o", "comm,pid,proto,dport,owner_pid,owner_comm", "-f",
+                scope }
+            local function events(out)
+                local got = {}
+                for _, ev in ipairs(parse(out)) do
+                    got[#got + 1] = { ev.proto, ev.dport, ev.owner_pid, ev.owner_comm }
+                end
+                return got
+            end
+            local go = dir .. "/go"
+            local who = pair:spawn("a", send("ndq_self", "40000", { "--wait-file", go }))
+            local pid = tonumber(who:line():match("^pid (%d+)$"))
+            local all = start_cli(fields)
+            local by_pid = start_cli({ "-p", tostring(pid), unpack(fields) })
+            local by_comm = start_cli({ "--comm", "ndq_self", unpack(fields) })
+            touch(go)
+            assert.are.equal("done", who:line())
+            local sent = { "udp", 9, pid, "ndq_self" }
+            local reply = { "icmp" } -- the kernel's socket: no owner
+            assert.are.same({ sent, sent, sent }, events(stop_cli(by_pid).out))
+            assert.are.same({ sent, sent, sent }, events(stop_cli(by_comm).out))
+            local got = events(stop_cli(all).out)
+            table.sort(got, function(x, y) return x[1] > y[1] end)
+            assert.are.same({ sent, sent, sent, reply, reply, reply }, got)
+
+            -- -c: the command's own process tree is on the CPU when its replies are queued
+            local cmd = table.concat({ "ip netns exec", pair.ns_a, table.concat(send("ndq_cmd", "40001"), " ") },
+                " ")
+            local r = clirun.cli({ "-c", cmd, unpack(fields) }, { timeout = 30 })
+            assert.are.equal(0, r.code, r.err)
+            local cmd_pid = tonumber(r.out:match("pid (%d+)"))
+            sent = { "udp", 9, cmd_pid, "ndq_cmd" }
+            assert.are.same({ sent, sent, sent }, events(r.out))
+        end)
+    end
+
     it("charges a bulk TCP transfer's data to the writer and the ACKs to the reader; --sum len --by owner_comm adds up",
         function()
             netns.require_root()

@@ -23,7 +23,8 @@
 --   max_keys      keys per aggregation (kernel map and Lua alike; overflow is counted)
 --   follow_pid, ringbuf_size, batch, wakeup_bytes
 --   pid, comm     only this process / process name (the CLI's -p, --comm): the socket owner's
---                 when the kernel knows it, the task on the CPU otherwise (follow_pid too)
+--                 when the kernel knows it, else the task that queued the packet itself, never
+--                 one a softirq interrupted (follow_pid too; bpf/owner.bpf.h owner_who_filter)
 local ffi = require("ffi")
 local bit = require("bit")
 local abi = require("netdevq.abi")
