@@ -805,8 +805,9 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 		}
 	}
 	if (cfg.need & NDQ_NEED_OWNER) {
-		owner_read(ev, OWNER_SKB_SK(skb, s->skb, btf), btf);
-		if (!owner_who_filter(ev))
+		bool kernel_made = owner_read(ev, OWNER_SKB_SK(skb, s->skb, btf), btf);
+
+		if (!owner_who_filter(ev, kernel_made))
 			goto filtered;
 	}
 	ev->len = SKB(len);

@@ -241,6 +241,10 @@ static __always_inline int owner_learn(struct sock___ndq *sk, struct netdevq_own
 	}
 	if (family == NDQ_AF_UNIX || family == NDQ_AF_NETLINK || kern || (flags & NDQ_PF_KTHREAD))
 		return 0;
+	/* no file: closed (its datagrams may still wait for a neighbour, and another process's
+	 * netlink request may release them in its own context) or not accepted yet: nobody holds it */
+	if (!ino)
+		return 0;
 	now->pid = id >> 32;
 	now->tid = (__u32)id;
 	now->ino = ino;
@@ -315,8 +319,10 @@ int BPF_PROG(ndq_owner_destroy, struct sock___ndq *sk)
 	return 0;
 }
 
-/* ev->owner_* for skb->sk (all zero: no owner). */
-static __always_inline void owner_read(struct netdevq_event *ev, struct sock___ndq *sk,
+/* ev->owner_* for skb->sk (all zero: no owner). Returns whether the packet is the kernel's own
+ * (no socket, or one of the kernel's sockets: ARP, ND, MLD, ICMP errors, resets), which the task
+ * the kernel made it for may claim (owner_who_filter); 0 for a user socket, owner known or not. */
+static __always_inline bool owner_read(struct netdevq_event *ev, struct sock___ndq *sk,
 				       const bool direct)
 {
 	struct netdevq_owner now = {}, *o;
@@ -331,32 +337,35 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 	*(__u64 *)&ev->owner_comm[0] = 0;
 	*(__u64 *)&ev->owner_comm[8] = 0;
 	if (!sk)
-		return;
+		return true;
 	state = direct ? sk->__sk_common.skc_state : BPF_CORE_READ(sk, __sk_common.skc_state);
 	if (state == NDQ_TCP_TIME_WAIT)
-		return;
+		return false;
 	if (state == NDQ_TCP_NEW_SYN_RECV) {
 		/* a union member: a plain number even to the verifier, so read as such */
 		sk = BPF_CORE_READ(sk, __sk_common.skc_listener);
 		if (!sk)
-			return;
+			return false;
 	}
 	d = direct && state != NDQ_TCP_NEW_SYN_RECV; /* sk is a BTF pointer: plain loads */
 	task = state != NDQ_TCP_NEW_SYN_RECV && owner_in_task();
-	/* outside the task: the kernel's own sockets have no owner (before the map lookup) */
-	if (!task && (d ? BPF_CORE_READ_BITFIELD(sk, sk_kern_sock) :
-			  BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock)))
-		return; /* ICMP errors, resets, ND, MLD */
 	key = (__u64)sk;
-	o = bpf_map_lookup_elem(&owners, &key);
+	o = task ? bpf_map_lookup_elem(&owners, &key) : NULL;
 	if (task) {
 		/* Task context: the sender itself, known already or learned now (the first datagram
 		 * of a new socket too). Not when another live process owns the sock: a netlink
 		 * request (ip neigh) may release packets that waited for a neighbour in the
-		 * requester's context; the send/receive tracepoints are what change an owner. */
+		 * requester's context; the send/receive tracepoints are what change an owner. Nor
+		 * a closed socket's (owner_learn). */
 		id = current_pid_tgid();
 		if (o && o->sock_read && o->tid == (__u32)id && o->pid == id >> 32)
 			goto found;
+	}
+	/* the kernel's own sockets have no owner (outside the task: before the map lookup) */
+	if (d ? BPF_CORE_READ_BITFIELD(sk, sk_kern_sock) :
+		BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock))
+		return true; /* ICMP errors, resets, ND, MLD */
+	if (task) {
 		ino = owner_ino(sk, d);
 		if (!(o && o->sock_read && o->pid != id >> 32 &&
 		      !(o->ino && ino && o->ino != ino)) &&
@@ -365,6 +374,7 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 			goto found;
 		}
 	} else {
+		o = bpf_map_lookup_elem(&owners, &key);
 		ino = owner_ino(sk, d);
 	}
 	barrier_var(o); /* keep the null checks ahead of any address the compiler derives */
@@ -374,10 +384,10 @@ static __always_inline void owner_read(struct netdevq_event *ev, struct sock___n
 	}
 	if (!o) { /* opened before netdevq started? */
 		if (!ino)
-			return;
+			return false;
 		o = bpf_map_lookup_elem(&owner_inodes, &ino);
 		if (!o)
-			return;
+			return false;
 		now = *o;
 		owner_sock_read(sk, &now, d);
 		bpf_map_update_elem(&owners, &key, &now, BPF_NOEXIST);
@@ -390,15 +400,17 @@ found:
 	__builtin_memcpy(ev->owner_comm, o->comm, sizeof(ev->owner_comm));
 	ev->owner_uid = o->uid;
 	ev->owner_cgroup = o->cgroup;
+	return false;
 }
 
 /* -p, --comm and -c (cfg.who_pid, cfg.who_comm, cfg.follow_pid) check the packet's sender: the
- * socket owner when it is known, else the task on the CPU when it queued the packet itself. A
- * packet queued from softirq with no known owner has no sender (a reply the kernel makes, a
- * neighbour's retransmission, a datagram of a socket closed before netdevq started released by
- * an ARP answer): the task it interrupted is a bystander, and none of them selects it. Runs after
- * owner_read. */
-static __always_inline int owner_who_filter(struct netdevq_event *ev)
+ * socket owner when it is known, else, for the kernel's own packets (kernel_made: owner_read),
+ * the task on the CPU when the kernel made the packet in its context. Nobody sent a packet
+ * queued from softirq without a known owner (a reply the kernel makes, a neighbour's
+ * retransmission, a datagram released by an ARP answer: the task it interrupted is a bystander),
+ * nor one of a user socket whose owner is unknown (closed before netdevq started, its datagrams
+ * released by another process's netlink request): none of them selects it. */
+static __always_inline int owner_who_filter(struct netdevq_event *ev, bool kernel_made)
 {
 	__u32 pid = ev->owner_pid;
 	__u64 task_comm[2];
@@ -407,7 +419,7 @@ static __always_inline int owner_who_filter(struct netdevq_event *ev)
 	if (!cfg.follow_pid && !cfg.who_pid.n && !cfg.n_who_comm)
 		return 1;
 	if (!pid) {
-		if (!owner_in_task())
+		if (!kernel_made || !owner_in_task())
 			return 0;
 		pid = current_pid_tgid() >> 32;
 	}

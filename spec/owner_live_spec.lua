@@ -163,6 +163,37 @@ describe("socket owner attribution #root", function()
         assert.are.same({ [142] = 3, [162] = 3 }, n)
     end)
 
+    it("names no owner for datagrams whose socket closed before netdevq started, released by another process's"
+        .. " netlink request; -c running that request takes none of them", function()
+        netns.require_root()
+        pair = assert(netns.pair{ name = "ndqoz", static_neigh = false })
+        assert(pair:exec("b", { "ip", "addr", "flush", "dev", pair.veth_b })) -- b never answers
+        -- sent, queued for the neighbour, and the sender gone (its socket closed) before any tracer
+        for _, v in ipairs({ { "udp4", pair.ip4_a, pair.ip4_b }, { "udp6", pair.ip6_a, pair.ip6_b } }) do
+            assert(pair:exec("a", { netns.ndq_send(), "--name", "ndq_gone", v[1], v[2], v[3], "9000", "40000",
+                "100", "3" }))
+        end
+        local scope = "netns == " .. pair.netns_a .. " and dport == 9000"
+        local all = start_cli({ "-F", "json", "-f", scope, "-o", "comm,len," .. OWNER })
+        -- the neighbour entries made permanent: the queued datagrams leave in ip's context (not in
+        -- softirq), which must neither become their owner nor make -c take them
+        local replace = {}
+        for _, ip in ipairs({ pair.ip4_b, pair.ip6_b }) do
+            replace[#replace + 1] = table.concat({ "ip -n", pair.ns_a, "neigh replace", ip, "lladdr", pair.mac_b,
+                "dev", pair.veth_a, "nud permanent" }, " ")
+        end
+        local r = clirun.cli({ "-F", "json", "-o", "len,owner_pid", "-f", scope, "-c",
+            "sh -c '" .. table.concat(replace, "; ") .. "'" }, { timeout = 30 })
+        assert.are.equal(0, r.code, r.err)
+        assert.are.same({}, parse(r.out))
+        local got = {}
+        for _, ev in ipairs(parse(stop_cli(all).out)) do
+            got[#got + 1] = { ev.comm, ev.len, ev.owner_pid, ev.owner_comm }
+        end
+        local v4, v6 = { "ip", 142 }, { "ip", 162 }
+        assert.are.same({ v4, v4, v4, v6, v6, v6 }, got)
+    end)
+
     it("shows the owner in the default text line and pcapng comments; -p and --comm select by it", function()
         netns.require_root()
         pair = assert(netns.pair{ name = "ndqos", static_neigh = false })
