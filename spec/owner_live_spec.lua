@@ -12,6 +12,17 @@ local bpfobjs = require("support.bpfobjs")
 local cjson = require("cjson")
 
 local OWNER = "owner_pid,owner_tid,owner_comm,owner_uid,owner_cgroup"
+-- the three ways the sk_buff and the socket are read: raw mode's direct loads (--read auto on
+-- this kernel), its probe reads, and tp_btf
+local MODES = { { "raw", { "--mode", "raw" } }, { "raw --read probe", { "--mode", "raw", "--read", "probe" } },
+                { "btf", { "--mode", "btf" } } }
+local function with_mode(mode, args)
+    local out = { unpack(mode[2]) }
+    for _, a in ipairs(args) do
+        out[#out + 1] = a
+    end
+    return out
+end
 
 local function touch(path)
     assert(io.open(path, "w")):close()
@@ -59,9 +70,9 @@ describe("socket owner attribution #root", function()
         end
     end)
 
-    for _, mode in ipairs({ "raw", "btf" }) do
+    for _, mode in ipairs(MODES) do
     it("charges datagrams that waited for ARP/ND to their sender, not to the task that sent them later ("
-        .. mode .. " mode)", function()
+        .. mode[1] .. ")", function()
             netns.require_root()
             pair = assert(netns.pair{ name = "ndqow", static_neigh = false })
             -- b answers neither ARP nor ND until its addresses come back; a asks every 200 ms
@@ -77,8 +88,8 @@ describe("socket owner attribution #root", function()
                 assert(os.execute("mkdir " .. clirun.quote(cg)) == 0)
                 cg_id = inode(cg)
             end
-            local cli = start_cli({ "--mode", mode, "-F", "json", "-f", "netns == " .. pair.netns_a, "-o",
-                "comm,pid,cgroup,ethertype,proto,dport,len," .. OWNER })
+            local cli = start_cli(with_mode(mode, { "-F", "json", "-f", "netns == " .. pair.netns_a, "-o",
+                "comm,pid,cgroup,ethertype,proto,dport,len," .. OWNER }))
             -- each sender: into the cgroup (from the host: `ip netns exec` hides /sys/fs/cgroup),
             -- then into namespace a as uid 65534; 3 datagrams, then it exits
             local senders = {}
@@ -163,8 +174,9 @@ describe("socket owner attribution #root", function()
         assert.are.same({ [142] = 3, [162] = 3 }, n)
     end)
 
+    for _, mode in ipairs(MODES) do
     it("names no owner for datagrams whose socket closed before netdevq started, released by another process's"
-        .. " netlink request; -c running that request takes none of them", function()
+        .. " netlink request; -c running that request takes none of them (" .. mode[1] .. ")", function()
         netns.require_root()
         pair = assert(netns.pair{ name = "ndqoz", static_neigh = false })
         assert(pair:exec("b", { "ip", "addr", "flush", "dev", pair.veth_b })) -- b never answers
@@ -174,7 +186,7 @@ describe("socket owner attribution #root", function()
                 "100", "3" }))
         end
         local scope = "netns == " .. pair.netns_a .. " and dport == 9000"
-        local all = start_cli({ "-F", "json", "-f", scope, "-o", "comm,len," .. OWNER })
+        local all = start_cli(with_mode(mode, { "-F", "json", "-f", scope, "-o", "comm,len," .. OWNER }))
         -- the neighbour entries made permanent: the queued datagrams leave in ip's context (not in
         -- softirq), which must neither become their owner nor make -c take them
         local replace = {}
@@ -182,8 +194,8 @@ describe("socket owner attribution #root", function()
             replace[#replace + 1] = table.concat({ "ip -n", pair.ns_a, "neigh replace", ip, "lladdr", pair.mac_b,
                 "dev", pair.veth_a, "nud permanent" }, " ")
         end
-        local r = clirun.cli({ "-F", "json", "-o", "len,owner_pid", "-f", scope, "-c",
-            "sh -c '" .. table.concat(replace, "; ") .. "'" }, { timeout = 30 })
+        local r = clirun.cli(with_mode(mode, { "-F", "json", "-o", "len,owner_pid", "-f", scope, "-c",
+            "sh -c '" .. table.concat(replace, "; ") .. "'" }), { timeout = 30 })
         assert.are.equal(0, r.code, r.err)
         assert.are.same({}, parse(r.out))
         local got = {}
@@ -193,6 +205,7 @@ describe("socket owner attribution #root", function()
         local v4, v6 = { "ip", 142 }, { "ip", 162 }
         assert.are.same({ v4, v4, v4, v6, v6, v6 }, got)
     end)
+    end
 
     it("shows the owner in the default text line and pcapng comments; -p and --comm select by it", function()
         netns.require_root()
@@ -294,9 +307,9 @@ describe("socket owner attribution #root", function()
         assert.are.equal(3, n)
     end)
 
-    for _, mode in ipairs({ "raw", "btf" }) do
+    for _, mode in ipairs(MODES) do
     it("-p, --comm and -c take no packet the kernel queues from softirq without an owner, whoever it interrupted ("
-        .. mode .. " mode)", function()
+        .. mode[1] .. ")", function()
             netns.require_root()
             pair = assert(netns.pair{ name = "ndqok" })
             local scope = "netns == " .. pair.netns_a
@@ -314,8 +327,8 @@ describe("socket owner attribution #root", function()
                 end
                 return argv
             end
-            local fields = { "--mode", mode, "-F", "json", "-o", "comm,pid,proto,dport,owner_pid,owner_comm", "-f",
-                scope }
+            local fields = with_mode(mode, { "-F", "json", "-o", "comm,pid,proto,dport,owner_pid,owner_comm",
+                "-f", scope })
             local function events(out)
                 local got = {}
                 for _, ev in ipairs(parse(out)) do
