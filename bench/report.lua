@@ -270,6 +270,13 @@ for _, m in ipairs({ "raw", "btf" }) do
                     .. "ns/event)", m, (p4.ns - p1.ns) / 3, p4.ns, p1.ns))
     end
 end
+-- what the clock costs in the all-fields row: the same fields without ts/time
+local nots = by_key.raw_nots
+if raw and nots and raw.ns and nots.ns and nots.x_empty then
+    emit(format("clock (raw, all fields): %.0f ns/event with ts/time, %.0f (%.2fx the empty program) "
+                .. "without: bpf_ktime_get_ns costs %.0f", raw.ns, nots.ns, nots.x_empty,
+                raw.ns - nots.ns))
+end
 local kc, bc = by_key.count, by_key.bt_count
 if kc and bc and kc.ns and bc.ns then
     target(kc.ns <= 0.8 * bc.ns, format("in-kernel count: %.0f ns/event vs bpftrace count %.0f "

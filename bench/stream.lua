@@ -3,7 +3,7 @@
 -- netdevq streaming every event to a Lua callback that only counts, through the public API
 -- (netdevq.open + on_event + run), as a user script would. MODE is raw or btf; FIELDS is a comma
 -- list handed to open{fields=} ("all" or "" = the default: every field, so the kernel parses all
--- of it); FILTER is an open{filter=} expression (the kernel part is pushed down); READ is
+-- of it; "all-A,B": every field the default reads but A and B); FILTER is an open{filter=} expression (the kernel part is pushed down); READ is
 -- open{read=}: auto (default), direct or probe.
 --
 -- stderr, once attached:  bench: attached prog_id=N
@@ -22,7 +22,21 @@ if not mode or not max_seconds then
     os.exit(2)
 end
 local fields
-if field_list and field_list ~= "" and field_list ~= "all" then
+if field_list and field_list:match("^all%-") then
+    -- "all-ts,time": every field the default reads (all but the fate fields), but these
+    local catalogue, abi = require("netdevq.catalogue"), require("netdevq.abi")
+    local bit = require("bit")
+    local drop = {}
+    for name in field_list:sub(5):gmatch("[^,]+") do
+        drop[name] = true
+    end
+    fields = {}
+    for _, name in ipairs(catalogue.names) do
+        if not drop[name] and bit.band(catalogue.needs({ name }), abi.NEED.LATENCY) == 0 then
+            fields[#fields + 1] = name
+        end
+    end
+elseif field_list and field_list ~= "" and field_list ~= "all" then
     fields = {}
     for name in field_list:gmatch("[^,]+") do
         fields[#fields + 1] = name
