@@ -273,9 +273,9 @@ end
 -- what the clock costs in the all-fields row: the same fields without ts/time
 local nots = by_key.raw_nots
 if raw and nots and raw.ns and nots.ns and nots.x_empty then
-    emit(format("clock (raw, all fields): %.0f ns/event with ts/time, %.0f (%.2fx the empty program) "
-                .. "without: bpf_ktime_get_ns costs %.0f", raw.ns, nots.ns, nots.x_empty,
-                raw.ns - nots.ns))
+    emit(format("clock (raw, all fields): %.0f ns/event with ts/time, %.0f (%.2fx the empty "
+                .. "program) without: bpf_ktime_get_ns costs %.0f", raw.ns, nots.ns,
+                nots.x_empty, raw.ns - nots.ns))
 end
 local kc, bc = by_key.count, by_key.bt_count
 if kc and bc and kc.ns and bc.ns then

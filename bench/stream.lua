@@ -3,8 +3,9 @@
 -- netdevq streaming every event to a Lua callback that only counts, through the public API
 -- (netdevq.open + on_event + run), as a user script would. MODE is raw or btf; FIELDS is a comma
 -- list handed to open{fields=} ("all" or "" = the default: every field, so the kernel parses all
--- of it; "all-A,B": every field the default reads but A and B); FILTER is an open{filter=} expression (the kernel part is pushed down); READ is
--- open{read=}: auto (default), direct or probe.
+-- of it; "all-A,B": every field the default reads but A and B); FILTER is an open{filter=}
+-- expression (the kernel part is pushed down); READ is open{read=}: auto (default), direct or
+-- probe.
 --
 -- stderr, once attached:  bench: attached prog_id=N
 -- stdout, at the end:     seen=N kfiltered=N emitted=N lost=N received=N delivered=N
