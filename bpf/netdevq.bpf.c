@@ -586,8 +586,8 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 }
 
 /* --- pcap-filter expressions decided in the kernel (issue 16) ---------------------------------
- * netdevq_pcap_eth and netdevq_pcap_raw are stubs whose bodies the loader replaces as the
- * program loads (csrc/pcap_kernel.c) with the translation of libpcap's program for an Ethernet
+ * netdevq_pcap_eth[_copy] and netdevq_pcap_raw[_copy] are stubs whose bodies the loader replaces
+ * as the program loads (csrc/pcap_kernel.c) with the translation of libpcap's program for an Ethernet
  * and a raw IP link (csrc/cbpf_ebpf.c); cfg.pcap says whether handle() calls them, before any
  * decoding (a rejected packet costs the expression alone). They see the packet as libpcap does
  * on a live capture: from the link header (Ethernet; an offloaded VLAN tag written back after
@@ -606,26 +606,23 @@ struct {
 	__type(value, struct ndq_pcap_frame);
 } pcap_frame SEC(".maps");
 
-/* Static, so that the verifier checks the spliced body at each call with the caller's registers
- * (the packet, or the copy). The volatile and the asm keep the compiler from assuming what the
- * stub returns, or dropping arguments it does not read. */
-static __noinline int netdevq_pcap_eth(const void *frame, __u32 caplen, __u32 wirelen,
-				       const void *data, __u32 linear)
-{
-	volatile int match = 1;
-
-	asm volatile("" ::"r"(frame), "r"(caplen), "r"(wirelen), "r"(data), "r"(linear));
-	return match;
-}
-
-static __noinline int netdevq_pcap_raw(const void *frame, __u32 caplen, __u32 wirelen,
-				       const void *data, __u32 linear)
-{
-	volatile int match = 1;
-
-	asm volatile("" ::"r"(frame), "r"(caplen), "r"(wirelen), "r"(data), "r"(linear));
-	return match;
-}
+/* Static, so that the verifier checks the spliced body at each call with the caller's registers.
+ * A link has two stubs, one called with the packet itself and one with the per-CPU copy: the
+ * verifier lets each load instruction see one kind of pointer only. The volatile and the asm keep
+ * the compiler from assuming what a stub returns, or dropping arguments it does not read. */
+#define PCAP_STUB(name)                                                                           \
+	static __noinline int name(const void *frame, __u32 caplen, __u32 wirelen,                \
+				   const void *data, __u32 linear)                                \
+	{                                                                                         \
+		volatile int match = 1;                                                           \
+                                                                                                  \
+		asm volatile("" ::"r"(frame), "r"(caplen), "r"(wirelen), "r"(data), "r"(linear)); \
+		return match;                                                                     \
+	}
+PCAP_STUB(netdevq_pcap_eth)
+PCAP_STUB(netdevq_pcap_eth_copy)
+PCAP_STUB(netdevq_pcap_raw)
+PCAP_STUB(netdevq_pcap_raw_copy)
 
 /* n bytes at p into the per-CPU frame from byte off (a constant), as many as fit */
 static __always_inline int frame_copy(struct ndq_pcap_frame *f, const __u32 off, const void *p,
@@ -674,13 +671,13 @@ static __always_inline int pcap_match(struct scratch *s, struct netdevq_event *e
 			l2 = MIN(fr.l2, fr.avail);
 			if (l2 && frame_copy(f, 0, fr.at + l2, (__u64)fr.avail - l2))
 				return 0;
-			return netdevq_pcap_raw(f, MIN(fr.avail - l2, NDQ_SNAP_MAX),
-						ev->len > l2 ? ev->len - l2 : 0, fr.at + l2,
-						fr.avail - l2);
+			return netdevq_pcap_raw_copy(f, MIN(fr.avail - l2, NDQ_SNAP_MAX),
+						     ev->len > l2 ? ev->len - l2 : 0, fr.at + l2,
+						     fr.avail - l2);
 		}
 		if (!tpid)
-			return netdevq_pcap_eth(f, MIN(fr.avail, NDQ_SNAP_MAX), ev->len, fr.at,
-						fr.avail);
+			return netdevq_pcap_eth_copy(f, MIN(fr.avail, NDQ_SNAP_MAX), ev->len, fr.at,
+						     fr.avail);
 	}
 	/* an offloaded tag, written back after the MACs: past the frame, byte i of what libpcap
 	 * sees is byte i - 4 of the packet */
@@ -691,8 +688,8 @@ static __always_inline int pcap_match(struct scratch *s, struct netdevq_event *e
 	f->b[13] = tpid & 0xff;
 	f->b[14] = tci >> 8;
 	f->b[15] = tci & 0xff;
-	return netdevq_pcap_eth(f, MIN(fr.avail + 4, NDQ_SNAP_MAX), ev->len + 4, fr.at - 4,
-				fr.avail + 4);
+	return netdevq_pcap_eth_copy(f, MIN(fr.avail + 4, NDQ_SNAP_MAX), ev->len + 4, fr.at - 4,
+				     fr.avail + 4);
 }
 /* --- end of pcap-filter expressions ------------------------------------------------------- */
 

@@ -1,6 +1,6 @@
 /* cbpf_ebpf.h - classic BPF (what libpcap compiles a tcpdump expression into) translated into
- * the body of an eBPF function the kernel runs on each event (bpf/netdevq.bpf.c,
- * netdevq_pcap_match; csrc/pcap_kernel.c splices it in as an freplace program).
+ * the body of an eBPF function the kernel runs on each event (bpf/netdevq.bpf.c's pcap stubs,
+ * whose bodies csrc/pcap_kernel.c replaces with it as the program loads).
  *
  * The function the translation is the body of:
  *

@@ -23,7 +23,20 @@
 #include "pcap_filter.h"
 #include "pcap_kernel.h"
 
-static const char *const STUBS[2] = { "netdevq_pcap_eth", "netdevq_pcap_raw" };
+/* The stubs, and the link each one's body is translated for (LINK_ETH or LINK_RAW, the index of
+ * its body in struct layout). A link has two: one called with the packet itself, one with a
+ * per-CPU copy, since the verifier lets a load instruction see only one kind of pointer. */
+enum { LINK_ETH, LINK_RAW };
+static const struct stub {
+	const char *name;
+	int link;
+} STUBS[] = {
+	{ "netdevq_pcap_eth", LINK_ETH },
+	{ "netdevq_pcap_eth_copy", LINK_ETH },
+	{ "netdevq_pcap_raw", LINK_RAW },
+	{ "netdevq_pcap_raw_copy", LINK_RAW },
+};
+#define N_STUBS (sizeof(STUBS) / sizeof(STUBS[0]))
 
 /* The splice asked for the next load (one at a time: libbpf's load is synchronous). */
 static struct request {
@@ -37,9 +50,10 @@ static struct request {
 	size_t ebpf_len[2];
 } req;
 
-/* an index map old -> new over the instructions, and the stub each subprogram start is */
+/* an index map old -> new over the instructions, and the translation for each link */
 struct layout {
 	size_t *newpos; /* n_old + 1 entries */
+	int *body_of;	/* per subprogram: the body (a link) replacing it, or -1 */
 	uint64_t *body[2];
 	size_t body_len[2];
 };
@@ -49,9 +63,9 @@ static int stub_of(const struct btf *btf, __u32 type_id)
 	const struct btf_type *t = btf__type_by_id(btf, type_id);
 	const char *name = t ? btf__name_by_offset(btf, t->name_off) : NULL;
 
-	for (int i = 0; name && i < 2; i++)
-		if (strcmp(name, STUBS[i]) == 0)
-			return i;
+	for (size_t i = 0; name && i < N_STUBS; i++)
+		if (strcmp(name, STUBS[i].name) == 0)
+			return (int)i;
 	return -1;
 }
 
@@ -61,7 +75,7 @@ static int translate(const struct ndq_pcap *p, struct layout *lay)
 
 	for (int i = 0; i < 2; i++) {
 		size_t len = 1;
-		const struct sock_filter *cbpf = ndq_pcap_insns(p, i == 0, &len);
+		const struct sock_filter *cbpf = ndq_pcap_insns(p, i == LINK_ETH, &len);
 
 		if (!cbpf) { /* no meaning on this link type: nothing matches */
 			cbpf = &never;
@@ -85,10 +99,11 @@ static int rewrite(struct bpf_program *prog, struct bpf_prog_load_opts *opts, st
 	size_t n = bpf_program__insn_cnt(prog), nf = opts->func_info_cnt, at = 0, out_n = 0;
 	__u32 fsz = opts->func_info_rec_size;
 	struct bpf_insn *out = NULL;
-	int stub_at[2] = { -1, -1 }, found = 0;
+	size_t found = 0;
 
 	lay->newpos = calloc(n + 1, sizeof(size_t));
-	if (!lay->newpos || !btf || !opts->func_info || !nf)
+	lay->body_of = calloc(nf ? nf : 1, sizeof(int));
+	if (!lay->newpos || !lay->body_of || !btf || !opts->func_info || !nf)
 		return snprintf(req.err, sizeof(req.err), "the program has no BTF func_info"), -1;
 	/* positions: walk the subprograms (func_info is sorted by insn_off) */
 	for (size_t f = 0; f < nf; f++) {
@@ -96,24 +111,23 @@ static int rewrite(struct bpf_program *prog, struct bpf_prog_load_opts *opts, st
 		size_t e = f + 1 < nf ? REC(opts->func_info, f + 1, fsz)->insn_off : n;
 		int st = stub_of(btf, REC(opts->func_info, f, fsz)->type_id);
 
+		lay->body_of[f] = st >= 0 ? STUBS[st].link : -1;
 		for (size_t j = s; j < e; j++)
 			lay->newpos[j] = at + (st >= 0 ? 0 : j - s);
-		if (st >= 0) {
-			stub_at[st] = (int)f;
-			found++;
-		}
-		at += st >= 0 ? lay->body_len[st] : e - s;
+		found += st >= 0;
+		at += st >= 0 ? lay->body_len[lay->body_of[f]] : e - s;
 	}
 	lay->newpos[n] = at;
-	if (found != 2)
-		return snprintf(req.err, sizeof(req.err), "the program calls no pcap stubs"), -1;
+	if (!found) /* (a program holds the stubs it calls: the copy ones alone where no load
+		     * may reach the packet itself) */
+		return snprintf(req.err, sizeof(req.err), "the program calls no pcap stub"), -1;
 	out = calloc(at, sizeof(*out));
 	if (!out)
 		return snprintf(req.err, sizeof(req.err), "out of memory"), -1;
 	for (size_t f = 0; f < nf; f++) {
 		size_t s = REC(opts->func_info, f, fsz)->insn_off;
 		size_t e = f + 1 < nf ? REC(opts->func_info, f + 1, fsz)->insn_off : n;
-		int st = f == (size_t)stub_at[0] ? 0 : f == (size_t)stub_at[1] ? 1 : -1;
+		int st = lay->body_of[f];
 
 		if (st >= 0) {
 			memcpy(out + out_n, lay->body[st], lay->body_len[st] * sizeof(*out));
@@ -210,6 +224,7 @@ static int prepare(struct bpf_program *prog, struct bpf_prog_load_opts *opts, lo
 		rc = 0;
 	}
 	free(lay.newpos);
+	free(lay.body_of);
 	free(lay.body[0]);
 	free(lay.body[1]);
 	return rc < 0 ? -EINVAL : 0;

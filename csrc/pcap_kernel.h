@@ -1,6 +1,6 @@
 /* pcap_kernel.h - pcap expressions decided in the kernel (issue 16): libpcap's program for each
  * link type (pcap_filter.c), translated into eBPF (cbpf_ebpf.c), spliced into the net_dev_queue
- * program at load in place of its stubs netdevq_pcap_eth and netdevq_pcap_raw
+ * program at load in place of its stubs netdevq_pcap_eth[_copy] and netdevq_pcap_raw[_copy]
  * (bpf/netdevq.bpf.c). */
 #ifndef NETDEVQ_PCAP_KERNEL_H
 #define NETDEVQ_PCAP_KERNEL_H
