@@ -394,7 +394,7 @@ end
 
 local previous = {}
 local shown = setmetatable({}, { __tostring = function(self) return show(self.argv) end })
-for _ = 1, run.count do
+while run:more() do
     local argv
     if chance(0.5) or #previous == 0 then
         argv = generate_argv()

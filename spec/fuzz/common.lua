@@ -11,6 +11,9 @@
 --     fuzz NAME: seed S, N inputs, A ok, E clean errors, F failures
 --
 -- and each failure as "FAIL #i: what (input: %q)"; exit status 0 only without failures.
+-- With $NDQ_FUZZ_BUDGET_S set, a run also stops once that many seconds have passed and says so
+-- ("fuzz NAME: time budget of B s reached"): the inputs are the same sequence, cut shorter on a
+-- slower machine, and the spec decides how many must have run.
 -- Before each input the index goes to the progress file ($NDQ_FUZZ_PROGRESS), so that after a
 -- crash the spec can say which input it was (regenerate it with the same seed).
 
@@ -104,7 +107,21 @@ function _M.runner(name, default_count, argv)
         failures = {},
         progress = progress_path and assert(io.open(progress_path, "w")) or nil,
         slow_s = tonumber(os.getenv("NDQ_FUZZ_SLOW_S")) or 2,
+        budget_s = tonumber(os.getenv("NDQ_FUZZ_BUDGET_S")),
+        started = os.time(),
     }, Run)
+end
+
+--- True while inputs remain: fewer than COUNT have run, and the time budget (if any) is not spent.
+function Run:more()
+    if self.n >= self.count then
+        return false
+    end
+    if self.budget_s and os.difftime(os.time(), self.started) >= self.budget_s then
+        self.out_of_time = true
+        return false
+    end
+    return true
 end
 
 --- Runs fn(input) under pcall for the next input. fn returns "ok", "clean", or nil and a reason
@@ -165,6 +182,10 @@ function Run:finish()
     end
     for kind, n in pairs(self.kinds or {}) do
         io.stdout:write(string.format("%7d x %s\n", n, (kind:gsub("\n.*", ""))))
+    end
+    if self.out_of_time then
+        io.stdout:write(string.format("fuzz %s: time budget of %d s reached\n", self.name,
+            self.budget_s))
     end
     io.stdout:write(string.format("fuzz %s: seed %d, %d inputs, %d ok, %d clean errors, %d failures\n",
         self.name, self.seed, self.n - self.start + 1, self.ok, self.clean, nfail))

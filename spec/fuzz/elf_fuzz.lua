@@ -179,6 +179,9 @@ for i = 1, run.count do
     if i < start then
         goto continue
     end
+    if not run:more() then
+        break
+    end
     if dump_at == i then -- NDQ_FUZZ_DUMP=N:PATH writes input N to PATH (to reproduce a crash)
         local out = assert(io.open(dump_path, "wb"))
         out:write(data)

@@ -166,7 +166,7 @@ local function check(text)
 end
 
 local previous
-for _ = 1, run.count do
+while run:more() do
     local input = generate(previous)
     run:check(input, check)
     if #input < 400 then

@@ -121,7 +121,7 @@ local function check(expr)
 end
 
 local previous
-for _ = 1, run.count do
+while run:more() do
     local input = generate(previous)
     -- libpcap takes a C string: input with a NUL byte ends there, like any argv would
     run:check(input, check)
