@@ -78,6 +78,26 @@ struct {
 	__type(value, struct netdevq_agg_value);
 } aggs SEC(".maps");
 
+/* A CPU's batch of events written in place (cfg.batch > 1). Appends go to buffer cur; a flush
+ * (netdevq_flush, run on this CPU by the consumer) switches cur before it hands the other one
+ * over, so an append that interrupts it lands in the new buffer. An append marks itself busy:
+ * a flush that interrupts one leaves the batch alone (the consumer tries again). */
+struct batch {
+	volatile __u32 n[2];
+	volatile __u32 cur;
+	volatile __u8 busy;	/* an append is under way */
+	volatile __u8 flushing; /* a flush is under way: an append leaves the hand-over to it */
+	__u8 pad[2];
+	__u8 buf[2][NDQ_BATCH_BYTES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct batch);
+} batches SEC(".maps");
+
 /* tgids of the live processes of the tree followed with -c (cfg.follow_pid): added by
  * netdevq_fork, moved to `exited` by netdevq_exit. */
 struct {
@@ -710,6 +730,21 @@ static __always_inline __u64 wake_flags(struct scratch *s, __u64 size)
 	return BPF_RB_NO_WAKEUP;
 }
 
+/* Buffer c's n events out as one ring record. They count as emitted when appended: a full
+ * ring moves them to lost (atomically: a flush may run between an append's counter updates). */
+static __always_inline void batch_out(struct batch *b, __u32 c, __u32 n, struct scratch *s,
+				      struct counters *cnt)
+{
+	__u64 bytes = (__u64)n * emit_size();
+
+	if (!bytes || bytes > NDQ_BATCH_BYTES) /* never: the verifier wants the bound */
+		return;
+	if (bpf_ringbuf_output(&events, b->buf[c & 1], bytes, wake_flags(s, bytes))) {
+		__sync_fetch_and_add(&cnt->c[NDQ_CNT_LOST], n);
+		__sync_fetch_and_add(&cnt->c[NDQ_CNT_EMITTED], -(__s64)n);
+	}
+}
+
 /* Whether anything reads the members every event carries whatever `need` says (skb, mark,
  * cpu, ...: the block before pid in struct netdevq_event): events go out, or an aggregation
  * key or value lies there (csrc/derive.c). An in-kernel count by device reads none of them. */
@@ -761,13 +796,26 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	__u32 zero = 0;
 	struct counters *cnt = bpf_map_lookup_elem(&counters, &zero);
 	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	const bool batched = in_place && cfg.batch > 1;
 	struct netdevq_event *ev, *rec = NULL;
 	struct net *net = NULL;
+	struct batch *b = NULL;
+	__u32 bc = 0, bn = 0;
 
 	if (!cnt || !s)
 		return 0;
 	cnt->c[NDQ_CNT_SEEN]++;
-	if (in_place) {
+	if (batched) { /* the next slot of this CPU's batch */
+		b = bpf_map_lookup_elem(&batches, &zero);
+		if (!b)
+			return 0;
+		b->busy = 1;
+		bc = b->cur & 1;
+		bn = b->n[bc];
+		if (bn >= cfg.batch) /* never: a full batch goes out at once */
+			bn = 0;
+		ev = (void *)b->buf[bc] + bn * size;
+	} else if (in_place) {
 		ev = bpf_ringbuf_reserve(&events, size, 0);
 		if (!ev) {
 			cnt->c[NDQ_CNT_LOST]++;
@@ -796,7 +844,9 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 			copy = SKB_COPY_MAX;
 		if (bpf_probe_read_kernel(s->skb, copy, skb)) {
 			cnt->c[NDQ_CNT_READ_FAILED]++;
-			if (in_place)
+			if (batched)
+				b->busy = 0;
+			else if (in_place)
 				bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP);
 			return 0;
 		}
@@ -910,7 +960,22 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	if (cfg.need & NDQ_NEED_LATENCY)
 		return latency_hold(s, cnt, skb,
 				    SKB(dev)); /* out when its fate is known (never in place) */
-	if (in_place) {
+	if (batched) {
+		/* out when full, or at once when it is the batch's first event and the consumer
+		 * has taken everything (a quiet device's events wait for no flush), unless a flush
+		 * this append interrupted will hand the buffer over. Only the first event looks:
+		 * the query reads the consumer's position, a cache line user space keeps writing;
+		 * the others wait for a full batch or the next flush (FLUSH_MS). */
+		cnt->c[NDQ_CNT_EMITTED]++;
+		bn++;
+		if (bn >= cfg.batch ||
+		    (bn == 1 && !b->flushing && !bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA))) {
+			batch_out(b, bc, bn, s, cnt);
+			bn = 0;
+		}
+		b->n[bc] = bn;
+		b->busy = 0;
+	} else if (in_place) {
 		bpf_ringbuf_submit(ev, wake_flags(s, size));
 		cnt->c[NDQ_CNT_EMITTED]++;
 	} else if (rec) {
@@ -923,7 +988,10 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	return 0;
 
 filtered:
-	if (in_place) /* never: in_place means no filter, but the verifier wants the release */
+	/* never: in_place means no filter, but the verifier wants the release */
+	if (batched)
+		b->busy = 0;
+	else if (in_place)
 		bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP);
 	cnt->c[NDQ_CNT_KFILTERED]++;
 	return 0;
@@ -953,6 +1021,35 @@ int BPF_PROG(netdevq_btf, struct sk_buff *skb)
 /* Follows the -c process tree: a child of a tracked process is tracked. A new process whose
  * parent is not tracked got a pid that a tracked process held once (pids are recycled): it is
  * not part of the tree, whatever netdevq_exit missed. Threads (same tgid) change nothing. */
+/* Hands over this CPU's batch (the consumer runs it on each CPU with BPF_PROG_TEST_RUN and
+ * BPF_F_TEST_RUN_ON_CPU: from an IPI, or directly on its own CPU). Returns 1 when an append
+ * it interrupted holds the batch (try again), else 0. */
+SEC("raw_tp")
+int netdevq_flush(void *ctx)
+{
+	__u32 zero = 0, c, n;
+	struct batch *b = bpf_map_lookup_elem(&batches, &zero);
+	struct counters *cnt = bpf_map_lookup_elem(&counters, &zero);
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+
+	if (!b || !cnt || !s)
+		return 0;
+	if (b->busy || b->flushing)
+		return 1;
+	b->flushing = 1;
+	c = b->cur & 1;
+	b->cur = c ^ 1; /* appends from here on (an interrupt's) go to the other buffer */
+	n = b->n[c];	/* read after the switch: an append before it is in */
+	if (n) {
+		if (n > NDQ_BATCH_MAX)
+			n = NDQ_BATCH_MAX;
+		batch_out(b, c, n, s, cnt);
+		b->n[c] = 0;
+	}
+	b->flushing = 0;
+	return 0;
+}
+
 SEC("raw_tp/sched_process_fork")
 int netdevq_fork(struct bpf_raw_tracepoint_args *ctx)
 {

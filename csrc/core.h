@@ -46,9 +46,14 @@ struct tracer {
 	struct bpf_program *prog;
 	struct bpf_program *fork_prog;
 	struct bpf_program *exit_prog;
+	struct bpf_program *flush_prog; /* netdevq_flush: hands a CPU's batch over */
 	struct ring_buffer *rb;
 	struct netdevq_event *batch; /* the payload of a userdata the tracer's userdata keeps */
 	size_t batch_n, batch_cap;
+	size_t event_size; /* bytes of one event in a ring record (cfg.event_size) */
+	size_t kbatch;	   /* events one ring record may carry (cfg.batch) */
+	int flush_fd;	   /* netdevq_flush when kbatch > 1, else -1 */
+	__u64 last_flush;  /* CLOCK_MONOTONIC ns of the last flush */
 	struct netdevq_agg_key *agg_keys;
 	struct netdevq_agg_value *agg_vals;
 	size_t agg_cap;

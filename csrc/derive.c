@@ -60,7 +60,24 @@ static int common_read(const struct netdevq_config *cfg)
 	return cfg->agg_has_value && cfg->agg_value.off < end;
 }
 
-void ndq_derive(struct netdevq_config *cfg)
+/* events per ring record: as many written-in-place events as a batch buffer (and max_bytes)
+ * holds, up to max_batch (what the consumer takes per poll: a record is never split) */
+static __u32 batch_size(const struct netdevq_config *cfg, int in_place, __u32 max_batch,
+			__u32 max_bytes)
+{
+	__u32 bytes = max_bytes < NDQ_BATCH_BYTES ? max_bytes : NDQ_BATCH_BYTES;
+	__u32 n = cfg->event_size ? bytes / cfg->event_size : 1;
+
+	if (!in_place)
+		return 1;
+	if (n > NDQ_BATCH_MAX)
+		n = NDQ_BATCH_MAX;
+	if (n > max_batch)
+		n = max_batch;
+	return n ? n : 1;
+}
+
+void ndq_derive(struct netdevq_config *cfg, __u32 max_batch, __u32 max_bytes)
 {
 	const int filter_task = cfg->pid.n || cfg->tid.n;
 	const int filter_dev = cfg->ifindex.n || cfg->n_dev || cfg->netns.n;
@@ -83,4 +100,5 @@ void ndq_derive(struct netdevq_config *cfg)
 		(filter_l3l4 ? NDQ_DERIVED_FILTER_L3L4 : 0) |
 		(in_place ? NDQ_DERIVED_IN_PLACE : 0) | (common_read(cfg) ? NDQ_DERIVED_COMMON : 0);
 	cfg->event_size = event_size(cfg);
+	cfg->batch = batch_size(cfg, in_place, max_batch, max_bytes);
 }

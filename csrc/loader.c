@@ -81,6 +81,8 @@ static const char *opt_str(lua_State *L, int idx, const char *key, size_t *len)
 	return s;
 }
 
+static bool kernel_at_least(int major, int minor);
+
 static void read_options(lua_State *L, struct open_opts *o)
 {
 	size_t config_len = 0;
@@ -125,7 +127,11 @@ static void read_options(lua_State *L, struct open_opts *o)
 		memcpy(&o->cfg, config, sizeof(o->cfg));
 	ndq_owner_config(&o->cfg);
 	o->set_bitmaps = ndq_sets_plan(&o->cfg, o->set_values, o->set_values_len);
-	ndq_derive(&o->cfg); /* last: from every member above */
+	/* last, from all of the above. Batches need a flush run on each CPU (BPF_F_TEST_RUN_ON_CPU
+	 * on raw_tp: Linux 5.10); one holds at most an eighth of the ring buffer, so that a full
+	 * ring still has room for batches from other CPUs */
+	ndq_derive(&o->cfg, kernel_at_least(5, 10) ? (__u32)o->batch : 1,
+		   (__u32)o->ringbuf_size / 8);
 }
 
 /* --- the raw-mode read path (--read) ---------------------------------------------------------
@@ -413,8 +419,8 @@ static void size_maps(struct tracer *t, const struct open_opts *o)
 /* Config, map sizes and programs of the opened object: -1 with msg set */
 static int configure_object(struct tracer *t, const struct open_opts *o, char *msg, size_t msglen)
 {
-	static const char *maps[] = { "events",	  "aggs", "tracked", "exited",
-				      "counters", "sets", "set_bits" };
+	static const char *maps[] = { "events",	  "aggs", "tracked",  "exited",
+				      "counters", "sets", "set_bits", "batches" };
 	struct bpf_map *rodata = map_by_suffix(t->obj, ".rodata");
 	struct bpf_program *p;
 	size_t cfg_off = 0;
@@ -426,7 +432,8 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 	t->prog = bpf_object__find_program_by_name(t->obj, prog_name(o->path));
 	t->fork_prog = bpf_object__find_program_by_name(t->obj, "netdevq_fork");
 	t->exit_prog = bpf_object__find_program_by_name(t->obj, "netdevq_exit");
-	if (complete && t->prog && t->fork_prog && t->exit_prog &&
+	t->flush_prog = bpf_object__find_program_by_name(t->obj, "netdevq_flush");
+	if (complete && t->prog && t->fork_prog && t->exit_prog && t->flush_prog &&
 	    rodata_config_offset(t->obj, &cfg_off) == 0)
 		rc = write_config(rodata, cfg_off, &o->cfg, msg, msglen);
 	if (rc > 0)
@@ -439,8 +446,12 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 	bpf_object__for_each_program(p, t->obj) {
 		bool follow = (p == t->fork_prog || p == t->exit_prog) && o->cfg.follow_pid;
 
-		bpf_program__set_autoload(p, p == t->prog || follow);
+		bool flush = p == t->flush_prog && o->cfg.batch > 1;
+
+		bpf_program__set_autoload(p, p == t->prog || follow || flush);
 	}
+	t->event_size = o->cfg.event_size;
+	t->kbatch = o->cfg.batch;
 	ndq_owner_select(t->obj, &o->cfg);
 	ndq_latency_select(t->obj, &o->cfg, o->mode);
 	t->follow_pid = o->cfg.follow_pid;
@@ -474,6 +485,7 @@ static int load_object(struct tracer *t, char *msg, size_t msglen)
 	t->counters_fd = bpf_map__fd(bpf_object__find_map_by_name(t->obj, "counters"));
 	t->aggs_fd = bpf_map__fd(bpf_object__find_map_by_name(t->obj, "aggs"));
 	t->tracked_fd = bpf_map__fd(bpf_object__find_map_by_name(t->obj, "tracked"));
+	t->flush_fd = t->kbatch > 1 ? bpf_program__fd(t->flush_prog) : -1;
 	t->rb = ring_buffer__new(bpf_map__fd(bpf_object__find_map_by_name(t->obj, "events")),
 				 ndq_on_sample, t, NULL);
 	if (!t->rb) {
@@ -580,7 +592,7 @@ int ndq_core_open(lua_State *L)
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		goto cleanup;
-	t->counters_fd = t->aggs_fd = t->tracked_fd = -1;
+	t->counters_fd = t->aggs_fd = t->tracked_fd = t->flush_fd = -1;
 	snprintf(t->mode, sizeof(t->mode), "%s", o.mode);
 	t->batch_cap = (size_t)o.batch;
 	lua_getfenv(L, -1);
@@ -611,6 +623,10 @@ int ndq_core_open(lua_State *L)
 							"tp_btf, direct loads");
 	if (t->pcap && !t->pcap_kernel && ndq_verbose)
 		fprintf(stderr, "netdevq: pcap filter decided in user space (libpcap)\n");
+	if (t->kbatch > 1 && ndq_verbose)
+		fprintf(stderr,
+			"netdevq: events handed over in per-CPU batches of up to %zu (%zu bytes each)\n",
+			t->kbatch, t->event_size);
 	ud->t = t;
 	return 1;
 cleanup:

@@ -2,8 +2,10 @@
  * batch Lua reads through the FFI, counters, aggregation map reads, close (one idempotent close
  * serves :close() and __gc). */
 #include <errno.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -14,6 +16,7 @@
 #include "pcap_filter.h"
 
 #define BATCH_FULL (-1000000)
+#define FLUSH_MS 100 /* the longest a batched event waits for a poll to hand it over */
 
 void ndq_tracer_free(struct tracer *t)
 {
@@ -42,9 +45,9 @@ static struct tracer *check_tracer(lua_State *L)
 	return ud->t;
 }
 
-int ndq_on_sample(void *ctx, void *data, size_t size)
+/* one event of a ring record into the batch, unless the user-space pcap filter drops it */
+static void take_event(struct tracer *t, const void *data, size_t size)
 {
-	struct tracer *t = ctx;
 	struct netdevq_event *dst = &t->batch[t->batch_n];
 
 	if (size > sizeof(*dst))
@@ -58,10 +61,64 @@ int ndq_on_sample(void *ctx, void *data, size_t size)
 		dst->snap_len = 0;
 	if (t->pcap && !t->pcap_kernel && !ndq_pcap_match_event(t->pcap, dst)) {
 		t->pcap_dropped++;
-		return 0;
+		return;
 	}
 	t->batch_n++;
-	return t->batch_n >= t->batch_cap ? BATCH_FULL : 0;
+}
+
+/* A ring record holds one event, or a CPU's batch of them (event_size bytes each). The poll
+ * stops while the batch still has room for a whole record: a record is never split. */
+int ndq_on_sample(void *ctx, void *data, size_t size)
+{
+	struct tracer *t = ctx;
+	size_t step = t->event_size;
+
+	/* (the bound on batch_n never acts: a record holds at most kbatch events) */
+	if (t->kbatch > 1 && step && size > step && size % step == 0)
+		for (size_t off = 0; off < size && t->batch_n < t->batch_cap; off += step)
+			take_event(t, (const char *)data + off, step);
+	else
+		take_event(t, data, size);
+	return t->batch_n + t->kbatch > t->batch_cap ? BATCH_FULL : 0;
+}
+
+static __u64 now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (__u64)ts.tv_sec * 1000000000ull + (__u64)ts.tv_nsec;
+}
+
+/* Every CPU's batch into the ring (netdevq_flush run on each CPU). A CPU whose batch an append
+ * holds that moment is tried again, a few times: a program still running after a detach, or one
+ * this flush interrupted. Offline CPUs have nothing to flush (ENXIO). */
+static void flush_batches(struct tracer *t)
+{
+	int ncpu = libbpf_num_possible_cpus();
+
+	if (t->flush_fd < 0)
+		return;
+	for (int cpu = 0; cpu < ncpu; cpu++) {
+		for (int try = 0; try < 100; try++) {
+			LIBBPF_OPTS(bpf_test_run_opts, run);
+
+			run.flags = BPF_F_TEST_RUN_ON_CPU;
+			run.cpu = (__u32)cpu;
+			if (bpf_prog_test_run_opts(t->flush_fd, &run) || run.retval == 0)
+				break;
+			sched_yield();
+		}
+	}
+	t->last_flush = now_ns();
+}
+
+/* consume what the ring holds, after handing every CPU's batch over when flush */
+static int take(struct tracer *t, bool flush)
+{
+	if (flush)
+		flush_batches(t);
+	return ring_buffer__consume(t->rb);
 }
 
 /* 0, or the nil, err pair pushed */
@@ -151,12 +208,25 @@ static int tracer_poll(lua_State *L)
 	int rc;
 
 	t->batch_n = 0;
-	rc = ring_buffer__consume(t->rb);
-	if (rc >= 0 && t->batch_n == 0 && timeout != 0 && !ndq_interrupted) {
-		rc = ring_buffer__poll(t->rb, timeout);
+	/* batches: a CPU's events wait for a full batch while the consumer has not caught up; a
+	 * flush hands them over within FLUSH_MS of any poll, and on a drain (timeout 0) */
+	rc = take(t, t->flush_fd >= 0 && now_ns() - t->last_flush >= FLUSH_MS * 1000000ull);
+	if (rc >= 0 && t->batch_n == 0 && timeout == 0 && t->flush_fd >= 0)
+		rc = take(t, true);
+	for (int waited = 0; rc >= 0 && t->batch_n == 0 && timeout != 0 && !ndq_interrupted;) {
+		int wait = timeout;
+
+		if (t->flush_fd >= 0 && (wait < 0 || wait - waited > FLUSH_MS))
+			wait = FLUSH_MS;
+		else if (t->flush_fd >= 0)
+			wait = timeout - waited;
+		rc = ring_buffer__poll(t->rb, wait);
 		/* with adaptive wakeup, data below the threshold is picked up here on timeout */
 		if (rc >= 0 && t->batch_n == 0)
-			rc = ring_buffer__consume(t->rb);
+			rc = take(t, t->flush_fd >= 0);
+		waited += wait;
+		if (timeout > 0 && waited >= timeout)
+			break;
 	}
 	if (rc < 0 && rc != BATCH_FULL && rc != -EINTR)
 		return ndq_push_fail(L, "polling the ring buffer failed (%s)", strerror(-rc));
@@ -330,6 +400,13 @@ static int tracer_read_path(lua_State *L)
 	return 1;
 }
 
+/* t:kernel_batch() -> events per ring record: 1, or the size of the per-CPU batches */
+static int tracer_kernel_batch(lua_State *L)
+{
+	lua_pushinteger(L, (lua_Integer)check_tracer(L)->kbatch);
+	return 1;
+}
+
 /* t:close(): idempotent; __gc too. The batch userdata stays valid for whoever still holds it. */
 static int tracer_close(lua_State *L)
 {
@@ -363,6 +440,7 @@ void ndq_tracer_register(lua_State *L)
 		{ "prog_stats", tracer_prog_stats },
 		{ "close", tracer_close },
 		{ "read_path", tracer_read_path },
+		{ "kernel_batch", tracer_kernel_batch },
 		{ NULL, NULL },
 	};
 
