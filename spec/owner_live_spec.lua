@@ -33,6 +33,16 @@ local clis = live.tracked_clis()
 local start_cli, stop_cli, parse = clis.start, clis.stop, live.json_objects
 local cgroup2_root, inode = live.cgroup2_root, live.inode
 
+-- a asks b for its address every 200 ms, 50 times: datagrams queued for the neighbour wait up
+-- to 10 s for b to answer (by default a drops them after 3 probes a second apart, which a loaded
+-- machine can spend before a test releases them)
+local function patient_neigh(pair)
+    local va = pair.veth_a
+    assert(pair:exec("a", { "sysctl", "-qw", "net.ipv4.neigh." .. va .. ".retrans_time_ms=200",
+        "net.ipv4.neigh." .. va .. ".mcast_solicit=50", "net.ipv6.neigh." .. va .. ".retrans_time_ms=200",
+        "net.ipv6.neigh." .. va .. ".mcast_solicit=50" }))
+end
+
 -- lines of a spawned ndq_send until one equals want; the pid from its "pid N" line
 local function until_line(proc, want)
     local pid
@@ -77,10 +87,7 @@ describe("socket owner attribution #root", function()
             pair = assert(netns.pair{ name = "ndqow", static_neigh = false })
             -- b answers neither ARP nor ND until its addresses come back; a asks every 200 ms
             assert(pair:exec("b", { "ip", "addr", "flush", "dev", pair.veth_b }))
-            local va = pair.veth_a
-            assert(pair:exec("a", { "sysctl", "-qw", "net.ipv4.neigh." .. va .. ".retrans_time_ms=200",
-                "net.ipv4.neigh." .. va .. ".mcast_solicit=50", "net.ipv6.neigh." .. va .. ".retrans_time_ms=200",
-                "net.ipv6.neigh." .. va .. ".mcast_solicit=50" }))
+            patient_neigh(pair)
             local root = cgroup2_root()
             local cg_id
             if root then
@@ -148,6 +155,7 @@ describe("socket owner attribution #root", function()
         netns.require_root()
         pair = assert(netns.pair{ name = "ndqon", static_neigh = false })
         assert(pair:exec("b", { "ip", "addr", "flush", "dev", pair.veth_b })) -- b never answers
+        patient_neigh(pair)
         local cli = start_cli({ "-F", "json", "-f", "netns == " .. pair.netns_a .. " and dport == 9000", "-o",
             "comm,pid,len," .. OWNER })
         local want = {}
@@ -180,6 +188,7 @@ describe("socket owner attribution #root", function()
         netns.require_root()
         pair = assert(netns.pair{ name = "ndqoz", static_neigh = false })
         assert(pair:exec("b", { "ip", "addr", "flush", "dev", pair.veth_b })) -- b never answers
+        patient_neigh(pair)
         -- sent, queued for the neighbour, and the sender gone (its socket closed) before any tracer
         for _, v in ipairs({ { "udp4", pair.ip4_a, pair.ip4_b }, { "udp6", pair.ip6_a, pair.ip6_b } }) do
             assert(pair:exec("a", { netns.ndq_send(), "--name", "ndq_gone", v[1], v[2], v[3], "9000", "40000",
@@ -211,6 +220,7 @@ describe("socket owner attribution #root", function()
         netns.require_root()
         pair = assert(netns.pair{ name = "ndqos", static_neigh = false })
         assert(pair:exec("b", { "ip", "addr", "flush", "dev", pair.veth_b })) -- b answers later
+        patient_neigh(pair)
         local scope = "netns == " .. pair.netns_a
         local go = dir .. "/go"
         -- the sender waits for the go file, so that -p can name it before it sends
@@ -277,8 +287,7 @@ describe("socket owner attribution #root", function()
         netns.require_root()
         pair = assert(netns.pair{ name = "ndqoc", static_neigh = false })
         assert(pair:exec("b", { "ip", "addr", "flush", "dev", pair.veth_b })) -- b answers later
-        assert(pair:exec("a", { "sysctl", "-qw", "net.ipv4.neigh." .. pair.veth_a .. ".retrans_time_ms=200",
-            "net.ipv4.neigh." .. pair.veth_a .. ".mcast_solicit=50" }))
+        patient_neigh(pair)
         -- another process's datagrams wait in the same neighbour queue: not the command's
         assert(pair:exec("a", { netns.ndq_send(), "--name", "ndq_other", "udp4", pair.ip4_a, pair.ip4_b,
             "9001", "40001", "100", "2" }))
@@ -521,8 +530,9 @@ describe("socket owner attribution #root", function()
         end
         local owner = { "ndq_owner_destroy", "ndq_owner_recv", "ndq_owner_send", "ndq_owner_softirq_entry",
             "ndq_owner_softirq_exit", "ndq_owner_state" }
-        local function with(main)
-            local t = { main }
+        -- main, the owner programs and extra (an unfiltered stream's batches: netdevq_flush)
+        local function with(main, extra)
+            local t = { main, extra }
             for _, n in ipairs(owner) do
                 t[#t + 1] = n
             end
@@ -533,8 +543,10 @@ describe("socket owner attribution #root", function()
         assert.are.same({ "netdevq_direct" }, progs({ "-q", "-o", "comm,pid,dev,len", "-d", "10" }))
         assert.are.same({ "netdevq_direct" }, progs({ "-q", "--count", "comm,dev", "-d", "10" }))
         assert.are.same({ "netdevq_raw" }, progs({ "--read", "probe", "-q", "--count", "comm,dev", "-d", "10" }))
-        assert.are.same(with("netdevq_direct"), progs({ "-o", "len,owner_comm", "-d", "10" }))
-        assert.are.same(with("netdevq_raw"), progs({ "--read", "probe", "-o", "len,owner_comm", "-d", "10" }))
+        assert.are.same(with("netdevq_direct", "netdevq_flush"), progs({ "-o", "len,owner_comm", "-d",
+            "10" }))
+        assert.are.same(with("netdevq_raw", "netdevq_flush"), progs({ "--read", "probe", "-o",
+            "len,owner_comm", "-d", "10" }))
         assert.are.same(with("netdevq_btf"), progs({ "--mode", "btf", "-q", "--count", "owner_comm", "-d", "10" }))
         assert.are.same(with("netdevq_direct"), progs({ "-q", "-o", "len", "-p", "1", "-d", "10" }))
     end)
