@@ -82,6 +82,7 @@ struct tracer_ud {
 extern int ndq_verbose;
 int ndq_push_fail(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void ndq_set_funcs(lua_State *L, const luaL_Reg *l);
+__u64 ndq_monotonic_ns(void); /* CLOCK_MONOTONIC in ns (core.monotonic_ns, the flush timer) */
 
 /* loader.c */
 int ndq_core_open(lua_State *L);

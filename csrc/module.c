@@ -47,12 +47,17 @@ static int print_libbpf(enum libbpf_print_level level, const char *fmt, va_list 
 	return vfprintf(stderr, fmt, args);
 }
 
-static int core_monotonic_ns(lua_State *L)
+__u64 ndq_monotonic_ns(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	lua_pushnumber(L, (lua_Number)ts.tv_sec * 1e9 + (lua_Number)ts.tv_nsec);
+	return (__u64)ts.tv_sec * 1000000000ull + (__u64)ts.tv_nsec;
+}
+
+static int core_monotonic_ns(lua_State *L)
+{
+	lua_pushnumber(L, (lua_Number)ndq_monotonic_ns());
 	return 1;
 }
 

@@ -5,7 +5,6 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -82,14 +81,6 @@ int ndq_on_sample(void *ctx, void *data, size_t size)
 	return t->batch_n + t->kbatch > t->batch_cap ? BATCH_FULL : 0;
 }
 
-static __u64 now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (__u64)ts.tv_sec * 1000000000ull + (__u64)ts.tv_nsec;
-}
-
 /* Every CPU's batch into the ring (netdevq_flush run on each CPU). A CPU whose batch an append
  * holds that moment is tried again, a few times: a program still running after a detach, or one
  * this flush interrupted. Offline CPUs have nothing to flush (ENXIO). */
@@ -110,7 +101,7 @@ static void flush_batches(struct tracer *t)
 			sched_yield();
 		}
 	}
-	t->last_flush = now_ns();
+	t->last_flush = ndq_monotonic_ns();
 }
 
 /* consume what the ring holds, after handing every CPU's batch over when flush */
@@ -210,7 +201,8 @@ static int tracer_poll(lua_State *L)
 	t->batch_n = 0;
 	/* batches: a CPU's events wait for a full batch while the consumer has not caught up; a
 	 * flush hands them over within FLUSH_MS of any poll, and on a drain (timeout 0) */
-	rc = take(t, t->flush_fd >= 0 && now_ns() - t->last_flush >= FLUSH_MS * 1000000ull);
+	rc = take(t,
+		  t->flush_fd >= 0 && ndq_monotonic_ns() - t->last_flush >= FLUSH_MS * 1000000ull);
 	if (rc >= 0 && t->batch_n == 0 && timeout == 0 && t->flush_fd >= 0)
 		rc = take(t, true);
 	for (int waited = 0; rc >= 0 && t->batch_n == 0 && timeout != 0 && !ndq_interrupted;) {
