@@ -1,5 +1,6 @@
 /* pcap_filter.c - see pcap_filter.h */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -33,6 +34,47 @@ struct reply {
 
 static const int dlts[2] = { DLT_EN10MB, DLT_RAW };
 
+/* libpcap is opened on first use (dlopen of NDQ_LIBPCAP_SONAME, the soname the build linked
+ * against): a run without an expression maps neither it nor the eleven libraries it pulls in
+ * (dbus, systemd, gcrypt, lz4, zstd...), which cost ~5 ms of start and ~1 MiB of memory. The
+ * functions used, each as `lib.NAME` for libpcap's pcap_NAME: */
+#define PCAP_FUNCS(X)                                                                     \
+	X(open_dead, pcap_t *, (int, int))                                                \
+	X(compile, int, (pcap_t *, struct bpf_program *, const char *, int, bpf_u_int32)) \
+	X(geterr, char *, (pcap_t *))                                                     \
+	X(close, void, (pcap_t *))                                                        \
+	X(freecode, void, (struct bpf_program *))                                         \
+	X(offline_filter, int,                                                            \
+	  (const struct bpf_program *, const struct pcap_pkthdr *, const u_char *))
+#define PCAP_FIELD(name, ret, args) ret(*name) args;
+static struct {
+	int loaded;
+	PCAP_FUNCS(PCAP_FIELD)
+} lib;
+
+/* 0 once libpcap's functions are in lib; else -1 and a one-line message in err */
+static int lib_open(char *err, size_t errlen)
+{
+	void *h;
+
+	if (lib.loaded)
+		return 0;
+	h = dlopen(NDQ_LIBPCAP_SONAME, RTLD_NOW | RTLD_LOCAL);
+	if (!h) {
+		snprintf(err, errlen, "pcap filter: cannot load libpcap: %s", dlerror());
+		return -1;
+	}
+#define PCAP_SYM(name, ret, args)                                                           \
+	if (!(*(void **)&lib.name = dlsym(h, "pcap_" #name))) {                             \
+		snprintf(err, errlen, "pcap filter: %s has no pcap_%s", NDQ_LIBPCAP_SONAME, \
+			 #name);                                                            \
+		return -1;                                                                  \
+	}
+	PCAP_FUNCS(PCAP_SYM)
+	lib.loaded = 1; /* the handle stays open for the process's life */
+	return 0;
+}
+
 static int write_all(int fd, const void *buf, size_t len)
 {
 	const char *p = buf;
@@ -60,17 +102,17 @@ static int compile_both(const char *expr, int snaplen, struct ndq_pcap *p, char 
 	int *have[2] = { &p->have_eth, &p->have_raw };
 
 	for (int i = 0; i < 2; i++) {
-		pcap_t *h = pcap_open_dead(dlts[i], snaplen);
+		pcap_t *h = lib.open_dead(dlts[i], snaplen);
 
 		if (!h) {
 			snprintf(err, errlen, "pcap filter: cannot create a libpcap handle");
 			return -1;
 		}
-		if (pcap_compile(h, progs[i], expr, 1, PCAP_NETMASK_UNKNOWN) == 0)
+		if (lib.compile(h, progs[i], expr, 1, PCAP_NETMASK_UNKNOWN) == 0)
 			*have[i] = 1;
 		else if (i == 0)
-			snprintf(err, errlen, "pcap filter: %s", pcap_geterr(h));
-		pcap_close(h);
+			snprintf(err, errlen, "pcap filter: %s", lib.geterr(h));
+		lib.close(h);
 	}
 	return 0;
 }
@@ -219,7 +261,7 @@ struct ndq_pcap *ndq_pcap_compile(const char *expr, int snaplen, int budget_ms,
 	pid_t pid = -1;
 
 	snprintf(err, errlen, "pcap filter: out of memory");
-	if (!p)
+	if (!p || lib_open(err, errlen))
 		goto cleanup;
 	if (strlen(expr) <= INLINE_MAX) {
 		rc = compile_both(expr, snaplen, p, err, errlen);
@@ -270,7 +312,7 @@ int ndq_pcap_match(const struct ndq_pcap *p, int ethernet, const unsigned char *
 
 	if (!(ethernet ? p->have_eth : p->have_raw))
 		return 0;
-	return pcap_offline_filter(ethernet ? &p->eth : &p->raw, &hdr, pkt) != 0;
+	return lib.offline_filter(ethernet ? &p->eth : &p->raw, &hdr, pkt) != 0;
 }
 
 /* As libpcap hands packets to a filter on a live capture: from the link header on, an offloaded
@@ -311,7 +353,9 @@ void ndq_pcap_free(struct ndq_pcap *p)
 {
 	if (!p)
 		return;
-	pcap_freecode(&p->eth); /* safe on a zeroed program */
-	pcap_freecode(&p->raw);
+	if (lib.loaded) {	       /* else nothing was compiled */
+		lib.freecode(&p->eth); /* safe on a zeroed program */
+		lib.freecode(&p->raw);
+	}
 	free(p);
 }

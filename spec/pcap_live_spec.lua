@@ -216,3 +216,41 @@ describe("pcap-filter expressions against tshark on live traffic #root", functio
         assert(#failures == 0, table.concat(failures, "\n"))
     end)
 end)
+
+-- libpcap is opened on first use (csrc/pcap_filter.c): a tracer without an expression maps
+-- neither libpcap nor the libraries it pulls in; one with an expression maps it and compiles.
+describe("libpcap loaded on first use #root", function()
+    it("maps libpcap only once an expression is compiled", function()
+        netns.require_root()
+        local script = [[
+package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+package.cpath = "]] .. clirun.build_dir() .. [[/?.so;" .. package.cpath
+local netdevq = require("netdevq")
+local function mapped()
+    local f = assert(io.open("/proc/self/maps"))
+    local maps = f:read("*a")
+    f:close()
+    return (maps:find("libpcap", 1, true) and "pcap" or "none")
+        .. (maps:find("libdbus", 1, true) and "+dbus" or "")
+end
+local t = assert(netdevq.open{})
+io.write("plain ", mapped(), "\n")
+t:close()
+local bad, err = netdevq.open{ pcap = "udp portx 9" }
+io.write("bad ", tostring(bad), " ", err, "\n")
+t = assert(netdevq.open{ pcap = "udp port 9" })
+io.write("expression ", mapped(), " ", t.plan.pcap_path, "\n")
+t:close()
+t = assert(netdevq.open{ pcap = "udp port 9", pcap_kernel = false })
+io.write("user space ", t.plan.pcap_path, "\n")
+t:close()
+]]
+        local r = clirun.run({ "luajit", "-e", script })
+        assert.are.equal("", r.err)
+        assert.are.equal(0, r.code)
+        assert.are.equal("plain none\n"
+            .. "bad nil netdevq: pcap filter: can't parse filter expression: syntax error\n"
+            .. "expression pcap+dbus kernel\n"
+            .. "user space user\n", r.out)
+    end)
+end)
