@@ -35,9 +35,9 @@ struct reply {
 static const int dlts[2] = { DLT_EN10MB, DLT_RAW };
 
 /* libpcap is opened on first use (dlopen of NDQ_LIBPCAP_SONAME, the soname the build linked
- * against): a run without an expression maps neither it nor the eleven libraries it pulls in
- * (dbus, systemd, gcrypt, lz4, zstd...), which cost ~5 ms of start and ~1 MiB of memory. The
- * functions used, each as `lib.NAME` for libpcap's pcap_NAME: */
+ * against): a run without an expression maps neither it nor the eight libraries it pulls in
+ * (dbus, systemd, cap, gcrypt, gpg-error, lzma, zstd, lz4), which cost ~5 ms of start and
+ * ~1 MiB of memory. The functions used, each as `lib.NAME` for libpcap's pcap_NAME: */
 #define PCAP_FUNCS(X)                                                                     \
 	X(open_dead, pcap_t *, (int, int))                                                \
 	X(compile, int, (pcap_t *, struct bpf_program *, const char *, int, bpf_u_int32)) \
