@@ -251,6 +251,8 @@ describe("socket owner attribution #root", function()
         assert(pair:exec("a", { netns.ndq_send(), "--name", "ndq_other", "udp4", pair.ip4_a, pair.ip4_b,
             "9001", "40001", "100", "2" }))
         assert(pair:exec("b", { "ip", "addr", "add", pair.ip4_b .. "/24", "dev", pair.veth_b }))
+        -- b's ARP request releases a's queue at once (see the ARP/ND test above)
+        assert(pair:exec("b", { netns.ndq_send(), "icmp4", pair.ip4_b, pair.ip4_a, "1" }))
         assert(pair:exec("a", { netns.ndq_send(), "icmp4", pair.ip4_a, pair.ip4_b, "1" }))
 
         -- the text line: time comm pid dev len proto saddr:sport > daddr:dport, owner's comm/pid
