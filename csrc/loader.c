@@ -3,6 +3,9 @@
  * load) and the load. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <malloc.h>
+#include <stdint.h>
+#include <sys/mman.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -463,10 +466,54 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 	return 0;
 }
 
+/* --- memory for the load ----------------------------------------------------------------------
+ * bpf_object__load makes libbpf (1.1) read the kernel's BTF (/sys/kernel/btf/vmlinux, 5.5 MB on
+ * 6.18) into one malloc'd buffer, copy it into another and index it: ~11 MB of fresh memory,
+ * touched once, page by page. glibc serves blocks that size with mmap, and on a VM every 4 KiB
+ * first touch is a fault (here 2,900 faults, ~60% of the parse). For the load only, big blocks
+ * come from the heap instead, the heap grows in one step and is marked for transparent huge
+ * pages: the same bytes fault in 2 MiB at a time. Measured on a 2-vCPU kvm guest, start to
+ * attached 186-222 -> 128-157 ms, peak RSS unchanged (24 MB). Afterwards glibc's defaults come
+ * back and the freed BTF is trimmed from the heap. Where THP is off, madvise changes nothing. */
+#define LOAD_HEAP_PAD (40u << 20) /* > twice the kernel BTF, so one brk covers the load */
+#define LOAD_MMAP_THRESHOLD (32u << 20) /* the largest glibc takes (64-bit) */
+#define HUGE_PAGE (2u << 20)
+#define GLIBC_DEFAULT_PAD (128u << 10) /* M_TOP_PAD and M_TRIM_THRESHOLD, mallopt(3) */
+
+static void load_heap_begin(void)
+{
+	uintptr_t p, top, from;
+
+	mallopt(M_MMAP_THRESHOLD, (int)LOAD_MMAP_THRESHOLD);
+	mallopt(M_TRIM_THRESHOLD, (int)(2 * LOAD_HEAP_PAD));
+	mallopt(M_TOP_PAD, (int)LOAD_HEAP_PAD);
+	p = (uintptr_t)malloc(1u << 20); /* grows the heap by the pad */
+	top = (uintptr_t)sbrk(0);
+	from = (p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
+	/* p is in the brk heap (not under a sanitizer's allocator, say) */
+	if (p && p < top && top - p <= 2 * LOAD_HEAP_PAD && from < top &&
+	    madvise((void *)from, top - from, MADV_HUGEPAGE) && ndq_verbose)
+		fprintf(stderr, "netdevq: madvise(MADV_HUGEPAGE): %s\n", strerror(errno));
+	free((void *)p);
+}
+
+static void load_heap_end(void)
+{
+	mallopt(M_TOP_PAD, (int)GLIBC_DEFAULT_PAD);
+	mallopt(M_TRIM_THRESHOLD, (int)GLIBC_DEFAULT_PAD);
+	mallopt(M_MMAP_THRESHOLD, (int)GLIBC_DEFAULT_PAD);
+	malloc_trim(0);
+}
+/* --- end of memory for the load --------------------------------------------------------------- */
+
 static int load_object(struct tracer *t, char *msg, size_t msglen)
 {
 	char why[128];
-	int err = bpf_object__load(t->obj);
+	int err;
+
+	load_heap_begin();
+	err = bpf_object__load(t->obj);
+	load_heap_end();
 
 	if (err) {
 		libbpf_strerror(err, why, sizeof(why));
