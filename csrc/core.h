@@ -9,6 +9,7 @@
  *   signals.c  SIGINT/SIGTERM as a flag; blocked writes give up once it is set
  *   owner.c    the socket-owner programs (which load, attaching them, the /proc scan)
  *   pcap_filter.c  tcpdump expressions (libpcap), kept apart: its struct bpf_program collides
+ *   startup.c  the heap while an object loads; the pre-open thread (core.preopen)
  *
  * Expected failures return nil, "what failed: why; what to do". Misuse raises.
  */
@@ -33,6 +34,9 @@
 #define DEFAULT_BATCH 4096
 #define DEFAULT_AGG_KEYS 4096
 #define KERNEL_BTF "/sys/kernel/btf/vmlinux"
+#define NDQ_OBJECT_NAME "netdevq"    /* the BPF object, as libbpf names it */
+#define NDQ_TRACEPOINT "net_dev_queue"
+#define NDQ_BTF_PROG "netdevq_btf"   /* tp_btf/net_dev_queue */
 
 struct ndq_pcap;
 struct ndq_owner;
@@ -80,6 +84,8 @@ struct tracer_ud {
 
 /* module.c */
 extern int ndq_verbose;
+extern const unsigned char netdevq_bpf_object[]; /* embedded by bpf_blobs.S (CMakeLists.txt) */
+extern const unsigned long long netdevq_bpf_object_size;
 int ndq_push_fail(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void ndq_set_funcs(lua_State *L, const luaL_Reg *l);
 __u64 ndq_monotonic_ns(void); /* CLOCK_MONOTONIC in ns (core.monotonic_ns, the flush timer) */
@@ -94,6 +100,15 @@ void ndq_tracer_register(lua_State *L);
 
 /* proc.c */
 extern const luaL_Reg ndq_proc_funcs[];
+
+/* startup.c: the heap while an object opens and loads; the pre-open (core.preopen) and the
+ * object it opened: NULL when there is none, and when !usable (then it is closed) */
+void ndq_load_heap_begin(void);
+void ndq_load_heap_end(void);
+int ndq_preopen(lua_State *L);
+int ndq_preopen_wait(lua_State *L);
+int ndq_preopen_close(lua_State *L);
+struct bpf_object *ndq_preopen_take(bool usable);
 
 /* signals.c */
 extern volatile sig_atomic_t ndq_interrupted;

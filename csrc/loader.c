@@ -3,9 +3,6 @@
  * load) and the load. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <malloc.h>
-#include <stdint.h>
-#include <sys/mman.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,10 +24,6 @@
 #include "sets.h"
 
 #define PCAP_BUDGET_MS 10000 /* libpcap's optimizer is slow on long expressions */
-
-/* The BPF object, embedded by bpf_blobs.S (see CMakeLists.txt). */
-extern const unsigned char netdevq_bpf_object[];
-extern const unsigned long long netdevq_bpf_object_size;
 
 /* What core.open was given. Strings belong to the options table (kept on the stack). */
 struct open_opts {
@@ -165,7 +158,7 @@ static const char *read_path(const struct open_opts *o)
 
 static const char *prog_name(const char *path)
 {
-	return strcmp(path, "btf") == 0	   ? "netdevq_btf" :
+	return strcmp(path, "btf") == 0	   ? NDQ_BTF_PROG :
 	       strcmp(path, "direct") == 0 ? "netdevq_direct" :
 					     "netdevq_raw";
 }
@@ -297,7 +290,7 @@ static int open_object(struct tracer *t, const struct open_opts *o,
 	char why[128];
 	int err;
 
-	oopts->object_name = "netdevq";
+	oopts->object_name = NDQ_OBJECT_NAME;
 	if (o->object && access(o->object, R_OK) != 0) {
 		snprintf(msg, msglen,
 			 "cannot read BPF object %s (%s): give the path of a netdevq.bpf.o, or "
@@ -307,6 +300,15 @@ static int open_object(struct tracer *t, const struct open_opts *o,
 	}
 	if ((o->object || o->object_bytes) && trial_load(o, oopts, msg, msglen))
 		return -1;
+	/* the pre-opened object, when it is the one this open would make: the embedded object and
+	 * the kernel's BTF */
+	t->obj = ndq_preopen_take(!o->object && !o->object_bytes && !o->btf_path);
+	if (t->obj) {
+		if (ndq_verbose)
+			fprintf(stderr, "netdevq: the BPF object was opened while the CLI started "
+					"(libbpf's log of that open is not kept)\n");
+		return 0;
+	}
 	if (o->object)
 		t->obj = bpf_object__open_file(o->object, oopts);
 	else if (o->object_bytes)
@@ -466,54 +468,13 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 	return 0;
 }
 
-/* --- memory for the load ----------------------------------------------------------------------
- * bpf_object__load makes libbpf (1.1) read the kernel's BTF (/sys/kernel/btf/vmlinux, 5.5 MB on
- * 6.18) into one malloc'd buffer, copy it into another and index it: ~11 MB of fresh memory,
- * touched once, page by page. glibc serves blocks that size with mmap, and on a VM every 4 KiB
- * first touch is a fault (here 2,900 faults, ~60% of the parse). For the load only, big blocks
- * come from the heap instead, the heap grows in one step and is marked for transparent huge
- * pages: the same bytes fault in 2 MiB at a time. Measured on a 2-vCPU kvm guest, start to
- * attached 186-222 -> 128-157 ms, peak RSS unchanged (24 MB). Afterwards glibc's defaults come
- * back and the freed BTF is trimmed from the heap. Where THP is off, madvise changes nothing. */
-#define LOAD_HEAP_PAD (40u << 20) /* > twice the kernel BTF, so one brk covers the load */
-#define LOAD_MMAP_THRESHOLD (32u << 20) /* the largest glibc takes (64-bit) */
-#define HUGE_PAGE (2u << 20)
-#define GLIBC_DEFAULT_PAD (128u << 10) /* M_TOP_PAD and M_TRIM_THRESHOLD, mallopt(3) */
-
-static void load_heap_begin(void)
-{
-	uintptr_t p, top, from;
-
-	mallopt(M_MMAP_THRESHOLD, (int)LOAD_MMAP_THRESHOLD);
-	mallopt(M_TRIM_THRESHOLD, (int)(2 * LOAD_HEAP_PAD));
-	mallopt(M_TOP_PAD, (int)LOAD_HEAP_PAD);
-	p = (uintptr_t)malloc(1u << 20); /* grows the heap by the pad */
-	top = (uintptr_t)sbrk(0);
-	from = (p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
-	/* p is in the brk heap (not under a sanitizer's allocator, say) */
-	if (p && p < top && top - p <= 2 * LOAD_HEAP_PAD && from < top &&
-	    madvise((void *)from, top - from, MADV_HUGEPAGE) && ndq_verbose)
-		fprintf(stderr, "netdevq: madvise(MADV_HUGEPAGE): %s\n", strerror(errno));
-	free((void *)p);
-}
-
-static void load_heap_end(void)
-{
-	mallopt(M_TOP_PAD, (int)GLIBC_DEFAULT_PAD);
-	mallopt(M_TRIM_THRESHOLD, (int)GLIBC_DEFAULT_PAD);
-	mallopt(M_MMAP_THRESHOLD, (int)GLIBC_DEFAULT_PAD);
-	malloc_trim(0);
-}
-/* --- end of memory for the load --------------------------------------------------------------- */
-
 static int load_object(struct tracer *t, char *msg, size_t msglen)
 {
 	char why[128];
 	int err;
 
-	load_heap_begin();
 	err = bpf_object__load(t->obj);
-	load_heap_end();
+	ndq_load_heap_end(); /* the kernel's BTF is freed: trimmed before the ring buffer maps */
 
 	if (err) {
 		libbpf_strerror(err, why, sizeof(why));
@@ -551,8 +512,16 @@ static int open_and_load(struct tracer *t, struct open_opts *o, struct bpf_objec
 	char why[320];
 	int rc;
 
-	if (open_object(t, o, oopts, msg, msglen) || configure_object(t, o, msg, msglen))
+	ndq_load_heap_begin();
+	if (open_object(t, o, oopts, msg, msglen) || configure_object(t, o, msg, msglen)) {
+		ndq_load_heap_end();
 		return -1;
+	}
+	/* tp_btf: the attach id from the kernel BTF the load reads anyway, now (with the pcap
+	 * handlers registered, their prepare step would otherwise read that BTF a second time). A
+	 * failure here fails the load too, which says why. */
+	if (strcmp(o->path, "btf") == 0)
+		(void)bpf_program__set_attach_target(t->prog, 0, NDQ_TRACEPOINT);
 	if (t->pcap_kernel)
 		ndq_pcap_kernel_request(t->obj, t->prog, t->pcap);
 	rc = load_object(t, msg, msglen);
@@ -657,8 +626,10 @@ int ndq_core_open(lua_State *L)
 		pcap_kernel = true;
 		goto cleanup;
 	}
-	if (check_btf(&o, &oopts, msg, sizeof(msg)) ||
-	    (rc = open_and_load(t, &o, &oopts, msg, sizeof(msg)))) {
+	if (check_btf(&o, &oopts, msg, sizeof(msg)))
+		goto cleanup;
+	rc = open_and_load(t, &o, &oopts, msg, sizeof(msg));
+	if (rc) {
 		pcap_kernel = rc > 0;
 		goto cleanup;
 	}

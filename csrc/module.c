@@ -140,6 +140,9 @@ int luaopen_netdevq_core(lua_State *L)
 {
 	static const luaL_Reg funcs[] = {
 		{ "open", ndq_core_open },
+		{ "preopen", ndq_preopen },
+		{ "preopen_wait", ndq_preopen_wait },
+		{ "preopen_close", ndq_preopen_close },
 		{ "monotonic_ns", core_monotonic_ns },
 		{ "drop_reasons", ndq_drop_reasons },
 		{ NULL, NULL },

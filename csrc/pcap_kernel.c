@@ -209,7 +209,7 @@ static int prepare(struct bpf_program *prog, struct bpf_prog_load_opts *opts, lo
 	int rc = -1;
 
 	if (cookie && !opts->attach_btf_id) { /* tp_btf: what libbpf's own handler does */
-		int id = libbpf_find_vmlinux_btf_id("net_dev_queue", BPF_TRACE_RAW_TP);
+		int id = libbpf_find_vmlinux_btf_id(NDQ_TRACEPOINT, BPF_TRACE_RAW_TP);
 
 		if (id < 0)
 			return id;
@@ -233,7 +233,7 @@ static int prepare(struct bpf_program *prog, struct bpf_prog_load_opts *opts, lo
 static int attach(const struct bpf_program *prog, long cookie, struct bpf_link **link)
 {
 	*link = cookie ? bpf_program__attach_trace(prog) :
-			 bpf_program__attach_raw_tracepoint(prog, "net_dev_queue");
+			 bpf_program__attach_raw_tracepoint(prog, NDQ_TRACEPOINT);
 	return *link ? 0 : -errno;
 }
 

@@ -20,6 +20,9 @@ local fdlist = require("support.fdlist")
 
 local report_path = assert(os.getenv("NDQ_FDCHECK"), "NDQ_FDCHECK must name the report file")
 local cli = require("netdevq.cli")
+-- the CLI's pre-open thread (netdevq.core's startup.c) holds /sys/kernel/btf/vmlinux open for a
+-- moment: the list is taken once it is done (main() still takes its object, or closes it)
+require("netdevq.core").preopen_wait()
 local before = fdlist.list()
 local status = cli.main({ ... })
 local lines = fdlist.diff(before, fdlist.list())

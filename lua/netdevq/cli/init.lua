@@ -2,6 +2,12 @@
 -- Wiring the library together: the options and their checks are in cli/options.lua, and the
 -- decisions (what the kernel reads, where aggregations run, validation of values) are the
 -- library's (netdevq.plan), so Lua scripts get the same powers through require("netdevq").
+
+-- First: a second thread opens the BPF object and reads the kernel's BTF while the modules load
+-- and the options are parsed (netdevq.core's startup.c); the tracer's open takes that object,
+-- and main() closes it when nothing did (--help, a usage error, --object).
+local preopen = require("netdevq.core")
+preopen.preopen()
 local catalogue = require("netdevq.catalogue")
 local clock = require("netdevq.clock")
 local output = require("netdevq.output")
@@ -9,7 +15,7 @@ local plan = require("netdevq.plan")
 local options = require("netdevq.cli.options")
 local ffi = require("ffi")
 
--- the library and its C module load once the options are parsed: --help and -l need neither
+-- the library loads once the options are parsed: --help and -l do not need it
 local netdevq, core
 local function load_library()
     netdevq = require("netdevq")
@@ -215,8 +221,16 @@ local function stop_child(child)
     end
 end
 
+local main
+
 -- Runs the CLI with argv (a Lua array); returns the exit status.
 function _M.main(argv)
+    local status = main(argv)
+    preopen.preopen_close()
+    return status
+end
+
+function main(argv)
     -- a script as first positional: everything after it is the script's
     if argv[1] and argv[1]:match("%.lua$") then
         load_library()

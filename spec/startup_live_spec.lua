@@ -1,0 +1,139 @@
+-- The start (netdevq.core's csrc/startup.c; docs/reference.md "Start"): the CLI opens the BPF
+-- object and reads the kernel's BTF on a second thread while its Lua modules load, and the
+-- tracer's open takes that object. strace -f tells which thread opened /sys/kernel/btf/vmlinux
+-- and how often: once per run in every mode, on the pre-open thread; once on the main thread
+-- for a Lua script that does not pre-open; and a pcap expression decided in the kernel in btf
+-- mode does not read it a second time (its load handler used to look the attach id up itself).
+local clirun = require("support.clirun")
+local netns = require("support.netns")
+local live = require("support.live")
+
+local VMLINUX = '"/sys/kernel/btf/vmlinux"'
+
+-- argv under `strace -f`; returns the run ({ code, out, err }) and who opened the kernel's BTF,
+-- in order: "main" (the process's first thread) or "thread" (any other thread of it). Only
+-- threads: nothing here forks before the open (no --object trial load, no -c).
+local function btf_readers(argv)
+    local dir = clirun.tmpdir()
+    local log = dir .. "/strace"
+    local cmd = { "strace", "-f", "-qq", "-o", log, "-e", "trace=openat", "-e", "signal=none" }
+    for _, a in ipairs(argv) do
+        cmd[#cmd + 1] = a
+    end
+    local r = clirun.run(cmd, { env = { NETDEVQ_BUILD = clirun.build_dir() } })
+    local main, readers = nil, {}
+    for line in io.lines(log) do
+        local pid = line:match("^(%d+) ")
+        main = main or pid
+        -- "... = 3", or "... <unfinished ...>" when another thread's call came in between
+        -- (its "<... openat resumed>" line carries the result)
+        if line:find(VMLINUX, 1, true) and not line:find("= %-1") then
+            readers[#readers + 1] = pid == main and "main" or "thread"
+        end
+    end
+    clirun.rmtree(dir)
+    return r, readers
+end
+
+local function cli(args)
+    local argv = { "luajit", clirun.top() .. "/scripts/netdevq.lua" }
+    for _, a in ipairs(args) do
+        argv[#argv + 1] = a
+    end
+    return btf_readers(argv)
+end
+
+-- a Lua script run by luajit directly (not through the CLI), the tree's modules first
+local function script(dir, text)
+    local path = dir .. "/script.lua"
+    clirun.write_file(path, "package.path = " .. string.format("%q", clirun.top()
+        .. "/lua/?.lua;" .. clirun.top() .. "/lua/?/init.lua;") .. " .. package.path\n"
+        .. "package.cpath = " .. string.format("%q", clirun.build_dir() .. "/?.so;")
+        .. " .. package.cpath\n" .. text)
+    return btf_readers({ "luajit", path })
+end
+
+describe("the start: the BPF object pre-opened while the CLI loads #root", function()
+    local dir
+    live.tmpdir_each_test(function(d) dir = d end)
+    before_each(function()
+        netns.require_root()
+    end)
+
+    for _, case in ipairs({
+        { "raw, --read auto", {} },
+        { "raw, --read probe", { "--read", "probe" } },
+        { "raw, --read direct", { "--read", "direct" } },
+        { "btf", { "--mode", "btf" } },
+        { "raw, a pcap expression in the kernel", { "udp port 1" } },
+        { "btf, a pcap expression in the kernel", { "--mode", "btf", "udp port 1" } },
+        { "btf, an aggregation", { "--mode", "btf", "--count", "dev" } },
+    }) do
+        it("reads the kernel's BTF once, on the pre-open thread: " .. case[1], function()
+            local args = { "-v", "-d", "0.01", "-q" }
+            for _, a in ipairs(case[2]) do
+                args[#args + 1] = a
+            end
+            local r, readers = cli(args)
+            assert.equal(0, r.code, r.err)
+            assert.same({ "thread" }, readers, r.err)
+            local mode = case[2][1] == "--mode" and "btf" or "raw"
+            assert.truthy(r.err:find(live.ready_line(mode), 1, true), r.err)
+            assert.truthy(r.err:find("netdevq: the BPF object was opened while the CLI started",
+                1, true), r.err)
+            if case[1]:find("pcap") then
+                assert.truthy(r.err:find("netdevq: pcap filter decided in the kernel", 1, true),
+                    r.err)
+            end
+        end)
+    end
+
+    it("--help and a usage error: the thread is joined and its object closed, exit 0 / 2",
+        function()
+            local r, readers = cli({ "--help" })
+            assert.equal(0, r.code, r.err)
+            assert.truthy(r.out:find("^Usage: netdevq"), r.out)
+            assert.same({ "thread" }, readers)
+            r, readers = cli({ "-d", "x" })
+            assert.equal(2, r.code, r.err)
+            assert.same({ "thread" }, readers)
+        end)
+
+    it("a Lua script: one read on the main thread, or on the thread after core.preopen()",
+        function()
+            local body = [[
+local netdevq = require("netdevq")
+%s
+local t = assert(netdevq.open({ mode = "%s", pcap = "udp port 1" }))
+t:close()
+print("ok")
+]]
+            for _, mode in ipairs({ "raw", "btf" }) do
+                local r, readers = script(dir, body:format("", mode))
+                assert.equal(0, r.code, r.err)
+                assert.equal("ok\n", r.out)
+                assert.same({ "main" }, readers, mode)
+                r, readers = script(dir, body:format(
+                    'assert(require("netdevq.core").preopen() == true)', mode))
+                assert.equal(0, r.code, r.err)
+                assert.equal("ok\n", r.out)
+                assert.same({ "thread" }, readers, mode)
+            end
+        end)
+
+    it("a Lua script with btf_path: the pre-opened object is closed, the open reads its own",
+        function()
+            local r, readers = script(dir, [[
+local core = require("netdevq.core")
+assert(core.preopen() == true)
+core.preopen_wait()
+local t = assert(require("netdevq").open({ btf_path = "/sys/kernel/btf/vmlinux" }))
+t:close()
+print("ok")
+]])
+            assert.equal(0, r.code, r.err)
+            assert.equal("ok\n", r.out)
+            -- the thread's; then the open's CO-RE BTF (btf_path) and the kernel's (the kfunc)
+            assert.same({ "thread", "main", "main" }, readers, r.err)
+        end)
+end)
