@@ -11,6 +11,9 @@
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
+struct sock;
+struct socket;
+
 struct ns_common {
 	unsigned int inum;
 };
@@ -32,6 +35,7 @@ struct net_device {
 
 struct sk_buff {
 	struct net_device *dev;
+	struct sock *sk;
 	unsigned int len;
 	unsigned int data_len;
 	__u16 mac_len;
@@ -76,11 +80,55 @@ struct css_set {
 };
 
 struct task_struct {
+	unsigned int flags;
 	int pid;
 	int tgid;
 	char comm[16];
 	struct css_set *cgroups;
 	struct signal_struct *signal;
+};
+
+/* the socket owner (owner.bpf.h) */
+struct sock_common {
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+	__u16 skc_num; /* local port, host order */
+	possible_net_t skc_net;
+	struct sock *skc_listener; /* request socks: the listener */
+};
+
+struct sock_cgroup_data {
+	struct cgroup *cgroup;
+};
+
+typedef struct {
+	__u32 val;
+} kuid_t;
+
+struct sock {
+	struct sock_common __sk_common;
+	struct socket *sk_socket;
+	kuid_t sk_uid;
+	struct sock_cgroup_data sk_cgrp_data;
+	__u8 sk_kern_sock : 1;
+};
+
+struct inode {
+	unsigned long i_ino;
+};
+
+struct file {
+	struct inode *f_inode;
+};
+
+struct socket {
+	struct sock *sk;
+	struct file *file;
+};
+
+struct socket_alloc { /* sockfs allocates the socket and its inode together */
+	struct socket socket;
+	struct inode vfs_inode;
 };
 
 #pragma clang attribute pop

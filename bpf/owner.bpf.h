@@ -42,62 +42,7 @@
 #define NDQ_OWNER_MAX \
 	65536 /* the loader shrinks the maps to 1 entry when owners are not asked for */
 
-/* CO-RE views of the kernel types read here; the ___ndq flavour keeps them apart from kernel.h
- * (libbpf matches them to the kernel's sock, socket, ... by the name before "___"). */
-#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
-struct sock___ndq;
-struct net___ndq;
-struct possible_net___ndq {
-	struct net___ndq *net;
-};
-struct sock_common___ndq {
-	unsigned short skc_family;
-	volatile unsigned char skc_state;
-	__u16 skc_num; /* local port, host order */
-	struct possible_net___ndq skc_net;
-	struct sock___ndq *skc_listener; /* request socks: the listener */
-};
-struct kernfs_node___ndq {
-	__u64 id;
-};
-struct cgroup___ndq {
-	struct kernfs_node___ndq *kn;
-};
-struct sock_cgroup_data___ndq {
-	struct cgroup___ndq *cgroup;
-};
-struct kuid___ndq {
-	__u32 val;
-};
-struct socket___ndq;
-struct sock___ndq {
-	struct sock_common___ndq __sk_common;
-	struct socket___ndq *sk_socket;
-	struct kuid___ndq sk_uid;
-	struct sock_cgroup_data___ndq sk_cgrp_data;
-	__u8 sk_kern_sock : 1;
-};
-struct inode___ndq {
-	unsigned long i_ino;
-};
-struct file___ndq {
-	struct inode___ndq *f_inode;
-};
-struct socket___ndq {
-	struct sock___ndq *sk;
-	struct file___ndq *file;
-};
-struct socket_alloc___ndq { /* sockfs allocates the socket and its inode together */
-	struct socket___ndq socket;
-	struct inode___ndq vfs_inode;
-};
-struct sk_buff___ndq {
-	struct sock___ndq *sk;
-};
-struct task_struct___ndq {
-	unsigned int flags;
-};
-#pragma clang attribute pop
+/* The kernel types read here are declared, with the others, in kernel.h. */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -167,17 +112,16 @@ int BPF_PROG(ndq_owner_softirq_exit)
 }
 
 /* skb->sk: a direct load in btf mode, from the raw-mode copy of the sk_buff otherwise. */
-#define OWNER_SKB_SK(skb, copy, btf)                   \
-	((btf) ? ((struct sk_buff___ndq *)(skb))->sk : \
-		 *(struct sock___ndq **)((copy) +      \
-					 bpf_core_field_offset(struct sk_buff___ndq, sk)))
+#define OWNER_SKB_SK(skb, copy, btf)             \
+	((btf) ? ((struct sk_buff *)(skb))->sk : \
+		 *(struct sock **)((copy) + bpf_core_field_offset(struct sk_buff, sk)))
 
 /* The inode number of the sock's socket (0: none, e.g. after close or before accept). */
-static __always_inline __u64 owner_ino(struct sock___ndq *sk, const bool direct)
+static __always_inline __u64 owner_ino(struct sock *sk, const bool direct)
 {
-	struct socket___ndq *so;
-	struct inode___ndq *inode;
-	struct file___ndq *file;
+	struct socket *so;
+	struct inode *inode;
+	struct file *file;
 
 	if (direct) { /* a BTF pointer: plain loads; the socket's file holds the same inode */
 		so = sk->sk_socket;
@@ -188,16 +132,16 @@ static __always_inline __u64 owner_ino(struct sock___ndq *sk, const bool direct)
 	so = BPF_CORE_READ(sk, sk_socket);
 	if (!so)
 		return 0;
-	inode = (void *)((char *)so - bpf_core_field_offset(struct socket_alloc___ndq, socket) +
-			 bpf_core_field_offset(struct socket_alloc___ndq, vfs_inode));
+	inode = (void *)((char *)so - bpf_core_field_offset(struct socket_alloc, socket) +
+			 bpf_core_field_offset(struct socket_alloc, vfs_inode));
 	return BPF_CORE_READ(inode, i_ino);
 }
 
 /* What the sock itself says: its cgroup v2 id and uid (both fixed when it was created). */
-static __always_inline void owner_sock_read(struct sock___ndq *sk, struct netdevq_owner *o,
+static __always_inline void owner_sock_read(struct sock *sk, struct netdevq_owner *o,
 					    const bool direct)
 {
-	struct cgroup___ndq *cg;
+	struct cgroup *cg;
 
 	o->uid = direct ? sk->sk_uid.val : BPF_CORE_READ(sk, sk_uid.val);
 	o->cgroup = 0;
@@ -213,7 +157,7 @@ static __always_inline void owner_sock_read(struct sock___ndq *sk, struct netdev
 }
 
 /* The task on the CPU uses sk: it owns it now. Fills *now; 0 when sk takes no owner. */
-static __always_inline int owner_learn(struct sock___ndq *sk, struct netdevq_owner *now,
+static __always_inline int owner_learn(struct sock *sk, struct netdevq_owner *now,
 				       const bool direct)
 {
 	struct netdevq_owner *o;
@@ -233,11 +177,11 @@ static __always_inline int owner_learn(struct sock___ndq *sk, struct netdevq_own
 	if (direct) {
 		family = sk->__sk_common.skc_family;
 		kern = BPF_CORE_READ_BITFIELD(sk, sk_kern_sock);
-		flags = ((struct task_struct___ndq *)bpf_get_current_task_btf())->flags;
+		flags = ((struct task_struct *)bpf_get_current_task_btf())->flags;
 	} else {
 		family = BPF_CORE_READ(sk, __sk_common.skc_family);
 		kern = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock);
-		flags = BPF_CORE_READ((struct task_struct___ndq *)bpf_get_current_task(), flags);
+		flags = BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), flags);
 	}
 	if (family == NDQ_AF_UNIX || family == NDQ_AF_NETLINK || kern || (flags & NDQ_PF_KTHREAD))
 		return 0;
@@ -254,14 +198,14 @@ static __always_inline int owner_learn(struct sock___ndq *sk, struct netdevq_own
 	return 1;
 }
 
-static __always_inline void owner_listener_key(struct sock___ndq *sk, struct owner_listener_key *k)
+static __always_inline void owner_listener_key(struct sock *sk, struct owner_listener_key *k)
 {
 	k->net = (__u64)sk->__sk_common.skc_net.net; /* called from tp_btf programs only */
 	k->port = sk->__sk_common.skc_num;
 }
 
 SEC("tp_btf/sock_send_length")
-int BPF_PROG(ndq_owner_send, struct sock___ndq *sk)
+int BPF_PROG(ndq_owner_send, struct sock *sk)
 {
 	struct netdevq_owner now = {};
 
@@ -270,7 +214,7 @@ int BPF_PROG(ndq_owner_send, struct sock___ndq *sk)
 }
 
 SEC("tp_btf/sock_recv_length")
-int BPF_PROG(ndq_owner_recv, struct sock___ndq *sk)
+int BPF_PROG(ndq_owner_recv, struct sock *sk)
 {
 	struct netdevq_owner now = {};
 
@@ -279,7 +223,7 @@ int BPF_PROG(ndq_owner_recv, struct sock___ndq *sk)
 }
 
 SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(ndq_owner_state, struct sock___ndq *sk, int oldstate, int newstate)
+int BPF_PROG(ndq_owner_state, struct sock *sk, int oldstate, int newstate)
 {
 	struct netdevq_owner now = {}, *o;
 	struct owner_listener_key k = {};
@@ -311,7 +255,7 @@ int BPF_PROG(ndq_owner_state, struct sock___ndq *sk, int oldstate, int newstate)
 }
 
 SEC("tp_btf/tcp_destroy_sock")
-int BPF_PROG(ndq_owner_destroy, struct sock___ndq *sk)
+int BPF_PROG(ndq_owner_destroy, struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 
@@ -322,8 +266,7 @@ int BPF_PROG(ndq_owner_destroy, struct sock___ndq *sk)
 /* ev->owner_* for skb->sk (all zero: no owner). Returns whether the packet is the kernel's own
  * (no socket, or one of the kernel's sockets: ARP, ND, MLD, ICMP errors, resets), which the task
  * the kernel made it for may claim (owner_who_filter); 0 for a user socket, owner known or not. */
-static __always_inline bool owner_read(struct netdevq_event *ev, struct sock___ndq *sk,
-				       const bool direct)
+static __always_inline bool owner_read(struct netdevq_event *ev, struct sock *sk, const bool direct)
 {
 	struct netdevq_owner now = {}, *o;
 	__u64 key, ino, id;

@@ -34,9 +34,9 @@
 #define DEFAULT_BATCH 4096
 #define DEFAULT_AGG_KEYS 4096
 #define KERNEL_BTF "/sys/kernel/btf/vmlinux"
-#define NDQ_OBJECT_NAME "netdevq"    /* the BPF object, as libbpf names it */
+#define NDQ_OBJECT_NAME "netdevq" /* the BPF object, as libbpf names it */
 #define NDQ_TRACEPOINT "net_dev_queue"
-#define NDQ_BTF_PROG "netdevq_btf"   /* tp_btf/net_dev_queue */
+#define NDQ_BTF_PROG "netdevq_btf" /* tp_btf/net_dev_queue */
 
 struct ndq_pcap;
 struct ndq_owner;
