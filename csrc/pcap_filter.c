@@ -51,6 +51,7 @@ static struct {
 	int loaded;
 	PCAP_FUNCS(PCAP_FIELD)
 } lib;
+#undef PCAP_FIELD
 
 /* 0 once libpcap's functions are in lib; else -1 and a one-line message in err */
 static int lib_open(char *err, size_t errlen)
@@ -71,6 +72,7 @@ static int lib_open(char *err, size_t errlen)
 		return -1;                                                                  \
 	}
 	PCAP_FUNCS(PCAP_SYM)
+#undef PCAP_SYM
 	lib.loaded = 1; /* the handle stays open for the process's life */
 	return 0;
 }
