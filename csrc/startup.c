@@ -74,10 +74,11 @@ static struct bpf_object *opened; /* the worker's result; after the join, until 
 
 static void *preopen_work(void *unused)
 {
-	LIBBPF_OPTS(bpf_object_open_opts, oopts, .object_name = NDQ_OBJECT_NAME);
+	LIBBPF_OPTS(bpf_object_open_opts, oopts);
 	struct bpf_object *obj;
 	struct bpf_program *btf;
 
+	oopts.object_name = NDQ_OBJECT_NAME;
 	obj = bpf_object__open_mem(netdevq_bpf_object, netdevq_bpf_object_size, &oopts);
 	btf = obj ? bpf_object__find_program_by_name(obj, NDQ_BTF_PROG) : NULL;
 	/* reads the kernel's BTF into obj (what the load would do first); a failure here is
