@@ -27,6 +27,7 @@
 #include <lua.h>
 
 #include "netdevq.h"
+#include "startup.h"
 
 #define TRACER_MT "netdevq.Tracer"
 #define NETDEVQ_VERSION "0.1.0"
@@ -101,10 +102,8 @@ void ndq_tracer_register(lua_State *L);
 /* proc.c */
 extern const luaL_Reg ndq_proc_funcs[];
 
-/* startup.c: the heap while an object opens and loads; the pre-open (core.preopen) and the
- * object it opened: NULL when there is none, and when !usable (then it is closed) */
-void ndq_load_heap_begin(void);
-void ndq_load_heap_end(void);
+/* startup.c: the pre-open (core.preopen) and the object it opened: NULL when there is none,
+ * and when !usable (then it is closed) */
 int ndq_preopen(lua_State *L);
 int ndq_preopen_wait(lua_State *L);
 int ndq_preopen_close(lua_State *L);

@@ -243,6 +243,7 @@ static int trial_load(const struct open_opts *o, const struct bpf_object_open_op
 	if (!is_elf(o))
 		return 0;
 	fflush(NULL);
+	ndq_preopen_join();
 	pid = fork();
 	if (pid < 0) {
 		snprintf(msg, msglen, "fork failed (%s)", strerror(errno));

@@ -19,6 +19,7 @@
 #include "netdevq.h"
 
 #include "pcap_filter.h"
+#include "startup.h"
 
 struct ndq_pcap {
 	struct bpf_program eth, raw;
@@ -276,6 +277,7 @@ struct ndq_pcap *ndq_pcap_compile(const char *expr, int snaplen, int budget_ms,
 		goto cleanup;
 	}
 	fflush(NULL);
+	ndq_preopen_join();
 	pid = fork();
 	if (pid < 0) {
 		snprintf(err, errlen, "pcap filter: fork failed (%s)", strerror(errno));

@@ -64,6 +64,7 @@ static int core_spawn(lua_State *L)
 		err = "pipe";
 		goto cleanup;
 	}
+	ndq_preopen_join();
 	pid = fork();
 	if (pid < 0) {
 		err = "fork";

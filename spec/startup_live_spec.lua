@@ -35,6 +35,45 @@ local function btf_readers(argv)
     return r, readers
 end
 
+-- argv under `strace -f` with process creation traced: whether every fork (a clone without
+-- CLONE_THREAD) came after the pre-open thread had exited, and how many forks there were. A
+-- child forked while that thread holds an allocator lock waits forever (seen: the --object
+-- trial load under ASan).
+local function forks_after_thread(argv)
+    local dir = clirun.tmpdir()
+    local log = dir .. "/strace"
+    local cmd = { "strace", "-f", "-q", "-o", log, "-e", "trace=openat,clone,clone3,fork,vfork",
+                  "-e", "signal=none" }
+    for _, a in ipairs(argv) do
+        cmd[#cmd + 1] = a
+    end
+    local r = clirun.run(cmd, { env = { NETDEVQ_BUILD = clirun.build_dir() } })
+    local lines = {}
+    for line in io.lines(log) do
+        lines[#lines + 1] = line
+    end
+    clirun.rmtree(dir)
+    local main = lines[1]:match("^(%d+) ")
+    local worker, worker_exit, forks, early = nil, nil, 0, 0
+    for i, line in ipairs(lines) do
+        local pid = line:match("^(%d+) ")
+        if not worker and pid ~= main and line:find(VMLINUX, 1, true) then
+            worker = pid
+        end
+        if worker and not worker_exit and line:match("^" .. worker .. "%s+%+%+%+ exited") then
+            worker_exit = i
+        end
+        local creates = line:match("^%d+%s+v?fork%(") or line:match("^%d+%s+clone3?%(")
+        if pid == main and creates and not line:find("CLONE_THREAD", 1, true) then
+            forks = forks + 1
+            if not worker_exit then
+                early = early + 1
+            end
+        end
+    end
+    return r, worker ~= nil, forks, early
+end
+
 local function cli(args)
     local argv = { "luajit", clirun.top() .. "/scripts/netdevq.lua" }
     for _, a in ipairs(args) do
@@ -98,6 +137,27 @@ describe("the start: the BPF object pre-opened while the CLI loads #root", funct
             assert.equal(2, r.code, r.err)
             assert.same({ "thread" }, readers)
         end)
+
+    it("forks only once the pre-open thread is done: --object's trial load, a long pcap "
+        .. "expression compiled in a child, the -c command", function()
+        local long = "udp port 1" .. string.rep(" or udp port 2", 30) -- over 256 bytes
+        for _, case in ipairs({
+            { "--object", clirun.build_dir() .. "/netdevq.bpf.o", "-d", "0.01", "-q" },
+            { "-d", "0.01", "-q", long },
+            { "-q", "-c", "true" },
+        }) do
+            local argv = { "luajit", clirun.top() .. "/scripts/netdevq.lua" }
+            for _, a in ipairs(case) do
+                argv[#argv + 1] = a
+            end
+            local r, threaded, forks, early = forks_after_thread(argv)
+            local what = table.concat(case, " ", 1, math.min(#case, 2))
+            assert.equal(0, r.code, what .. ": " .. r.err)
+            assert.is_true(threaded, what)
+            assert.equal(1, forks, what)
+            assert.equal(0, early, what)
+        end
+    end)
 
     it("a Lua script: one read on the main thread, or on the thread after core.preopen()",
         function()
