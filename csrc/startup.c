@@ -117,7 +117,11 @@ int ndq_preopen(lua_State *L)
 	sigset_t all, old;
 	bool started;
 
-	if (state != IDLE || access(KERNEL_BTF, R_OK) != 0) {
+	if (state != IDLE) { /* running (or done): never a second thread */
+		lua_pushboolean(L, 0);
+		return 1;
+	}
+	if (access(KERNEL_BTF, R_OK) != 0) {
 		state = JOINED;
 		lua_pushboolean(L, 0);
 		return 1;

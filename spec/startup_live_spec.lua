@@ -173,8 +173,9 @@ print("ok")
                 assert.equal(0, r.code, r.err)
                 assert.equal("ok\n", r.out)
                 assert.same({ "main" }, readers, mode)
-                r, readers = script(dir, body:format(
-                    'assert(require("netdevq.core").preopen() == true)', mode))
+                -- a second call while the thread runs starts nothing (and forgets nothing)
+                r, readers = script(dir, body:format('local core = require("netdevq.core")\n'
+                    .. 'assert(core.preopen() == true)\nassert(core.preopen() == false)', mode))
                 assert.equal(0, r.code, r.err)
                 assert.equal("ok\n", r.out)
                 assert.same({ "thread" }, readers, mode)

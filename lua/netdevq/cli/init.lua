@@ -6,8 +6,8 @@
 -- First: a second thread opens the BPF object and reads the kernel's BTF while the modules load
 -- and the options are parsed (netdevq.core's startup.c); the tracer's open takes that object,
 -- and main() closes it when nothing did (--help, a usage error, --object).
-local preopen = require("netdevq.core")
-preopen.preopen()
+local core = require("netdevq.core")
+core.preopen()
 local catalogue = require("netdevq.catalogue")
 local clock = require("netdevq.clock")
 local output = require("netdevq.output")
@@ -16,10 +16,9 @@ local options = require("netdevq.cli.options")
 local ffi = require("ffi")
 
 -- the library loads once the options are parsed: --help and -l do not need it
-local netdevq, core
+local netdevq
 local function load_library()
     netdevq = require("netdevq")
-    core = netdevq.core
 end
 local format = string.format
 local io_stderr = io.stderr
@@ -226,7 +225,7 @@ local main
 -- Runs the CLI with argv (a Lua array); returns the exit status.
 function _M.main(argv)
     local status = main(argv)
-    preopen.preopen_close()
+    core.preopen_close()
     return status
 end
 
