@@ -474,7 +474,9 @@ static int load_object(struct tracer *t, char *msg, size_t msglen)
 	char why[128];
 	int err;
 
+	ndq_load_begin(t->obj);
 	err = bpf_object__load(t->obj);
+	ndq_load_end();
 	ndq_load_heap_end(); /* the kernel's BTF is freed: trimmed before the ring buffer maps */
 
 	if (err) {
@@ -622,7 +624,8 @@ int ndq_core_open(lua_State *L)
 	/* the kernel decides the pcap expression: spliced into the program as it loads; when that
 	 * load fails, the caller opens again with the expression in user space */
 	t->pcap_kernel = t->pcap && o.cfg.pcap;
-	if (t->pcap_kernel && ndq_pcap_kernel_register()) {
+	/* the load handler prunes every load; the pcap splice needs it */
+	if (ndq_pcap_kernel_register() && t->pcap_kernel) {
 		snprintf(msg, sizeof(msg), "pcap filter: libbpf refused the load handler");
 		pcap_kernel = true;
 		goto cleanup;

@@ -7,6 +7,7 @@
 #include <bpf/libbpf.h>
 
 #include "core.h"
+#include "pcap_kernel.h"
 #include "btf_path.h"
 #include "kstack.h"
 #include "latency.h"
@@ -136,6 +137,14 @@ static void push_layout(lua_State *L)
 #undef OFF
 }
 
+/* core.prune(on) -> the previous setting (pcap_kernel.h) */
+static int core_prune(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TBOOLEAN);
+	lua_pushboolean(L, ndq_load_prune(lua_toboolean(L, 1)));
+	return 1;
+}
+
 int luaopen_netdevq_core(lua_State *L)
 {
 	static const luaL_Reg funcs[] = {
@@ -145,6 +154,7 @@ int luaopen_netdevq_core(lua_State *L)
 		{ "preopen_close", ndq_preopen_close },
 		{ "monotonic_ns", core_monotonic_ns },
 		{ "drop_reasons", ndq_drop_reasons },
+		{ "prune", core_prune },
 		{ NULL, NULL },
 	};
 

@@ -6,7 +6,10 @@
  * stubs (found by their BTF func_info records) with the translations, moves the subprograms
  * after them, and fixes the calls, func_info and line_info to match (bpf_program__set_insns).
  * freplace (BPF_PROG_TYPE_EXT) would do the same without rewriting, but kernels may refuse it
- * (this project's CI VM answers EPERM to any EXT program). */
+ * (this project's CI VM answers EPERM to any EXT program).
+ *
+ * The same handler then leaves out what the load's configuration cannot reach (prune.c), on
+ * every net_dev_queue program loaded between ndq_load_begin and ndq_load_end. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
@@ -22,6 +25,7 @@
 #include "core.h"
 #include "pcap_filter.h"
 #include "pcap_kernel.h"
+#include "prune.h"
 
 /* The stubs, and the link each one's body is translated for (LINK_ETH or LINK_RAW, the index of
  * its body in struct layout). A link has two: one called with the packet itself, one with a
@@ -202,21 +206,12 @@ static int move_line_info(struct bpf_prog_load_opts *opts, const struct layout *
 	return 0;
 }
 
-static int prepare(struct bpf_program *prog, struct bpf_prog_load_opts *opts, long cookie)
+static int splice(struct bpf_program *prog, struct bpf_prog_load_opts *opts)
 {
 	struct layout lay;
 	size_t n = bpf_program__insn_cnt(prog);
 	int rc = -1;
 
-	if (cookie && !opts->attach_btf_id) { /* tp_btf: what libbpf's own handler does */
-		int id = libbpf_find_vmlinux_btf_id(NDQ_TRACEPOINT, BPF_TRACE_RAW_TP);
-
-		if (id < 0)
-			return id;
-		opts->attach_btf_id = (__u32)id;
-	}
-	if (!req.obj || prog != req.prog)
-		return 0;
 	memset(&lay, 0, sizeof(lay));
 	if (translate(req.pcap, &lay) == 0 && rewrite(prog, opts, &lay) == 0 &&
 	    move_line_info(opts, &lay, n) == 0) {
@@ -227,7 +222,118 @@ static int prepare(struct bpf_program *prog, struct bpf_prog_load_opts *opts, lo
 	free(lay.body_of);
 	free(lay.body[0]);
 	free(lay.body[1]);
-	return rc < 0 ? -EINVAL : 0;
+	return rc;
+}
+
+/* The object being loaded, and what pruning made of its net_dev_queue program (the func_info
+ * and line_info the load reads after the callback: kept until ndq_load_end). */
+static struct {
+	struct bpf_object *obj;
+	bool off; /* core.prune(false) */
+	struct ndq_prune_prog out;
+	char prog[32];
+	size_t before, after;
+	char why[160];
+} load;
+
+static void prune(struct bpf_program *prog, struct bpf_prog_load_opts *opts)
+{
+	struct ndq_prune_ro ro[8];
+	size_t n_ro = 0;
+	struct bpf_map *m;
+	struct ndq_prune_prog in = {
+		.insns = (struct bpf_insn *)bpf_program__insns(prog),
+		.n = bpf_program__insn_cnt(prog),
+		.func_info = (void *)opts->func_info,
+		.func_cnt = opts->func_info_cnt,
+		.func_rec = opts->func_info_rec_size,
+		.line_info = (void *)opts->line_info,
+		.line_cnt = opts->line_info_cnt,
+		.line_rec = opts->line_info_rec_size,
+	};
+
+	/* libbpf freezes the read-only maps it makes of .rodata and .kconfig before any program
+	 * loads: what the verifier, too, reads as constants */
+	bpf_object__for_each_map(m, load.obj) {
+		size_t size = 0;
+		const void *data;
+
+		if (!bpf_map__is_internal(m) || !(bpf_map__map_flags(m) & BPF_F_RDONLY_PROG) ||
+		    n_ro == sizeof(ro) / sizeof(ro[0]))
+			continue;
+		data = bpf_map__initial_value(m, &size);
+		if (data)
+			ro[n_ro++] = (struct ndq_prune_ro){ bpf_map__fd(m), data, size };
+	}
+	ndq_prune_free(&load.out);
+	snprintf(load.prog, sizeof(load.prog), "%s", bpf_program__name(prog));
+	load.before = in.n;
+	load.after = in.n;
+	if (ndq_prune(&in, ro, n_ro, &load.out, load.why, sizeof(load.why))) {
+		if (!load.why[0])
+			snprintf(load.why, sizeof(load.why), "out of memory");
+		return;
+	}
+	if (bpf_program__set_insns(prog, load.out.insns, load.out.n)) {
+		snprintf(load.why, sizeof(load.why), "libbpf took no new instructions");
+		return;
+	}
+	load.after = load.out.n;
+	if (opts->func_info) {
+		opts->func_info = load.out.func_info;
+		opts->func_info_cnt = load.out.func_cnt;
+	}
+	if (opts->line_info) {
+		opts->line_info = load.out.line_info;
+		opts->line_info_cnt = load.out.line_cnt;
+	}
+}
+
+static int prepare(struct bpf_program *prog, struct bpf_prog_load_opts *opts, long cookie)
+{
+	if (cookie && !opts->attach_btf_id) { /* tp_btf: what libbpf's own handler does */
+		int id = libbpf_find_vmlinux_btf_id(NDQ_TRACEPOINT, BPF_TRACE_RAW_TP);
+
+		if (id < 0)
+			return id;
+		opts->attach_btf_id = (__u32)id;
+	}
+	if (req.obj && prog == req.prog && splice(prog, opts))
+		return -EINVAL;
+	if (load.obj && !load.off)
+		prune(prog, opts);
+	return 0;
+}
+
+void ndq_load_begin(struct bpf_object *obj)
+{
+	ndq_prune_free(&load.out);
+	load.obj = obj;
+	load.prog[0] = '\0';
+	load.why[0] = '\0';
+}
+
+void ndq_load_end(void)
+{
+	if (ndq_verbose && load.prog[0] && load.why[0])
+		fprintf(stderr, "netdevq: %s went to the verifier whole (pruning: %s)\n", load.prog,
+			load.why);
+	else if (ndq_verbose && load.prog[0])
+		fprintf(stderr,
+			"netdevq: %s: %zu of its %zu instructions are reachable in this "
+			"configuration; the rest was left out before the verifier\n",
+			load.prog, load.after, load.before);
+	ndq_prune_free(&load.out);
+	load.obj = NULL;
+	load.prog[0] = '\0';
+}
+
+bool ndq_load_prune(bool on)
+{
+	bool was = !load.off;
+
+	load.off = !on;
+	return was;
 }
 
 static int attach(const struct bpf_program *prog, long cookie, struct bpf_link **link)

@@ -5,6 +5,7 @@
 #ifndef NETDEVQ_PCAP_KERNEL_H
 #define NETDEVQ_PCAP_KERNEL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct bpf_object;
@@ -20,5 +21,13 @@ void ndq_pcap_kernel_request(struct bpf_object *obj, struct bpf_program *prog,
 /* ... called after it (loaded: it succeeded; -v then says so): 0 when they went in, else -1
  * with err set (and the load failed). */
 int ndq_pcap_kernel_finish(int loaded, char *err, size_t errlen);
+
+/* Around each bpf_object__load(obj): its net_dev_queue program is pruned in between (prune.h);
+ * ndq_load_end frees what the load read and, with -v, says what pruning did. */
+void ndq_load_begin(struct bpf_object *obj);
+void ndq_load_end(void);
+/* core.prune(on): whether loads prune (on by default); returns the previous setting. For specs
+ * that compare the pruned program with the one the verifier prunes by itself. */
+bool ndq_load_prune(bool on);
 
 #endif
