@@ -22,10 +22,6 @@
 
 #include "prune.h"
 
-#ifndef BPF_MEMSX /* Linux 6.6 uapi; this build's headers may be older */
-#define BPF_MEMSX 0x80
-#endif
-
 #define NREG 11
 #define NSLOT (512 / 8)
 #define NV (NREG + NSLOT)

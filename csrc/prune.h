@@ -20,6 +20,10 @@
 
 #include <linux/bpf.h>
 
+#ifndef BPF_MEMSX /* Linux 6.6 uapi; the build's headers may be older */
+#define BPF_MEMSX 0x80
+#endif
+
 /* a frozen read-only map the program reads through BPF_PSEUDO_MAP_VALUE ld_imm64 (imm = fd) */
 struct ndq_prune_ro {
 	int fd;
