@@ -98,9 +98,8 @@ static __always_inline int latency_hold(struct scratch *s, struct counters *cnt,
 /* The held event leaves: through the sojourn_ns kernel filter to deliver(). */
 static __always_inline void latency_release(struct lat_key *k, struct netdevq_event *v)
 {
-	__u32 zero = 0;
-	struct counters *cnt = bpf_map_lookup_elem(&counters, &zero);
-	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct counters *cnt = THIS_CPU(counters);
+	struct scratch *s = THIS_CPU(scratch);
 	struct netdevq_event *ev;
 
 	if (!cnt || !s)

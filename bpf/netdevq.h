@@ -51,7 +51,7 @@ struct netdevq_path {
 };
 /* --- end of sk_buff member paths ------------------------------------------------------------ */
 
-/* Per-CPU counters (array map "counters"), summed by the loader. */
+/* Per-CPU counters (array map "counters", entry smp_processor_id()), summed by the loader. */
 enum netdevq_counter {
 	NDQ_CNT_SEEN = 0,	  /* every net_dev_queue hit */
 	NDQ_CNT_KFILTERED = 1,	  /* dropped by the kernel filter */
@@ -65,6 +65,8 @@ enum netdevq_counter {
 	 * never came out (pushed out of the full hold map, or a fate not seen) */
 	NDQ_CNT_HELD = 7,
 	NDQ_CNT_MAX = 8,
+	/* a CPU's entry in "counters", in __u64 (padded: no two CPUs share a cache line) */
+	NDQ_CNT_STRIDE = 16,
 };
 
 /* Where the kernel finds one aggregation key or value in struct netdevq_event, and when the event

@@ -403,6 +403,11 @@ static void size_maps(struct tracer *t, const struct open_opts *o)
 	struct bpf_map *aggs = bpf_object__find_map_by_name(t->obj, "aggs");
 
 	bpf_map__set_max_entries(events, o->ringbuf_size);
+	/* one entry per CPU (bpf/netdevq.bpf.c, struct counters) */
+	bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "counters"),
+				 (__u32)libbpf_num_possible_cpus());
+	bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "scratch"),
+				 (__u32)libbpf_num_possible_cpus());
 	if (cfg->agg_on) {
 		/* hash only the key slots in use: the BPF side builds a full, zero-padded key */
 		bpf_map__set_key_size(aggs,

@@ -245,18 +245,20 @@ static int tracer_counters(lua_State *L)
 
 	if (ncpu <= 0)
 		return ndq_push_fail(L, "cannot count CPUs (%s)", strerror(-ncpu));
-	vals = calloc((size_t)ncpu, sizeof(__u64) * NDQ_CNT_MAX);
+	vals = calloc((size_t)ncpu, sizeof(__u64) * NDQ_CNT_STRIDE);
 	if (!vals)
 		return ndq_push_fail(L, "out of memory");
-	if (bpf_map_lookup_elem(t->counters_fd, &key, vals)) {
-		int e = errno;
+	for (key = 0; key < (__u32)ncpu; key++) /* one entry per CPU, NDQ_CNT_STRIDE apart */
+		if (bpf_map_lookup_elem(t->counters_fd, &key,
+					vals + (size_t)key * NDQ_CNT_STRIDE)) {
+			int e = errno;
 
-		free(vals);
-		return ndq_push_fail(L, "reading counters failed (%s)", strerror(e));
-	}
+			free(vals);
+			return ndq_push_fail(L, "reading counters failed (%s)", strerror(e));
+		}
 	for (int c = 0; c < ncpu; c++)
 		for (int i = 0; i < NDQ_CNT_MAX; i++)
-			sum[i] += vals[c * NDQ_CNT_MAX + i];
+			sum[i] += vals[c * NDQ_CNT_STRIDE + i];
 	free(vals);
 	lua_createtable(L, 0, NDQ_CNT_MAX + 2);
 	for (int i = 0; i < NDQ_CNT_MAX; i++) {
