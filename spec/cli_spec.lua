@@ -129,12 +129,11 @@ describe("netdevq CLI #root", function()
             end
             unmount()
         end)
-        bt = netns.spawn({ "bpftrace", "-e", live.bpftrace_attached(string.format(
+        bt = live.spawn_bpftrace({ "-e", live.bpftrace_attached(string.format(
             'tracepoint:net:net_dev_queue /str(args->name) == "%s" && ((struct sk_buff *)'
             .. 'args->skbaddr)->dev->nd_net.net->ns.inum == %d/ { $s = (struct sk_buff *)'
             .. 'args->skbaddr; printf("bt %%d %%d %%d\\n", args->len, $s->mac_len, $s->hdr_len); }',
             pair.veth_a, pair.netns_a)) })
-        assert(live.wait_line(bt, live.BPFTRACE_READY_PATTERN), "bpftrace did not attach")
         -- device names repeat across namespaces (other runs may have an ndqa1 too): scope both
         proc = cli({ "-o", "comm,pid,dev,len,mac_len,hdr_len", "-I", pair.veth_a,
             "-f", "netns == " .. pair.netns_a, "-d", "60" })

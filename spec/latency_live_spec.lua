@@ -88,8 +88,7 @@ tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
                 if bt then bt:stop() end
                 unmount()
             end)
-            bt = netns.spawn({ "bpftrace", script })
-            assert(live.wait_line(bt, live.BPFTRACE_READY_PATTERN), "bpftrace did not attach")
+            bt = live.spawn_bpftrace({ script })
             local cli = start_cli({ "--mode", mode, "-F", "json", "-o", FIELDS, "-f", "netns == " .. pair.netns_a })
             burst(pair, N)
             clirun.sleep(N * TICK / 1e9 + 0.5)
@@ -182,6 +181,19 @@ tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
         end
     end
 
+    -- the runs a program of pid's missed because it was running already on that CPU (nested)
+    local function recursion_misses(pid)
+        local missed = {}
+        for id in pairs(bpfobjs.held(pid).prog) do
+            local ok, out = netns.run({ "bpftool", "-j", "prog", "show", "id", tostring(id) })
+            local p = ok and cjson.decode(out)
+            if p and (p.recursion_misses or 0) > 0 then
+                missed[#missed + 1] = ("%s missed %d"):format(p.name, p.recursion_misses)
+            end
+        end
+        return missed
+    end
+
     for _, mode in ipairs({ "raw", "btf" }) do
     it("reports each tail drop with its reason, as many as tc counts, and only the slow packets with a kernel filter ("
         .. mode .. ")", function()
@@ -203,13 +215,15 @@ tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
             clirun.sleep(0.5)
             -- (what is still held, for the message below: CI once saw one packet held here)
             local left = held_packets(assert(lat_held_id(cli.pid), "no lat_held map"))
+            local missed = recursion_misses(cli.pid)
             local events, others = parse(stop_cli(cli).out)
             stop_cli(slow)
             local tc_dropped, tc_sent, stats = tc_counts()
             -- every matched packet came out at its fate: none held, the summary counts them all
             assert.are.same({ held = 0, matched = #events },
                 { held = others.summary[1].held, matched = others.summary[1].matched },
-                "held 0.5 s after the burst: " .. table.concat(left, "; ") .. "\n" .. stats)
+                "held 0.5 s after the burst: " .. table.concat(left, "; ") .. "\n" .. stats .. "\n"
+                .. table.concat(missed, "; "))
             tc_dropped, tc_sent = tc_dropped - dropped0, tc_sent - sent0
 
             local dropped, sent, slow_want = 0, 0, {}

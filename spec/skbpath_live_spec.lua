@@ -61,9 +61,8 @@ local function ensure_tracefs()
 end
 
 local function spawn_bpftrace(program)
-    local bt = netns.spawn({ "bpftrace", "-e", live.bpftrace_attached(program) })
+    local bt = live.spawn_bpftrace({ "-e", live.bpftrace_attached(program) })
     defer(function() bt:kill("INT") end)
-    assert(live.wait_line(bt, live.BPFTRACE_READY_PATTERN), "bpftrace did not attach")
     return bt
 end
 

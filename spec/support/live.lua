@@ -259,7 +259,9 @@ end
 -- systemd may not have mounted: mounts it when it is not there. Returns the undo (a no-op when
 -- it was mounted already), for the test's finally.
 function _M.tracefs()
-    if io.open("/sys/kernel/tracing/events/net/net_dev_queue/format") then
+    local f = io.open("/sys/kernel/tracing/events/net/net_dev_queue/format")
+    if f then
+        f:close()
         return function() end
     end
     assert(netns.run({ "mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing" }),
@@ -273,6 +275,22 @@ end
 _M.BPFTRACE_READY_PATTERN = "^bpftrace%-attached"
 function _M.bpftrace_attached(program)
     return 'BEGIN { printf("bpftrace-attached\\n"); }\n' .. program
+end
+
+--- Starts bpftrace (the oracle) with args, its program made with bpftrace_attached(), and waits
+-- for its BEGIN line; returns the netns.spawn process. It runs under `timeout`: a Ctrl-C
+-- (proc:kill("INT")) reaches bpftrace through it, and a bpftrace still there 10 s later is killed
+-- (v0.17 once stayed in its poll loop for minutes after the signal, its output all printed,
+-- and the spec waited for it until ctest's timeout); 300 s at most in all.
+function _M.spawn_bpftrace(args)
+    local argv = { "timeout", "-k", "10", "-s", "INT", "300", "bpftrace" }
+    for _, a in ipairs(args) do argv[#argv + 1] = a end
+    local bt = netns.spawn(argv)
+    if not _M.wait_line(bt, _M.BPFTRACE_READY_PATTERN) then
+        local _, code, lines = bt:wait()
+        error("bpftrace did not attach (exit " .. tostring(code) .. "): " .. table.concat(lines, " | "), 2)
+    end
+    return bt
 end
 
 function _M.inode(path)
