@@ -233,6 +233,13 @@ if kc0 and type(kc0.progs) == "string" then
     target(not kc0.progs:find("ndq_owner", 1, true),
            format("no owner field asked: no owner program loaded (count row: %s)", kc0.progs))
 end
+-- the counting floor: what every netdevq row pays before it looks at the packet
+local floor = by_key.counter
+if floor and floor.ns and empty_ns then
+    emit(format("one counter update per event: %.0f ns/event, %.2fx the empty program (%.0f ns "
+                .. "over it): the least a program that accounts for every event costs here",
+                floor.ns, floor.x_empty, floor.ns - empty_ns))
+end
 for _, key in ipairs({ "filter", "filter64" }) do
     local f = by_key[key]
     if f and f.x_empty then
