@@ -396,7 +396,7 @@ cleanup:
 }
 
 /* (configure_object checked that the maps are there) */
-static void size_maps(struct tracer *t, const struct open_opts *o)
+static void size_maps(struct tracer *t, const struct open_opts *o, __u32 ncpu)
 {
 	const struct netdevq_config *cfg = &o->cfg;
 	struct bpf_map *events = bpf_object__find_map_by_name(t->obj, "events");
@@ -404,10 +404,8 @@ static void size_maps(struct tracer *t, const struct open_opts *o)
 
 	bpf_map__set_max_entries(events, o->ringbuf_size);
 	/* one entry per CPU (bpf/netdevq.bpf.c, struct counters) */
-	bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "counters"),
-				 (__u32)libbpf_num_possible_cpus());
-	bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "scratch"),
-				 (__u32)libbpf_num_possible_cpus());
+	bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "counters"), ncpu);
+	bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "scratch"), ncpu);
 	if (cfg->agg_on) {
 		/* hash only the key slots in use: the BPF side builds a full, zero-padded key */
 		bpf_map__set_key_size(aggs,
@@ -430,12 +428,13 @@ static void size_maps(struct tracer *t, const struct open_opts *o)
 /* Config, map sizes and programs of the opened object: -1 with msg set */
 static int configure_object(struct tracer *t, const struct open_opts *o, char *msg, size_t msglen)
 {
-	static const char *maps[] = { "events",	  "aggs", "tracked",  "exited",
-				      "counters", "sets", "set_bits", "batches" };
+	static const char *maps[] = { "events", "aggs",	    "tracked", "exited", "counters",
+				      "sets",	"set_bits", "batches", "scratch" };
 	struct bpf_map *rodata = map_by_suffix(t->obj, ".rodata");
 	struct bpf_program *p;
 	size_t cfg_off = 0;
 	bool complete = rodata != NULL;
+	int ncpu = libbpf_num_possible_cpus();
 	int rc = 1;
 
 	for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++)
@@ -466,7 +465,11 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 	ndq_owner_select(t->obj, &o->cfg);
 	ndq_latency_select(t->obj, &o->cfg, o->mode);
 	t->follow_pid = o->cfg.follow_pid;
-	size_maps(t, o);
+	if (ncpu <= 0) {
+		snprintf(msg, msglen, "cannot count the possible CPUs (%s)", strerror(-ncpu));
+		return -1;
+	}
+	size_maps(t, o, (__u32)ncpu);
 	if (ndq_kstack_setup(t->obj, &o->cfg)) {
 		snprintf(msg, msglen, "this BPF object cannot capture kernel stacks: rebuild it");
 		return -1;
