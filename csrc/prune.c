@@ -10,7 +10,9 @@
  * anywhere in this frame. Subprograms are analysed once each, from unknown arguments.
  *
  * Then the rewrite: unreachable instructions go, a conditional jump decided one way becomes a
- * `ja` (taken) or goes (never taken), and every jump, call, func_info and line_info record is
+ * `ja` (taken) or goes (never taken), a load of a frozen map's word becomes a move of its value
+ * (the verifier knows that value too, but leaves the load: on this VM kind the first touch of the
+ * map's page costs each event 15-20 ns), and every jump, call, func_info and line_info record is
  * re-aimed through one old -> new position map. A line_info record whose instruction went moves
  * to the next instruction kept; of the records landing on one instruction the last stays, which
  * is the line that instruction had. */
@@ -46,7 +48,10 @@ struct pass {
 	bool callbacks; /* a helper may call back into the program (BPF_PSEUDO_FUNC) */
 	uint8_t *flags;
 	uint8_t *decision;
-	int32_t *block; /* leader -> block index, else -1 */
+	struct val *loaded; /* what each reachable load from a frozen map gives (K_CONST: its word) */
+	struct val *addr;   /* each reachable store's address register */
+	uint64_t *reads; /* the stack slots each reachable instruction may read (bit k: slot k) */
+	int32_t *block;	 /* leader -> block index, else -1 */
 	size_t nblocks;
 	/* entry states of the blocks reached so far (most blocks never are: allocated as reached) */
 	int32_t *state_of; /* block -> index into state, or -1 */
@@ -239,6 +244,57 @@ static struct val load_stack(const struct val *s, int64_t a, size_t size, bool p
 	for (; k <= last; k++)
 		stk = stk || may_stack(s[NREG + k]);
 	return unk(stk);
+}
+
+/* the slots bytes [a, a + size) of the frame overlap; all of them when that is out of the frame */
+static uint64_t slots(int64_t a, size_t size)
+{
+	int64_t k, last;
+	uint64_t m = 0;
+
+	if (a < -512 || a + (int64_t)size > 0)
+		return ~0ull;
+	k = (a + 512) / 8;
+	last = (a + 512 + (int64_t)size - 1) / 8;
+	for (; k <= last; k++)
+		m |= 1ull << k;
+	return m;
+}
+
+/* the slots from frame offset a up to the frame's top */
+static uint64_t from_slot(int64_t a)
+{
+	if (a < -512)
+		return ~0ull;
+	if (a >= 0)
+		return 0;
+	return ~0ull << ((a + 512) / 8);
+}
+
+/* The stack slots instruction x may read in state s: a load or an atomic operation through a
+ * pointer into the stack, or a call handed one. A helper reads from the pointer up (a key, a
+ * buffer and its size); a subprogram, or a callback a helper may call, can reach the whole frame. */
+static uint64_t stack_reads(const struct pass *p, const struct val *s, const struct bpf_insn *x)
+{
+	uint8_t cls = BPF_CLASS(x->code);
+	uint64_t m = 0;
+
+	if (cls == BPF_LDX || (cls == BPF_STX && BPF_MODE(x->code) == BPF_ATOMIC)) {
+		struct val b = s[cls == BPF_LDX ? x->src_reg : x->dst_reg];
+
+		if (b.k == K_STK)
+			return slots((int64_t)b.v + x->off, size_bytes(x->code));
+		return may_stack(b) ? ~0ull : 0;
+	}
+	if ((cls != BPF_JMP && cls != BPF_JMP32) || BPF_OP(x->code) != BPF_CALL)
+		return 0;
+	for (int r = BPF_REG_1; r <= BPF_REG_5; r++) {
+		if (s[r].k == K_STK && x->src_reg != BPF_PSEUDO_CALL && !p->callbacks)
+			m |= from_slot((int64_t)s[r].v);
+		else if (may_stack(s[r]))
+			m = ~0ull;
+	}
+	return m;
 }
 
 static struct val load_ro(const struct pass *p, struct val b, int16_t off, size_t size)
@@ -500,8 +556,12 @@ static int run_block(struct pass *p, size_t i, struct val *s, bool final)
 		uint8_t cls = BPF_CLASS(x->code), op = BPF_OP(x->code);
 		size_t next = i + 1;
 
-		if (final)
+		if (final) {
 			p->flags[i] |= F_REACH;
+			p->reads[i] = stack_reads(p, s, x);
+			if (cls == BPF_ST || cls == BPF_STX)
+				p->addr[i] = s[x->dst_reg];
+		}
 		switch (cls) {
 		case BPF_LD: /* ld_imm64 */
 			if (final)
@@ -523,7 +583,14 @@ static int run_block(struct pass *p, size_t i, struct val *s, bool final)
 				edge(p, (size_t)target(x, i), NULL);
 			}
 			break;
-		case BPF_LDX: ldx(p, s, x); break;
+		case BPF_LDX: {
+			bool ro = s[x->src_reg].k == K_RO;
+
+			ldx(p, s, x);
+			if (final && ro)
+				p->loaded[i] = s[x->dst_reg];
+			break;
+		}
 		case BPF_ST:
 		case BPF_STX: st(s, x); break;
 		case BPF_ALU:
@@ -585,7 +652,197 @@ static int mark_reach(struct pass *p, const size_t *starts)
 
 /* --- the rewrite ---------------------------------------------------------------------------- */
 
+/* Load i, or the move that gives its register the same value: a plain load whose address is a
+ * frozen map's (ldx() made it a constant). A value a 32-bit move zero-extends to, or a 64-bit
+ * move sign-extends to, fits in one instruction; a wider one keeps its load. */
+static struct bpf_insn folded(const struct pass *p, size_t i)
+{
+	const struct bpf_insn *x = &p->x[i];
+	struct val v = p->loaded[i];
+
+	if (BPF_MODE(x->code) != BPF_MEM || v.k != K_CONST)
+		return *x;
+	if (v.v <= UINT32_MAX)
+		return (struct bpf_insn){ .code = BPF_ALU | BPF_MOV | BPF_K,
+					  .dst_reg = x->dst_reg,
+					  .imm = (int32_t)(uint32_t)v.v };
+	if ((int64_t)v.v == (int64_t)(int32_t)v.v)
+		return (struct bpf_insn){ .code = BPF_ALU64 | BPF_MOV | BPF_K,
+					  .dst_reg = x->dst_reg,
+					  .imm = (int32_t)v.v };
+	return *x;
+}
+
 #define REC(base, i, size) ((char *)(base) + (size_t)(i) * (size))
+
+/* --- dead code: what no store, call, jump or exit ever reads ---------------------------------- */
+
+#define R(r) ((uint16_t)(1u << (r)))
+#define R1_R5 (R(1) | R(2) | R(3) | R(4) | R(5))
+
+static bool is_cond_jump(const struct bpf_insn *x)
+{
+	uint8_t cls = BPF_CLASS(x->code), op = BPF_OP(x->code);
+
+	return (cls == BPF_JMP || cls == BPF_JMP32) && op != BPF_JA && op != BPF_CALL &&
+	       op != BPF_EXIT;
+}
+
+/* The registers instruction i (as the rewrite will emit it) reads and writes, and whether it does
+ * nothing else: a computation, a load or an ld_imm64 that is not a callback's address. */
+static bool effects(const struct pass *p, size_t i, uint16_t *use, uint16_t *def)
+{
+	struct bpf_insn x = BPF_CLASS(p->x[i].code) == BPF_LDX ? folded(p, i) : p->x[i];
+	uint8_t cls = BPF_CLASS(x.code), op = BPF_OP(x.code), mode = BPF_MODE(x.code);
+	uint16_t d = R(x.dst_reg), s = R(x.src_reg);
+
+	*use = *def = 0;
+	switch (cls) {
+	case BPF_LD: *def = d; return x.src_reg != BPF_PSEUDO_FUNC;
+	case BPF_LDX:
+		*use = s;
+		*def = d;
+		return true;
+	case BPF_ST: *use = d; return false;
+	case BPF_STX:
+		*use = d | s;
+		if (mode == BPF_ATOMIC && x.imm == BPF_CMPXCHG) {
+			*use |= R(0);
+			*def = R(0);
+		} else if (mode == BPF_ATOMIC && (x.imm & BPF_FETCH)) {
+			*def = s;
+		}
+		return false;
+	case BPF_ALU:
+	case BPF_ALU64:
+		*def = d;
+		if (op == BPF_MOV)
+			*use = BPF_SRC(x.code) == BPF_X ? s : 0;
+		else
+			*use = d |
+			       (BPF_SRC(x.code) == BPF_X && op != BPF_NEG && op != BPF_END ? s : 0);
+		return true;
+	default: /* jumps: scan let nothing else through */
+		if (op == BPF_CALL) {
+			*use = R1_R5;
+			*def = R(0) | R1_R5;
+		} else if (op == BPF_EXIT) {
+			*use = R(0);
+		} else if (op != BPF_JA && p->decision[i] == D_BOTH) {
+			*use = d | (BPF_SRC(x.code) == BPF_X ? s : 0);
+		}
+		return false;
+	}
+}
+
+/* The instructions that may run after reachable instruction i: at most two */
+static size_t successors(const struct pass *p, size_t i, size_t next[2])
+{
+	const struct bpf_insn *x = &p->x[i];
+	uint8_t cls = BPF_CLASS(x->code), op = BPF_OP(x->code);
+
+	if (cls == BPF_LD) {
+		next[0] = i + 2;
+		return 1;
+	}
+	if ((cls != BPF_JMP && cls != BPF_JMP32) || op == BPF_CALL) {
+		next[0] = i + 1;
+		return 1;
+	}
+	if (op == BPF_EXIT)
+		return 0;
+	if (op == BPF_JA || p->decision[i] == D_TAKEN) {
+		next[0] = (size_t)target(x, i);
+		return 1;
+	}
+	next[0] = i + 1;
+	if (p->decision[i] == D_FALL)
+		return 1;
+	next[1] = (size_t)target(x, i);
+	return 2;
+}
+
+/* Strong liveness, to its least fixed point: a register is live where a store, a call, a jump or
+ * an exit will read it, or an instruction that is itself needed will. A side-effect-free
+ * instruction whose results are not live is dead and goes (its F_KEEP is cleared); that only
+ * ever removes reads, which the verifier cannot object to. -1: out of memory. */
+static int drop_dead(struct pass *p)
+{
+	uint16_t *live = calloc(p->n + 2, sizeof(*live)); /* live into each instruction */
+	bool changed = true;
+	int removed = 0;
+
+	if (!live)
+		return -1;
+	while (changed) {
+		changed = false;
+		for (size_t i = p->n; i-- > 0;) {
+			size_t next[2], k = 0;
+			uint16_t out = 0, use, def, in;
+			bool pure;
+
+			if (!(p->flags[i] & F_REACH) || (p->flags[i] & F_SECOND))
+				continue;
+			k = successors(p, i, next);
+			for (size_t j = 0; j < k; j++)
+				out |= next[j] < p->n ? live[next[j]] : 0;
+			pure = effects(p, i, &use, &def);
+			if (!(p->flags[i] & F_KEEP)) /* gone already: a store no one reads */
+				in = out;
+			else
+				in = pure && !(def & out) ? out : (uint16_t)(use | (out & ~def));
+			if (in != live[i]) {
+				live[i] = in;
+				changed = true;
+			}
+		}
+	}
+	for (size_t i = 0; i < p->n; i++) {
+		size_t next[2], k;
+		uint16_t out = 0, use, def;
+
+		if (!(p->flags[i] & F_KEEP) || (p->flags[i] & F_SECOND))
+			continue;
+		k = successors(p, i, next);
+		for (size_t j = 0; j < k; j++)
+			out |= next[j] < p->n ? live[next[j]] : 0;
+		if (effects(p, i, &use, &def) && !(def & out)) {
+			p->flags[i] &= (uint8_t)~F_KEEP;
+			if (BPF_CLASS(p->x[i].code) == BPF_LD)
+				p->flags[i + 1] &= (uint8_t)~F_KEEP;
+			removed++;
+		}
+	}
+	free(live);
+	return removed;
+}
+
+/* Stores to stack slots no instruction left may read: whatever a store writes there, nothing
+ * reads it back (clang spills configuration words that the rewrite made constants). The number
+ * removed. */
+static int drop_unread_stores(struct pass *p)
+{
+	uint64_t read = 0;
+	int removed = 0;
+
+	for (size_t i = 0; i < p->n; i++)
+		if ((p->flags[i] & F_KEEP) && !(p->flags[i] & F_SECOND))
+			read |= p->reads[i];
+	for (size_t i = 0; i < p->n; i++) {
+		const struct bpf_insn *x = &p->x[i];
+		uint8_t cls = BPF_CLASS(x->code);
+
+		if (!(p->flags[i] & F_KEEP) || (p->flags[i] & F_SECOND) ||
+		    (cls != BPF_ST && cls != BPF_STX) || BPF_MODE(x->code) != BPF_MEM ||
+		    p->addr[i].k != K_STK)
+			continue;
+		if (!(slots((int64_t)p->addr[i].v + x->off, size_bytes(x->code)) & read)) {
+			p->flags[i] &= (uint8_t)~F_KEEP;
+			removed++;
+		}
+	}
+	return removed;
+}
 
 static int rewrite(struct pass *p, const struct ndq_prune_prog *in, struct ndq_prune_prog *out)
 {
@@ -596,18 +853,29 @@ static int rewrite(struct pass *p, const struct ndq_prune_prog *in, struct ndq_p
 		return -1;
 	for (size_t i = 0; i < p->n; i++) {
 		bool keep = (p->flags[i] & F_REACH) != 0;
-		uint8_t cls = BPF_CLASS(p->x[i].code), op = BPF_OP(p->x[i].code);
 
-		if (keep && !(p->flags[i] & F_SECOND) && (cls == BPF_JMP || cls == BPF_JMP32) &&
-		    op != BPF_JA && op != BPF_CALL && op != BPF_EXIT && p->decision[i] == D_FALL)
+		if (keep && !(p->flags[i] & F_SECOND) && is_cond_jump(&p->x[i]) &&
+		    p->decision[i] == D_FALL)
 			keep = false;
 		if (keep && (p->flags[i] & F_SECOND) && !(p->flags[i - 1] & F_KEEP))
 			keep = false;
-		newpos[i] = (uint32_t)at;
-		if (keep) {
+		if (keep)
 			p->flags[i] |= F_KEEP;
-			at++;
+	}
+	for (int r = 1; r > 0;) {
+		r = drop_unread_stores(p);
+		int d = drop_dead(p);
+
+		if (d < 0) {
+			free(newpos);
+			return -1;
 		}
+		r += d;
+	}
+	for (size_t i = 0; i < p->n; i++) {
+		newpos[i] = (uint32_t)at;
+		if (p->flags[i] & F_KEEP)
+			at++;
 	}
 	newpos[p->n] = (uint32_t)at;
 	out->insns = calloc(at ? at : 1, sizeof(*out->insns));
@@ -636,6 +904,8 @@ static int rewrite(struct pass *p, const struct ndq_prune_prog *in, struct ndq_p
 		} else if (cls == BPF_LD && !(p->flags[i] & F_SECOND) &&
 			   x.src_reg == BPF_PSEUDO_FUNC) {
 			x.imm = (int32_t)((long)newpos[target(&p->x[i], i)] - (long)o - 1);
+		} else if (cls == BPF_LDX) {
+			x = folded(p, i);
 		}
 		out->insns[o++] = x;
 	}
@@ -715,8 +985,11 @@ int ndq_prune(const struct ndq_prune_prog *in, const struct ndq_prune_ro *ro, si
 	}
 	p.flags = calloc(in->n, 1);
 	p.decision = calloc(in->n, 1);
+	p.loaded = calloc(in->n, sizeof(*p.loaded));
+	p.addr = calloc(in->n, sizeof(*p.addr));
+	p.reads = calloc(in->n, sizeof(*p.reads));
 	p.block = malloc(in->n * sizeof(*p.block));
-	if (!p.flags || !p.decision || !p.block)
+	if (!p.flags || !p.decision || !p.loaded || !p.addr || !p.reads || !p.block)
 		goto done;
 	rc = scan(&p);
 	if (rc)
@@ -764,6 +1037,9 @@ int ndq_prune(const struct ndq_prune_prog *in, const struct ndq_prune_ro *ro, si
 done:
 	free(p.flags);
 	free(p.decision);
+	free(p.loaded);
+	free(p.addr);
+	free(p.reads);
 	free(p.block);
 	free(p.state);
 	free(p.state_of);

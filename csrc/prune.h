@@ -7,8 +7,13 @@
  * and its per-instruction data: ~15 ms of every start. This pass makes the same decisions first,
  * from the same facts: loads from a frozen read-only map are constants, and so is what is computed
  * from them, kept in registers or spilled to the stack. A conditional jump on constants goes one
- * way; what no path reaches goes. The program the kernel keeps is the same instruction for
- * instruction (spec/prune_live_spec.lua compares them).
+ * way; what no path reaches goes. Then what the verifier leaves in place goes too: a load of a
+ * configuration word becomes a move of its value, and what nothing reads any more (a register
+ * written and never read on, a spill to a stack slot nothing may read) is dropped. On this VM kind
+ * an event's cost follows the instructions it runs (about one per cycle): for `-f 'dport == 1'`
+ * the kernel keeps 952 instructions instead of 1,198, and the latency program 249 of 428.
+ * spec/prune_live_spec.lua runs both programs side by side on real traffic; test_prune.c also
+ * runs each rewrite of 100,000 random programs against the program it came from.
  *
  * No libbpf here (spec/tools/test_prune.c runs it on crafted programs); pcap_kernel.c's load
  * handler calls it with what libbpf hands that handler. */
