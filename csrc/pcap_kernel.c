@@ -320,8 +320,8 @@ void ndq_load_end(void)
 			load.why);
 	else if (ndq_verbose && load.prog[0])
 		fprintf(stderr,
-			"netdevq: %s: %zu of its %zu instructions are reachable in this "
-			"configuration; the rest was left out before the verifier\n",
+			"netdevq: %s: %zu of its %zu instructions kept for this configuration "
+			"(the rest is unreachable here, or computes what nothing reads)\n",
 			load.prog, load.after, load.before);
 	ndq_prune_free(&load.out);
 	load.obj = NULL;
