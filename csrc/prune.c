@@ -119,6 +119,19 @@ static int mark_target(struct pass *p, size_t i, long rel, uint8_t flag)
 	return 0;
 }
 
+/* The atomic operations st() models: add, or, and, xor (fetching the old value or not), xchg
+ * and cmpxchg. Others (a load-acquire writes its dst_reg) would be misread. */
+static bool atomic_known(int32_t imm)
+{
+	switch (imm & ~BPF_FETCH) {
+	case BPF_ADD:
+	case BPF_OR:
+	case BPF_AND:
+	case BPF_XOR: return true;
+	default: return imm == BPF_XCHG || imm == BPF_CMPXCHG;
+	}
+}
+
 static int scan(struct pass *p)
 {
 	p->flags[0] |= F_LEADER | F_ROOT;
@@ -147,6 +160,8 @@ static int scan(struct pass *p)
 		case BPF_STX:
 			if (mode != BPF_MEM && !(cls == BPF_STX && mode == BPF_ATOMIC))
 				return fail(p, i, "a store mode not modelled");
+			if (mode == BPF_ATOMIC && !atomic_known(x->imm))
+				return fail(p, i, "an atomic operation not modelled");
 			break;
 		case BPF_ALU:
 		case BPF_ALU64:

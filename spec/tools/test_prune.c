@@ -691,11 +691,26 @@ static void refusals(void)
 	const struct bpf_insn out_of[] = { JA(5), EXIT };
 	const struct bpf_insn runs_off[] = { MOV(0, 0) };
 	const struct bpf_insn into_imm[] = { JA(1), LD64(1, 1, 2), EXIT };
+	/* BPF_LOAD_ACQ (Linux 6.15 uapi): r0 = *(u64 *)(r10 - 8), acquire */
+	const struct bpf_insn acquire[] = {
+		ST(BPF_DW, 10, -8, 1),
+		I(BPF_STX | BPF_ATOMIC | BPF_DW, 0, 10, -8, 0x100),
+		EXIT,
+	};
+	const struct bpf_insn fetch_add[] = {
+		ST(BPF_DW, 10, -8, 1),
+		MOV(0, 1),
+		I(BPF_STX | BPF_ATOMIC | BPF_DW, 10, 0, -8, BPF_ADD | BPF_FETCH),
+		EXIT,
+	};
 
 	REFUSE("a packet load is not modelled", ldabs, "packet load");
 	REFUSE("a jump out of the program", out_of, "out of the program");
 	REFUSE("a program that runs off its end", runs_off, "off the program's end");
 	REFUSE("a jump into an ld_imm64", into_imm, "into an ld_imm64");
+	REFUSE("a load-acquire (an atomic that writes its dst_reg) is not modelled", acquire,
+	       "atomic operation not modelled");
+	EXPECT("a fetching add is modelled", fetch_add, fetch_add);
 }
 
 /* --- the oracle for rewritten programs: an interpreter ------------------------------------------
