@@ -11,8 +11,9 @@
  *
  * Then the rewrite: unreachable instructions go, a conditional jump decided one way becomes a
  * `ja` (taken) or goes (never taken), a load of a frozen map's word becomes a move of its value
- * (the verifier knows that value too, but leaves the load: on this VM kind the first touch of the
- * map's page costs each event 15-20 ns), and every jump, call, func_info and line_info record is
+ * (the verifier knows that value too, but leaves the load), what nothing reads any more goes (a
+ * register written and not read on, a spill to a stack slot no instruction may read: an event
+ * costs about a cycle per instruction it runs), and every jump, call, func_info and line_info record is
  * re-aimed through one old -> new position map. A line_info record whose instruction went moves
  * to the next instruction kept; of the records landing on one instruction the last stays, which
  * is the line that instruction had. */
@@ -777,6 +778,17 @@ static size_t successors(const struct pass *p, size_t i, size_t next[2])
 	return 2;
 }
 
+/* what is live out of reachable instruction i: live into its successors */
+static uint16_t live_out(const struct pass *p, const uint16_t *live, size_t i)
+{
+	size_t next[2], k = successors(p, i, next);
+	uint16_t out = 0;
+
+	for (size_t j = 0; j < k; j++)
+		out |= next[j] < p->n ? live[next[j]] : 0;
+	return out;
+}
+
 /* Strong liveness, to its least fixed point: a register is live where a store, a call, a jump or
  * an exit will read it, or an instruction that is itself needed will. A side-effect-free
  * instruction whose results are not live is dead and goes (its F_KEEP is cleared); that only
@@ -792,15 +804,12 @@ static int drop_dead(struct pass *p)
 	while (changed) {
 		changed = false;
 		for (size_t i = p->n; i-- > 0;) {
-			size_t next[2], k = 0;
-			uint16_t out = 0, use, def, in;
+			uint16_t out, use, def, in;
 			bool pure;
 
 			if (!(p->flags[i] & F_REACH) || (p->flags[i] & F_SECOND))
 				continue;
-			k = successors(p, i, next);
-			for (size_t j = 0; j < k; j++)
-				out |= next[j] < p->n ? live[next[j]] : 0;
+			out = live_out(p, live, i);
 			pure = effects(p, i, &use, &def);
 			if (!(p->flags[i] & F_KEEP)) /* gone already: a store no one reads */
 				in = out;
@@ -813,15 +822,11 @@ static int drop_dead(struct pass *p)
 		}
 	}
 	for (size_t i = 0; i < p->n; i++) {
-		size_t next[2], k;
-		uint16_t out = 0, use, def;
+		uint16_t use, def;
 
 		if (!(p->flags[i] & F_KEEP) || (p->flags[i] & F_SECOND))
 			continue;
-		k = successors(p, i, next);
-		for (size_t j = 0; j < k; j++)
-			out |= next[j] < p->n ? live[next[j]] : 0;
-		if (effects(p, i, &use, &def) && !(def & out)) {
+		if (effects(p, i, &use, &def) && !(def & live_out(p, live, i))) {
 			p->flags[i] &= (uint8_t)~F_KEEP;
 			if (BPF_CLASS(p->x[i].code) == BPF_LD)
 				p->flags[i + 1] &= (uint8_t)~F_KEEP;
@@ -877,15 +882,14 @@ static int rewrite(struct pass *p, const struct ndq_prune_prog *in, struct ndq_p
 		if (keep)
 			p->flags[i] |= F_KEEP;
 	}
-	for (int r = 1; r > 0;) {
-		r = drop_unread_stores(p);
-		int d = drop_dead(p);
-
-		if (d < 0) {
+	/* each removal may leave the other more to remove */
+	for (int stores = 1, regs = 1; stores + regs > 0;) {
+		stores = drop_unread_stores(p);
+		regs = drop_dead(p);
+		if (regs < 0) {
 			free(newpos);
 			return -1;
 		}
-		r += d;
 	}
 	for (size_t i = 0; i < p->n; i++) {
 		newpos[i] = (uint32_t)at;
