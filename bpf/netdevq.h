@@ -17,6 +17,9 @@ enum {
 	NDQ_AGG_KEYS_MAX = 6,  /* fields in one in-kernel aggregation key (a 5-tuple fits) */
 	NDQ_AGG_KEY_SLOT = 24, /* bytes per key field in the packed key: 16 + family + padding */
 	NDQ_AGG_SLOTS = 68,    /* histogram slots in an aggregation value */
+	/* A count keeps its first keys in a table of this many slots per CPU (power of two) in
+	 * front of the hash: struct netdevq_agg_slot, NDQ_DERIVED_AGG_TABLE */
+	NDQ_AGG_TABLE_SLOTS = 256,
 	/* Per-CPU batches: events written in place are gathered on their CPU and handed over as
 	 * one ring record of netdevq_config.batch events (event_size bytes each, back to back);
 	 * a reserve and submit per event cost about 100 ns */
@@ -305,13 +308,23 @@ enum {
 	NDQ_DERIVED_IN_PLACE = 64,    /* events are written straight into their output: a ring
 				       * record, or a slot of their CPU's batch (batch > 1) */
 	NDQ_DERIVED_COMMON = 128,     /* the members before pid are read (netdevq_event) */
+	NDQ_DERIVED_AGG_TABLE = 256,  /* a count: keys go to the per-CPU table first (aggtab) */
 };
 
 /* In-kernel aggregation map: per-CPU hash, key -> value. A key field takes one 24-byte slot:
  * numbers as __u64 (host order) in its first 8 bytes, names as their bytes, addresses as 16 bytes
  * (IPv4 in the first 4) and the family (4 or 6) in byte 16; an absent field is all 0xff. */
 struct netdevq_agg_key {
-	__u8 k[144]; /* NDQ_AGG_KEYS_MAX * NDQ_AGG_KEY_SLOT */
+	__u8 k[144];	       /* NDQ_AGG_KEYS_MAX * NDQ_AGG_KEY_SLOT */
+} __attribute__((aligned(8))); /* slots are cleared and filled a word at a time, not a byte */
+
+/* A slot of the count table (map aggtab: NDQ_AGG_TABLE_SLOTS slots per CPU, CPU c's from
+ * c * NDQ_AGG_TABLE_SLOTS, the slot a hash of the key). A key stays in its slot for the run; a
+ * key whose slot another key holds goes to the hash. Only the slot's CPU writes it: the key
+ * first, then count (0: free). The map's value ends after agg_nkeys key slots. */
+struct netdevq_agg_slot {
+	__u64 count;
+	__u8 key[144]; /* NDQ_AGG_KEYS_MAX * NDQ_AGG_KEY_SLOT */
 };
 
 struct netdevq_agg_value {

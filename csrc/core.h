@@ -66,7 +66,15 @@ struct tracer {
 	struct netdevq_agg_value *agg_vals;
 	size_t agg_cap;
 	void *percpu_buf;
-	int counters_fd, aggs_fd, tracked_fd;
+	/* a count's table in front of aggs (NDQ_DERIVED_AGG_TABLE; tracer.c agg_read_table):
+	 * table_n slots of table_slot_size bytes (0 slots: no table), each slot's count when last
+	 * reset, and whether its key was read whole */
+	__u32 table_n, table_slot_size;
+	void *table_buf;
+	__u32 *table_idx;
+	__u64 *table_base;
+	__u8 *table_known;
+	int counters_fd, aggs_fd, aggtab_fd, tracked_fd;
 	__u32 follow_pid;
 	__u32 agg_value_size;
 	struct ndq_pcap *pcap;

@@ -77,7 +77,19 @@ static __u32 batch_size(const struct netdevq_config *cfg, int in_place, __u32 ma
 	return n ? n : 1;
 }
 
-void ndq_derive(struct netdevq_config *cfg, __u32 max_batch, __u32 max_bytes)
+/* A count keeps its first keys in a per-CPU table in front of the hash (bpf/netdevq.bpf.c
+ * count_in_table) when the key limit leaves the hash at least as many: table and hash together
+ * never hold more than agg_keys keys (the loader gives the hash what the table may not take). */
+static int agg_table(const struct netdevq_config *cfg, __u32 agg_keys, __u32 ncpu)
+{
+	const __u64 table = (__u64)ncpu * NDQ_AGG_TABLE_SLOTS;
+
+	return cfg->agg_on && !cfg->agg_has_value && !cfg->agg_hist && ncpu &&
+	       agg_keys >= 2 * table;
+}
+
+void ndq_derive(struct netdevq_config *cfg, __u32 max_batch, __u32 max_bytes, __u32 agg_keys,
+		__u32 ncpu)
 {
 	const int filter_task = cfg->pid.n || cfg->tid.n;
 	const int filter_dev = cfg->ifindex.n || cfg->n_dev || cfg->netns.n;
@@ -94,11 +106,13 @@ void ndq_derive(struct netdevq_config *cfg, __u32 max_batch, __u32 max_bytes)
 	const int in_place = cfg->emit && !filter_any && !cfg->agg_on && !cfg->n_paths &&
 			     !cfg->kstack && !(cfg->need & NDQ_NEED_LATENCY);
 
-	cfg->derived =
-		(filter_task ? NDQ_DERIVED_FILTER_TASK : 0) |
-		(filter_dev ? NDQ_DERIVED_FILTER_DEV : 0) | (need_dev ? NDQ_DERIVED_NEED_DEV : 0) |
-		(filter_l3l4 ? NDQ_DERIVED_FILTER_L3L4 : 0) |
-		(in_place ? NDQ_DERIVED_IN_PLACE : 0) | (common_read(cfg) ? NDQ_DERIVED_COMMON : 0);
+	cfg->derived = (filter_task ? NDQ_DERIVED_FILTER_TASK : 0) |
+		       (filter_dev ? NDQ_DERIVED_FILTER_DEV : 0) |
+		       (need_dev ? NDQ_DERIVED_NEED_DEV : 0) |
+		       (filter_l3l4 ? NDQ_DERIVED_FILTER_L3L4 : 0) |
+		       (in_place ? NDQ_DERIVED_IN_PLACE : 0) |
+		       (common_read(cfg) ? NDQ_DERIVED_COMMON : 0) |
+		       (agg_table(cfg, agg_keys, ncpu) ? NDQ_DERIVED_AGG_TABLE : 0);
 	cfg->event_size = event_size(cfg);
 	cfg->batch = batch_size(cfg, in_place, max_batch, max_bytes);
 }

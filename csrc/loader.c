@@ -83,6 +83,7 @@ static void read_options(lua_State *L, struct open_opts *o)
 {
 	size_t config_len = 0;
 	const char *config;
+	int ncpu;
 
 	luaL_checktype(L, 1, LUA_TTABLE);
 	memset(o, 0, sizeof(*o));
@@ -126,8 +127,9 @@ static void read_options(lua_State *L, struct open_opts *o)
 	/* last, from all of the above. Batches need a flush run on each CPU (BPF_F_TEST_RUN_ON_CPU
 	 * on raw_tp: Linux 5.10); one holds at most an eighth of the ring buffer, so that a full
 	 * ring still has room for batches from other CPUs */
+	ncpu = libbpf_num_possible_cpus();
 	ndq_derive(&o->cfg, kernel_at_least(5, 10) ? (__u32)o->batch : 1,
-		   (__u32)o->ringbuf_size / 8);
+		   (__u32)o->ringbuf_size / 8, (__u32)o->agg_keys, ncpu > 0 ? (__u32)ncpu : 0);
 }
 
 /* --- the raw-mode read path (--read) ---------------------------------------------------------
@@ -395,12 +397,19 @@ cleanup:
 	return err ? -1 : 0;
 }
 
+/* bytes of an aggregation key: the slots in use (a count by nothing has one, all zero) */
+static __u32 agg_key_size(const struct netdevq_config *cfg)
+{
+	return (cfg->agg_nkeys ? cfg->agg_nkeys : 1) * NDQ_AGG_KEY_SLOT;
+}
+
 /* (configure_object checked that the maps are there) */
 static void size_maps(struct tracer *t, const struct open_opts *o, __u32 ncpu)
 {
 	const struct netdevq_config *cfg = &o->cfg;
 	struct bpf_map *events = bpf_object__find_map_by_name(t->obj, "events");
 	struct bpf_map *aggs = bpf_object__find_map_by_name(t->obj, "aggs");
+	struct bpf_map *aggtab = bpf_object__find_map_by_name(t->obj, "aggtab");
 
 	bpf_map__set_max_entries(events, o->ringbuf_size);
 	/* one entry per CPU (bpf/netdevq.bpf.c, struct counters) */
@@ -408,9 +417,12 @@ static void size_maps(struct tracer *t, const struct open_opts *o, __u32 ncpu)
 	bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "scratch"), ncpu);
 	if (cfg->agg_on) {
 		/* hash only the key slots in use: the BPF side builds a full, zero-padded key */
-		bpf_map__set_key_size(aggs,
-				      (cfg->agg_nkeys ? cfg->agg_nkeys : 1) * NDQ_AGG_KEY_SLOT);
-		bpf_map__set_max_entries(aggs, o->agg_keys);
+		bpf_map__set_key_size(aggs, agg_key_size(cfg));
+		/* the table's slots come off the hash (csrc/derive.c agg_table) */
+		bpf_map__set_max_entries(aggs, (__u32)o->agg_keys -
+						       (cfg->derived & NDQ_DERIVED_AGG_TABLE ?
+								ncpu * NDQ_AGG_TABLE_SLOTS :
+								0));
 		t->agg_value_size = cfg->agg_hist ? sizeof(struct netdevq_agg_value) :
 						    offsetof(struct netdevq_agg_value, slot);
 	} else {
@@ -418,6 +430,14 @@ static void size_maps(struct tracer *t, const struct open_opts *o, __u32 ncpu)
 		t->agg_value_size = offsetof(struct netdevq_agg_value, slot);
 	}
 	bpf_map__set_value_size(aggs, t->agg_value_size);
+	if (cfg->derived & NDQ_DERIVED_AGG_TABLE) {
+		t->table_n = ncpu * NDQ_AGG_TABLE_SLOTS;
+		t->table_slot_size = offsetof(struct netdevq_agg_slot, key) + agg_key_size(cfg);
+		bpf_map__set_max_entries(aggtab, t->table_n);
+		bpf_map__set_value_size(aggtab, t->table_slot_size);
+	} else {
+		bpf_map__set_max_entries(aggtab, 1);
+	}
 	ndq_sets_size(t->obj, cfg, o->set_values, o->set_values_len, o->set_bitmaps);
 	if (!cfg->follow_pid) {
 		bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "tracked"), 1);
@@ -428,8 +448,8 @@ static void size_maps(struct tracer *t, const struct open_opts *o, __u32 ncpu)
 /* Config, map sizes and programs of the opened object: -1 with msg set */
 static int configure_object(struct tracer *t, const struct open_opts *o, char *msg, size_t msglen)
 {
-	static const char *maps[] = { "events", "aggs",	    "tracked", "exited", "counters",
-				      "sets",	"set_bits", "batches", "scratch" };
+	static const char *maps[] = { "events",	  "aggs", "aggtab",   "tracked", "exited",
+				      "counters", "sets", "set_bits", "batches", "scratch" };
 	struct bpf_map *rodata = map_by_suffix(t->obj, ".rodata");
 	struct bpf_program *p;
 	size_t cfg_off = 0;
@@ -503,6 +523,7 @@ static int load_object(struct tracer *t, char *msg, size_t msglen)
 	}
 	t->counters_fd = bpf_map__fd(bpf_object__find_map_by_name(t->obj, "counters"));
 	t->aggs_fd = bpf_map__fd(bpf_object__find_map_by_name(t->obj, "aggs"));
+	t->aggtab_fd = bpf_map__fd(bpf_object__find_map_by_name(t->obj, "aggtab"));
 	t->tracked_fd = bpf_map__fd(bpf_object__find_map_by_name(t->obj, "tracked"));
 	t->flush_fd = t->kbatch > 1 ? bpf_program__fd(t->flush_prog) : -1;
 	t->rb = ring_buffer__new(bpf_map__fd(bpf_object__find_map_by_name(t->obj, "events")),
@@ -619,7 +640,7 @@ int ndq_core_open(lua_State *L)
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		goto cleanup;
-	t->counters_fd = t->aggs_fd = t->tracked_fd = t->flush_fd = -1;
+	t->counters_fd = t->aggs_fd = t->aggtab_fd = t->tracked_fd = t->flush_fd = -1;
 	snprintf(t->mode, sizeof(t->mode), "%s", o.mode);
 	t->batch_cap = (size_t)o.batch;
 	lua_getfenv(L, -1);

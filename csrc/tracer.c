@@ -32,6 +32,10 @@ void ndq_tracer_free(struct tracer *t)
 	free(t->agg_keys);
 	free(t->agg_vals);
 	free(t->percpu_buf);
+	free(t->table_buf);
+	free(t->table_idx);
+	free(t->table_base);
+	free(t->table_known);
 	free(t); /* t->batch belongs to its userdata (see core.h) */
 }
 
@@ -272,8 +276,28 @@ static int tracer_counters(lua_State *L)
 	return 1;
 }
 
-/* The keys of the aggregation map into t->agg_keys (grown as needed); -1 when out of memory.
- * Keys first: deleting while walking would restart the walk. */
+/* Room for n records in t->agg_keys and t->agg_vals: -1 when out of memory */
+static int agg_reserve(struct tracer *t, size_t n)
+{
+	size_t cap = t->agg_cap ? t->agg_cap : 256;
+	void *p;
+
+	if (n <= t->agg_cap)
+		return 0;
+	while (cap < n)
+		cap *= 2;
+	if (!(p = realloc(t->agg_keys, cap * sizeof(*t->agg_keys))))
+		return -1;
+	t->agg_keys = p;
+	if (!(p = realloc(t->agg_vals, cap * sizeof(*t->agg_vals))))
+		return -1;
+	t->agg_vals = p;
+	t->agg_cap = cap;
+	return 0;
+}
+
+/* The keys of the aggregation map into t->agg_keys; -1 when out of memory. Keys first: deleting
+ * while walking would restart the walk. */
 static long agg_collect_keys(struct tracer *t)
 {
 	struct netdevq_agg_key key, next, *prev = NULL;
@@ -282,19 +306,8 @@ static long agg_collect_keys(struct tracer *t)
 	/* the map's keys may be shorter than the struct: the rest stays zero */
 	memset(&next, 0, sizeof(next));
 	while (bpf_map_get_next_key(t->aggs_fd, prev, &next) == 0) {
-		if (n == t->agg_cap) {
-			size_t cap = t->agg_cap ? t->agg_cap * 2 : 256;
-			void *k = realloc(t->agg_keys, cap * sizeof(*t->agg_keys));
-
-			if (!k)
-				return -1;
-			t->agg_keys = k;
-			void *v = realloc(t->agg_vals, cap * sizeof(*t->agg_vals));
-			if (!v)
-				return -1;
-			t->agg_vals = v;
-			t->agg_cap = cap;
-		}
+		if (agg_reserve(t, n + 1))
+			return -1;
 		t->agg_keys[n++] = next;
 		key = next;
 		prev = &key;
@@ -339,6 +352,75 @@ static void agg_merge(struct tracer *t, struct netdevq_agg_value *m, int ncpu, s
 	}
 }
 
+/* The whole count table into t->table_buf (batched lookups): 0, or -1 with errno set */
+static int table_read(struct tracer *t)
+{
+	__u32 done = 0, cur, next;
+
+	while (done < t->table_n) {
+		__u32 count = t->table_n - done;
+		int rc = bpf_map_lookup_batch(
+			t->aggtab_fd, done ? &cur : NULL, &next, t->table_idx + done,
+			(char *)t->table_buf + (size_t)done * t->table_slot_size, &count, NULL);
+		done += count;
+		if (rc)
+			return errno == ENOENT ? 0 : -1; /* ENOENT: past the last slot */
+		cur = next;
+	}
+	return 0;
+}
+
+/* Appends the count table's keys from record `out` on: every slot counted since the last reset
+ * (the kernel never clears a slot: a reset remembers its count). Only the slot's CPU writes it,
+ * key before count; a read that meets a slot being filled may still see part of its key, so the
+ * first time a slot shows a count it is read again, and that key is the one. Returns the new
+ * number of records, or -1 (errno set). */
+static long agg_read_table(struct tracer *t, size_t out, bool reset)
+{
+	const size_t size = t->table_slot_size, key_size = size - sizeof(__u64);
+
+	if (!t->table_buf) {
+		t->table_buf = calloc(t->table_n, size);
+		t->table_idx = calloc(t->table_n, sizeof(*t->table_idx));
+		t->table_base = calloc(t->table_n, sizeof(*t->table_base));
+		t->table_known = calloc(t->table_n, 1);
+		if (!t->table_buf || !t->table_idx || !t->table_base || !t->table_known) {
+			errno = ENOMEM;
+			return -1;
+		}
+	}
+	if (table_read(t))
+		return -1;
+	for (__u32 i = 0; i < t->table_n; i++) {
+		char *slot = (char *)t->table_buf + (size_t)i * size;
+		__u64 count;
+
+		memcpy(&count, slot, sizeof(count));
+		if (!count)
+			continue;
+		if (!t->table_known[i]) {
+			if (bpf_map_lookup_elem(t->aggtab_fd, &i, slot))
+				return -1;
+			memcpy(&count, slot, sizeof(count));
+			t->table_known[i] = 1;
+		}
+		if (count == t->table_base[i])
+			continue;
+		if (agg_reserve(t, out + 1)) {
+			errno = ENOMEM;
+			return -1;
+		}
+		memset(&t->agg_keys[out], 0, sizeof(t->agg_keys[out]));
+		memcpy(t->agg_keys[out].k, slot + sizeof(count), key_size);
+		memset(&t->agg_vals[out], 0, sizeof(t->agg_vals[out]));
+		t->agg_vals[out].count = count - t->table_base[i];
+		if (reset)
+			t->table_base[i] = count;
+		out++;
+	}
+	return (long)out;
+}
+
 /* t:agg_read(reset) -> n, keys (struct netdevq_agg_key[n]), values (struct netdevq_agg_value[n])
  * (light userdata, valid until the next agg_read or close) */
 static int tracer_agg_read(lua_State *L)
@@ -361,6 +443,14 @@ static int tracer_agg_read(lua_State *L)
 			continue; /* vanished meanwhile */
 		agg_merge(t, &t->agg_vals[out], ncpu, stride);
 		t->agg_keys[out++] = t->agg_keys[i];
+	}
+	if (t->table_n) { /* a key may be in both: the Lua side adds records with equal keys */
+		long total = agg_read_table(t, out, reset);
+
+		if (total < 0)
+			return ndq_push_fail(L, "reading the count table failed (%s)",
+					     strerror(errno));
+		out = (size_t)total;
 	}
 	lua_pushinteger(L, (lua_Integer)out);
 	lua_pushlightuserdata(L, t->agg_keys);

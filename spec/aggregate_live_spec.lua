@@ -199,6 +199,151 @@ describe("aggregations on real traffic #root", function()
     end)
   end)
 
+  -- A count keeps its first keys in a table of NDQ_AGG_TABLE_SLOTS slots per CPU in front of the
+  -- hash (bpf/netdevq.bpf.c count_in_table): a key whose slot another key holds goes to the hash,
+  -- a key counted on several CPUs has a slot on each, user space adds them up.
+  describe("a count's per-CPU table", function()
+    local bpfobjs = require("support.bpfobjs")
+    local ffi = require("ffi")
+    local abi = require("netdevq.abi")
+    local netdevq
+    local SLOTS = ffi.C.NDQ_AGG_TABLE_SLOTS
+
+    local function filter()
+      return ('netns == %d and dev == "%s" and proto == "udp"'):format(pair.netns_a, pair.veth_a)
+    end
+
+    -- the maps named aggtab and aggs that this process holds (one tracer open): their ids
+    local function map_ids()
+      local ids = {}
+      for id in pairs(bpfobjs.held().map) do
+        local ok, out = netns.run({ "bpftool", "-j", "map", "show", "id", tostring(id) })
+        local m = ok and cjson.decode(out)
+        if m and (m.name == "aggtab" or m.name == "aggs") then ids[m.name] = id end
+      end
+      return ids
+    end
+
+    local function dump(id)
+      local ok, out = netns.run({ "bpftool", "-j", "map", "dump", "id", tostring(id) })
+      assert(ok, out)
+      return cjson.decode(out)
+    end
+
+    -- the count table's slots in use, as "cpu C: N" (sorted), and how many keys the hash holds;
+    -- a slot is the count, then the key's fields (nkeys)
+    local function where_counted(nkeys)
+      local ids = map_ids()
+      assert(ids.aggtab and ids.aggs, "no aggtab or aggs map held")
+      local used = {}
+      for _, e in ipairs(dump(ids.aggtab)) do
+        local idx, count = 0, 0
+        for i = 4, 1, -1 do idx = idx * 256 + tonumber(e.key[i]) end
+        for i = 8, 1, -1 do count = count * 256 + tonumber(e.value[i]) end
+        assert.equal(8 + nkeys * abi.AGG_KEY_SLOT, #e.value)
+        if count > 0 then used[#used + 1] = ("cpu %d: %d"):format(math.floor(idx / SLOTS), count) end
+      end
+      table.sort(used)
+      return used, #dump(ids.aggs)
+    end
+
+    -- from namespace a, on CPU cpu (taskset), datagrams of these payload sizes, each `times` times
+    local function send_on(cpu, sizes, times)
+      local ok, out = pair:exec("a", { "taskset", "-c", tostring(cpu), netns.ndq_send(), "udp4",
+        pair.ip4_a, pair.ip4_b, "9002", "40002", sizes, tostring(times) })
+      assert(ok, out)
+    end
+
+    local function ncpu()
+      local n = 0
+      for l in io.lines("/sys/devices/system/cpu/online") do
+        for a, b in l:gmatch("(%d+)%-?(%d*)") do n = n + (b ~= "" and b - a + 1 or 1) end
+      end
+      return n
+    end
+
+    it("adds up a key counted on two CPUs, with nothing in the hash", function()
+      setup()
+      netdevq = require("netdevq")
+      local spec = { kind = "count", keys = { "dev", "proto" }, name = "@count" }
+      local t = assert(netdevq.open{ filter = filter(), aggregate = spec })
+      finally(function() t:close() end)
+      local other = ncpu() > 1 and 1 or 0
+      send_on(0, "100", 5)
+      send_on(other, "200", 7)
+      local used, hashed = where_counted(2)
+      if other == 1 then
+        assert.same({ "cpu 0: 5", "cpu 1: 7" }, used)
+      else
+        assert.same({ "cpu 0: 12" }, used)
+      end
+      assert.equal(0, hashed)
+      local agg = assert(t:read_aggregate())
+      assert.equal("@count[" .. pair.veth_a .. ", udp]: 12\n", agg:text())
+      -- read again after a reset: nothing new, nothing printed; then only what came since
+      assert(t:read_aggregate(nil, true))
+      assert.equal("", assert(t:read_aggregate(nil, true)):text())
+      send_on(other, "300", 3)
+      assert.equal("@count[" .. pair.veth_a .. ", udp]: 3\n",
+        assert(t:read_aggregate(nil, true)):text())
+      local st = t:stats()
+      assert.same({ 15, 15, 0 }, { st.matched, st.aggregated, st.agg_overflow })
+    end)
+
+    it("counts more keys than a CPU's table holds exactly, the rest in the hash", function()
+      setup()
+      netdevq = require("netdevq")
+      local spec = { kind = "count", keys = { "len" }, name = "@count_len" }
+      local t = assert(netdevq.open{ filter = filter(), aggregate = spec })
+      finally(function() t:close() end)
+      -- 11 x 64 payload sizes, 1 to 704 bytes, twice each, all from CPU 0: 704 keys (lens 43 to
+      -- 746), more than the 256 slots of CPU 0's table
+      for b = 0, 10 do
+        local sizes = {}
+        for i = 1, 64 do sizes[i] = b * 64 + i end
+        send_on(0, table.concat(sizes, ","), 2)
+      end
+      local used, hashed = where_counted(1)
+      assert.is_true(#used <= SLOTS and #used > SLOTS / 2, #used .. " slots in use")
+      for _, u in ipairs(used) do assert.equal("cpu 0: 2", u) end
+      assert.equal(704, #used + hashed)
+      local entries = assert(t:read_aggregate()):entries()
+      assert.equal(704, #entries)
+      table.sort(entries, function(a, b) return a.key[1] < b.key[1] end)
+      for i, e in ipairs(entries) do
+        assert.same({ { 42 + i }, 2 }, { e.key, e.value })
+      end
+      local st = t:stats()
+      assert.same({ 1408, 1408, 0 }, { st.matched, st.aggregated, st.agg_overflow })
+    end)
+
+    it("keeps the key limit: with the table the hash holds what the table cannot take", function()
+      setup()
+      netdevq = require("netdevq")
+      local spec = { kind = "count", keys = { "len" }, name = "@count_len" }
+      -- the smallest limit that has a table: the hash holds the other half
+      local max = 2 * SLOTS * ncpu()
+      local t = assert(netdevq.open{ filter = filter(), aggregate = spec, max_keys = max })
+      finally(function() t:close() end)
+      local sent = 0
+      for b = 0, math.floor(max / 64) do -- more keys than max, from CPU 0
+        local sizes = {}
+        for i = 1, 64 do sizes[i] = b * 64 + i end
+        send_on(0, table.concat(sizes, ","), 1)
+        sent = sent + 64
+      end
+      local used, hashed = where_counted(1)
+      assert.equal(max - SLOTS * ncpu(), hashed) -- the hash is full
+      local entries = assert(t:read_aggregate()):entries()
+      assert.equal(#used + hashed, #entries)
+      assert.is_true(#entries <= max)
+      local st = t:stats()
+      -- every event is counted once, or counted as not aggregated (and then not as matched)
+      assert.same({ #entries, #entries, sent - #entries },
+        { st.matched, st.aggregated, st.agg_overflow })
+    end)
+  end)
+
   describe("the CLI", function()
     local function cli(args)
       local p = live.spawn_cli(args)

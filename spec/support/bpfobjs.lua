@@ -21,7 +21,8 @@ local _M = {}
 _M.PROG_NAMES = { netdevq_raw = true, netdevq_direct = true, netdevq_btf = true, netdevq_fork = true,
                   netdevq_exit = true }
 _M.MAP_NAMES = {
-    events = true, counters = true, scratch = true, aggs = true, tracked = true, exited = true, sets = true,
+    events = true, counters = true, scratch = true, aggs = true, aggtab = true, tracked = true,
+    exited = true, sets = true,
     ["netdevq.rodata"] = true,
 }
 -- the socket-owner programs and maps (bpf/owner.bpf.h), loaded only when owners are asked for
