@@ -254,6 +254,27 @@ describe("aggregations on real traffic #root", function()
       assert(ok, out)
     end
 
+    -- a tracer counting by keys in the kernel (max_keys: nil for the default), closed after the test
+    local function count_tracer(keys, max_keys)
+      setup()
+      netdevq = require("netdevq")
+      local spec = { kind = "count", keys = keys, name = "@count" }
+      local t = assert(netdevq.open{ filter = filter(), aggregate = spec, max_keys = max_keys })
+      finally(function() t:close() end)
+      return t
+    end
+
+    -- bursts of 64 payload sizes from CPU 0, burst b the sizes 64 * b + 1 .. 64 * b + 64, each
+    -- sent `times` times: 64 * bursts keys of len (43 on); returns the datagrams sent
+    local function send_bursts(bursts, times)
+      for b = 0, bursts - 1 do
+        local sizes = {}
+        for i = 1, 64 do sizes[i] = b * 64 + i end
+        send_on(0, table.concat(sizes, ","), times)
+      end
+      return 64 * bursts * times
+    end
+
     local function ncpu()
       local n = 0
       for l in io.lines("/sys/devices/system/cpu/online") do
@@ -263,11 +284,7 @@ describe("aggregations on real traffic #root", function()
     end
 
     it("adds up a key counted on two CPUs, with nothing in the hash", function()
-      setup()
-      netdevq = require("netdevq")
-      local spec = { kind = "count", keys = { "dev", "proto" }, name = "@count" }
-      local t = assert(netdevq.open{ filter = filter(), aggregate = spec })
-      finally(function() t:close() end)
+      local t = count_tracer({ "dev", "proto" })
       local other = ncpu() > 1 and 1 or 0
       send_on(0, "100", 5)
       send_on(other, "200", 7)
@@ -291,18 +308,10 @@ describe("aggregations on real traffic #root", function()
     end)
 
     it("counts more keys than a CPU's table holds exactly, the rest in the hash", function()
-      setup()
-      netdevq = require("netdevq")
-      local spec = { kind = "count", keys = { "len" }, name = "@count_len" }
-      local t = assert(netdevq.open{ filter = filter(), aggregate = spec })
-      finally(function() t:close() end)
-      -- 11 x 64 payload sizes, 1 to 704 bytes, twice each, all from CPU 0: 704 keys (lens 43 to
-      -- 746), more than the 256 slots of CPU 0's table
-      for b = 0, 10 do
-        local sizes = {}
-        for i = 1, 64 do sizes[i] = b * 64 + i end
-        send_on(0, table.concat(sizes, ","), 2)
-      end
+      local t = count_tracer({ "len" })
+      -- payloads of 1 to 704 bytes, twice each: 704 keys (lens 43 to 746), more than the 256
+      -- slots of CPU 0's table
+      assert.equal(1408, send_bursts(11, 2))
       local used, hashed = where_counted(1)
       assert.is_true(#used <= SLOTS and #used > SLOTS / 2, #used .. " slots in use")
       for _, u in ipairs(used) do assert.equal("cpu 0: 2", u) end
@@ -318,20 +327,10 @@ describe("aggregations on real traffic #root", function()
     end)
 
     it("keeps the key limit: with the table the hash holds what the table cannot take", function()
-      setup()
-      netdevq = require("netdevq")
-      local spec = { kind = "count", keys = { "len" }, name = "@count_len" }
       -- the smallest limit that has a table: the hash holds the other half
       local max = 2 * SLOTS * ncpu()
-      local t = assert(netdevq.open{ filter = filter(), aggregate = spec, max_keys = max })
-      finally(function() t:close() end)
-      local sent = 0
-      for b = 0, math.floor(max / 64) do -- more keys than max, from CPU 0
-        local sizes = {}
-        for i = 1, 64 do sizes[i] = b * 64 + i end
-        send_on(0, table.concat(sizes, ","), 1)
-        sent = sent + 64
-      end
+      local t = count_tracer({ "len" }, max)
+      local sent = send_bursts(math.floor(max / 64) + 1, 1) -- more keys than max
       local used, hashed = where_counted(1)
       assert.equal(max - SLOTS * ncpu(), hashed) -- the hash is full
       local entries = assert(t:read_aggregate()):entries()

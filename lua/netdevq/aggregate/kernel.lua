@@ -1,6 +1,8 @@
 -- netdevq.aggregate.kernel: aggregations computed in the kernel (a per-CPU hash in
--- bpf/netdevq.bpf.c): which ones can be, how the loader configures them, and how the map's
--- records become the same aggregation object the Lua path fills.
+-- bpf/netdevq.bpf.c; a count's first keys in a per-CPU table in front of it, whose records the
+-- core hands over with the hash's: a key may come more than once, and its records add up):
+-- which ones can be, how the loader configures them, and how the map's records become the
+-- same aggregation object the Lua path fills.
 --
 -- A key field takes one NDQ_AGG_KEY_SLOT-byte slot: numbers as a host-order __u64 in its first
 -- 8 bytes; strings (dev, comm) NUL-padded; addresses as 16 bytes and the family (4 or 6) in the
