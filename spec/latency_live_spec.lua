@@ -135,14 +135,22 @@ describe("queue latency and drops #root", function()
             .. mode .. ")", function()
             netns.require_root()
             shape(pair, 100000)
-            -- the oracle: bpftrace joins the same two tracepoints on the skb
+            -- the oracle: bpftrace joins the same tracepoints on the skb. The wait ends at the
+            -- start_xmit whose driver call took the packet: one the driver answered
+            -- NETDEV_TX_BUSY (16; veth does when its peer's ring is full, under load) is requeued
+            -- and the wait goes on, as netdevq's sojourn_ns counts it
             local script = dir .. "/join.bt"
             local f = assert(io.open(script, "w"))
             f:write(live.bpftrace_attached(([[
 tracepoint:net:net_dev_queue /args->len == %d && ((struct sk_buff *)args->skbaddr)->dev->nd_net.net->ns.inum == %d/
 { @q[args->skbaddr] = nsecs; }
 tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
-{ printf("J %%lx %%lu\n", (uint64)args->skbaddr, nsecs - @q[args->skbaddr]); delete(@q[args->skbaddr]); }
+{ @s[args->skbaddr] = nsecs; }
+tracepoint:net:net_dev_xmit /@s[args->skbaddr] && args->rc != 16/
+{ printf("J %%lx %%lu\n", (uint64)args->skbaddr, @s[args->skbaddr] - @q[args->skbaddr]);
+  delete(@q[args->skbaddr]); delete(@s[args->skbaddr]); }
+tracepoint:net:net_dev_xmit /@s[args->skbaddr] && args->rc == 16/
+{ delete(@s[args->skbaddr]); }
 ]]):format(FRAME, pair.netns_a)))
             f:close()
             local unmount = live.tracefs()
@@ -151,84 +159,113 @@ tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
                 if bt then bt:stop() end
                 unmount()
             end)
-            bt = live.spawn_bpftrace({ script })
-            local cli = start_cli({ "--mode", mode, "-F", "json", "-o", FIELDS, "-f", "netns == " .. pair.netns_a })
-            burst(pair, N)
-            clirun.sleep(N * TICK / 1e9 + 0.5)
-            local empty, qstats = drained(pair, 10)
-            assert(empty, "the qdisc still holds packets 10 s after the burst:\n" .. qstats)
-            local missed = recursion_misses(cli.pid)
-            local stopped = stop_cli(cli)
-            local events = parse(stopped.out)
-            bt:kill("INT")
-            local _, _, lines = bt:wait()
-            local joined = {}
-            for _, l in ipairs(lines) do
-                local skb, ns = l:match("^J (%x+) (%d+)$")
-                if skb then joined[#joined + 1] = { skb = "0x" .. skb, ns = tonumber(ns) } end
-            end
+            -- One burst, traced by netdevq and by bpftrace's join. What netdevq reports must
+            -- match the join exactly; nil, or what the kernel did off its schedule (a datagram
+            -- late, or one it did not hand to the driver: the join misses it too). A loaded
+            -- machine (the suite runs specs side by side) delays tbf's timer by a few ms now and
+            -- then: the burst is tried again then, 3 times at most.
+            local function attempt()
+                bt = live.spawn_bpftrace({ script })
+                local cli = start_cli({ "--mode", mode, "-F", "json", "-o", FIELDS, "-f",
+                    "netns == " .. pair.netns_a })
+                burst(pair, N)
+                clirun.sleep(N * TICK / 1e9 + 0.5)
+                local empty, qstats = drained(pair, 10)
+                assert(empty, "the qdisc still holds packets 10 s after the burst:\n" .. qstats)
+                local missed = recursion_misses(cli.pid)
+                local stopped = stop_cli(cli)
+                local events = parse(stopped.out)
+                bt:kill("INT")
+                local _, _, lines = bt:wait()
+                bt = nil
+                local joined = {}
+                for _, l in ipairs(lines) do
+                    local skb, ns = l:match("^J (%x+) (%d+)$")
+                    if skb then joined[#joined + 1] = { skb = "0x" .. skb, ns = tonumber(ns) } end
+                end
 
-            local d = split(events)
-            -- on a miss: which packets each side saw (did the driver get the one netdevq lacks?),
-            -- and netdevq's summary (a packet still held is counted there)
-            local function skbs(list)
-                local t = {}
-                for _, e in ipairs(list) do t[#t + 1] = e.skb end
-                return table.concat(t, " ")
-            end
-            local seen = ("netdevq %d: %s; bpftrace's join %d: %s; %s; %s"):format(#d, skbs(d),
-                #joined, skbs(joined), (stopped.err or ""):match("netdevq: %d+ events[^\n]*")
-                or "no summary", #missed > 0 and table.concat(missed, ", ") or "no recursion miss")
-            assert.are.equal(N, #d, seen)
-            assert.are.equal(N, #joined, seen)
-            -- every event left at its driver handoff: sojourn, driver call, veth's NETDEV_TX_OK
-            for k, ev in ipairs(d) do
-                assert.are.same({ pair.veth_a, 0, 0 }, { ev.dev, ev.queue, ev.xmit_rc },
-                    ("packet %d (%s): %s"):format(k, ev.skb, seen))
-                assert.is_nil(ev.drop_reason)
-                assert.is_true(ev.xmit_ns > 0 and ev.xmit_ns < 1e6, "xmit_ns " .. ev.xmit_ns)
-                -- the same packet as bpftrace's k-th, the same wait within ORACLE_NS
-                assert.are.equal(joined[k].skb, ev.skb)
-                assert.is_true(math.abs(ev.sojourn_ns - joined[k].ns) < ORACLE_NS,
-                    ("packet %d: sojourn %d, bpftrace %d"):format(k, ev.sojourn_ns, joined[k].ns))
-            end
-            -- the model: from the second datagram on the bucket is empty; each departure (queued at
-            -- ts, left at ts + sojourn) comes when the tokens for every frame that left since the
-            -- second datagram have accrued (other frames on the device count too)
-            local all = {}
-            for _, ev in ipairs(events) do
-                if ev.sojourn_ns then all[#all + 1] = { dep = ev.ts + ev.sojourn_ns, len = ev.len } end
-            end
-            table.sort(all, function(x, y) return x.dep < y.dep end)
-            -- the schedule starts at the second datagram's departure, or earlier when that one
-            -- left late itself (the tokens accrued meanwhile let the next ones catch up): at
-            -- the earliest start any departure implies
-            local start = d[2].ts + d[2].sojourn_ns
-            local bytes, after = 0, {}
-            for _, e in ipairs(all) do
-                if e.dep > start then
-                    bytes = bytes + e.len
-                    after[#after + 1] = { dep = e.dep, bytes = bytes }
+                local d = split(events)
+                -- which packets each side saw, netdevq's summary (a packet still held is counted
+                -- there) and any recursion miss
+                local function skbs(list)
+                    local t = {}
+                    for _, e in ipairs(list) do t[#t + 1] = e.skb end
+                    return table.concat(t, " ")
+                end
+                local summary = (stopped.err or ""):match("netdevq: %d+ events[^\n]*") or "no summary"
+                local seen = ("netdevq %d: %s; bpftrace's join %d: %s; %s; %s"):format(#d, skbs(d),
+                    #joined, skbs(joined), summary,
+                    #missed > 0 and table.concat(missed, ", ") or "no recursion miss")
+                assert.are.equal(#joined, #d, seen)
+                assert.are.equal(skbs(joined), skbs(d), seen)
+                if #d < N then -- the join lacks them too: netdevq must count them as held
+                    assert.is_truthy(summary:find(", " .. (N - #d) .. " held ", 1, true), seen)
+                    return ("%d of %d datagrams reached the driver: %s"):format(#d, N, seen)
+                end
+                -- every event left at its driver handoff: sojourn, driver call, veth's NETDEV_TX_OK
+                for k, ev in ipairs(d) do
+                    assert.are.same({ pair.veth_a, 0, 0 }, { ev.dev, ev.queue, ev.xmit_rc },
+                        ("packet %d (%s): %s"):format(k, ev.skb, seen))
+                    assert.is_nil(ev.drop_reason)
+                    assert.is_true(ev.xmit_ns > 0 and ev.xmit_ns < 1e6, "xmit_ns " .. ev.xmit_ns)
+                    -- the same wait as bpftrace's within ORACLE_NS
+                    assert.is_true(math.abs(ev.sojourn_ns - joined[k].ns) < ORACLE_NS,
+                        ("packet %d: sojourn %d, bpftrace %d"):format(k, ev.sojourn_ns, joined[k].ns))
+                end
+                -- the model: from the second datagram on the bucket is empty; each departure
+                -- (queued at ts, left at ts + sojourn) comes when the tokens for every frame that
+                -- left since the second datagram have accrued (other frames on the device count
+                -- too)
+                local all = {}
+                for _, ev in ipairs(events) do
+                    if ev.sojourn_ns then all[#all + 1] = { dep = ev.ts + ev.sojourn_ns, len = ev.len } end
+                end
+                table.sort(all, function(x, y) return x.dep < y.dep end)
+                -- the schedule starts at the second datagram's departure, or earlier when that
+                -- one left late itself (the tokens accrued meanwhile let the next ones catch
+                -- up): at the earliest start any departure implies
+                local start = d[2].ts + d[2].sojourn_ns
+                local bytes, after = 0, {}
+                for _, e in ipairs(all) do
+                    if e.dep > start then
+                        bytes = bytes + e.len
+                        after[#after + 1] = { dep = e.dep, bytes = bytes }
+                    end
+                end
+                local origin = start
+                for _, e in ipairs(after) do
+                    origin = math.min(origin, e.dep - e.bytes * 8 / RATE * 1e9 + EARLY_NS)
+                end
+                if start - origin >= LATE_NS then
+                    return ("the second datagram left %d ns late"):format(start - origin)
+                end
+                for _, e in ipairs(after) do
+                    local due = origin + e.bytes * 8 / RATE * 1e9
+                    -- (>=: the departure that sets the origin lies exactly EARLY_NS early)
+                    if e.dep < due - EARLY_NS or e.dep >= due + LATE_NS then
+                        return ("left %d ns after the schedule"):format(e.dep - due)
+                    end
+                end
+                -- and so the wait grows by ~TICK per datagram, less the time between their
+                -- queueing
+                for k = 3, N do
+                    local grow = d[k].sojourn_ns - d[k - 1].sojourn_ns + (d[k].ts - d[k - 1].ts)
+                    if math.abs(grow - TICK) >= LATE_NS + EARLY_NS then
+                        return "datagram " .. k .. ": " .. grow
+                    end
+                end
+                if d[N].sojourn_ns <= (N - 2) * TICK - LATE_NS then
+                    return "the last datagram waited " .. d[N].sojourn_ns .. " ns"
                 end
             end
-            local origin = start
-            for _, e in ipairs(after) do
-                origin = math.min(origin, e.dep - e.bytes * 8 / RATE * 1e9 + EARLY_NS)
+
+            local off = {}
+            for _ = 1, 3 do
+                local why = attempt()
+                if not why then break end
+                off[#off + 1] = why
             end
-            assert.is_true(start - origin < LATE_NS, ("the second datagram left %d ns late")
-                :format(start - origin))
-            for _, e in ipairs(after) do
-                local due = origin + e.bytes * 8 / RATE * 1e9
-                -- (>=: the departure that sets the origin lies exactly EARLY_NS early)
-                assert.is_true(e.dep >= due - EARLY_NS and e.dep < due + LATE_NS,
-                    ("left %d ns after the schedule"):format(e.dep - due))
-            end
-            -- and so the wait grows by ~TICK per datagram, less the time between their queueing
-            for k = 3, N do
-                local grow = d[k].sojourn_ns - d[k - 1].sojourn_ns + (d[k].ts - d[k - 1].ts)
-                assert.is_true(math.abs(grow - TICK) < LATE_NS + EARLY_NS, "datagram " .. k .. ": " .. grow)
-            end
-            assert.is_true(d[N].sojourn_ns > (N - 2) * TICK - LATE_NS)
+            assert.is_true(#off < 3, "off the schedule in 3 bursts of 3: " .. table.concat(off, "; "))
         end)
     end
 
