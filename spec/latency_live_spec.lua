@@ -130,42 +130,66 @@ describe("queue latency and drops #root", function()
         return missed
     end
 
-    for _, mode in ipairs({ "raw", "btf" }) do
-        it("follows tbf's token schedule for each datagram of a burst, as bpftrace's join measures it ("
-            .. mode .. ")", function()
-            netns.require_root()
-            shape(pair, 100000)
-            -- the oracle: bpftrace joins the same tracepoints on the skb. The wait ends at the
-            -- start_xmit whose driver call took the packet: one the driver answered
-            -- NETDEV_TX_BUSY (16; veth does when its peer's ring is full, under load) is requeued
-            -- and the wait goes on, as netdevq's sojourn_ns counts it
-            local script = dir .. "/join.bt"
-            local f = assert(io.open(script, "w"))
-            f:write(live.bpftrace_attached(([[
+    -- The oracle: bpftrace joins the same tracepoints on the skb, for the datagrams of namespace
+    -- a. The wait ends at the start_xmit whose driver call took the packet: one the driver
+    -- answered NETDEV_TX_BUSY (16; veth does when its peer's ring is full, under load) is
+    -- requeued and the wait goes on, as netdevq's sojourn_ns counts it. start() runs a join,
+    -- stop() ends it and returns what it joined, in the order the driver took them: { skb = hex
+    -- address, ns = the wait, xmit = the driver call }. Call it once per test (it keeps the
+    -- test's finally).
+    local function join_oracle()
+        local script = dir .. "/join.bt"
+        local f = assert(io.open(script, "w"))
+        f:write(live.bpftrace_attached(([[
 tracepoint:net:net_dev_queue /args->len == %d && ((struct sk_buff *)args->skbaddr)->dev->nd_net.net->ns.inum == %d/
 { @q[args->skbaddr] = nsecs; }
 tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
 { @s[args->skbaddr] = nsecs; }
 tracepoint:net:net_dev_xmit /@s[args->skbaddr] && args->rc != 16/
-{ printf("J %%lx %%lu\n", (uint64)args->skbaddr, @s[args->skbaddr] - @q[args->skbaddr]);
+{ printf("J %%lx %%lu %%lu\n", (uint64)args->skbaddr, @s[args->skbaddr] - @q[args->skbaddr],
+    nsecs - @s[args->skbaddr]);
   delete(@q[args->skbaddr]); delete(@s[args->skbaddr]); }
 tracepoint:net:net_dev_xmit /@s[args->skbaddr] && args->rc == 16/
 { delete(@s[args->skbaddr]); }
 ]]):format(FRAME, pair.netns_a)))
-            f:close()
-            local unmount = live.tracefs()
-            local bt
-            finally(function() -- busted keeps a test's last finally only
-                if bt then bt:stop() end
-                unmount()
-            end)
+        f:close()
+        local unmount = live.tracefs()
+        local bt
+        finally(function() -- busted keeps a test's last finally only
+            if bt then bt:stop() end
+            unmount()
+        end)
+        local oracle = {}
+        function oracle.start() bt = live.spawn_bpftrace({ script }) end
+        function oracle.stop()
+            bt:kill("INT")
+            local _, _, lines = bt:wait()
+            bt = nil
+            local joined = {}
+            for _, l in ipairs(lines) do
+                local skb, ns, xmit = l:match("^J (%x+) (%d+) (%d+)$")
+                if skb then
+                    joined[#joined + 1] = { skb = "0x" .. skb, ns = tonumber(ns), xmit = tonumber(xmit) }
+                end
+            end
+            return joined
+        end
+        return oracle
+    end
+
+    for _, mode in ipairs({ "raw", "btf" }) do
+        it("follows tbf's token schedule for each datagram of a burst, as bpftrace's join measures it ("
+            .. mode .. ")", function()
+            netns.require_root()
+            shape(pair, 100000)
+            local oracle = join_oracle()
             -- One burst, traced by netdevq and by bpftrace's join. What netdevq reports must
             -- match the join exactly; nil, or what the kernel did off its schedule (a datagram
             -- late, or one it did not hand to the driver: the join misses it too). A loaded
             -- machine (the suite runs specs side by side) delays tbf's timer by a few ms now and
             -- then: the burst is tried again then, 3 times at most.
             local function attempt()
-                bt = live.spawn_bpftrace({ script })
+                oracle.start()
                 local cli = start_cli({ "--mode", mode, "-F", "json", "-o", FIELDS, "-f",
                     "netns == " .. pair.netns_a })
                 burst(pair, N)
@@ -175,14 +199,7 @@ tracepoint:net:net_dev_xmit /@s[args->skbaddr] && args->rc == 16/
                 local missed = recursion_misses(cli.pid)
                 local stopped = stop_cli(cli)
                 local events = parse(stopped.out)
-                bt:kill("INT")
-                local _, _, lines = bt:wait()
-                bt = nil
-                local joined = {}
-                for _, l in ipairs(lines) do
-                    local skb, ns = l:match("^J (%x+) (%d+)$")
-                    if skb then joined[#joined + 1] = { skb = "0x" .. skb, ns = tonumber(ns) } end
-                end
+                local joined = oracle.stop()
 
                 local d = split(events)
                 -- which packets each side saw, netdevq's summary (a packet still held is counted
@@ -207,10 +224,15 @@ tracepoint:net:net_dev_xmit /@s[args->skbaddr] && args->rc == 16/
                     assert.are.same({ pair.veth_a, 0, 0 }, { ev.dev, ev.queue, ev.xmit_rc },
                         ("packet %d (%s): %s"):format(k, ev.skb, seen))
                     assert.is_nil(ev.drop_reason)
-                    assert.is_true(ev.xmit_ns > 0 and ev.xmit_ns < 1e6, "xmit_ns " .. ev.xmit_ns)
-                    -- the same wait as bpftrace's within ORACLE_NS
+                    -- the same wait and the same driver call as bpftrace's within ORACLE_NS (a
+                    -- driver call is microseconds on an idle machine; an interrupt inside it, and
+                    -- its softirq work, made one last 1.18 ms while CI ran the ASan pass: both
+                    -- tools measure that)
+                    assert.is_true(ev.xmit_ns > 0, "xmit_ns " .. ev.xmit_ns)
                     assert.is_true(math.abs(ev.sojourn_ns - joined[k].ns) < ORACLE_NS,
                         ("packet %d: sojourn %d, bpftrace %d"):format(k, ev.sojourn_ns, joined[k].ns))
+                    assert.is_true(math.abs(ev.xmit_ns - joined[k].xmit) < ORACLE_NS,
+                        ("packet %d: xmit_ns %d, bpftrace %d"):format(k, ev.xmit_ns, joined[k].xmit))
                 end
                 -- the model: from the second datagram on the bucket is empty; each departure
                 -- (queued at ts, left at ts + sojourn) comes when the tokens for every frame that
@@ -361,17 +383,31 @@ tracepoint:net:net_dev_xmit /@s[args->skbaddr] && args->rc == 16/
 
     end
 
-    it("gives devices without a queue a small sojourn (noqueue veth)", function()
+    it("gives devices without a queue a small sojourn (noqueue veth), as bpftrace's join measures it", function()
         netns.require_root()
+        local oracle = join_oracle()
+        oracle.start()
         local cli = start_cli({ "--mode", "btf", "-F", "json", "-o", FIELDS, "-f", "netns == " .. pair.netns_a })
         burst(pair, 5)
         local d = split(parse(stop_cli(cli).out))
+        local joined = oracle.stop()
         assert.are.equal(5, #d)
-        for _, ev in ipairs(d) do
-            -- net_dev_queue to start_xmit runs with bottom halves off: only hard interrupts stretch it
-            assert.is_true(ev.sojourn_ns > 0 and ev.sojourn_ns < 1e6, "sojourn " .. ev.sojourn_ns)
-            assert.are.equal(0, ev.xmit_rc)
+        assert.are.equal(5, #joined)
+        local waits = {}
+        for k, ev in ipairs(d) do
+            assert.are.same({ joined[k].skb, 0 }, { ev.skb, ev.xmit_rc })
+            assert.is_true(ev.sojourn_ns > 0 and ev.xmit_ns > 0)
+            assert.is_true(math.abs(ev.sojourn_ns - joined[k].ns) < ORACLE_NS,
+                ("packet %d: sojourn %d, bpftrace %d"):format(k, ev.sojourn_ns, joined[k].ns))
+            assert.is_true(math.abs(ev.xmit_ns - joined[k].xmit) < ORACLE_NS,
+                ("packet %d: xmit_ns %d, bpftrace %d"):format(k, ev.xmit_ns, joined[k].xmit))
+            waits[k] = ev.sojourn_ns
         end
+        -- net_dev_queue to start_xmit runs with bottom halves off: a few us. Only hard interrupts
+        -- stretch it (and the hypervisor's pauses of this VM's CPU, which both tools measure): the
+        -- median of the five stays small
+        table.sort(waits)
+        assert.is_true(waits[3] < 100e3, "sojourns " .. table.concat(waits, " "))
     end)
 
     it("reports a GSO packet that tbf segments without sojourn or drop, and holds nothing after", function()
