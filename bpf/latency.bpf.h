@@ -98,10 +98,12 @@ static __always_inline int latency_hold(struct scratch *s, struct counters *cnt,
 /* The held event leaves: through the sojourn_ns kernel filter to deliver(). */
 static __always_inline void latency_release(struct lat_key *k, struct netdevq_event *v)
 {
-	struct counters *cnt = THIS_CPU(counters);
-	struct scratch *s = THIS_CPU(scratch);
+	struct counters *cnt;
+	struct scratch *s;
 	struct netdevq_event *ev;
+	__u32 cpu;
 
+	THIS_CPU(cpu, cnt, s);
 	if (!cnt || !s)
 		return;
 	ev = &s->ev;
@@ -115,7 +117,7 @@ static __always_inline void latency_release(struct lat_key *k, struct netdevq_ev
 		cnt->c[NDQ_CNT_KFILTERED]++;
 		return;
 	}
-	deliver(s, cnt);
+	deliver(s, cnt, cpu);
 }
 
 static __always_inline void lat_start(struct sk_buff *skb, struct net_device *dev)

@@ -78,12 +78,14 @@ struct {
 	__type(value, struct scratch);
 } scratch SEC(".maps");
 
-/* this CPU's counters and scratch space (see struct counters) */
-#define THIS_CPU(map)                                    \
-	({                                               \
-		__u32 cpu_ = bpf_get_smp_processor_id(); \
-		bpf_map_lookup_elem(&map, &cpu_);        \
-	})
+/* This CPU's id into cpu (read once: its entries, an event's cpu, its count table's slots), and
+ * its counters and scratch space (see struct counters) into cnt and s */
+#define THIS_CPU(cpu, cnt, s)                               \
+	do {                                                \
+		cpu = bpf_get_smp_processor_id();           \
+		cnt = bpf_map_lookup_elem(&counters, &cpu); \
+		s = bpf_map_lookup_elem(&scratch, &cpu);    \
+	} while (0)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -367,12 +369,12 @@ static __always_inline __u32 linear_slot(__u64 v)
 	return (__u32)((__u64)(sv - cfg.lhist_min) / (__u64)cfg.lhist_step) + 1;
 }
 
-/* Counts the key in s->key in this CPU's table: false when its slot holds another key (the hash
- * takes it then). The key's words are hashed by xor and multiply; a slot is free while its count
+/* Counts the key in s->key in this CPU's (cpu's) table: false when its slot holds another key
+ * (the hash takes it then). The key's words are hashed by xor and multiply; a slot is free while its count
  * is 0, so the key goes in before the count (user space reads a slot whose count is set). */
-static __always_inline bool count_in_table(struct scratch *s)
+static __always_inline bool count_in_table(struct scratch *s, __u32 cpu)
 {
-	const __u32 words = (cfg.agg_nkeys ? cfg.agg_nkeys : 1) * (NDQ_AGG_KEY_SLOT / 8);
+	const __u32 words = cfg.agg_key_size / 8;
 	const __u64 *k = (const __u64 *)s->key.k;
 	struct netdevq_agg_slot *e;
 	__u64 h = 0;
@@ -382,8 +384,7 @@ static __always_inline bool count_in_table(struct scratch *s)
 	for (int i = 0; i < NDQ_AGG_KEYS_MAX * NDQ_AGG_KEY_SLOT / 8; i++)
 		if (i < words)
 			h = (h ^ k[i]) * 0x9E3779B97F4A7C15ULL;
-	idx = bpf_get_smp_processor_id() * NDQ_AGG_TABLE_SLOTS +
-	      (__u32)((h >> 32) & (NDQ_AGG_TABLE_SLOTS - 1));
+	idx = cpu * NDQ_AGG_TABLE_SLOTS + (__u32)((h >> 32) & (NDQ_AGG_TABLE_SLOTS - 1));
 	e = bpf_map_lookup_elem(&aggtab, &idx);
 	if (!e)
 		return false; /* a CPU beyond the possible ones: never, but the verifier asks */
@@ -401,7 +402,7 @@ static __always_inline bool count_in_table(struct scratch *s)
 	return true;
 }
 
-static __always_inline void aggregate(struct scratch *s, struct counters *cnt)
+static __always_inline void aggregate(struct scratch *s, struct counters *cnt, __u32 cpu)
 {
 	struct netdevq_event *ev = &s->ev;
 	struct netdevq_agg_value *v;
@@ -416,7 +417,7 @@ static __always_inline void aggregate(struct scratch *s, struct counters *cnt)
 	}
 	if (cfg.agg_has_value)
 		val = loc_number(ev, &cfg.agg_value);
-	if ((cfg.derived & NDQ_DERIVED_AGG_TABLE) && count_in_table(s)) {
+	if ((cfg.derived & NDQ_DERIVED_AGG_TABLE) && count_in_table(s, cpu)) {
 		cnt->c[NDQ_CNT_AGGREGATED]++;
 		return;
 	}
@@ -589,8 +590,11 @@ struct frame {
 	unsigned char *at; /* the link header, or the network header on a device without one */
 	__u32 l2;	   /* bytes before the network header */
 	__u32 avail;	   /* bytes from at to the end of the linear data */
-	__u16 dev_type;	   /* ARPHRD_* of the device where the sk_buff is a BTF pointer, else 0 */
 };
+
+/* ARPHRD_* of the device where the sk_buff is a BTF pointer, else 0: for decoding only (a
+ * filter's peek and a rejected packet skip the net_device's cache line) */
+#define DEV_TYPE(skb, btf) ((btf) ? (skb)->dev->type : 0)
 
 /* Where the packet's headers lie (ev->len and ev->data_len read). */
 static __always_inline struct frame frame_of(struct scratch *s, struct netdevq_event *ev,
@@ -603,8 +607,7 @@ static __always_inline struct frame frame_of(struct scratch *s, struct netdevq_e
 
 	return (struct frame){ .at = head + start,
 			       .l2 = net >= start ? net - start : 0,
-			       .avail = linear_end > start ? linear_end - start : 0,
-			       .dev_type = btf ? skb->dev->type : 0 };
+			       .avail = linear_end > start ? linear_end - start : 0 };
 }
 
 /* Whether loads may reach any address safely (bpf_rdonly_cast to void: Linux 6.16+), for a
@@ -661,7 +664,8 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 			ev->flags = 0;
 			ev->l3 = 0;
 			ev->l2_len = l2;
-			ev->dev_type = fr.dev_type; /* read_dev's value: link_kind goes by it */
+			ev->dev_type =
+				DEV_TYPE(skb, btf); /* read_dev's value: link_kind goes by it */
 			decode_headers(ev, pkt, l2, span, bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci),
 				       addrs);
 			return decided || l3l4_filter(ev);
@@ -671,7 +675,7 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 		ev->snap_len = avail < cfg.snaplen ? avail : cfg.snaplen;
 		ev->l2_len = l2;
 		if (parse) {
-			ev->dev_type = fr.dev_type;
+			ev->dev_type = DEV_TYPE(skb, btf);
 			decode_headers(ev, buf, l2, span, bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci),
 				       addrs);
 		}
@@ -746,7 +750,7 @@ static __always_inline int pcap_match(struct scratch *s, struct netdevq_event *e
 	if (IN_PLACE_OK(btf)) { /* the packet itself */
 		const __u8 *pkt = bpf_rdonly_cast(fr.at, 0);
 
-		link = link_kind(pkt, fr.l2, fr.avail, fr.dev_type);
+		link = link_kind(pkt, fr.l2, fr.avail, DEV_TYPE(skb, btf));
 		if (link == LINK_OTHER) { /* from the IP header */
 			l2 = MIN(fr.l2, fr.avail);
 			return netdevq_pcap_raw(pkt + l2, fr.avail - l2,
@@ -762,7 +766,7 @@ static __always_inline int pcap_match(struct scratch *s, struct netdevq_event *e
 	if (!IN_PLACE_OK(btf)) { /* a copy of it */
 		if (frame_copy(f, 0, fr.at, fr.avail))
 			return 0;
-		link = link_kind(f->b, fr.l2, fr.avail, fr.dev_type);
+		link = link_kind(f->b, fr.l2, fr.avail, DEV_TYPE(skb, btf));
 		if (link == LINK_OTHER) {
 			l2 = MIN(fr.l2, fr.avail);
 			if (l2 && frame_copy(f, 0, fr.at + l2, (__u64)fr.avail - l2))
@@ -831,12 +835,12 @@ static __always_inline bool common_read(void)
 
 /* A matched event out: into the aggregation and/or the ring buffer (from handle(), or from
  * bpf/latency.bpf.h when its fate is known). */
-static __always_inline void deliver(struct scratch *s, struct counters *cnt)
+static __always_inline void deliver(struct scratch *s, struct counters *cnt, __u32 cpu)
 {
 	struct netdevq_event *ev = &s->ev;
 
 	if (cfg.agg_on)
-		aggregate(s, cnt);
+		aggregate(s, cnt, cpu);
 	if (cfg.emit) {
 		__u64 size = emit_size();
 
@@ -869,15 +873,16 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	const bool held = cfg.need & NDQ_NEED_LATENCY; /* out later, from scratch (latency.bpf.h) */
 	const bool in_place = cfg.derived & NDQ_DERIVED_IN_PLACE;
 	__u64 size = emit_size();
-	__u32 zero = 0;
-	struct counters *cnt = THIS_CPU(counters);
-	struct scratch *s = THIS_CPU(scratch);
+	__u32 zero = 0, cpu;
+	struct counters *cnt;
+	struct scratch *s;
 	const bool batched = in_place && cfg.batch > 1;
 	struct netdevq_event *ev, *rec = NULL;
 	struct net *net = NULL;
 	struct batch *b = NULL;
 	__u32 bc = 0, bn = 0;
 
+	THIS_CPU(cpu, cnt, s);
 	if (!cnt || !s)
 		return 0;
 	cnt->c[NDQ_CNT_SEEN]++;
@@ -1028,7 +1033,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 		ev->hdr_len = SKB(hdr_len);
 		ev->hash = SKB(hash);
 		ev->skb = (__u64)skb;
-		ev->cpu = bpf_get_smp_processor_id();
+		ev->cpu = cpu;
 	}
 	if (!in_place) /* in_place: no paths, no kstack (and no room for them in the record) */
 		finish_paths(ctx, ev, skb, s->skb);
@@ -1059,7 +1064,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 		bpf_ringbuf_submit(rec, wake_flags(s, size));
 		cnt->c[NDQ_CNT_EMITTED]++;
 	} else {
-		deliver(s, cnt);
+		deliver(s, cnt, cpu);
 	}
 	return 0;
 
@@ -1103,10 +1108,12 @@ int BPF_PROG(netdevq_btf, struct sk_buff *skb)
 SEC("raw_tp")
 int netdevq_flush(void *ctx)
 {
-	__u32 zero = 0, c, n;
+	__u32 zero = 0, c, n, cpu;
 	struct batch *b = bpf_map_lookup_elem(&batches, &zero);
-	struct counters *cnt = THIS_CPU(counters);
-	struct scratch *s = THIS_CPU(scratch);
+	struct counters *cnt;
+	struct scratch *s;
+
+	THIS_CPU(cpu, cnt, s);
 
 	if (!b || !cnt || !s)
 		return 0;

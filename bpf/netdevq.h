@@ -296,8 +296,9 @@ struct netdevq_config {
 	 * constant decides, not the loads and arithmetic that decide them. */
 	__u32 derived;
 	__u32 event_size;
-	__u32 batch; /* events per ring record (1: a record per event, no batch) */
-	__u32 batch_pad;
+	__u32 batch;	    /* events per ring record (1: a record per event, no batch) */
+	__u32 agg_key_size; /* bytes of an aggregation key: its slots in use (a count by nothing
+			     * has one, all zero) */
 };
 
 enum {

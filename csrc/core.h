@@ -60,6 +60,7 @@ struct tracer {
 	size_t batch_n, batch_cap;
 	size_t event_size; /* bytes of one event in a ring record (cfg.event_size) */
 	size_t kbatch;	   /* events one ring record may carry (cfg.batch) */
+	int ncpu;	   /* possible CPUs: entries of counters, scratch and the per-CPU maps */
 	int flush_fd;	   /* netdevq_flush when kbatch > 1, else -1 */
 	__u64 last_flush;  /* CLOCK_MONOTONIC ns of the last flush */
 	struct netdevq_agg_key *agg_keys;

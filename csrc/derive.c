@@ -114,5 +114,6 @@ void ndq_derive(struct netdevq_config *cfg, __u32 max_batch, __u32 max_bytes, __
 		       (common_read(cfg) ? NDQ_DERIVED_COMMON : 0) |
 		       (agg_table(cfg, agg_keys, ncpu) ? NDQ_DERIVED_AGG_TABLE : 0);
 	cfg->event_size = event_size(cfg);
+	cfg->agg_key_size = (cfg->agg_nkeys ? cfg->agg_nkeys : 1) * NDQ_AGG_KEY_SLOT;
 	cfg->batch = batch_size(cfg, in_place, max_batch, max_bytes);
 }

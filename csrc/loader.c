@@ -34,6 +34,7 @@ struct open_opts {
 	int set_bitmaps;  /* those sets that became bitmaps (csrc/sets.c) */
 	const char *path; /* the read path in use: read_path(), then "probe" after a fallback */
 	int ringbuf_size, batch, agg_keys, pcap_snaplen;
+	int ncpu; /* libbpf_num_possible_cpus(): negative when it failed */
 	struct netdevq_config cfg;
 };
 
@@ -83,7 +84,6 @@ static void read_options(lua_State *L, struct open_opts *o)
 {
 	size_t config_len = 0;
 	const char *config;
-	int ncpu;
 
 	luaL_checktype(L, 1, LUA_TTABLE);
 	memset(o, 0, sizeof(*o));
@@ -127,9 +127,10 @@ static void read_options(lua_State *L, struct open_opts *o)
 	/* last, from all of the above. Batches need a flush run on each CPU (BPF_F_TEST_RUN_ON_CPU
 	 * on raw_tp: Linux 5.10); one holds at most an eighth of the ring buffer, so that a full
 	 * ring still has room for batches from other CPUs */
-	ncpu = libbpf_num_possible_cpus();
+	o->ncpu = libbpf_num_possible_cpus();
 	ndq_derive(&o->cfg, kernel_at_least(5, 10) ? (__u32)o->batch : 1,
-		   (__u32)o->ringbuf_size / 8, (__u32)o->agg_keys, ncpu > 0 ? (__u32)ncpu : 0);
+		   (__u32)o->ringbuf_size / 8, (__u32)o->agg_keys,
+		   o->ncpu > 0 ? (__u32)o->ncpu : 0);
 }
 
 /* --- the raw-mode read path (--read) ---------------------------------------------------------
@@ -397,12 +398,6 @@ cleanup:
 	return err ? -1 : 0;
 }
 
-/* bytes of an aggregation key: the slots in use (a count by nothing has one, all zero) */
-static __u32 agg_key_size(const struct netdevq_config *cfg)
-{
-	return (cfg->agg_nkeys ? cfg->agg_nkeys : 1) * NDQ_AGG_KEY_SLOT;
-}
-
 /* (configure_object checked that the maps are there) */
 static void size_maps(struct tracer *t, const struct open_opts *o, __u32 ncpu)
 {
@@ -417,7 +412,7 @@ static void size_maps(struct tracer *t, const struct open_opts *o, __u32 ncpu)
 	bpf_map__set_max_entries(bpf_object__find_map_by_name(t->obj, "scratch"), ncpu);
 	if (cfg->agg_on) {
 		/* hash only the key slots in use: the BPF side builds a full, zero-padded key */
-		bpf_map__set_key_size(aggs, agg_key_size(cfg));
+		bpf_map__set_key_size(aggs, cfg->agg_key_size);
 		/* the table's slots come off the hash (csrc/derive.c agg_table) */
 		bpf_map__set_max_entries(aggs, (__u32)o->agg_keys -
 						       (cfg->derived & NDQ_DERIVED_AGG_TABLE ?
@@ -432,7 +427,7 @@ static void size_maps(struct tracer *t, const struct open_opts *o, __u32 ncpu)
 	bpf_map__set_value_size(aggs, t->agg_value_size);
 	if (cfg->derived & NDQ_DERIVED_AGG_TABLE) {
 		t->table_n = ncpu * NDQ_AGG_TABLE_SLOTS;
-		t->table_slot_size = offsetof(struct netdevq_agg_slot, key) + agg_key_size(cfg);
+		t->table_slot_size = offsetof(struct netdevq_agg_slot, key) + cfg->agg_key_size;
 		bpf_map__set_max_entries(aggtab, t->table_n);
 		bpf_map__set_value_size(aggtab, t->table_slot_size);
 	} else {
@@ -454,7 +449,6 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 	struct bpf_program *p;
 	size_t cfg_off = 0;
 	bool complete = rodata != NULL;
-	int ncpu = libbpf_num_possible_cpus();
 	int rc = 1;
 
 	for (size_t i = 0; i < sizeof(maps) / sizeof(maps[0]); i++)
@@ -485,11 +479,12 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 	ndq_owner_select(t->obj, &o->cfg);
 	ndq_latency_select(t->obj, &o->cfg, o->mode);
 	t->follow_pid = o->cfg.follow_pid;
-	if (ncpu <= 0) {
-		snprintf(msg, msglen, "cannot count the possible CPUs (%s)", strerror(-ncpu));
+	if (o->ncpu <= 0) {
+		snprintf(msg, msglen, "cannot count the possible CPUs (%s)", strerror(-o->ncpu));
 		return -1;
 	}
-	size_maps(t, o, (__u32)ncpu);
+	t->ncpu = o->ncpu;
+	size_maps(t, o, (__u32)o->ncpu);
 	if (ndq_kstack_setup(t->obj, &o->cfg)) {
 		snprintf(msg, msglen, "this BPF object cannot capture kernel stacks: rebuild it");
 		return -1;

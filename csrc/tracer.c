@@ -90,11 +90,9 @@ int ndq_on_sample(void *ctx, void *data, size_t size)
  * this flush interrupted. Offline CPUs have nothing to flush (ENXIO). */
 static void flush_batches(struct tracer *t)
 {
-	int ncpu = libbpf_num_possible_cpus();
-
 	if (t->flush_fd < 0)
 		return;
-	for (int cpu = 0; cpu < ncpu; cpu++) {
+	for (int cpu = 0; cpu < t->ncpu; cpu++) {
 		for (int try = 0; try < 100; try++) {
 			LIBBPF_OPTS(bpf_test_run_opts, run);
 
@@ -242,13 +240,11 @@ static int tracer_counters(lua_State *L)
 						  "lost",	 "aggregated", "agg_overflow",
 						  "read_failed", "held" };
 	struct tracer *t = check_tracer(L);
-	int ncpu = libbpf_num_possible_cpus();
+	int ncpu = t->ncpu; /* set when the tracer opened */
 	__u64 sum[NDQ_CNT_MAX] = { 0 };
 	__u64 *vals;
 	__u32 key = 0;
 
-	if (ncpu <= 0)
-		return ndq_push_fail(L, "cannot count CPUs (%s)", strerror(-ncpu));
 	vals = calloc((size_t)ncpu, sizeof(__u64) * NDQ_CNT_STRIDE);
 	if (!vals)
 		return ndq_push_fail(L, "out of memory");
@@ -427,12 +423,10 @@ static int tracer_agg_read(lua_State *L)
 {
 	struct tracer *t = check_tracer(L);
 	bool reset = lua_toboolean(L, 2);
-	int ncpu = libbpf_num_possible_cpus();
+	int ncpu = t->ncpu; /* set when the tracer opened */
 	size_t stride = (t->agg_value_size + 7) & ~7u, out = 0;
 	long n;
 
-	if (ncpu <= 0)
-		return ndq_push_fail(L, "cannot count CPUs (%s)", strerror(-ncpu));
 	if (!t->percpu_buf && !(t->percpu_buf = calloc((size_t)ncpu, stride)))
 		return ndq_push_fail(L, "out of memory");
 	n = agg_collect_keys(t);
