@@ -54,8 +54,9 @@ struct lat_key {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, NDQ_LATENCY_MAX);
-	__type(key, struct lat_key);
-	__type(value, struct netdevq_event);
+	/* sizes: the loader sets the value's (see aggs in netdevq.bpf.c) */
+	__uint(key_size, sizeof(struct lat_key));
+	__uint(value_size, sizeof(struct netdevq_event));
 } lat_held SEC(".maps");
 
 /* The bytes of an event held: what deliver() emits (the loader sets lat_held's value size to it,

@@ -89,9 +89,11 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 4096); /* the loader sets size and value size */
-	__type(key, struct netdevq_agg_key);
-	__type(value, struct netdevq_agg_value);
+	__uint(max_entries, 4096); /* the loader sets size, key and value size */
+	/* sizes, not BTF types: the kernel refuses a map whose sizes differ from its BTF types,
+	 * and libbpf then creates it a second time (a prealloc of max_entries elements each time) */
+	__uint(key_size, sizeof(struct netdevq_agg_key));
+	__uint(value_size, sizeof(struct netdevq_agg_value));
 } aggs SEC(".maps");
 
 /* A count's table in front of aggs (NDQ_DERIVED_AGG_TABLE; struct netdevq_agg_slot): a plain
@@ -102,8 +104,8 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct netdevq_agg_slot);
+	__uint(key_size, sizeof(__u32)); /* sizes: the loader sets the value's (see aggs) */
+	__uint(value_size, sizeof(struct netdevq_agg_slot));
 } aggtab SEC(".maps");
 
 /* A CPU's batch of events written in place (cfg.batch > 1). Appends go to buffer cur; a flush
