@@ -92,6 +92,30 @@ local function script(dir, text)
     return btf_readers({ "luajit", path })
 end
 
+-- argv under `strace -f -e trace=bpf`: the run, and each map creation in order as { name, type,
+-- max_entries, flags, ok }. The loader sizes several maps; one the kernel refuses (sizes that
+-- differ from the map's BTF types) libbpf creates a second time without BTF, and a big
+-- preallocated hash costs its allocation each time (--count: 160 ms of a 210 ms start).
+local function map_creations(argv)
+    local dir = clirun.tmpdir()
+    local log = dir .. "/strace"
+    local cmd = { "strace", "-f", "-qq", "-o", log, "-e", "trace=bpf", "-e", "signal=none" }
+    for _, a in ipairs(argv) do
+        cmd[#cmd + 1] = a
+    end
+    local r = clirun.run(cmd, { env = { NETDEVQ_BUILD = clirun.build_dir() } })
+    local maps = {}
+    for line in io.lines(log) do
+        if line:find("BPF_MAP_CREATE", 1, true) then
+            maps[#maps + 1] = { line:match('map_name="([^"]*)"'), line:match("map_type=BPF_MAP_TYPE_([%w_]+)"),
+                tonumber(line:match("max_entries=(%d+)")), line:match("map_flags=([^,]+)"),
+                line:match("= (%-?%d+)[^=]*$") ~= "-1" }
+        end
+    end
+    clirun.rmtree(dir)
+    return r, maps
+end
+
 describe("the start: the BPF object pre-opened while the CLI loads #root", function()
     local dir
     live.tmpdir_each_test(function(d) dir = d end)
@@ -123,6 +147,38 @@ describe("the start: the BPF object pre-opened while the CLI loads #root", funct
             if case[1]:find("pcap") then
                 assert.truthy(r.err:find("netdevq: pcap filter decided in the kernel", 1, true),
                     r.err)
+            end
+        end)
+    end
+
+    -- (the default --max-keys, 65,536: a count's table takes 256 per possible CPU off the hash)
+    local ncpus = require("netdevq.core").ncpus
+    for _, case in ipairs({
+        { "a count (raw)", { "--count", "dev" }, "aggs", 65536 - ncpus * 256 },
+        { "a histogram (btf)", { "--mode", "btf", "--hist", "len" }, "aggs", 65536 },
+        { "latency fields", { "-o", "dev,sojourn_ns" }, "lat_held", 16384 },
+    }) do
+        it("creates each map once, the big ones at their size: " .. case[1], function()
+            local args = { "luajit", clirun.top() .. "/scripts/netdevq.lua", "-d", "0.01" }
+            for _, a in ipairs(case[2]) do
+                args[#args + 1] = a
+            end
+            local r, maps = map_creations(args)
+            assert.equal(0, r.code, r.err)
+            local seen, big = {}, nil
+            for _, m in ipairs(maps) do
+                assert.is_true(m[5], "refused: " .. m[1])
+                assert.is_nil(seen[m[1]], "created twice: " .. m[1])
+                seen[m[1]] = true
+                if m[1] == case[3] then big = m end
+            end
+            assert.is_table(big, case[3] .. " not created")
+            -- an aggregation's hash allocates its elements as keys come (BPF_F_NO_PREALLOC,
+            -- Linux 6.1+)
+            if case[3] == "aggs" then
+                assert.same({ "PERCPU_HASH", case[4], "BPF_F_NO_PREALLOC" }, { big[2], big[3], big[4] })
+            else
+                assert.same({ "LRU_HASH", case[4] }, { big[2], big[3] })
             end
         end)
     end
