@@ -45,9 +45,9 @@ local function shape(pair, limit)
 end
 
 -- Waits until no qdisc of the device holds a packet, at most `limit` s; returns whether they
--- drained, and tc's stats. Under load a datagram can wait well past its tokens: in tbf, or in the
--- requeue slot while veth's peer is slow to take packets (the driver does not get it, so no
--- net_dev_start_xmit yet). Seen once in 155 token-schedule runs beside two netlink loops:
+-- drained, and tc's stats. Under load a datagram can wait in tbf well past its tokens (its
+-- watchdog timer fires late; these pairs have GRO off, so veth never answers NETDEV_TX_BUSY and
+-- tc counts no requeue). Seen once in 155 token-schedule runs beside two netlink loops:
 -- bpftrace's join, like netdevq, had 7 datagrams of 8 half a second after the burst, and
 -- netdevq's summary counted the 8th as held.
 local function drained(pair, limit)
@@ -132,7 +132,8 @@ describe("queue latency and drops #root", function()
 
     -- The oracle: bpftrace joins the same tracepoints on the skb, for the datagrams of namespace
     -- a. The wait ends at the start_xmit whose driver call took the packet: one the driver
-    -- answered NETDEV_TX_BUSY (16; veth does when its peer's ring is full, under load) is
+    -- answered NETDEV_TX_BUSY (16; veth does when its peer's NAPI ring is full, which takes GRO
+    -- or XDP on the peer: not in these pairs, but the join counts it as netdevq does) is
     -- requeued and the wait goes on, as netdevq's sojourn_ns counts it. start() runs a join,
     -- stop() ends it and returns what it joined, in the order the driver took them: { skb = hex
     -- address, ns = the wait, xmit = the driver call }. Call it once per test (it keeps the
