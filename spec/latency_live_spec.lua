@@ -134,10 +134,14 @@ describe("queue latency and drops #root", function()
     -- a. The wait ends at the start_xmit whose driver call took the packet: one the driver
     -- answered NETDEV_TX_BUSY (16; veth does when its peer's NAPI ring is full, which takes GRO
     -- or XDP on the peer: not in these pairs, but the join counts it as netdevq does) is
-    -- requeued and the wait goes on, as netdevq's sojourn_ns counts it. start() runs a join,
-    -- stop() ends it and returns what it joined, in the order the driver took them: { skb = hex
-    -- address, ns = the wait, xmit = the driver call }. Call it once per test (it keeps the
-    -- test's finally).
+    -- requeued and the wait goes on, as netdevq's sojourn_ns counts it. The join writes nothing
+    -- while packets flow, only into a map that bpftrace prints as it exits: a printf at
+    -- net_dev_xmit wakes bpftrace's reader with an IPI (on this VM an MSR write, a VM exit), and
+    -- that held the CPU ~1.2 ms before the next program at the tracepoint, netdevq's, read its
+    -- clock (xmit_ns 1.17-1.27 ms against the join's 8-10 us, three runs in about twenty).
+    -- start() runs a join, stop() ends it and returns what it joined, in the order the driver
+    -- took them: { skb = hex address, ns = the wait, xmit = the driver call }. Call it once per
+    -- test (it keeps the test's finally).
     local function join_oracle()
         local script = dir .. "/join.bt"
         local f = assert(io.open(script, "w"))
@@ -147,11 +151,12 @@ tracepoint:net:net_dev_queue /args->len == %d && ((struct sk_buff *)args->skbadd
 tracepoint:net:net_dev_start_xmit /@q[args->skbaddr]/
 { @s[args->skbaddr] = nsecs; }
 tracepoint:net:net_dev_xmit /@s[args->skbaddr] && args->rc != 16/
-{ printf("J %%lx %%lu %%lu\n", (uint64)args->skbaddr, @s[args->skbaddr] - @q[args->skbaddr],
-    nsecs - @s[args->skbaddr]);
+{ $t = nsecs;
+  @j[args->skbaddr, $t] = (@s[args->skbaddr] - @q[args->skbaddr], $t - @s[args->skbaddr]);
   delete(@q[args->skbaddr]); delete(@s[args->skbaddr]); }
 tracepoint:net:net_dev_xmit /@s[args->skbaddr] && args->rc == 16/
 { delete(@s[args->skbaddr]); }
+END { clear(@q); clear(@s); }
 ]]):format(FRAME, pair.netns_a)))
         f:close()
         local unmount = live.tracefs()
@@ -168,11 +173,13 @@ tracepoint:net:net_dev_xmit /@s[args->skbaddr] && args->rc == 16/
             bt = nil
             local joined = {}
             for _, l in ipairs(lines) do
-                local skb, ns, xmit = l:match("^J (%x+) (%d+) (%d+)$")
+                local skb, at, ns, xmit = l:match("^@j%[0x(%x+), (%d+)%]: %((%d+), (%d+)%)$")
                 if skb then
-                    joined[#joined + 1] = { skb = "0x" .. skb, ns = tonumber(ns), xmit = tonumber(xmit) }
+                    joined[#joined + 1] = { skb = "0x" .. skb, at = tonumber(at), ns = tonumber(ns),
+                        xmit = tonumber(xmit) }
                 end
             end
+            table.sort(joined, function(x, y) return x.at < y.at end)
             return joined
         end
         return oracle
@@ -502,18 +509,19 @@ tracepoint:net:net_dev_xmit /@s[args->skbaddr] && args->rc == 16/
         finally(function() t:close() end)
         local lua = netdevq.hist{ name = "@sojourn", keys = { "dev", "queue" }, value = "sojourn_ns" }
         local feed = netdevq.aggregate.feeder(lua, { "dev", "queue" }, "sojourn_ns")
-        local sojourns = {}
+        local sojourns, dgrams = {}, 0
         t:on_event(function(ev)
             feed(ev)
             sojourns[#sojourns + 1] = ev.sojourn_ns
+            if ev.len == FRAME then dgrams = dgrams + 1 end
         end)
         local rx = live.receiver(pair, "b", pair.ip4_b, 9000, N)
         local sender = pair:spawn("a", { netns.ndq_send(), "--delay-ms", "500", "udp4", pair.ip4_a, pair.ip4_b,
             "9000", "40000", "1000", tostring(N) })
-        -- polled until the N sojourns are in (a loaded machine may start the sender late), then
+        -- polled until the N datagrams are in (a loaded machine may start the sender late), then
         -- drained: every event the kernel aggregated has reached Lua too
         local deadline = live.monotonic_ms() + 30000
-        while #sojourns < N and live.monotonic_ms() < deadline do
+        while dgrams < N and live.monotonic_ms() < deadline do
             assert(t:poll(100))
         end
         local sok, scode, slines = sender:wait()
@@ -522,7 +530,12 @@ tracepoint:net:net_dev_xmit /@s[args->skbaddr] && args->rc == 16/
         t:detach()
         while assert(t:poll(0)) > 0 do end
         local kernel = assert(t:read_aggregate(nil))
-        assert.is_true(#sojourns >= N)
+        -- every datagram came out, or its event is counted as held: a datagram the receiver got
+        -- without any net_dev_start_xmit for its sk_buff (bpftrace's join misses it too; once in
+        -- about 16 runs of this file on a loaded machine; see the tail-drop test), at most one
+        local held = assert(t:stats()).held
+        assert.is_true(dgrams == N or (dgrams == N - 1 and held == 1),
+            ("%d datagrams of %d came out, %d held"):format(dgrams, N, held))
         assert.are.same(lua:json(), kernel:json())
         assert.are.equal(lua:json_line(), kernel:json_line())
         -- and both hold every sojourn in its log2 slot [2^(i-1), 2^i), keyed by our device, queue 0
