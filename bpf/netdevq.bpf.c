@@ -372,8 +372,9 @@ static __always_inline __u32 linear_slot(__u64 v)
 }
 
 /* Counts the key in s->key in this CPU's (cpu's) table: false when its slot holds another key
- * (the hash takes it then). The key's words are hashed by xor and multiply; a slot is free while its count
- * is 0, so the key goes in before the count (user space reads a slot whose count is set). */
+ * (the hash takes it then). The key's words are hashed by xor and multiply; a slot is free
+ * while its count is 0, so the key goes in before the count (user space reads a slot whose
+ * count is set). */
 static __always_inline bool count_in_table(struct scratch *s, __u32 cpu)
 {
 	const __u32 words = cfg.agg_key_size / 8;
@@ -666,8 +667,7 @@ static __always_inline int read_headers(struct scratch *s, struct netdevq_event 
 			ev->flags = 0;
 			ev->l3 = 0;
 			ev->l2_len = l2;
-			ev->dev_type =
-				DEV_TYPE(skb, btf); /* read_dev's value: link_kind goes by it */
+			ev->dev_type = DEV_TYPE(skb, btf); /* read_dev's: link_kind reads it */
 			decode_headers(ev, pkt, l2, span, bpf_ntohs(SKB(vlan_proto)), SKB(vlan_tci),
 				       addrs);
 			return decided || l3l4_filter(ev);

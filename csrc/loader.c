@@ -398,9 +398,10 @@ cleanup:
 	return err ? -1 : 0;
 }
 
-/* (configure_object checked that the maps are there) */
-static void size_maps(struct tracer *t, const struct open_opts *o, __u32 ncpu)
+/* (configure_object checked that the maps are there and that o->ncpu is positive) */
+static void size_maps(struct tracer *t, const struct open_opts *o)
 {
+	const __u32 ncpu = (__u32)o->ncpu;
 	const struct netdevq_config *cfg = &o->cfg;
 	struct bpf_map *events = bpf_object__find_map_by_name(t->obj, "events");
 	struct bpf_map *aggs = bpf_object__find_map_by_name(t->obj, "aggs");
@@ -488,7 +489,7 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 		return -1;
 	}
 	t->ncpu = o->ncpu;
-	size_maps(t, o, (__u32)o->ncpu);
+	size_maps(t, o);
 	if (ndq_kstack_setup(t->obj, &o->cfg)) {
 		snprintf(msg, msglen, "this BPF object cannot capture kernel stacks: rebuild it");
 		return -1;

@@ -10,39 +10,12 @@ local live = require("support.live")
 
 local VMLINUX = '"/sys/kernel/btf/vmlinux"'
 
--- argv under `strace -f`; returns the run ({ code, out, err }) and who opened the kernel's BTF,
--- in order: "main" (the process's first thread) or "thread" (any other thread of it). Only
--- threads: nothing here forks before the open (no --object trial load, no -c).
-local function btf_readers(argv)
+-- argv under `strace -f -e trace=TRACE`; returns the run ({ code, out, err }) and the log's
+-- lines. exits: keep strace's "+++ exited" lines (-q instead of -qq).
+local function straced(argv, trace, exits)
     local dir = clirun.tmpdir()
     local log = dir .. "/strace"
-    local cmd = { "strace", "-f", "-qq", "-o", log, "-e", "trace=openat", "-e", "signal=none" }
-    for _, a in ipairs(argv) do
-        cmd[#cmd + 1] = a
-    end
-    local r = clirun.run(cmd, { env = { NETDEVQ_BUILD = clirun.build_dir() } })
-    local main, readers = nil, {}
-    for line in io.lines(log) do
-        local pid = line:match("^(%d+) ")
-        main = main or pid
-        -- "... = 3", or "... <unfinished ...>" when another thread's call came in between
-        -- (its "<... openat resumed>" line carries the result)
-        if line:find(VMLINUX, 1, true) and not line:find("= %-1") then
-            readers[#readers + 1] = pid == main and "main" or "thread"
-        end
-    end
-    clirun.rmtree(dir)
-    return r, readers
-end
-
--- argv under `strace -f` with process creation traced: whether every fork (a clone without
--- CLONE_THREAD) came after the pre-open thread had exited, and how many forks there were. A
--- child forked while that thread holds an allocator lock waits forever (seen: the --object
--- trial load under ASan).
-local function forks_after_thread(argv)
-    local dir = clirun.tmpdir()
-    local log = dir .. "/strace"
-    local cmd = { "strace", "-f", "-q", "-o", log, "-e", "trace=openat,clone,clone3,fork,vfork",
+    local cmd = { "strace", "-f", exits and "-q" or "-qq", "-o", log, "-e", "trace=" .. trace,
                   "-e", "signal=none" }
     for _, a in ipairs(argv) do
         cmd[#cmd + 1] = a
@@ -53,6 +26,33 @@ local function forks_after_thread(argv)
         lines[#lines + 1] = line
     end
     clirun.rmtree(dir)
+    return r, lines
+end
+
+-- argv under strace; returns the run and who opened the kernel's BTF, in order: "main" (the
+-- process's first thread) or "thread" (any other thread of it). Only threads: nothing here
+-- forks before the open (no --object trial load, no -c).
+local function btf_readers(argv)
+    local r, lines = straced(argv, "openat")
+    local main, readers = nil, {}
+    for _, line in ipairs(lines) do
+        local pid = line:match("^(%d+) ")
+        main = main or pid
+        -- "... = 3", or "... <unfinished ...>" when another thread's call came in between
+        -- (its "<... openat resumed>" line carries the result)
+        if line:find(VMLINUX, 1, true) and not line:find("= %-1") then
+            readers[#readers + 1] = pid == main and "main" or "thread"
+        end
+    end
+    return r, readers
+end
+
+-- argv under `strace -f` with process creation traced: whether every fork (a clone without
+-- CLONE_THREAD) came after the pre-open thread had exited, and how many forks there were. A
+-- child forked while that thread holds an allocator lock waits forever (seen: the --object
+-- trial load under ASan).
+local function forks_after_thread(argv)
+    local r, lines = straced(argv, "openat,clone,clone3,fork,vfork", true)
     local main = lines[1]:match("^(%d+) ")
     local worker, worker_exit, forks, early = nil, nil, 0, 0
     for i, line in ipairs(lines) do
@@ -92,27 +92,20 @@ local function script(dir, text)
     return btf_readers({ "luajit", path })
 end
 
--- argv under `strace -f -e trace=bpf`: the run, and each map creation in order as { name, type,
+-- argv under strace: the run, and each map creation in order as { name, type,
 -- max_entries, flags, ok }. The loader sizes several maps; one the kernel refuses (sizes that
 -- differ from the map's BTF types) libbpf creates a second time without BTF, and a big
 -- preallocated hash costs its allocation each time (--count: 160 ms of a 210 ms start).
 local function map_creations(argv)
-    local dir = clirun.tmpdir()
-    local log = dir .. "/strace"
-    local cmd = { "strace", "-f", "-qq", "-o", log, "-e", "trace=bpf", "-e", "signal=none" }
-    for _, a in ipairs(argv) do
-        cmd[#cmd + 1] = a
-    end
-    local r = clirun.run(cmd, { env = { NETDEVQ_BUILD = clirun.build_dir() } })
+    local r, lines = straced(argv, "bpf")
     local maps = {}
-    for line in io.lines(log) do
+    for _, line in ipairs(lines) do
         if line:find("BPF_MAP_CREATE", 1, true) then
             maps[#maps + 1] = { line:match('map_name="([^"]*)"'), line:match("map_type=BPF_MAP_TYPE_([%w_]+)"),
                 tonumber(line:match("max_entries=(%d+)")), line:match("map_flags=([^,]+)"),
                 line:match("= (%-?%d+)[^=]*$") ~= "-1" }
         end
     end
-    clirun.rmtree(dir)
     return r, maps
 end
 
