@@ -146,7 +146,7 @@ describe("sk_buff member paths on live traffic #root", function()
             assert.equal(0, code)
             os.execute("sleep 0.3")
             bt:kill("INT")
-            local _, _, bt_lines = bt:wait()
+            local _, bt_code, bt_lines = bt:wait()
             local ours, theirs = {}, {}
             for _, ev in ipairs(events_of(lines)) do
                 ours[#ours + 1] = string.format("%d %d %d %d %d %d", ev["skb.len"],
@@ -239,7 +239,7 @@ describe("kstack on live traffic #root", function()
         assert.equal(0, code)
         os.execute("sleep 0.3")
         bt:kill("INT")
-        local _, _, bt_lines = bt:wait()
+        local _, bt_code, bt_lines = bt:wait()
         -- both print @[\n    frame\n ...]: N; netdevq names its map @count
         local function stacks(list, prefix)
             local out, cur = {}, nil
@@ -266,6 +266,7 @@ describe("kstack on live traffic #root", function()
             total = total + tonumber(st:match(" = (%d+)$"))
         end
         assert.equal(3, total, table.concat(lines, "\n"))
-        assert.same(theirs, ours)
+        assert.same(theirs, ours, "bpftrace (exit " .. tostring(bt_code) .. "): "
+                    .. table.concat(bt_lines, "\n"))
     end)
 end)

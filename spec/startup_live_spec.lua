@@ -50,9 +50,11 @@ end
 -- argv under `strace -f` with process creation traced: whether every fork (a clone without
 -- CLONE_THREAD) came after the pre-open thread had exited, and how many forks there were. A
 -- child forked while that thread holds an allocator lock waits forever (seen: the --object
--- trial load under ASan).
+-- trial load under ASan). The thread's end is its exit() call: pthread_join returns once the
+-- kernel clears the thread's id, which comes after that call but can come before strace
+-- reports the thread "+++ exited", so a fork after the join may be logged before that line.
 local function forks_after_thread(argv)
-    local r, lines = straced(argv, "openat,clone,clone3,fork,vfork", true)
+    local r, lines = straced(argv, "openat,clone,clone3,fork,vfork,exit", true)
     local main = lines[1]:match("^(%d+) ")
     local worker, worker_exit, forks, early = nil, nil, 0, 0
     for i, line in ipairs(lines) do
@@ -60,7 +62,8 @@ local function forks_after_thread(argv)
         if not worker and pid ~= main and line:find(VMLINUX, 1, true) then
             worker = pid
         end
-        if worker and not worker_exit and line:match("^" .. worker .. "%s+%+%+%+ exited") then
+        if worker and not worker_exit and (line:match("^" .. worker .. "%s+exit%(")
+                                           or line:match("^" .. worker .. "%s+%+%+%+ exited")) then
             worker_exit = i
         end
         local creates = line:match("^%d+%s+v?fork%(") or line:match("^%d+%s+clone3?%(")
