@@ -146,7 +146,7 @@ describe("sk_buff member paths on live traffic #root", function()
             assert.equal(0, code)
             os.execute("sleep 0.3")
             bt:kill("INT")
-            local _, bt_code, bt_lines = bt:wait()
+            local _, _, bt_lines = bt:wait()
             local ours, theirs = {}, {}
             for _, ev in ipairs(events_of(lines)) do
                 ours[#ours + 1] = string.format("%d %d %d %d %d %d", ev["skb.len"],
