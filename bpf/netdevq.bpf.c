@@ -1011,7 +1011,7 @@ static __always_inline int handle(void *ctx, struct sk_buff *skb, const bool btf
 	if (cfg.need & NDQ_NEED_GSO) {
 		struct skb_shared_info *sh = (void *)(SKB(head) + SKB(end));
 		if (cast) { /* --read direct: plain loads, like the sk_buff's */
-			sh = bpf_rdonly_cast(sh, bpf_core_type_id_kernel(struct skb_shared_info));
+			sh = bpf_rdonly_cast(sh, cfg.shinfo_btf_id);
 			ev->gso_size = sh->gso_size;
 			ev->gso_segs = sh->gso_segs;
 		} else if (OFF(skb_shared_info, gso_segs) == OFF(skb_shared_info, gso_size) + 2) {
@@ -1089,8 +1089,7 @@ int netdevq_raw(struct bpf_raw_tracepoint_args *ctx)
 SEC("raw_tp/net_dev_queue")
 int netdevq_direct(struct bpf_raw_tracepoint_args *ctx)
 {
-	struct sk_buff *skb =
-		bpf_rdonly_cast((void *)ctx->args[0], bpf_core_type_id_kernel(struct sk_buff));
+	struct sk_buff *skb = bpf_rdonly_cast((void *)ctx->args[0], cfg.skb_btf_id);
 
 	return handle(ctx, skb, true, true);
 }

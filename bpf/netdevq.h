@@ -299,6 +299,11 @@ struct netdevq_config {
 	__u32 batch;	    /* events per ring record (1: a record per event, no batch) */
 	__u32 agg_key_size; /* bytes of an aggregation key: its slots in use (a count by nothing
 			     * has one, all zero) */
+	/* The BTF ids of struct sk_buff and struct skb_shared_info in the types CO-RE relocates
+	 * against, for bpf_rdonly_cast: written by the loader (csrc/corebtf.c finds them; a type
+	 * id relocation would give the id in the cut-down BTF libbpf searches, not the kernel's) */
+	__u32 skb_btf_id;
+	__u32 shinfo_btf_id;
 };
 
 enum {

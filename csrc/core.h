@@ -115,11 +115,12 @@ void ndq_tracer_register(lua_State *L);
 extern const luaL_Reg ndq_proc_funcs[];
 
 /* startup.c: the pre-open (core.preopen) and the object it opened: NULL when there is none,
- * and when !usable (then it is closed) */
+ * and when !usable (then it is closed); *core gets its CO-RE types (csrc/corebtf.c) */
+struct ndq_corebtf;
 int ndq_preopen(lua_State *L);
 int ndq_preopen_wait(lua_State *L);
 int ndq_preopen_close(lua_State *L);
-struct bpf_object *ndq_preopen_take(bool usable);
+struct bpf_object *ndq_preopen_take(bool usable, struct ndq_corebtf *core);
 
 /* signals.c */
 extern volatile sig_atomic_t ndq_interrupted;

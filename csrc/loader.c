@@ -15,6 +15,7 @@
 #include <bpf/libbpf.h>
 
 #include "core.h"
+#include "corebtf.h"
 #include "derive.h"
 #include "kstack.h"
 #include "latency.h"
@@ -289,7 +290,8 @@ static int check_btf(const struct open_opts *o, struct bpf_object_open_opts *oop
 }
 
 static int open_object(struct tracer *t, const struct open_opts *o,
-		       struct bpf_object_open_opts *oopts, char *msg, size_t msglen)
+		       struct bpf_object_open_opts *oopts, struct ndq_corebtf *core, char *msg,
+		       size_t msglen)
 {
 	char why[128];
 	int err;
@@ -306,21 +308,25 @@ static int open_object(struct tracer *t, const struct open_opts *o,
 		return -1;
 	/* the pre-opened object, when it is the one this open would make: the embedded object and
 	 * the kernel's BTF */
-	t->obj = ndq_preopen_take(!o->object && !o->object_bytes && !o->btf_path);
+	t->obj = ndq_preopen_take(!o->object && !o->object_bytes && !o->btf_path, core);
 	if (t->obj) {
 		if (ndq_verbose)
 			fprintf(stderr, "netdevq: the BPF object was opened while the CLI started "
 					"(libbpf's log of that open is not kept)\n");
+	} else if (o->object_bytes) {
+		t->obj = ndq_corebtf_open(core, NULL, o->object_bytes, o->object_len, oopts);
+	} else {
+		t->obj = ndq_corebtf_open(core, o->object, netdevq_bpf_object,
+					  netdevq_bpf_object_size, oopts);
+	}
+	if (t->obj) {
+		if (ndq_verbose && core->fd >= 0)
+			fprintf(stderr,
+				"netdevq: CO-RE relocations search %u of the %u types of %s: those "
+				"the object names and what they embed\n",
+				core->kept, core->total, o->btf_path ? o->btf_path : KERNEL_BTF);
 		return 0;
 	}
-	if (o->object)
-		t->obj = bpf_object__open_file(o->object, oopts);
-	else if (o->object_bytes)
-		t->obj = bpf_object__open_mem(o->object_bytes, o->object_len, oopts);
-	else
-		t->obj = bpf_object__open_mem(netdevq_bpf_object, netdevq_bpf_object_size, oopts);
-	if (t->obj)
-		return 0;
 	err = -errno;
 	libbpf_strerror(err, why, sizeof(why)); /* knows libbpf's own codes (4000+) too */
 	snprintf(msg, msglen,
@@ -446,7 +452,8 @@ static void size_maps(struct tracer *t, const struct open_opts *o)
 }
 
 /* Config, map sizes and programs of the opened object: -1 with msg set */
-static int configure_object(struct tracer *t, const struct open_opts *o, char *msg, size_t msglen)
+static int configure_object(struct tracer *t, struct open_opts *o, const struct ndq_corebtf *core,
+			    char *msg, size_t msglen)
 {
 	static const char *maps[] = { "events",	  "aggs", "aggtab",   "tracked", "exited",
 				      "counters", "sets", "set_bits", "batches", "scratch" };
@@ -462,6 +469,8 @@ static int configure_object(struct tracer *t, const struct open_opts *o, char *m
 	t->fork_prog = bpf_object__find_program_by_name(t->obj, "netdevq_fork");
 	t->exit_prog = bpf_object__find_program_by_name(t->obj, "netdevq_exit");
 	t->flush_prog = bpf_object__find_program_by_name(t->obj, "netdevq_flush");
+	o->cfg.skb_btf_id = core->skb_id;
+	o->cfg.shinfo_btf_id = core->shinfo_id;
 	if (complete && t->prog && t->fork_prog && t->exit_prog && t->flush_prog &&
 	    rodata_config_offset(t->obj, &cfg_off) == 0)
 		rc = write_config(rodata, cfg_off, &o->cfg, msg, msglen);
@@ -541,11 +550,14 @@ static int load_object(struct tracer *t, char *msg, size_t msglen)
 static int open_and_load(struct tracer *t, struct open_opts *o, struct bpf_object_open_opts *oopts,
 			 char *msg, size_t msglen)
 {
+	struct ndq_corebtf core = { .fd = -1 };
 	char why[320];
 	int rc;
 
 	ndq_load_heap_begin();
-	if (open_object(t, o, oopts, msg, msglen) || configure_object(t, o, msg, msglen)) {
+	if (open_object(t, o, oopts, &core, msg, msglen) ||
+	    configure_object(t, o, &core, msg, msglen)) {
+		ndq_corebtf_end(&core);
 		ndq_load_heap_end();
 		return -1;
 	}
@@ -557,6 +569,7 @@ static int open_and_load(struct tracer *t, struct open_opts *o, struct bpf_objec
 	if (t->pcap_kernel)
 		ndq_pcap_kernel_request(t->obj, t->prog, t->pcap);
 	rc = load_object(t, msg, msglen);
+	ndq_corebtf_end(&core); /* libbpf has read it */
 	if (t->pcap_kernel && (ndq_pcap_kernel_finish(rc == 0, why, sizeof(why)) || rc)) {
 		char load[512];
 

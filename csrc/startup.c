@@ -10,8 +10,9 @@
  *    Where THP is off, the madvise changes nothing.
  *
  * 2. The pre-open (core.preopen, which the CLI calls before it loads its Lua modules). A second
- *    thread opens the embedded object and has libbpf read the kernel's BTF into it while the
- *    main thread loads Lua and parses the command line; core.open then takes that object when
+ *    thread opens the embedded object with its CO-RE types cut down (csrc/corebtf.c: it reads
+ *    the kernel's BTF for that, and frees it) and has libbpf read the kernel's BTF into it while
+ *    the main thread loads Lua and parses the command line; core.open then takes that object when
  *    it would have opened the same one itself (the embedded object, no btf_path; -v says so:
  *    libbpf's log of that open was not printed). The thread allocates from the
  *    main arena, the heap of 1. (M_ARENA_MAX 1, which glibc keeps for the process: the CLI's
@@ -37,6 +38,7 @@
 #include <bpf/libbpf.h>
 
 #include "core.h"
+#include "corebtf.h"
 #include "pcap_kernel.h"
 
 #define LOAD_HEAP_PAD (40u << 20)	/* > twice the kernel BTF: one brk covers the load */
@@ -73,6 +75,7 @@ void ndq_load_heap_end(void)
 static enum { IDLE, RUNNING, JOINED } state; /* main thread only */
 static pthread_t worker;
 static struct bpf_object *opened; /* the worker's result; after the join, until taken */
+static struct ndq_corebtf opened_core = { .fd = -1 }; /* its CO-RE types */
 
 static void *preopen_work(void *unused)
 {
@@ -81,7 +84,10 @@ static void *preopen_work(void *unused)
 	struct bpf_program *btf;
 
 	oopts.object_name = NDQ_OBJECT_NAME;
-	obj = bpf_object__open_mem(netdevq_bpf_object, netdevq_bpf_object_size, &oopts);
+	/* reads the kernel's BTF for the cut-down CO-RE types, and frees it before libbpf reads
+	 * it below: the two are not in memory at once */
+	obj = ndq_corebtf_open(&opened_core, NULL, netdevq_bpf_object, netdevq_bpf_object_size,
+			       &oopts);
 	btf = obj ? bpf_object__find_program_by_name(obj, NDQ_BTF_PROG) : NULL;
 	/* reads the kernel's BTF into obj (what the load would do first); a failure here is
 	 * reported by the load, which tries again */
@@ -108,6 +114,7 @@ static void close_untaken(void)
 	join();
 	bpf_object__close(opened);
 	opened = NULL;
+	ndq_corebtf_end(&opened_core);
 }
 
 /* core.preopen(): starts the pre-open, once per process (later calls, and a machine without
@@ -155,15 +162,19 @@ int ndq_preopen_close(lua_State *L)
 	return 0;
 }
 
-struct bpf_object *ndq_preopen_take(bool usable)
+struct bpf_object *ndq_preopen_take(bool usable, struct ndq_corebtf *core)
 {
 	struct bpf_object *obj;
 
 	join();
 	obj = opened;
 	opened = NULL;
-	if (usable)
+	if (usable && obj) {
+		*core = opened_core;
+		opened_core.fd = -1;
 		return obj;
+	}
 	bpf_object__close(obj);
+	ndq_corebtf_end(&opened_core);
 	return NULL;
 }
