@@ -187,6 +187,34 @@ describe("the start: the BPF object pre-opened while the CLI loads #root", funct
         end)
     end
 
+    it("loads the modules of aggregations only for a run that aggregates", function()
+        local function aggregation_modules(args)
+            local argv = { "luajit", clirun.top() .. "/scripts/netdevq.lua", "-d", "0.01", "-q" }
+            for _, a in ipairs(args) do
+                argv[#argv + 1] = a
+            end
+            local r, lines = straced(argv, "openat")
+            assert.equal(0, r.code, r.err)
+            local seen = {}
+            for _, line in ipairs(lines) do
+                local m = line:match('"[^"]*/(netdevq/aggregate/?[%w_]*)%.lua"')
+                          or line:match('"[^"]*/(cjson)[^"]*"')
+                if m and not line:find("ENOENT", 1, true) then
+                    seen[m] = true
+                end
+            end
+            local out = {}
+            for m in pairs(seen) do
+                out[#out + 1] = m
+            end
+            table.sort(out)
+            return out
+        end
+        assert.same({}, aggregation_modules({ "-o", "comm,pid,dev,len" }))
+        assert.same({ "cjson", "netdevq/aggregate/init", "netdevq/aggregate/kernel",
+                      "netdevq/aggregate/print" }, aggregation_modules({ "--count", "dev" }))
+    end)
+
     it("--help and a usage error: the thread is joined and its object closed, exit 0 / 2",
         function()
             local r, readers = cli({ "--help" })

@@ -88,6 +88,9 @@ function _M.kernel_filter_complete(expr)
 end
 
 local function new_lua_aggregations(self, specs, max_keys)
+    if #specs == 0 then
+        return -- (a run without aggregations does not load their modules)
+    end
     local aggregate = lazy.aggregate
     for i, spec in ipairs(specs) do
         local opts = { name = spec.name, keys = spec.keys, value = spec.value,

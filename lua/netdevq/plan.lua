@@ -201,6 +201,9 @@ end
 -- which aggregations run in the kernel: one, whose keys and value the kernel reads, behind a
 -- filter the kernel checks completely, with nothing else wanting events
 local function split_aggregations(opts, specs, filter_plan, pcap_user)
+    if not opts.aggregate and #specs == 0 then
+        return nil, specs -- (a run without aggregations does not load their modules)
+    end
     local kernel = require("netdevq.aggregate.kernel")
     if opts.aggregate then
         local ok, why = kernel.supports(opts.aggregate)
