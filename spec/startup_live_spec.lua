@@ -79,12 +79,19 @@ local function forks_after_thread(argv)
     return r, worker ~= nil, forks, early
 end
 
-local function cli(args)
+-- the CLI's command line: luajit, the script, then each list's words
+local function cli_argv(...)
     local argv = { "luajit", clirun.top() .. "/scripts/netdevq.lua" }
-    for _, a in ipairs(args) do
-        argv[#argv + 1] = a
+    for _, list in ipairs({ ... }) do
+        for _, a in ipairs(list) do
+            argv[#argv + 1] = a
+        end
     end
-    return btf_readers(argv)
+    return argv
+end
+
+local function cli(args)
+    return btf_readers(cli_argv(args))
 end
 
 -- a Lua script run by luajit directly (not through the CLI), the tree's modules first
@@ -163,11 +170,7 @@ describe("the start: the BPF object pre-opened while the CLI loads #root", funct
         { "latency fields", { "-o", "dev,sojourn_ns" }, "lat_held", 16384 },
     }) do
         it("creates each map once, the big ones at their size: " .. case[1], function()
-            local args = { "luajit", clirun.top() .. "/scripts/netdevq.lua", "-d", "0.01" }
-            for _, a in ipairs(case[2]) do
-                args[#args + 1] = a
-            end
-            local r, maps = map_creations(args)
+            local r, maps = map_creations(cli_argv({ "-d", "0.01" }, case[2]))
             assert.equal(0, r.code, r.err)
             local seen, big = {}, nil
             for _, m in ipairs(maps) do
@@ -189,23 +192,16 @@ describe("the start: the BPF object pre-opened while the CLI loads #root", funct
 
     it("loads the modules of aggregations only for a run that aggregates", function()
         local function aggregation_modules(args)
-            local argv = { "luajit", clirun.top() .. "/scripts/netdevq.lua", "-d", "0.01", "-q" }
-            for _, a in ipairs(args) do
-                argv[#argv + 1] = a
-            end
-            local r, lines = straced(argv, "openat")
+            local r, lines = straced(cli_argv({ "-d", "0.01", "-q" }, args), "openat")
             assert.equal(0, r.code, r.err)
-            local seen = {}
+            local out, seen = {}, {}
             for _, line in ipairs(lines) do
                 local m = line:match('"[^"]*/(netdevq/aggregate/?[%w_]*)%.lua"')
                           or line:match('"[^"]*/(cjson)[^"]*"')
-                if m and not line:find("ENOENT", 1, true) then
+                if m and not seen[m] and not line:find("ENOENT", 1, true) then
                     seen[m] = true
+                    out[#out + 1] = m
                 end
-            end
-            local out = {}
-            for m in pairs(seen) do
-                out[#out + 1] = m
             end
             table.sort(out)
             return out
@@ -234,11 +230,7 @@ describe("the start: the BPF object pre-opened while the CLI loads #root", funct
             { "-d", "0.01", "-q", long },
             { "-q", "-c", "true" },
         }) do
-            local argv = { "luajit", clirun.top() .. "/scripts/netdevq.lua" }
-            for _, a in ipairs(case) do
-                argv[#argv + 1] = a
-            end
-            local r, threaded, forks, early = forks_after_thread(argv)
+            local r, threaded, forks, early = forks_after_thread(cli_argv(case))
             local what = table.concat(case, " ", 1, math.min(#case, 2))
             assert.equal(0, r.code, what .. ": " .. r.err)
             assert.is_true(threaded, what)
