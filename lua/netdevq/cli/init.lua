@@ -8,6 +8,12 @@
 -- and main() closes it when nothing did (--help, a usage error, --object).
 local core = require("netdevq.core")
 core.preopen()
+-- and no JIT while the CLI starts: its code runs once, and each trace LuaJIT compiles flips its
+-- machine code pages writable and back (two mprotect calls, each a TLB shootdown on the other
+-- CPU while the pre-open thread runs: 50 calls, 2-4 ms of a start). On again once attached, for
+-- the event loop.
+local jit = require("jit")
+jit.off()
 local catalogue = require("netdevq.catalogue")
 local clock = require("netdevq.clock")
 local output = require("netdevq.output")
@@ -64,6 +70,7 @@ local function run_script(path, rest)
     end
     netdevq.catch_signals()
     netdevq.announce = true -- the ready line when the script's tracer attaches
+    jit.on()
     local ok, res = xpcall(function() return chunk(unpack(rest)) end, debug.traceback)
     if not ok then
         -- the script's tracers are unreachable now: collecting them detaches them first
@@ -345,6 +352,7 @@ function _M.run(s)
             return EXIT_FAIL
         end
     end
+    jit.on()
     io_stderr:write(format("netdevq: tracing net_dev_queue (%s) ... Ctrl-C to stop\n", args.mode))
     io_stderr:flush()
     local status = require("netdevq.status")
