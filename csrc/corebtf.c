@@ -15,15 +15,18 @@
  * (skb_btf_id, shinfo_btf_id), which come from the same pass. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 
+#include "core.h"
 #include "corebtf.h"
 
 /* the part of a name before its last "X___Y" flavor separator, as libbpf compares them */
@@ -31,6 +34,8 @@ static size_t essential_len(const char *name)
 {
 	size_t n = strlen(name);
 
+	if (!memmem(name, n, "___", 3)) /* nearly every kernel name: no flavor */
+		return n;
 	for (size_t i = n >= 5 ? n - 4 : 0; i-- > 0;) {
 		const char *s = name + i;
 
@@ -238,6 +243,28 @@ static void find_struct(const struct btf *target, const struct btf_type *t, __u3
 		*out = id;
 }
 
+/* The kernel's BTF, from a read-only mapping of it where the kernel allows one (Linux 6.16+):
+ * no read calls (a sysfs read returns a page at a time: 1,350 of them for 5.5 MB) and no buffer
+ * to read into; btf__new copies it out. Elsewhere read as libbpf reads it. */
+static struct btf *kernel_btf(void)
+{
+	int fd = open(KERNEL_BTF, O_RDONLY | O_CLOEXEC);
+	struct btf *btf = NULL;
+	struct stat st;
+	void *map;
+
+	if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size > 0) {
+		map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+		if (map != MAP_FAILED) {
+			btf = btf__new(map, (__u32)st.st_size);
+			munmap(map, (size_t)st.st_size);
+		}
+	}
+	if (fd >= 0)
+		close(fd);
+	return btf ? btf : btf__load_vmlinux_btf();
+}
+
 static int begin(struct ndq_corebtf *c)
 {
 	c->fd = memfd_create("netdevq-core-btf", MFD_CLOEXEC);
@@ -316,7 +343,7 @@ struct bpf_object *ndq_corebtf_open(struct ndq_corebtf *c, const char *file, con
 		return NULL;
 	}
 	local = bpf_object__btf(obj);
-	target = target_path ? btf__parse(target_path, NULL) : btf__load_vmlinux_btf();
+	target = target_path ? btf__parse(target_path, NULL) : kernel_btf();
 	if (local && target)
 		err = build(c, local, target); /* the ids even without a memfd */
 	btf__free(target);
